@@ -1,0 +1,242 @@
+//! One connection per process, a pool of confirm-mode publishing channels, and the publisher.
+//!
+//! lapin's own connection recovery is not used: [`crate::Worker`] reconnects by building a new
+//! [`Broker`] (backoff with jitter, re-declare, resume).
+
+use std::{sync::Arc, time::Duration};
+
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+};
+
+use crate::config::{Config, redact_url};
+
+/// A broker operation that failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// No broker URL accepted a connection.
+    #[error("cannot connect to RabbitMQ at {urls}: {reason}")]
+    Connect {
+        /// The URLs tried, passwords redacted.
+        urls: String,
+        /// The last error.
+        reason: String,
+    },
+    /// An AMQP operation failed.
+    #[error("{context}: {source}")]
+    Amqp {
+        /// What was being done.
+        context: &'static str,
+        /// lapin's error.
+        #[source]
+        source: lapin::Error,
+    },
+    /// The broker could not route a mandatory message: no queue is bound for it.
+    #[error("unroutable: no queue bound to exchange {exchange:?} with routing key {routing_key:?}")]
+    Unroutable {
+        /// The exchange.
+        exchange: String,
+        /// The routing key.
+        routing_key: String,
+    },
+    /// The broker refused the message (negative confirm).
+    #[error("the broker nacked a message published to {exchange:?} with key {routing_key:?}")]
+    Nacked {
+        /// The exchange.
+        exchange: String,
+        /// The routing key.
+        routing_key: String,
+    },
+    /// No publishing channel could be had from the pool.
+    #[error("no publishing channel available: {0}")]
+    Pool(String),
+}
+
+impl BrokerError {
+    /// The message itself was refused (unroutable or nacked), as opposed to the connection failing.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, BrokerError::Unroutable { .. } | BrokerError::Nacked { .. })
+    }
+    pub(crate) fn amqp(context: &'static str) -> impl FnOnce(lapin::Error) -> Self {
+        move |source| BrokerError::Amqp { context, source }
+    }
+}
+
+/// An open connection with a pool of publishing channels.
+#[derive(Clone)]
+pub struct Broker {
+    conn: Arc<Connection>,
+    publishers: managed::Pool<ChannelManager>,
+    name: String,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// The client-provided connection name: `{ns}/{role}@{host}#{pid}`, shown in the management UI
+/// and by `rabbitmqctl list_connections client_properties`.
+pub fn connection_name(namespace: &str, role: &str) -> String {
+    format!("{namespace}/{role}@{}#{}", hostname(), std::process::id())
+}
+
+/// This machine's host name, as far as it can be told without extra crates.
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+impl Broker {
+    /// Connects to the first broker URL of `config` that answers, naming the connection after
+    /// the namespace and `role` (a step name, `client`, `cli`).
+    pub async fn connect(config: &Config, role: &str) -> Result<Self, BrokerError> {
+        let name = connection_name(&config.namespace, role);
+        let mut last = String::from("no broker URL configured");
+        for url in &config.amqp_urls {
+            let props = ConnectionProperties::default().with_connection_name(name.clone().into());
+            match tokio::time::timeout(Duration::from_secs(10), Connection::connect(url, props)).await {
+                Ok(Ok(conn)) => {
+                    let conn = Arc::new(conn);
+                    let publishers = managed::Pool::builder(ChannelManager { conn: conn.clone() })
+                        .max_size(16)
+                        .build()
+                        .map_err(|e| BrokerError::Pool(e.to_string()))?;
+                    tracing::debug!(url = %redact_url(url), %name, "connected");
+                    return Ok(Self { conn, publishers, name });
+                }
+                Ok(Err(e)) => last = format!("{}: {e}", redact_url(url)),
+                Err(_) => last = format!("{}: timed out after 10s", redact_url(url)),
+            }
+        }
+        let urls = config.amqp_urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(", ");
+        Err(BrokerError::Connect { urls, reason: last })
+    }
+
+    /// The connection's client-provided name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the connection is still up.
+    pub fn is_connected(&self) -> bool {
+        self.conn.status().connected()
+    }
+
+    /// Opens a new channel (for a consumer, or topology work).
+    pub async fn channel(&self) -> Result<Channel, BrokerError> {
+        self.conn.create_channel().await.map_err(BrokerError::amqp("open channel"))
+    }
+
+    /// A confirm-mode publisher from the pool; it goes back to the pool when dropped.
+    pub async fn publisher(&self) -> Result<PooledPublisher, BrokerError> {
+        self.publishers.get().await.map_err(|e| BrokerError::Pool(e.to_string()))
+    }
+
+    /// Closes the connection (the broker requeues whatever is still unacked).
+    pub async fn close(&self) {
+        self.publishers.close();
+        if self.conn.status().connected() {
+            let _ = self.conn.close(200, "bye".into()).await;
+        }
+    }
+}
+
+/// A publisher checked out of a [`Broker`]'s pool.
+pub type PooledPublisher = managed::Object<ChannelManager>;
+
+/// Creates confirm-mode channels for the publisher pool.
+#[derive(Debug)]
+pub struct ChannelManager {
+    conn: Arc<Connection>,
+}
+
+impl managed::Manager for ChannelManager {
+    type Type = Publisher;
+    type Error = BrokerError;
+
+    async fn create(&self) -> Result<Publisher, BrokerError> {
+        let channel = self.conn.create_channel().await.map_err(BrokerError::amqp("open channel"))?;
+        Publisher::new(channel).await
+    }
+
+    async fn recycle(&self, publisher: &mut Publisher, _: &Metrics) -> RecycleResult<BrokerError> {
+        if publisher.channel.status().connected() { Ok(()) } else { Err(RecycleError::message("channel closed")) }
+    }
+}
+
+/// Publishes with confirms on one channel. Many publishes may be in flight at once: each call
+/// awaits only its own confirm.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+impl Publisher {
+    /// Puts `channel` into confirm mode.
+    pub async fn new(channel: Channel) -> Result<Self, BrokerError> {
+        channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(BrokerError::amqp("confirm.select"))?;
+        Ok(Self { channel })
+    }
+
+    /// The underlying channel.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Publishes `body` as a mandatory message and waits for the broker's confirm. A returned
+    /// (unroutable) or nacked message is an error, never a success.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let confirm = self.send(exchange, routing_key, body, properties).await?;
+        Self::check(confirm.await.map_err(BrokerError::amqp("publisher confirm"))?, exchange, routing_key)
+    }
+
+    /// Sends without waiting for the confirm; await the returned future for it. Lets a caller
+    /// keep many confirms in flight from one task.
+    pub async fn send(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<lapin::PublisherConfirm, BrokerError> {
+        self.channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                body,
+                properties,
+            )
+            .await
+            .map_err(BrokerError::amqp("basic.publish"))
+    }
+
+    /// Turns a confirmation into success or the matching error.
+    pub fn check(confirmation: Confirmation, exchange: &str, routing_key: &str) -> Result<(), BrokerError> {
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => {
+                Err(BrokerError::Unroutable { exchange: exchange.to_owned(), routing_key: routing_key.to_owned() })
+            }
+            Confirmation::Nack(_) | Confirmation::NotRequested => {
+                Err(BrokerError::Nacked { exchange: exchange.to_owned(), routing_key: routing_key.to_owned() })
+            }
+        }
+    }
+}

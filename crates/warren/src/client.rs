@@ -1,0 +1,136 @@
+//! Submitting jobs: a job's first message carries the routing slip of the whole pipeline.
+
+use futures_util::future::join_all;
+use uuid::Uuid;
+
+use crate::{
+    Broker, BrokerError, Config, Names,
+    broker::Publisher,
+    envelope::{self, Envelope, EnvelopeMeta, Hop, Payload},
+};
+
+/// A job to submit: the pipeline's name, its steps with their parameters, and the first
+/// step's input.
+#[derive(Debug, Clone)]
+pub struct JobSpec<P> {
+    /// Pipeline name (reported in events).
+    pub pipeline: String,
+    /// The routing slip: every step, in order, with its parameters.
+    pub slip: Vec<Hop>,
+    /// The payload's schema id.
+    pub schema: String,
+    /// The first step's input.
+    pub payload: P,
+}
+
+impl<P: Payload> JobSpec<P> {
+    /// A job whose payload has `P`'s schema.
+    pub fn new(pipeline: impl Into<String>, slip: Vec<Hop>, payload: P) -> Self {
+        Self { pipeline: pipeline.into(), slip, schema: P::SCHEMA.to_owned(), payload }
+    }
+}
+
+/// Submission failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// The routing slip names no step.
+    #[error("the job has no steps")]
+    NoSteps,
+    /// The payload could not be encoded.
+    #[error("cannot encode the job: {0}")]
+    Encode(String),
+    /// No worker has declared the first step's queue yet, or the broker failed.
+    #[error("{0}")]
+    Broker(#[from] BrokerError),
+}
+
+/// Publishes jobs. One connection; publishes are confirmed.
+#[derive(Debug, Clone)]
+pub struct Client {
+    broker: Broker,
+    names: Names,
+}
+
+impl Client {
+    /// Connects with `config`.
+    pub async fn connect(config: &Config) -> Result<Self, BrokerError> {
+        Ok(Self { broker: Broker::connect(config, "client").await?, names: Names::new(&config.namespace) })
+    }
+
+    /// The underlying broker connection.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// The namespace's names.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Publishes a job's first message and returns its id once the broker has confirmed it.
+    pub async fn submit<P: Payload>(&self, job: &JobSpec<P>) -> Result<Uuid, SubmitError> {
+        let publisher = self.broker.publisher().await?;
+        let (id, step, body, props) = self.prepare(job)?;
+        publisher.publish(&self.names.steps_exchange(), &step, &body, props).await.map_err(|e| self.explain(e))?;
+        Ok(id)
+    }
+
+    /// Publishes many jobs with their confirms in flight together; returns the ids in order.
+    pub async fn submit_many<P: Payload>(&self, jobs: &[JobSpec<P>]) -> Result<Vec<Uuid>, SubmitError> {
+        let publisher = self.broker.publisher().await?;
+        let exchange = self.names.steps_exchange();
+        let mut ids = Vec::with_capacity(jobs.len());
+        for chunk in jobs.chunks(1000) {
+            let mut confirms = Vec::with_capacity(chunk.len());
+            for job in chunk {
+                let (id, step, body, props) = self.prepare(job)?;
+                ids.push(id);
+                let confirm = publisher.send(&exchange, &step, &body, props).await?;
+                let exchange = &exchange;
+                confirms.push(async move {
+                    let c = confirm.await.map_err(BrokerError::amqp("publisher confirm"))?;
+                    Publisher::check(c, exchange, &step)
+                });
+            }
+            for r in join_all(confirms).await {
+                r.map_err(|e| self.explain(e))?;
+            }
+        }
+        Ok(ids)
+    }
+
+    fn prepare<P: Payload>(
+        &self,
+        job: &JobSpec<P>,
+    ) -> Result<(Uuid, String, Vec<u8>, lapin::BasicProperties), SubmitError> {
+        let step = job.slip.first().ok_or(SubmitError::NoSteps)?.step.clone();
+        let job_id = Uuid::now_v7();
+        let message_id = envelope::derive_message_id(job_id, "submit", 0);
+        let env = Envelope {
+            v: envelope::ENVELOPE_VERSION,
+            job_id,
+            message_id,
+            causation_id: None,
+            pipeline: job.pipeline.clone(),
+            slip: job.slip.clone(),
+            schema: job.schema.clone(),
+            payload: &job.payload,
+        };
+        let body = rmp_serde::to_vec_named(&env).map_err(|e| SubmitError::Encode(e.to_string()))?;
+        let props = envelope::properties(&EnvelopeMeta { job_id, message_id, step: &step, schema: &job.schema }, 1);
+        Ok((job_id, step, body, props))
+    }
+
+    fn explain(&self, e: BrokerError) -> SubmitError {
+        SubmitError::Broker(match e {
+            BrokerError::Unroutable { exchange, routing_key } => BrokerError::Unroutable {
+                exchange,
+                routing_key: format!(
+                    "{routing_key}\" (no queue for this step: start a worker of step {routing_key:?} or run `warren topology declare` first; \""
+                ),
+            },
+            other => other,
+        })
+    }
+}

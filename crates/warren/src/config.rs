@@ -1,0 +1,406 @@
+//! Process configuration: defaults, then an optional TOML file, then `WARREN_*` environment
+//! variables, then command-line overrides; the later layer wins.
+//!
+//! Every key has the same name everywhere: `prefetch` in the file, `WARREN_PREFETCH` in the
+//! environment, `--prefetch` on the command line. A bad value is a [`ConfigError`] whose one-line
+//! message names the key and where it came from. Broker URLs are redacted whenever printed.
+
+use std::{collections::BTreeMap, fmt, path::Path, time::Duration};
+
+/// The default broker: a local RabbitMQ with the stock guest account.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Every key the configuration knows, in file form (`WARREN_` + upper case in the environment).
+pub const KEYS: &[&str] = &[
+    "amqp_url",
+    "namespace",
+    "artifacts",
+    "concurrency",
+    "prefetch",
+    "max_attempts",
+    "retry_base_ms",
+    "retry_max_ms",
+    "delivery_limit",
+    "shutdown_grace_ms",
+    "events",
+    "dedup_window",
+    "health_addr",
+];
+
+/// The configuration of one Warren process.
+#[derive(Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Config {
+    /// Broker URLs, tried in turn (a cluster). Key `amqp_url`, comma-separated.
+    pub amqp_urls: Vec<String>,
+    /// Prefix of every exchange and queue name, so deployments and tests stay apart. Key `namespace`.
+    pub namespace: String,
+    /// Where artifacts live: a directory or an `object_store` URL. Key `artifacts`.
+    pub artifacts: String,
+    /// Messages a worker handles at once (a semaphore). Key `concurrency`.
+    pub concurrency: usize,
+    /// Messages the broker sends ahead of acks (`basic.qos`, per consumer). Key `prefetch`.
+    pub prefetch: u16,
+    /// Attempts before a retryable error dead-letters the message. Key `max_attempts`.
+    pub max_attempts: u32,
+    /// Delay before the first retry; it doubles with each attempt. Key `retry_base_ms`.
+    pub retry_base: Duration,
+    /// Upper bound of a retry delay. Key `retry_max_ms`.
+    pub retry_max: Duration,
+    /// Deliveries without an ack (worker crashes) before the broker dead-letters a message.
+    /// Key `delivery_limit`.
+    pub delivery_limit: u32,
+    /// How long a stopping worker waits for messages in flight. Key `shutdown_grace_ms`.
+    pub shutdown_grace: Duration,
+    /// Publish job events to the events exchange. Key `events`.
+    pub events: bool,
+    /// Completed message ids remembered per worker to drop redelivered duplicates. Key `dedup_window`.
+    pub dedup_window: usize,
+    /// Address of the health and metrics endpoint, if any (`127.0.0.1:9000`). Key `health_addr`.
+    pub health_addr: Option<String>,
+}
+
+fn default_concurrency() -> usize {
+    64
+}
+fn default_prefetch() -> u16 {
+    256
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            amqp_urls: vec![DEFAULT_AMQP_URL.to_owned()],
+            namespace: "warren".to_owned(),
+            artifacts: "./artifacts".to_owned(),
+            concurrency: default_concurrency(),
+            prefetch: default_prefetch(),
+            max_attempts: 5,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+            delivery_limit: 5,
+            shutdown_grace: Duration::from_secs(30),
+            events: true,
+            dedup_window: 10_000,
+            health_addr: None,
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let urls: Vec<String> = self.amqp_urls.iter().map(|u| redact_url(u)).collect();
+        f.debug_struct("Config")
+            .field("amqp_urls", &urls)
+            .field("namespace", &self.namespace)
+            .field("artifacts", &self.artifacts)
+            .field("concurrency", &self.concurrency)
+            .field("prefetch", &self.prefetch)
+            .field("max_attempts", &self.max_attempts)
+            .field("retry_base", &self.retry_base)
+            .field("retry_max", &self.retry_max)
+            .field("delivery_limit", &self.delivery_limit)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("events", &self.events)
+            .field("dedup_window", &self.dedup_window)
+            .field("health_addr", &self.health_addr)
+            .finish()
+    }
+}
+
+/// A configuration value that could not be used. The message is one line and names the key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A key has a value of the wrong form.
+    #[error("invalid {key} ({source_name}): {reason}")]
+    Invalid {
+        /// The key as its source spells it (`WARREN_PREFETCH`, `prefetch`, `--prefetch`).
+        key: String,
+        /// Where the value came from.
+        source_name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The configuration file names a key that does not exist.
+    #[error("unknown key `{key}` in {file} (known keys: {})", KEYS.join(", "))]
+    UnknownKey {
+        /// The unknown key.
+        key: String,
+        /// The file it was found in.
+        file: String,
+    },
+    /// The configuration file cannot be read or parsed.
+    #[error("cannot read config file {file}: {reason}")]
+    File {
+        /// The file.
+        file: String,
+        /// Why (first line of the parser's message).
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: &str, source: &Source, reason: impl Into<String>) -> Self {
+        let key = match source {
+            Source::Env => format!("WARREN_{}", key.to_uppercase()),
+            Source::Flag => format!("--{}", key.replace('_', "-")),
+            Source::File(_) => key.to_owned(),
+        };
+        ConfigError::Invalid { key, source_name: source.to_string(), reason: reason.into() }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Source {
+    File(String),
+    Env,
+    Flag,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "in {p}"),
+            Source::Env => f.write_str("environment"),
+            Source::Flag => f.write_str("command line"),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration from the process environment, an optional file and overrides
+    /// (`(key, value)` pairs, typically from command-line flags).
+    ///
+    /// The file is `file` if given, else `$WARREN_CONFIG` if set.
+    pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Self, ConfigError> {
+        Self::load_from(file, std::env::vars(), overrides)
+    }
+
+    /// Like [`Config::load`] with an explicit environment, for tests and embedding.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(&str, String)],
+    ) -> Result<Self, ConfigError> {
+        let env: BTreeMap<String, String> = env.into_iter().collect();
+        let mut layers: BTreeMap<String, (String, Source)> = BTreeMap::new();
+
+        let file = file.map(|p| p.to_path_buf()).or_else(|| env.get("WARREN_CONFIG").map(Into::into));
+        if let Some(path) = file {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError::File { file: shown.clone(), reason: e.to_string() })?;
+            let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::File {
+                file: shown.clone(),
+                reason: e.to_string().lines().next().unwrap_or_default().to_owned(),
+            })?;
+            for (key, value) in table {
+                if !KEYS.contains(&key.as_str()) {
+                    return Err(ConfigError::UnknownKey { key, file: shown });
+                }
+                let value = match value {
+                    toml::Value::String(s) => s,
+                    toml::Value::Array(items) => items
+                        .iter()
+                        .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    other => other.to_string(),
+                };
+                layers.insert(key, (value, Source::File(shown.clone())));
+            }
+        }
+        for key in KEYS {
+            if let Some(v) = env.get(&format!("WARREN_{}", key.to_uppercase())) {
+                layers.insert((*key).to_owned(), (v.clone(), Source::Env));
+            }
+        }
+        for (key, value) in overrides {
+            if !KEYS.contains(key) {
+                return Err(ConfigError::Invalid {
+                    key: (*key).to_owned(),
+                    source_name: Source::Flag.to_string(),
+                    reason: "unknown key".into(),
+                });
+            }
+            layers.insert((*key).to_owned(), (value.clone(), Source::Flag));
+        }
+
+        let mut config = Config::default();
+        for (key, (value, source)) in &layers {
+            config.set(key, value.trim(), source)?;
+        }
+        Ok(config)
+    }
+
+    fn set(&mut self, key: &str, value: &str, source: &Source) -> Result<(), ConfigError> {
+        fn num<T>(key: &str, v: &str, s: &Source, min: T) -> Result<T, ConfigError>
+        where
+            T: std::str::FromStr + PartialOrd + fmt::Display,
+        {
+            let n: T =
+                v.parse().map_err(|_| ConfigError::invalid(key, s, format!("expected a whole number, got {v:?}")))?;
+            if n < min {
+                return Err(ConfigError::invalid(key, s, format!("must be at least {min}, got {v}")));
+            }
+            Ok(n)
+        }
+        match key {
+            "amqp_url" => {
+                let urls: Vec<String> =
+                    value.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect();
+                if urls.is_empty() {
+                    return Err(ConfigError::invalid(key, source, "no broker URL given"));
+                }
+                for url in &urls {
+                    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+                        return Err(ConfigError::invalid(
+                            key,
+                            source,
+                            format!("{} is not an amqp:// or amqps:// URL", redact_url(url)),
+                        ));
+                    }
+                }
+                self.amqp_urls = urls;
+            }
+            "namespace" => {
+                let ok = !value.is_empty()
+                    && value.len() <= 100
+                    && value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                if !ok {
+                    return Err(ConfigError::invalid(
+                        key,
+                        source,
+                        format!("{value:?} must be 1-100 characters of a-z, 0-9, '-', '_' or '.'"),
+                    ));
+                }
+                self.namespace = value.to_owned();
+            }
+            "artifacts" => {
+                if value.is_empty() {
+                    return Err(ConfigError::invalid(key, source, "must not be empty"));
+                }
+                self.artifacts = value.to_owned();
+            }
+            "concurrency" => self.concurrency = num(key, value, source, 1usize)?,
+            "prefetch" => self.prefetch = num(key, value, source, 1u16)?,
+            "max_attempts" => self.max_attempts = num(key, value, source, 1u32)?,
+            "retry_base_ms" => self.retry_base = Duration::from_millis(num(key, value, source, 1u64)?),
+            "retry_max_ms" => self.retry_max = Duration::from_millis(num(key, value, source, 1u64)?),
+            "delivery_limit" => self.delivery_limit = num(key, value, source, 1u32)?,
+            "shutdown_grace_ms" => self.shutdown_grace = Duration::from_millis(num(key, value, source, 0u64)?),
+            "dedup_window" => self.dedup_window = num(key, value, source, 0usize)?,
+            "events" => {
+                self.events = match value.to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" | "on" => true,
+                    "false" | "0" | "no" | "off" => false,
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            key,
+                            source,
+                            format!("expected true or false, got {value:?}"),
+                        ));
+                    }
+                }
+            }
+            "health_addr" => {
+                if value.is_empty() {
+                    self.health_addr = None;
+                } else if value.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(ConfigError::invalid(
+                        key,
+                        source,
+                        format!("expected host:port such as 127.0.0.1:9000, got {value:?}"),
+                    ));
+                } else {
+                    self.health_addr = Some(value.to_owned());
+                }
+            }
+            _ => unreachable!("key list and match arms agree"),
+        }
+        Ok(())
+    }
+}
+
+/// Returns `url` with its password replaced by `***`, safe to print or log.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else { return url.to_owned() };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => {
+            format!("{}{}:***{}", &url[..scheme_end + 3], &authority[..colon], &url[scheme_end + 3 + at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_point_at_a_local_broker() {
+        let c = Config::load_from(None, env(&[]), &[]).unwrap();
+        assert_eq!(c.amqp_urls, vec![DEFAULT_AMQP_URL.to_owned()]);
+        assert_eq!(c.namespace, "warren");
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let dir = std::env::temp_dir().join(format!("warren-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("w.toml");
+        std::fs::write(
+            &file,
+            "prefetch = 10\nconcurrency = 3\nnamespace = \"file\"\namqp_url = [\"amqp://a\", \"amqp://b\"]\n",
+        )
+        .unwrap();
+        let c = Config::load_from(
+            Some(&file),
+            env(&[("WARREN_PREFETCH", "20"), ("WARREN_NAMESPACE", "env")]),
+            &[("namespace", "flag".to_owned())],
+        )
+        .unwrap();
+        assert_eq!(c.concurrency, 3);
+        assert_eq!(c.prefetch, 20);
+        assert_eq!(c.namespace, "flag");
+        assert_eq!(c.amqp_urls, vec!["amqp://a".to_owned(), "amqp://b".to_owned()]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key_in_one_line() {
+        let err = Config::load_from(None, env(&[("WARREN_PREFETCH", "lots")]), &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("WARREN_PREFETCH") && msg.contains("lots"), "{msg}");
+        assert!(!msg.contains('\n'));
+        let err = Config::load_from(None, env(&[]), &[("concurrency", "0".into())]).unwrap_err();
+        assert!(err.to_string().contains("--concurrency"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let file = std::env::temp_dir().join(format!("warren-cfg-unknown-{}.toml", std::process::id()));
+        std::fs::write(&file, "prefetsh = 1\n").unwrap();
+        let err = Config::load_from(Some(&file), env(&[]), &[]).unwrap_err();
+        assert!(err.to_string().contains("prefetsh"), "{err}");
+        std::fs::remove_file(&file).unwrap();
+    }
+
+    #[test]
+    fn passwords_never_print() {
+        assert_eq!(redact_url("amqp://bob:s3cret@host:5672/%2f"), "amqp://bob:***@host:5672/%2f");
+        assert_eq!(redact_url("amqp://host/%2f"), "amqp://host/%2f");
+        let err = Config::load_from(None, env(&[("WARREN_AMQP_URL", "http://u:s3cret@h")]), &[]).unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        let c = Config::load_from(None, env(&[("WARREN_AMQP_URL", "amqp://u:s3cret@h")]), &[]).unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+}

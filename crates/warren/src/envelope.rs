@@ -1,0 +1,360 @@
+//! The message format: a MessagePack envelope (named fields) plus AMQP properties and headers.
+//!
+//! `docs/PROTOCOL.md` describes the same format for clients in other languages.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use uuid::Uuid;
+
+/// The envelope version this runtime writes and reads.
+pub const ENVELOPE_VERSION: u16 = 1;
+/// The AMQP `content_type` of every Warren message.
+pub const CONTENT_TYPE: &str = "application/msgpack";
+
+/// Header names. Tools filter on these without decoding the body.
+pub mod headers {
+    /// Job id (UUID string).
+    pub const JOB: &str = "warren-job";
+    /// The step the message is addressed to.
+    pub const STEP: &str = "warren-step";
+    /// Attempt number, 1 for the first delivery of a message, +1 per retry.
+    pub const ATTEMPT: &str = "warren-attempt";
+    /// The last error, on retried and dead-lettered messages.
+    pub const ERROR: &str = "warren-error";
+    /// The kind of the error that dead-lettered a message (see [`crate::DeadKind`]).
+    pub const ERROR_KIND: &str = "warren-error-kind";
+    /// The worker that dead-lettered the message.
+    pub const WORKER: &str = "warren-worker";
+    /// When the message was dead-lettered (milliseconds since the Unix epoch).
+    pub const FAILED_AT: &str = "warren-failed-at";
+    /// Set by a replay: how many times this message has been replayed.
+    pub const REPLAYED: &str = "warren-replayed";
+    /// W3C trace context.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// Added by quorum queues on redelivery: deliveries that were not acked.
+    pub const DELIVERY_COUNT: &str = "x-delivery-count";
+}
+
+/// A payload type: a serde type with a stable schema id such as `warren.ml.Dataset/1`.
+pub trait Payload: Serialize + DeserializeOwned + Send + 'static {
+    /// The schema id carried in the envelope and in the AMQP `type` property.
+    const SCHEMA: &'static str;
+}
+
+/// A dynamically typed payload: any MessagePack value with the schema id it claims.
+impl Payload for rmpv::Value {
+    const SCHEMA: &'static str = "*";
+}
+
+/// One entry of the routing slip: a step and its parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hop {
+    /// Step name; the message is published to `{ns}.steps` with this routing key.
+    pub step: String,
+    /// The step's parameters (a MessagePack map; nil when the step takes none).
+    #[serde(default = "nil")]
+    pub params: rmpv::Value,
+}
+
+fn nil() -> rmpv::Value {
+    rmpv::Value::Nil
+}
+
+impl Hop {
+    /// A hop with no parameters.
+    pub fn new(step: impl Into<String>) -> Self {
+        Self { step: step.into(), params: rmpv::Value::Nil }
+    }
+    /// A hop with parameters taken from any serde value.
+    pub fn with_params<T: Serialize>(step: impl Into<String>, params: &T) -> Result<Self, DecodeError> {
+        let params = rmpv::ext::to_value(params).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        Ok(Self { step: step.into(), params })
+    }
+}
+
+/// The body of every step message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<P> {
+    /// Envelope version, [`ENVELOPE_VERSION`].
+    pub v: u16,
+    /// The job (UUID v7, so ids sort by creation time).
+    pub job_id: Uuid,
+    /// This message's id, derived from its cause so a redelivery yields the same id.
+    pub message_id: Uuid,
+    /// The message this one was produced from (none for a job's first message).
+    pub causation_id: Option<Uuid>,
+    /// Name of the pipeline the job runs.
+    pub pipeline: String,
+    /// The routing slip: `slip[0]` is the step this message is for, the rest follow it.
+    pub slip: Vec<Hop>,
+    /// Schema id of `payload`.
+    pub schema: String,
+    /// The step's input.
+    pub payload: P,
+}
+
+/// The envelope without its payload: enough to route, dead-letter and report.
+#[derive(Clone, Debug, Deserialize)]
+pub struct EnvelopeHead {
+    /// See [`Envelope::v`].
+    pub v: u16,
+    /// See [`Envelope::job_id`].
+    pub job_id: Uuid,
+    /// See [`Envelope::message_id`].
+    pub message_id: Uuid,
+    /// See [`Envelope::causation_id`].
+    pub causation_id: Option<Uuid>,
+    /// See [`Envelope::pipeline`].
+    pub pipeline: String,
+    /// See [`Envelope::slip`].
+    pub slip: Vec<Hop>,
+    /// See [`Envelope::schema`].
+    pub schema: String,
+}
+
+#[derive(Deserialize)]
+struct VersionOnly {
+    v: u16,
+}
+
+/// Why a body could not be decoded. Each variant sends the message to the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The body is not a MessagePack map with the envelope's fields.
+    #[error("body is not a Warren envelope: {0}")]
+    Malformed(String),
+    /// The envelope has a version this runtime does not read.
+    #[error("unknown envelope version {found} (this worker reads version {ENVELOPE_VERSION})")]
+    UnknownVersion {
+        /// The version in the message.
+        found: u16,
+    },
+    /// The payload's schema is not the one the step takes.
+    #[error("wrong payload schema {found:?}: step expects {expected:?}")]
+    WrongSchema {
+        /// What the step takes.
+        expected: String,
+        /// What the message claims.
+        found: String,
+    },
+    /// The schema matched but the payload did not decode as that type.
+    #[error("payload does not match schema {schema:?}: {reason}")]
+    BadPayload {
+        /// The schema id.
+        schema: String,
+        /// The decoder's message.
+        reason: String,
+    },
+}
+
+impl<P: Payload> Envelope<P> {
+    /// Encodes the envelope as MessagePack with named fields.
+    pub fn encode(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+        rmp_serde::to_vec_named(self)
+    }
+
+    /// Decodes a body, checking the version and that the schema is `P`'s.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        match rmp_serde::from_slice::<Envelope<P>>(body) {
+            Ok(env) if env.v != ENVELOPE_VERSION => Err(DecodeError::UnknownVersion { found: env.v }),
+            Ok(env) if P::SCHEMA != "*" && env.schema != P::SCHEMA => {
+                Err(DecodeError::WrongSchema { expected: P::SCHEMA.into(), found: env.schema })
+            }
+            Ok(env) => Ok(env),
+            Err(payload_err) => {
+                // Say precisely what is wrong: the envelope, its version, its schema or the payload.
+                let head = EnvelopeHead::decode(body)?;
+                if P::SCHEMA != "*" && head.schema != P::SCHEMA {
+                    return Err(DecodeError::WrongSchema { expected: P::SCHEMA.into(), found: head.schema });
+                }
+                Err(DecodeError::BadPayload { schema: head.schema, reason: payload_err.to_string() })
+            }
+        }
+    }
+
+    /// The step this message is addressed to.
+    pub fn step(&self) -> &str {
+        self.slip.first().map(|h| h.step.as_str()).unwrap_or_default()
+    }
+}
+
+impl EnvelopeHead {
+    /// Decodes the envelope's fields, ignoring the payload.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        match rmp_serde::from_slice::<EnvelopeHead>(body) {
+            Ok(head) if head.v != ENVELOPE_VERSION => Err(DecodeError::UnknownVersion { found: head.v }),
+            Ok(head) => Ok(head),
+            Err(e) => match rmp_serde::from_slice::<VersionOnly>(body) {
+                Ok(VersionOnly { v }) if v != ENVELOPE_VERSION => Err(DecodeError::UnknownVersion { found: v }),
+                _ => Err(DecodeError::Malformed(e.to_string())),
+            },
+        }
+    }
+}
+
+/// Derives the id of the `index`-th output that `step` produced from input `input_id`:
+/// the same input always yields the same output ids (UUID v5).
+pub fn derive_message_id(input_id: Uuid, step: &str, index: usize) -> Uuid {
+    let mut name = Vec::with_capacity(step.len() + 9);
+    name.extend_from_slice(step.as_bytes());
+    name.push(b'#');
+    name.extend_from_slice(&(index as u64).to_be_bytes());
+    Uuid::new_v5(&input_id, &name)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The AMQP properties of a step message: persistent, ids, schema, timestamp and headers.
+pub fn properties(head: &EnvelopeMeta<'_>, attempt: u32) -> BasicProperties {
+    let mut h = FieldTable::default();
+    h.insert(headers::JOB.into(), AMQPValue::LongString(head.job_id.to_string().into()));
+    h.insert(headers::STEP.into(), AMQPValue::LongString(head.step.into()));
+    h.insert(headers::ATTEMPT.into(), AMQPValue::LongLongInt(attempt as i64));
+    h.insert(headers::TRACEPARENT.into(), AMQPValue::LongString(traceparent(head.job_id, head.message_id).into()));
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(CONTENT_TYPE.into())
+        .with_message_id(head.message_id.to_string().into())
+        .with_correlation_id(head.job_id.to_string().into())
+        .with_type(head.schema.into())
+        .with_timestamp(now_ms() / 1000)
+        .with_headers(h)
+}
+
+/// What [`properties`] needs to know of a message.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvelopeMeta<'a> {
+    /// Job id.
+    pub job_id: Uuid,
+    /// Message id.
+    pub message_id: Uuid,
+    /// Step the message is addressed to.
+    pub step: &'a str,
+    /// Payload schema id.
+    pub schema: &'a str,
+}
+
+/// `00-{job id}-{first 8 bytes of the message id}-01`: the job is the trace, each message a span.
+pub fn traceparent(job_id: Uuid, message_id: Uuid) -> String {
+    let span = &message_id.simple().to_string()[..16];
+    format!("00-{}-{span}-01", job_id.simple())
+}
+
+/// Reads a header as a string, if present.
+pub fn header_str<'a>(props: &'a BasicProperties, name: &str) -> Option<&'a str> {
+    match props.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        AMQPValue::ShortString(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+/// Reads a header as an integer, if present and integral.
+pub fn header_int(props: &BasicProperties, name: &str) -> Option<i64> {
+    match props.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::Timestamp(n) => i64::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
+/// Returns `props` with `extra` headers set (replacing same-named ones).
+pub fn with_headers(props: &BasicProperties, extra: Vec<(&str, AMQPValue)>) -> BasicProperties {
+    let mut table = props.headers().clone().unwrap_or_default();
+    for (k, v) in extra {
+        table.insert(ShortString::from(k), v);
+    }
+    props.clone().with_headers(table)
+}
+
+/// A string header value.
+pub fn text(s: impl Into<String>) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Num {
+        n: u64,
+    }
+    impl Payload for Num {
+        const SCHEMA: &'static str = "test.Num/1";
+    }
+
+    fn env(v: u16, schema: &str) -> Envelope<Num> {
+        Envelope {
+            v,
+            job_id: Uuid::now_v7(),
+            message_id: Uuid::now_v7(),
+            causation_id: None,
+            pipeline: "p".into(),
+            slip: vec![Hop::new("a"), Hop::with_params("b", &Num { n: 1 }).unwrap()],
+            schema: schema.into(),
+            payload: Num { n: 7 },
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let e = env(1, Num::SCHEMA);
+        let back = Envelope::<Num>::decode(&e.encode().unwrap()).unwrap();
+        assert_eq!(back, e);
+        assert_eq!(back.step(), "a");
+    }
+
+    #[test]
+    fn typed_decode_errors() {
+        assert!(matches!(Envelope::<Num>::decode(b"\xc1not msgpack"), Err(DecodeError::Malformed(_))));
+        let body = env(9, Num::SCHEMA).encode().unwrap();
+        assert_eq!(Envelope::<Num>::decode(&body), Err(DecodeError::UnknownVersion { found: 9 }));
+        let body = env(1, "other/1").encode().unwrap();
+        assert!(matches!(Envelope::<Num>::decode(&body), Err(DecodeError::WrongSchema { .. })));
+        let mut wrong = env(1, Num::SCHEMA);
+        wrong.schema = "test.Num/1".into();
+        let body = Envelope {
+            payload: "text",
+            v: 1,
+            job_id: wrong.job_id,
+            message_id: wrong.message_id,
+            causation_id: None,
+            pipeline: "p".into(),
+            slip: vec![],
+            schema: Num::SCHEMA.into(),
+        };
+        let body = rmp_serde::to_vec_named(&body).unwrap();
+        assert!(matches!(Envelope::<Num>::decode(&body), Err(DecodeError::BadPayload { .. })));
+    }
+
+    #[test]
+    fn derived_ids_are_stable_and_distinct() {
+        let input = Uuid::now_v7();
+        assert_eq!(derive_message_id(input, "a", 0), derive_message_id(input, "a", 0));
+        assert_ne!(derive_message_id(input, "a", 0), derive_message_id(input, "a", 1));
+        assert_ne!(derive_message_id(input, "a", 0), derive_message_id(input, "b", 0));
+    }
+
+    #[test]
+    fn traceparent_is_w3c_shaped() {
+        let t = traceparent(Uuid::now_v7(), Uuid::now_v7());
+        let parts: Vec<&str> = t.split('-').collect();
+        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), vec![2, 32, 16, 2]);
+    }
+}

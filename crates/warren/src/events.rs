@@ -1,0 +1,202 @@
+//! Job events: what happened to each message, published to `{ns}.events` and kept by its
+//! stream queue, so a job's history can be rebuilt from the broker alone.
+//!
+//! Events are batched: one AMQP message carries every event that accumulated while the
+//! previous batch's confirm was awaited, so under load events cost a fraction of a publish per
+//! step message, and at low rates each event goes out at once.
+
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
+    types::{AMQPValue, FieldTable},
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::{Broker, BrokerError, Names, TopologyError, broker::Publisher, envelope::CONTENT_TYPE};
+
+/// Schema id of an event batch (the AMQP `type` of messages on `{ns}.events`).
+pub const EVENTS_SCHEMA: &str = "warren.events/1";
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A worker started handling the message.
+    Started,
+    /// The handler succeeded and its outputs were confirmed by the broker.
+    Succeeded,
+    /// The handler failed with a retryable error; the message waits in a delay queue.
+    Retrying,
+    /// The message went to the dead-letter queue.
+    Dead,
+    /// A step reports something about the job (a metric, a refused promotion, a cache hit).
+    Report,
+}
+
+impl EventKind {
+    /// The wire name (`started`, `succeeded`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Started => "started",
+            EventKind::Succeeded => "succeeded",
+            EventKind::Retrying => "retrying",
+            EventKind::Dead => "dead",
+            EventKind::Report => "report",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// One event of one job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    /// What happened.
+    pub kind: EventKind,
+    /// The job (nil when a message could not be decoded far enough to know it).
+    pub job_id: Uuid,
+    /// The message concerned.
+    pub message_id: Uuid,
+    /// The pipeline.
+    pub pipeline: String,
+    /// The step.
+    pub step: String,
+    /// The worker (`{step}@{host}#{pid}`).
+    pub worker: String,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The attempt (1 for the first).
+    pub attempt: u32,
+    /// Deliveries of this message that were not acked before (a worker crashed or timed out).
+    #[serde(default)]
+    pub delivery_count: u32,
+    /// Handler run time, on `succeeded`.
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+    /// Retry delay, on `retrying`.
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    /// The error, on `retrying` and `dead`.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The kind of failure, on `dead` (`permanent`, `exhausted`, `poison`, `crash`, ...).
+    #[serde(default)]
+    pub error_kind: Option<String>,
+    /// On `succeeded`: the messages published onward.
+    #[serde(default)]
+    pub outputs: u32,
+    /// On `succeeded`: this was the last step of the slip, the job is complete.
+    #[serde(default)]
+    pub last_step: bool,
+    /// Free-form detail from the step (metrics, a registry entry, a reason).
+    #[serde(default)]
+    pub detail: Option<rmpv::Value>,
+}
+
+/// The body of one message on `{ns}.events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventBatch {
+    /// Format version, 1.
+    pub v: u16,
+    /// The events, in the order they happened in one worker.
+    pub events: Vec<JobEvent>,
+}
+
+/// Where a worker sends its events. Cheap to clone; a disabled sink drops them.
+#[derive(Debug, Clone, Default)]
+pub struct EventSink {
+    tx: Option<mpsc::UnboundedSender<JobEvent>>,
+}
+
+impl EventSink {
+    /// A sink that drops every event.
+    pub fn disabled() -> Self {
+        Self { tx: None }
+    }
+
+    /// Queues an event for publishing; never blocks and never fails the caller.
+    pub fn emit(&self, event: JobEvent) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(event);
+        }
+    }
+
+    /// Starts the batching publisher on its own channel of `broker`. Drop every clone of the
+    /// sink and await the handle to flush what is left.
+    pub async fn start(
+        broker: &Broker,
+        names: &Names,
+        routing_key: &str,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), BrokerError> {
+        let publisher = Publisher::new(broker.channel().await?).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = tokio::spawn(batcher(publisher, names.events(), routing_key.to_owned(), rx));
+        Ok((Self { tx: Some(tx) }, handle))
+    }
+}
+
+async fn batcher(
+    publisher: Publisher,
+    exchange: String,
+    routing_key: String,
+    mut rx: mpsc::UnboundedReceiver<JobEvent>,
+) {
+    const MAX_BATCH: usize = 512;
+    let mut events = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut events, MAX_BATCH).await > 0 {
+        let batch = EventBatch { v: 1, events: std::mem::take(&mut events) };
+        let body = match rmp_serde::to_vec_named(&batch) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot encode job events; dropped");
+                continue;
+            }
+        };
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(CONTENT_TYPE.into())
+            .with_type(EVENTS_SCHEMA.into())
+            .with_timestamp(crate::envelope::now_ms() / 1000);
+        if let Err(e) = publisher.publish(&exchange, &routing_key, &body, props).await {
+            tracing::warn!(error = %e, lost = batch.events.len(), "cannot publish job events");
+        }
+    }
+}
+
+/// Reads job events from the stream queue `{ns}.events`, from its first entry on, and sends them
+/// to the returned receiver until the receiver is dropped or the connection ends.
+///
+/// Declares the namespace's base topology first, so it works before any worker has run.
+pub async fn subscribe(broker: &Broker, names: &Names) -> Result<mpsc::UnboundedReceiver<JobEvent>, TopologyError> {
+    crate::Declarer::new(broker, names).base().await?;
+    let ch = broker.channel().await?;
+    ch.basic_qos(500, BasicQosOptions::default()).await.map_err(BrokerError::amqp("basic.qos"))?;
+    let mut args = FieldTable::default();
+    args.insert("x-stream-offset".into(), AMQPValue::LongString("first".into()));
+    let mut consumer = ch
+        .basic_consume(names.events().as_str().into(), "".into(), BasicConsumeOptions::default(), args)
+        .await
+        .map_err(BrokerError::amqp("basic.consume events"))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            let Ok(batch) = rmp_serde::from_slice::<EventBatch>(&delivery.data) else { continue };
+            for event in batch.events {
+                if tx.send(event).is_err() {
+                    let _ = ch.close(200, "done".into()).await;
+                    return;
+                }
+            }
+        }
+    });
+    Ok(rx)
+}

@@ -1,0 +1,52 @@
+//! Warren's runtime: pipelines as independent worker processes joined by RabbitMQ, and no
+//! message ever lost.
+//!
+//! # Layout
+//!
+//! - [`config`]: file, then `WARREN_*` environment, then flags; passwords redacted.
+//! - [`names`]: every exchange and queue name, from the namespace.
+//! - [`envelope`]: the MessagePack envelope, its AMQP properties and headers, typed decode errors.
+//! - [`broker`]: one connection per process, pooled confirm-mode publishing channels.
+//! - [`topology`]: idempotent declarations (quorum step queues, dead letters, delay queues,
+//!   the events stream) and clear conflicts.
+//! - [`worker`]: consume, handle, confirmed hand-off, retry, dead-letter, graceful stop, reconnect.
+//! - [`events`]: job events, batched onto `{ns}.events` and read back from its stream.
+//! - [`client`]: submitting jobs with their routing slip.
+//! - [`error`]: [`StepError`] (retryable or permanent) and [`DeadKind`].
+//!
+//! # The flow of one message
+//!
+//! A worker of step `s` consumes `{ns}.step.s`. For each delivery it decodes the envelope (an
+//! undecodable body is dead-lettered), drops a message id it completed already, runs the handler,
+//! publishes each output to the next step on the routing slip and waits for the broker's
+//! confirms, and only then acks its input. A retryable error republishes the input to a delay
+//! queue with `attempt + 1`; a permanent error, exhausted attempts or a crash loop send it, byte
+//! for byte, to `{ns}.dead.s` with headers saying why.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod broker;
+#[cfg(feature = "cli")]
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod envelope;
+pub mod error;
+pub mod events;
+pub mod names;
+pub mod shutdown;
+#[cfg(feature = "cli")]
+pub mod telemetry;
+pub mod topology;
+pub mod worker;
+
+pub use broker::{Broker, BrokerError, Publisher};
+pub use client::{Client, JobSpec, SubmitError};
+pub use config::{Config, ConfigError};
+pub use envelope::{DecodeError, Envelope, Hop, Payload};
+pub use error::{DeadKind, StepError};
+pub use events::{EventKind, EventSink, JobEvent};
+pub use names::Names;
+pub use shutdown::shutdown_signal;
+pub use topology::{Declarer, StepTopology, TopologyError};
+pub use worker::{Context, FanOut, Handler, Health, RetryPolicy, StepOutput, Worker, WorkerError};

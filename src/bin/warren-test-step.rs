@@ -1,0 +1,75 @@
+//! A step for Warren's end-to-end tests: passes its probe on, or fails, stalls or aborts as its
+//! parameters on the routing slip say.
+
+use std::{process::ExitCode, time::Duration};
+
+use clap::Parser;
+use warren::{Context, StepError, Worker, cli::ConfigArgs};
+use warren_e2e::{Behaviour, Probe};
+
+/// Runs one test step against RabbitMQ.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The step this worker consumes.
+    #[arg(long, env = "WARREN_STEP")]
+    step: String,
+    /// Maximum duration of one message, in milliseconds.
+    #[arg(long)]
+    max_duration_ms: Option<u64>,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+async fn handle(ctx: Context, mut probe: Probe) -> Result<Probe, StepError> {
+    let behaviour: Behaviour = ctx.params()?;
+    if behaviour.abort_on == Some(probe.seq) {
+        eprintln!("aborting on probe {} as asked", probe.seq);
+        std::process::abort();
+    }
+    if behaviour.permanent_on == Some(probe.seq) {
+        return Err(StepError::permanent(format!("probe {} is refused on purpose", probe.seq)));
+    }
+    if ctx.attempt <= behaviour.fail_times {
+        return Err(StepError::retryable(format!("transient failure {} of {}", ctx.attempt, behaviour.fail_times)));
+    }
+    if behaviour.sleep_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(behaviour.sleep_ms)).await;
+    }
+    probe.hops += 1;
+    Ok(probe)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match args.config.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("warren-test-step: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber_init();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warren-test-step: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut builder = Worker::builder(&args.step, &config);
+    if let Some(ms) = args.max_duration_ms {
+        builder = builder.max_duration(Duration::from_millis(ms));
+    }
+    match runtime.block_on(builder.build().run(handle, warren::shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("warren-test-step: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn tracing_subscriber_init() {
+    warren::telemetry::init();
+}

@@ -1,0 +1,170 @@
+//! Retries, permanent errors, poison messages and crash loops.
+
+use std::time::Duration;
+
+use warren::{EventKind, Hop, envelope::headers};
+use warren_e2e::Behaviour;
+
+use crate::helpers::{Supervisor, TestNs, envelope_for, header, hop, props_for};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retryable_error_is_retried_with_backoff_until_it_succeeds() {
+    let mut t = TestNs::new("retry").await;
+    t.declare_step("sink").await;
+    let sink = t.sink("sink").await;
+    let mut events = t.events().await;
+    let _w = t.spawn_worker("flaky", &[("WARREN_RETRY_BASE_MS", "300")]);
+    t.wait_consumers("flaky", 1).await;
+
+    let slip = [hop("flaky", &Behaviour { fail_times: 2, ..Default::default() }), Hop::new("sink")];
+    let job = t.submit(&slip, [7]).await[0];
+    let probes = sink.wait_count(1, Duration::from_secs(30)).await;
+    assert_eq!(probes[0].seq, 7);
+
+    let mut starts = Vec::new();
+    for attempt in 1..=3u32 {
+        let e = events
+            .wait(&format!("attempt {attempt} started"), Duration::from_secs(10), |e| {
+                e.job_id == job && e.kind == EventKind::Started && e.attempt == attempt
+            })
+            .await;
+        starts.push(e.at_ms);
+    }
+    for attempt in 1..=2u32 {
+        let retry = events
+            .wait(&format!("retry after attempt {attempt}"), Duration::from_secs(10), |e| {
+                e.job_id == job && e.kind == EventKind::Retrying && e.attempt == attempt
+            })
+            .await;
+        let backoff = 300u64 << (attempt - 1);
+        assert!(retry.delay_ms.unwrap_or(0) >= backoff, "delay {:?} < backoff {backoff}", retry.delay_ms);
+        let gap = starts[attempt as usize] - starts[attempt as usize - 1];
+        assert!(
+            gap >= backoff,
+            "attempt {} started {gap} ms after attempt {attempt}, backoff is {backoff} ms",
+            attempt + 1
+        );
+    }
+    events
+        .wait("success on attempt 3", Duration::from_secs(10), |e| {
+            e.job_id == job && e.kind == EventKind::Succeeded && e.attempt == 3
+        })
+        .await;
+    assert_eq!(sink.duplicates().await, 0);
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_error_dead_letters_the_original_bytes_and_the_worker_carries_on() {
+    let mut t = TestNs::new("permanent").await;
+    t.declare_step("sink").await;
+    let sink = t.sink("sink").await;
+    let _w = t.spawn_worker("picky", &[]);
+    t.wait_consumers("picky", 1).await;
+
+    let mut bad = envelope_for("picky", 1);
+    bad.slip[0] = hop("picky", &Behaviour { permanent_on: Some(1), ..Default::default() });
+    let body = bad.encode().expect("encode");
+    t.publish_raw("picky", &body, props_for(&bad)).await;
+    let mut good = envelope_for("picky", 2);
+    good.slip[0] = bad.slip[0].clone();
+    t.publish_raw("picky", &good.encode().expect("encode"), props_for(&good)).await;
+
+    let probes = sink.wait_count(1, Duration::from_secs(30)).await;
+    assert_eq!(probes[0].seq, 2, "the next message is handled");
+    let dead_queue = t.names.dead_queue("picky");
+    crate::helpers::wait_for("a dead letter", Duration::from_secs(10), || async {
+        t.queue_counts(&dead_queue).await.filter(|(n, _)| *n >= 1)
+    })
+    .await;
+    let dead = t.take_dead_letters("picky").await;
+    assert_eq!(dead.len(), 1);
+    let (props, dead_body) = &dead[0];
+    assert_eq!(dead_body, &body, "the original body, byte for byte");
+    assert_eq!(header(props, headers::ERROR_KIND).as_deref(), Some("permanent"));
+    assert!(header(props, headers::ERROR).unwrap_or_default().contains("refused on purpose"));
+    assert_eq!(header(props, headers::STEP).as_deref(), Some("picky"));
+    assert_eq!(warren::envelope::header_int(props, headers::ATTEMPT), Some(1));
+    assert!(header(props, headers::WORKER).unwrap_or_default().starts_with("picky@"));
+    assert!(warren::envelope::header_int(props, headers::FAILED_AT).unwrap_or(0) > 0);
+    assert_eq!(props.message_id().as_ref().map(|m| m.to_string()), Some(bad.message_id.to_string()));
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_are_dead_lettered_with_the_reason_and_the_worker_stays_up() {
+    let mut t = TestNs::new("poison").await;
+    t.declare_step("sink").await;
+    let sink = t.sink("sink").await;
+    let mut w = t.spawn_worker("strict", &[]);
+    t.wait_consumers("strict", 1).await;
+
+    let good = envelope_for("strict", 1);
+    let not_msgpack = b"\xc1\x00 this is not MessagePack".to_vec();
+    let mut future_version = envelope_for("strict", 2);
+    future_version.v = 99;
+    let mut wrong_schema = envelope_for("strict", 3);
+    wrong_schema.schema = "someone.Else/1".into();
+    let cases = [
+        (not_msgpack, "not a Warren envelope"),
+        (future_version.encode().expect("encode"), "unknown envelope version 99"),
+        (wrong_schema.encode().expect("encode"), "wrong payload schema \"someone.Else/1\""),
+    ];
+    for (body, _) in &cases {
+        t.publish_raw("strict", body, props_for(&good)).await;
+    }
+    t.publish_raw("strict", &good.encode().expect("encode"), props_for(&good)).await;
+
+    let probes = sink.wait_count(1, Duration::from_secs(30)).await;
+    assert_eq!(probes[0].seq, 1, "a good message after three bad ones is handled");
+    let dead_queue = t.names.dead_queue("strict");
+    crate::helpers::wait_for("three dead letters", Duration::from_secs(10), || async {
+        t.queue_counts(&dead_queue).await.filter(|(n, _)| *n >= 3)
+    })
+    .await;
+    let dead = t.take_dead_letters("strict").await;
+    assert_eq!(dead.len(), 3);
+    for (body, reason) in &cases {
+        let (props, _) = dead.iter().find(|(_, b)| b == body).expect("each bad body is in the dead-letter queue");
+        assert_eq!(header(props, headers::ERROR_KIND).as_deref(), Some("poison"));
+        let error = header(props, headers::ERROR).unwrap_or_default();
+        assert!(error.contains(reason), "{error:?} should name {reason:?}");
+    }
+    assert!(w.try_wait().expect("status").is_none(), "the worker is still running");
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_kills_its_worker_ends_in_the_dead_letter_queue() {
+    let mut t = TestNs::new("crashloop").await;
+    t.declare_step("sink").await;
+    t.remember("crashy");
+    let sink = t.sink("sink").await;
+    let env = [("WARREN_DELIVERY_LIMIT", "2")];
+    let supervisor = Supervisor::start(&t, "crashy", &env);
+    t.wait_consumers("crashy", 1).await;
+
+    let behaviour = Behaviour { abort_on: Some(1), ..Default::default() };
+    let slip = [hop("crashy", &behaviour), Hop::new("sink")];
+    let job = t.submit(&slip, [1]).await[0];
+    let dead_queue = t.names.dead_queue("crashy");
+    crate::helpers::wait_for("the crashing message in the dead-letter queue", Duration::from_secs(60), || async {
+        t.queue_counts(&dead_queue).await.filter(|(n, _)| *n >= 1)
+    })
+    .await;
+    // The worker was restarted after each crash and still handles good messages.
+    t.submit(&slip, [2]).await;
+    let probes = sink.wait_count(1, Duration::from_secs(30)).await;
+    assert_eq!(probes[0].seq, 2);
+    let starts = supervisor.starts.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(starts >= 3, "the worker crashed and was restarted at least twice (started {starts} times)");
+
+    let dead = t.take_dead_letters("crashy").await;
+    assert_eq!(dead.len(), 1);
+    let (props, _) = &dead[0];
+    assert_eq!(header(props, headers::JOB), Some(job.to_string()));
+    assert_eq!(header(props, headers::ERROR_KIND).as_deref(), Some("crash"), "told apart from a handler error");
+    assert!(header(props, headers::ERROR).unwrap_or_default().contains("without an ack"));
+    supervisor.stop().await;
+    t.cleanup().await;
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: real worker processes against a real RabbitMQ, each test in its own
+//! namespace. Start the broker first (`rabbitmq-server -detached`, or
+//! `docker compose up -d rabbitmq`); `WARREN_AMQP_URL` points elsewhere.
+
+mod helpers;
+
+mod failures;
+mod lifecycle;
+mod pipeline;
+mod topology;
