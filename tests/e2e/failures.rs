@@ -21,14 +21,16 @@ async fn a_retryable_error_is_retried_with_backoff_until_it_succeeds() {
     let probes = sink.wait_count(1, Duration::from_secs(30)).await;
     assert_eq!(probes[0].seq, 7);
 
+    // When each attempt started: its `started` event, or for the attempt that succeeded quickly,
+    // its `succeeded` event (which then carries the start; see `JobEvent::started_at_ms`).
     let mut starts = Vec::new();
     for attempt in 1..=3u32 {
         let e = events
             .wait(&format!("attempt {attempt} started"), Duration::from_secs(10), |e| {
-                e.job_id == job && e.kind == EventKind::Started && e.attempt == attempt
+                e.job_id == job && e.attempt == attempt && e.started_at_ms().is_some()
             })
             .await;
-        starts.push(e.at_ms);
+        starts.push(e.started_at_ms().unwrap_or_default());
     }
     for attempt in 1..=2u32 {
         let retry = events

@@ -53,3 +53,30 @@ async fn declaring_twice_is_a_no_op_and_a_conflict_names_queue_and_argument() {
     assert!(log.contains("x-delivery-limit"), "worker log names the argument: {log}");
     t.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_bad_setting_stops_a_worker_with_one_line_and_exit_code_2() {
+    for (env, flag, named) in [
+        (Some(("WARREN_PREFETCH", "lots")), None, "WARREN_PREFETCH"),
+        (Some(("WARREN_AMQP_URL", "http://user:s3cret@host")), None, "WARREN_AMQP_URL"),
+        (None, Some("--concurrency=0"), "--concurrency"),
+        (None, Some("--no-such-flag"), "--no-such-flag"),
+    ] {
+        let mut cmd = tokio::process::Command::new(crate::helpers::WORKER_BIN);
+        cmd.args(["--step", "x"]);
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        if let Some(f) = flag {
+            cmd.arg(f);
+        }
+        let out = cmd.output().await.expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{named}: {stderr}");
+        assert!(stderr.contains(named), "names {named}: {stderr}");
+        assert!(!stderr.contains("s3cret"), "no password in errors: {stderr}");
+        if env.is_some() || flag == Some("--concurrency=0") {
+            assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        }
+    }
+}

@@ -1,12 +1,12 @@
 //! Submitting jobs: a job's first message carries the routing slip of the whole pipeline.
 
-use futures_util::future::join_all;
+use futures_util::{StreamExt, stream::FuturesUnordered};
 use uuid::Uuid;
 
 use crate::{
     Broker, BrokerError, Config, Names,
     broker::Publisher,
-    envelope::{self, Envelope, EnvelopeMeta, Hop, Payload},
+    envelope::{self, EnvelopeMeta, EnvelopeRef, Hop, Payload},
 };
 
 /// A job to submit: the pipeline's name, its steps with their parameters, and the first
@@ -76,26 +76,31 @@ impl Client {
         Ok(id)
     }
 
-    /// Publishes many jobs with their confirms in flight together; returns the ids in order.
+    /// Publishes many jobs keeping up to 1,000 confirms in flight (a sliding window); returns the
+    /// ids in order once every job is confirmed.
     pub async fn submit_many<P: Payload>(&self, jobs: &[JobSpec<P>]) -> Result<Vec<Uuid>, SubmitError> {
+        const WINDOW: usize = 1000;
         let publisher = self.broker.publisher().await?;
         let exchange = self.names.steps_exchange();
         let mut ids = Vec::with_capacity(jobs.len());
-        for chunk in jobs.chunks(1000) {
-            let mut confirms = Vec::with_capacity(chunk.len());
-            for job in chunk {
-                let (id, step, body, props) = self.prepare(job)?;
-                ids.push(id);
-                let confirm = publisher.send(&exchange, &step, &body, props).await?;
-                let exchange = &exchange;
-                confirms.push(async move {
-                    let c = confirm.await.map_err(BrokerError::amqp("publisher confirm"))?;
-                    Publisher::check(c, exchange, &step)
-                });
+        let mut in_flight = FuturesUnordered::new();
+        for job in jobs {
+            let (id, step, body, props) = self.prepare(job)?;
+            ids.push(id);
+            let confirm = publisher.send(&exchange, &step, &body, props).await?;
+            let exchange = &exchange;
+            in_flight.push(async move {
+                let c = confirm.await.map_err(BrokerError::amqp("publisher confirm"))?;
+                Publisher::check(c, exchange, &step)
+            });
+            while in_flight.len() >= WINDOW {
+                if let Some(r) = in_flight.next().await {
+                    r.map_err(|e| self.explain(e))?;
+                }
             }
-            for r in join_all(confirms).await {
-                r.map_err(|e| self.explain(e))?;
-            }
+        }
+        while let Some(r) = in_flight.next().await {
+            r.map_err(|e| self.explain(e))?;
         }
         Ok(ids)
     }
@@ -107,17 +112,17 @@ impl Client {
         let step = job.slip.first().ok_or(SubmitError::NoSteps)?.step.clone();
         let job_id = Uuid::now_v7();
         let message_id = envelope::derive_message_id(job_id, "submit", 0);
-        let env = Envelope {
+        let env = EnvelopeRef {
             v: envelope::ENVELOPE_VERSION,
             job_id,
             message_id,
             causation_id: None,
-            pipeline: job.pipeline.clone(),
-            slip: job.slip.clone(),
-            schema: job.schema.clone(),
+            pipeline: &job.pipeline,
+            slip: &job.slip,
+            schema: &job.schema,
             payload: &job.payload,
         };
-        let body = rmp_serde::to_vec_named(&env).map_err(|e| SubmitError::Encode(e.to_string()))?;
+        let body = env.encode().map_err(|e| SubmitError::Encode(e.to_string()))?;
         let props = envelope::properties(&EnvelopeMeta { job_id, message_id, step: &step, schema: &job.schema }, 1);
         Ok((job_id, step, body, props))
     }

@@ -20,9 +20,9 @@ pub const CONTENT_TYPE: &str = "application/msgpack";
 pub mod headers {
     /// Job id (UUID string).
     pub const JOB: &str = "warren-job";
-    /// The step the message is addressed to.
+    /// On dead letters: the step that gave up on the message.
     pub const STEP: &str = "warren-step";
-    /// Attempt number, 1 for the first delivery of a message, +1 per retry.
+    /// Attempt number: absent (meaning 1) on a first delivery, 2 and up on retries.
     pub const ATTEMPT: &str = "warren-attempt";
     /// The last error, on retried and dead-lettered messages.
     pub const ERROR: &str = "warren-error";
@@ -41,7 +41,7 @@ pub mod headers {
 }
 
 /// A payload type: a serde type with a stable schema id such as `warren.ml.Dataset/1`.
-pub trait Payload: Serialize + DeserializeOwned + Send + 'static {
+pub trait Payload: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The schema id carried in the envelope and in the AMQP `type` property.
     const SCHEMA: &'static str;
 }
@@ -96,6 +96,35 @@ pub struct Envelope<P> {
     pub schema: String,
     /// The step's input.
     pub payload: P,
+}
+
+/// An envelope of borrowed parts, for encoding without copying the slip: the same fields, names
+/// and order as [`Envelope`], so it encodes to the same bytes.
+#[derive(Debug, Serialize)]
+pub struct EnvelopeRef<'a, P> {
+    /// See [`Envelope::v`].
+    pub v: u16,
+    /// See [`Envelope::job_id`].
+    pub job_id: Uuid,
+    /// See [`Envelope::message_id`].
+    pub message_id: Uuid,
+    /// See [`Envelope::causation_id`].
+    pub causation_id: Option<Uuid>,
+    /// See [`Envelope::pipeline`].
+    pub pipeline: &'a str,
+    /// See [`Envelope::slip`].
+    pub slip: &'a [Hop],
+    /// See [`Envelope::schema`].
+    pub schema: &'a str,
+    /// See [`Envelope::payload`].
+    pub payload: &'a P,
+}
+
+impl<P: Serialize> EnvelopeRef<'_, P> {
+    /// Encodes as MessagePack with named fields.
+    pub fn encode(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+        rmp_serde::to_vec_named(self)
+    }
 }
 
 /// The envelope without its payload: enough to route, dead-letter and report.
@@ -213,13 +242,17 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// The AMQP properties of a step message: persistent, ids, schema, timestamp and headers.
+/// The AMQP properties of a step message: persistent, ids, schema, timestamp, and the headers
+/// `warren-job` and `traceparent`; `warren-attempt` only from the second attempt on (absent
+/// means 1). The step is the routing key and the queue; dead letters name it in `warren-step`.
+/// Every header is broker work on every hop, so step messages carry no more than these.
 pub fn properties(head: &EnvelopeMeta<'_>, attempt: u32) -> BasicProperties {
     let mut h = FieldTable::default();
     h.insert(headers::JOB.into(), AMQPValue::LongString(head.job_id.to_string().into()));
-    h.insert(headers::STEP.into(), AMQPValue::LongString(head.step.into()));
-    h.insert(headers::ATTEMPT.into(), AMQPValue::LongLongInt(attempt as i64));
     h.insert(headers::TRACEPARENT.into(), AMQPValue::LongString(traceparent(head.job_id, head.message_id).into()));
+    if attempt > 1 {
+        h.insert(headers::ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(attempt)));
+    }
     BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type(CONTENT_TYPE.into())
@@ -237,7 +270,8 @@ pub struct EnvelopeMeta<'a> {
     pub job_id: Uuid,
     /// Message id.
     pub message_id: Uuid,
-    /// Step the message is addressed to.
+    /// Step the message is addressed to (reserved for headers that name it; the routing key
+    /// already does).
     pub step: &'a str,
     /// Payload schema id.
     pub schema: &'a str,
@@ -341,6 +375,22 @@ mod tests {
         };
         let body = rmp_serde::to_vec_named(&body).unwrap();
         assert!(matches!(Envelope::<Num>::decode(&body), Err(DecodeError::BadPayload { .. })));
+    }
+
+    #[test]
+    fn borrowed_and_owned_envelopes_encode_alike() {
+        let e = env(1, Num::SCHEMA);
+        let r = EnvelopeRef {
+            v: e.v,
+            job_id: e.job_id,
+            message_id: e.message_id,
+            causation_id: e.causation_id,
+            pipeline: &e.pipeline,
+            slip: &e.slip,
+            schema: &e.schema,
+            payload: &e.payload,
+        };
+        assert_eq!(r.encode().unwrap(), e.encode().unwrap());
     }
 
     #[test]

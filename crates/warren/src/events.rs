@@ -1,9 +1,12 @@
 //! Job events: what happened to each message, published to `{ns}.events` and kept by its
 //! stream queue, so a job's history can be rebuilt from the broker alone.
 //!
-//! Events are batched: one AMQP message carries every event that accumulated while the
-//! previous batch's confirm was awaited, so under load events cost a fraction of a publish per
-//! step message, and at low rates each event goes out at once.
+//! Events are batched: one AMQP message carries the events of up to 20 ms (or 1,024 events), so
+//! under load they cost the broker a small fraction of a publish per step message. Events are
+//! observability, not the job's data: they may lag the job by that much, and a worker killed
+//! with SIGKILL loses those of its last 20 ms (a graceful stop flushes them).
+
+use std::sync::Arc;
 
 use futures_util::StreamExt;
 use lapin::{
@@ -25,7 +28,8 @@ pub const EVENTS_SCHEMA: &str = "warren.events/1";
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum EventKind {
-    /// A worker started handling the message.
+    /// A worker started handling the message. Left out when the same event batch holds the
+    /// message's `succeeded` (see [`JobEvent::started_at_ms`]).
     Started,
     /// The handler succeeded and its outputs were confirmed by the broker.
     Succeeded,
@@ -66,39 +70,43 @@ pub struct JobEvent {
     /// The message concerned.
     pub message_id: Uuid,
     /// The pipeline.
-    pub pipeline: String,
+    pub pipeline: Arc<str>,
     /// The step.
-    pub step: String,
+    pub step: Arc<str>,
     /// The worker (`{step}@{host}#{pid}`).
-    pub worker: String,
+    pub worker: Arc<str>,
     /// When, in milliseconds since the Unix epoch.
     pub at_ms: u64,
     /// The attempt (1 for the first).
     pub attempt: u32,
     /// Deliveries of this message that were not acked before (a worker crashed or timed out).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub delivery_count: u32,
     /// Handler run time, on `succeeded`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
     /// Retry delay, on `retrying`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_ms: Option<u64>,
     /// The error, on `retrying` and `dead`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// The kind of failure, on `dead` (`permanent`, `exhausted`, `poison`, `crash`, ...).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_kind: Option<String>,
     /// On `succeeded`: the messages published onward.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub outputs: u32,
     /// On `succeeded`: this was the last step of the slip, the job is complete.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub last_step: bool,
     /// Free-form detail from the step (metrics, a registry entry, a reason).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<rmpv::Value>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The body of one message on `{ns}.events`.
@@ -149,9 +157,21 @@ async fn batcher(
     routing_key: String,
     mut rx: mpsc::UnboundedReceiver<JobEvent>,
 ) {
-    const MAX_BATCH: usize = 512;
+    const MAX_BATCH: usize = 1024;
+    // How long the first event of a batch may wait for company: one event message per linger
+    // period per worker at most, so under load events cost the broker little.
+    const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
     let mut events = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut events, MAX_BATCH).await > 0 {
+        // Sleep out the linger period, then drain: one wake-up per batch, not one per event.
+        tokio::time::sleep(LINGER).await;
+        while events.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(e) => events.push(e),
+                Err(_) => break,
+            }
+        }
+        coalesce(&mut events);
         let batch = EventBatch { v: 1, events: std::mem::take(&mut events) };
         let body = match rmp_serde::to_vec_named(&batch) {
             Ok(b) => b,
@@ -167,6 +187,29 @@ async fn batcher(
             .with_timestamp(crate::envelope::now_ms() / 1000);
         if let Err(e) = publisher.publish(&exchange, &routing_key, &body, props).await {
             tracing::warn!(error = %e, lost = batch.events.len(), "cannot publish job events");
+        }
+    }
+}
+
+/// Drops a `started` event when the same batch holds the `succeeded` of that message and
+/// attempt: `succeeded` carries `at_ms` and `duration_ms`, so the start time is not lost, and
+/// under load this halves what events cost. A step that runs longer than a batch keeps its
+/// separate `started`.
+fn coalesce(events: &mut Vec<JobEvent>) {
+    let succeeded: std::collections::HashSet<(Uuid, u32)> =
+        events.iter().filter(|e| e.kind == EventKind::Succeeded).map(|e| (e.message_id, e.attempt)).collect();
+    if !succeeded.is_empty() {
+        events.retain(|e| e.kind != EventKind::Started || !succeeded.contains(&(e.message_id, e.attempt)));
+    }
+}
+
+impl JobEvent {
+    /// When the handler started: `at_ms` for `started`, `at_ms - duration_ms` for `succeeded`.
+    pub fn started_at_ms(&self) -> Option<u64> {
+        match self.kind {
+            EventKind::Started => Some(self.at_ms),
+            EventKind::Succeeded => self.duration_ms.map(|d| self.at_ms.saturating_sub(d)),
+            _ => None,
         }
     }
 }
@@ -199,4 +242,49 @@ pub async fn subscribe(broker: &Broker, names: &Names) -> Result<mpsc::Unbounded
         }
     });
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: EventKind, message_id: Uuid, attempt: u32) -> JobEvent {
+        JobEvent {
+            kind,
+            job_id: Uuid::nil(),
+            message_id,
+            pipeline: "p".into(),
+            step: "s".into(),
+            worker: "w".into(),
+            at_ms: 1_000,
+            attempt,
+            delivery_count: 0,
+            duration_ms: (kind == EventKind::Succeeded).then_some(40),
+            delay_ms: None,
+            error: None,
+            error_kind: None,
+            outputs: 0,
+            last_step: false,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn started_is_folded_into_succeeded_of_the_same_attempt_only() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut batch = vec![
+            event(EventKind::Started, a, 1),
+            event(EventKind::Retrying, a, 1),
+            event(EventKind::Started, a, 2),
+            event(EventKind::Succeeded, a, 2),
+            event(EventKind::Started, b, 1),
+        ];
+        coalesce(&mut batch);
+        let kinds: Vec<(EventKind, u32)> = batch.iter().map(|e| (e.kind, e.attempt)).collect();
+        assert_eq!(
+            kinds,
+            vec![(EventKind::Started, 1), (EventKind::Retrying, 1), (EventKind::Succeeded, 2), (EventKind::Started, 1)]
+        );
+        assert_eq!(batch[2].started_at_ms(), Some(960));
+    }
 }

@@ -112,17 +112,17 @@ pub struct Context {
     /// The message being handled.
     pub message_id: Uuid,
     /// The pipeline the job runs.
-    pub pipeline: String,
+    pub pipeline: Arc<str>,
     /// This step.
-    pub step: String,
+    pub step: Arc<str>,
     /// Attempt number, 1 for the first.
     pub attempt: u32,
     /// Earlier deliveries of this message that were never acked (crashes, timeouts).
     pub delivery_count: u32,
     /// This worker's id.
-    pub worker: String,
+    pub worker: Arc<str>,
     /// The remaining hops after this step.
-    pub next: Vec<envelope::Hop>,
+    pub next: Arc<[envelope::Hop]>,
     params: rmpv::Value,
     events: EventSink,
 }
@@ -260,8 +260,9 @@ impl WorkerBuilder {
                 delivery_limit: self.config.delivery_limit,
                 max_duration: self.max_duration,
             },
+            step_name: self.step.as_str().into(),
             step: self.step,
-            worker_id,
+            worker_id: worker_id.into(),
             retry: self.retry,
             health: Health::default(),
             config: self.config,
@@ -273,11 +274,12 @@ impl WorkerBuilder {
 #[derive(Debug)]
 pub struct Worker {
     step: String,
+    step_name: Arc<str>,
     config: Config,
     names: Names,
     topology: StepTopology,
     retry: RetryPolicy,
-    worker_id: String,
+    worker_id: Arc<str>,
     health: Health,
 }
 
@@ -518,12 +520,12 @@ impl<H> Shared<H> {
         let ctx = Context {
             job_id: env.job_id,
             message_id: env.message_id,
-            pipeline: env.pipeline,
-            step: w.step.clone(),
+            pipeline: env.pipeline.into(),
+            step: w.step_name.clone(),
             attempt,
             delivery_count,
             worker: w.worker_id.clone(),
-            next: slip,
+            next: slip.into(),
             params: hop.params,
             events: session.events.clone(),
         };
@@ -584,15 +586,15 @@ impl<H> Shared<H> {
             let exchange = w.names.steps_exchange();
             let mut sends = Vec::with_capacity(payloads.len());
             for (i, payload) in payloads.into_iter().enumerate() {
-                let out = Envelope {
+                let out = envelope::EnvelopeRef {
                     v: envelope::ENVELOPE_VERSION,
                     job_id: ctx.job_id,
                     message_id: envelope::derive_message_id(ctx.message_id, &w.step, i),
                     causation_id: Some(ctx.message_id),
-                    pipeline: ctx.pipeline.clone(),
-                    slip: ctx.next.clone(),
-                    schema: O::Payload::SCHEMA.to_owned(),
-                    payload,
+                    pipeline: &ctx.pipeline,
+                    slip: &ctx.next,
+                    schema: O::Payload::SCHEMA,
+                    payload: &payload,
                 };
                 let body = match out.encode() {
                     Ok(b) => b,
@@ -608,7 +610,7 @@ impl<H> Shared<H> {
                     job_id: ctx.job_id,
                     message_id: out.message_id,
                     step: &next.step,
-                    schema: &out.schema,
+                    schema: out.schema,
                 };
                 let props = envelope::properties(&meta, 1);
                 let exchange = &exchange;
@@ -694,7 +696,7 @@ impl<H> Shared<H> {
                 (headers::ERROR_KIND, envelope::text(kind.as_str())),
                 (headers::STEP, envelope::text(w.step.as_str())),
                 (headers::ATTEMPT, AMQPValue::LongLongInt(i64::from(attempt))),
-                (headers::WORKER, envelope::text(w.worker_id.as_str())),
+                (headers::WORKER, envelope::text(&*w.worker_id)),
                 (headers::FAILED_AT, AMQPValue::LongLongInt(envelope::now_ms() as i64)),
             ],
         );
@@ -712,8 +714,8 @@ impl<H> Shared<H> {
             kind: EventKind::Dead,
             job_id,
             message_id,
-            pipeline: head.map(|h| h.pipeline.clone()).unwrap_or_default(),
-            step: w.step.clone(),
+            pipeline: head.map(|h| h.pipeline.as_str()).unwrap_or_default().into(),
+            step: w.step_name.clone(),
             worker: w.worker_id.clone(),
             at_ms: envelope::now_ms(),
             attempt,
