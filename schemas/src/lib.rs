@@ -1,0 +1,18 @@
+//! Warren's message contracts: every payload that travels between the ML steps, the parameters
+//! each step takes, and pipeline specs.
+//!
+//! # Layout
+//!
+//! - [`payloads`]: the step inputs and outputs, each with a versioned schema id.
+//! - [`params`]: what each step takes from its hop on the routing slip.
+//! - [`spec`]: pipeline specs (TOML), checked step by step with errors that name the line.
+//!
+//! With the `warren` feature every payload implements `warren::Payload`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod params;
+pub mod payloads;
+pub mod spec;
+
+pub use payloads::*;

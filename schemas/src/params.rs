@@ -1,0 +1,120 @@
+//! What each step takes from its hop on the routing slip. Unknown keys are refused, so a typo in
+//! a pipeline spec is an error at submit, not a silently ignored setting.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Algorithm;
+
+/// `ingest`: where the data comes from. Exactly one of `dataset` and `csv`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestParams {
+    /// A dataset shipped with the workers: `iris`, `winequality` or `diabetes`.
+    #[serde(default)]
+    pub dataset: Option<String>,
+    /// A CSV file: a path on the worker's machine, `file://…`, or an artifact URI.
+    #[serde(default)]
+    pub csv: Option<String>,
+    /// The target column of a CSV file (default: its last column).
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Treat the target as classes even if it is numeric (default: numeric = regression).
+    #[serde(default)]
+    pub classification: Option<bool>,
+}
+
+/// `validate`: what the data must satisfy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidateParams {
+    /// Fewest rows accepted.
+    pub min_rows: u64,
+    /// Fewest examples of each class (classification).
+    pub min_class_count: u64,
+    /// Whether a constant feature column is only a warning (default: an error).
+    pub allow_constant: bool,
+}
+
+impl Default for ValidateParams {
+    fn default() -> Self {
+        Self { min_rows: 10, min_class_count: 2, allow_constant: false }
+    }
+}
+
+/// `features`: the split and the scaling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeaturesParams {
+    /// Share of rows held out for evaluation.
+    pub test_fraction: f64,
+    /// Seed of the (stratified, for classes) shuffle.
+    pub seed: u64,
+    /// Standardise features, fitted on the training rows only.
+    pub scale: bool,
+}
+
+impl Default for FeaturesParams {
+    fn default() -> Self {
+        Self { test_fraction: 0.25, seed: 42, scale: true }
+    }
+}
+
+/// One algorithm and the values to try for each hyperparameter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchSpace {
+    /// The algorithm.
+    pub algorithm: Algorithm,
+    /// Values per hyperparameter; the grid is their product.
+    #[serde(default)]
+    pub grid: BTreeMap<String, Vec<f64>>,
+}
+
+/// `tune`: the candidates to train, one train message each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TuneParams {
+    /// The metric to pick the best by (`accuracy`, `f1_macro`, `r2`, `neg_rmse`, `neg_mae`).
+    pub metric: String,
+    /// Algorithms and their grids.
+    pub search: Vec<SearchSpace>,
+    /// Random search: train this many points drawn from the grids instead of all of them.
+    #[serde(default)]
+    pub budget: Option<u32>,
+    /// Seed of the random search.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// `train`: how trials are scored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainParams {
+    /// Share of the training rows kept aside to score the trial.
+    pub validation_fraction: f64,
+}
+
+impl Default for TrainParams {
+    fn default() -> Self {
+        Self { validation_fraction: 0.2 }
+    }
+}
+
+/// `register`: the registry entry and its promotion gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterParams {
+    /// Model name in the registry.
+    pub model: String,
+    /// Minimum held-out metrics to register at all, e.g. `{ accuracy = 0.9 }` (for error metrics
+    /// such as `rmse`, a maximum).
+    #[serde(default)]
+    pub min_metrics: BTreeMap<String, f64>,
+}
+
+/// Steps that take no parameters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}

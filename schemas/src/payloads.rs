@@ -1,0 +1,261 @@
+//! Payloads: what the ML steps send each other. Datasets and models never ride in a message:
+//! an [`ArtifactRef`] points at them in the artifact store.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A schema id per payload type; the envelope's `schema` field and the AMQP `type` carry it.
+pub trait SchemaId {
+    /// E.g. `warren.ml.Dataset/1`.
+    const SCHEMA_ID: &'static str;
+}
+
+macro_rules! schema {
+    ($t:ty, $id:literal) => {
+        impl SchemaId for $t {
+            const SCHEMA_ID: &'static str = $id;
+        }
+        #[cfg(feature = "warren")]
+        impl warren::Payload for $t {
+            const SCHEMA: &'static str = $id;
+        }
+    };
+}
+
+/// A claim check: where an artifact is and what it contains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRef {
+    /// `file:///…` or `s3://bucket/…`.
+    pub uri: String,
+    /// `sha256:{hex}` of the bytes.
+    pub hash: String,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// What kind of prediction the data asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// Predict a class label.
+    Classification,
+    /// Predict a number.
+    Regression,
+}
+
+/// One column of a dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Column {
+    /// Column name.
+    pub name: String,
+    /// Arrow data type, e.g. `Float64` or `Utf8`.
+    pub dtype: String,
+}
+
+/// A job's first message for pipelines that start from their parameters alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Start {
+    /// Free text from whoever submitted the job.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+schema!(Start, "warren.ml.Start/1");
+
+/// A dataset in the artifact store (Arrow IPC file, also known as Feather v2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dataset {
+    /// The table.
+    pub artifact: ArtifactRef,
+    /// Where it came from (`builtin:iris`, a path or URI).
+    pub source: String,
+    /// Row count.
+    pub rows: u64,
+    /// Columns, target included.
+    pub columns: Vec<Column>,
+    /// The target column.
+    pub target: String,
+    /// Classification or regression.
+    pub task: Task,
+}
+schema!(Dataset, "warren.ml.Dataset/1");
+
+/// A train/test split, standardised on the training part only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Features {
+    /// Content hash of the dataset it came from (lineage).
+    pub dataset_hash: String,
+    /// Training rows (Arrow IPC: features, then the target).
+    pub train: ArtifactRef,
+    /// Held-out rows, same layout.
+    pub test: ArtifactRef,
+    /// Feature column names, in order.
+    pub feature_names: Vec<String>,
+    /// Target column name.
+    pub target: String,
+    /// Classification or regression.
+    pub task: Task,
+    /// Class labels in index order (classification only).
+    pub classes: Vec<String>,
+    /// Per-feature mean and standard deviation applied, when scaling was on.
+    pub scaler: Option<Scaler>,
+    /// The split's seed.
+    pub seed: u64,
+}
+schema!(Features, "warren.ml.Features/1");
+
+/// Standardisation fitted on the training rows: `(x - mean) / std`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scaler {
+    /// Means, per feature.
+    pub means: Vec<f64>,
+    /// Standard deviations, per feature (1.0 where a feature is constant).
+    pub stds: Vec<f64>,
+}
+
+/// A learning algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// (Multinomial) logistic regression; hyperparameters `alpha` (L2), `max_iterations`.
+    Logistic,
+    /// CART decision tree; hyperparameters `max_depth`, `min_samples_split`.
+    DecisionTree,
+    /// Ordinary least squares.
+    Linear,
+    /// Elastic net; hyperparameters `penalty`, `l1_ratio`.
+    ElasticNet,
+}
+
+impl Algorithm {
+    /// Whether it predicts classes.
+    pub fn task(self) -> Task {
+        match self {
+            Algorithm::Logistic | Algorithm::DecisionTree => Task::Classification,
+            Algorithm::Linear | Algorithm::ElasticNet => Task::Regression,
+        }
+    }
+}
+
+/// An algorithm with its hyperparameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// The algorithm.
+    pub algorithm: Algorithm,
+    /// Hyperparameters by name.
+    pub hyperparams: BTreeMap<String, f64>,
+}
+
+/// One training run: a candidate on a split, as one trial of a tuning job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainTask {
+    /// The data.
+    pub features: Features,
+    /// What to fit.
+    pub candidate: Candidate,
+    /// This trial's index, from 0.
+    pub trial: u32,
+    /// Trials in the job.
+    pub trials: u32,
+    /// The metric trials are compared on (`accuracy`, `f1_macro`, `r2`, `neg_rmse`, ...).
+    pub metric: String,
+}
+schema!(TrainTask, "warren.ml.TrainTask/1");
+
+/// A fitted model in the artifact store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    /// The serialised model (MessagePack of the fitted linfa model with its metadata).
+    pub artifact: ArtifactRef,
+    /// What was fitted.
+    pub candidate: Candidate,
+    /// The data it was fitted on.
+    pub features: Features,
+    /// The trial it came from.
+    pub trial: u32,
+    /// Trials in the job.
+    pub trials: u32,
+    /// The comparison metric.
+    pub metric: String,
+    /// Its value on the validation rows carved from the training part (higher is better).
+    pub validation_score: f64,
+}
+schema!(Model, "warren.ml.Model/1");
+
+/// Held-out metrics of a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// The model.
+    pub model: Model,
+    /// `accuracy`, `f1_macro` (classification); `rmse`, `mae`, `r2` (regression).
+    pub metrics: BTreeMap<String, f64>,
+    /// Confusion matrix, rows = true class, columns = predicted (classification).
+    pub confusion: Option<Vec<Vec<u64>>>,
+    /// The full report (JSON).
+    pub report: ArtifactRef,
+}
+schema!(Evaluation, "warren.ml.Evaluation/1");
+
+/// What the registry did with a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    /// Model name.
+    pub name: String,
+    /// The version given, when registered.
+    pub version: Option<u32>,
+    /// Whether `latest` now points at it.
+    pub promoted: bool,
+    /// Why not, when refused.
+    pub reason: Option<String>,
+    /// The registry entry (JSON), when registered.
+    pub entry: Option<ArtifactRef>,
+    /// The metrics the decision was made on.
+    pub metrics: BTreeMap<String, f64>,
+}
+schema!(Registration, "warren.ml.Registration/1");
+
+/// A request to the predict step: rows to score now (RPC), or a dataset to batch-score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictRequest {
+    /// Registered model name.
+    pub model: String,
+    /// A version number or alias; `latest` when absent.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Feature rows, raw (the model's scaler is applied).
+    #[serde(default)]
+    pub rows: Vec<Vec<f64>>,
+    /// A dataset to score instead, written back as an artifact.
+    #[serde(default)]
+    pub dataset: Option<ArtifactRef>,
+}
+schema!(PredictRequest, "warren.ml.PredictRequest/1");
+
+/// Predictions of a registered model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Predictions {
+    /// Model name.
+    pub model: String,
+    /// The version that answered.
+    pub version: u32,
+    /// Class labels (classification), one per row.
+    pub labels: Vec<String>,
+    /// Values (regression), one per row.
+    pub values: Vec<f64>,
+    /// The scored dataset, for batch requests.
+    pub artifact: Option<ArtifactRef>,
+}
+schema!(Predictions, "warren.ml.Predictions/1");
+
+/// Every payload schema id, for documentation and fixtures.
+pub const ALL_SCHEMAS: &[&str] = &[
+    Start::SCHEMA_ID,
+    Dataset::SCHEMA_ID,
+    Features::SCHEMA_ID,
+    TrainTask::SCHEMA_ID,
+    Model::SCHEMA_ID,
+    Evaluation::SCHEMA_ID,
+    Registration::SCHEMA_ID,
+    PredictRequest::SCHEMA_ID,
+    Predictions::SCHEMA_ID,
+];
