@@ -69,6 +69,10 @@ pub struct Dataset {
     pub artifact: ArtifactRef,
     /// Where it came from (`builtin:iris`, a path or URI).
     pub source: String,
+    /// Hash of the source file's bytes when it was read (CSV sources), so a changed file can be
+    /// told apart.
+    #[serde(default)]
+    pub source_hash: Option<String>,
     /// Row count.
     pub rows: u64,
     /// Columns, target included.
@@ -259,3 +263,10 @@ pub const ALL_SCHEMAS: &[&str] = &[
     PredictRequest::SCHEMA_ID,
     Predictions::SCHEMA_ID,
 ];
+
+#[cfg(feature = "warren")]
+impl From<warren::artifacts::Stored> for ArtifactRef {
+    fn from(s: warren::artifacts::Stored) -> Self {
+        ArtifactRef { uri: s.uri, hash: s.hash, bytes: s.bytes }
+    }
+}

@@ -141,6 +141,26 @@ impl PipelineSpec {
         Self::parse(&text, &file)
     }
 
+    /// The routing slip of a job of this pipeline.
+    #[cfg(feature = "warren")]
+    pub fn slip(&self) -> Vec<warren::Hop> {
+        self.steps
+            .iter()
+            .map(|s| {
+                let mut hop = warren::Hop::new(s.step.clone());
+                hop.params = s.params.clone();
+                hop.cache = s.cache;
+                hop
+            })
+            .collect()
+    }
+
+    /// A job of this pipeline, ready for `warren::Client::submit`.
+    #[cfg(feature = "warren")]
+    pub fn job(&self) -> warren::JobSpec<crate::Start> {
+        warren::JobSpec::new(self.name.clone(), self.slip(), crate::Start::default())
+    }
+
     /// Sets `step.param = value` (from `--set`), re-checking the step's parameters.
     pub fn set(&mut self, path: &str, value: &str) -> Result<(), String> {
         let (step, key) = path.split_once('.').ok_or_else(|| format!("`{path}` is not step.param"))?;
@@ -220,5 +240,24 @@ params = { test_fraction = 0.3, seed = 7 }
         let f: FeaturesParams = rmpv::ext::from_value(spec.steps[2].params.clone()).unwrap();
         assert_eq!(f.seed, 11);
         assert!(spec.set("nope.seed", "1").is_err());
+    }
+}
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    #[test]
+    fn every_shipped_pipeline_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                PipelineSpec::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 4, "pipelines/ holds the shipped specs");
     }
 }

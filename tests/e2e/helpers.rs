@@ -365,6 +365,20 @@ impl Events {
     }
 }
 
+impl Events {
+    /// Waits until `n` events matching `pred` have been seen.
+    pub async fn wait_count(&mut self, what: &str, deadline: Duration, n: usize, pred: impl Fn(&JobEvent) -> bool) {
+        let end = tokio::time::Instant::now() + deadline;
+        while self.seen.iter().filter(|e| pred(e)).count() < n {
+            match tokio::time::timeout_at(end, self.rx.recv()).await {
+                Ok(Some(e)) => self.seen.push(e),
+                Ok(None) => panic!("event stream ended while waiting for {what}"),
+                Err(_) => panic!("timed out after {deadline:?} waiting for {what}; saw {:#?}", self.seen),
+            }
+        }
+    }
+}
+
 /// A string header of a message.
 pub fn header(props: &BasicProperties, name: &str) -> Option<String> {
     warren::envelope::header_str(props, name).map(str::to_owned)
@@ -386,6 +400,18 @@ pub fn envelope_for(step: &str, seq: u64) -> Envelope<Probe> {
         schema: <Probe as warren::Payload>::SCHEMA.into(),
         payload: Probe { seq, hops: 0 },
     }
+}
+
+pub fn props_for_any<P: warren::Payload>(env: &Envelope<P>) -> BasicProperties {
+    warren::envelope::properties(
+        &warren::envelope::EnvelopeMeta {
+            job_id: env.job_id,
+            message_id: env.message_id,
+            step: env.step(),
+            schema: &env.schema,
+        },
+        1,
+    )
 }
 
 pub fn props_for(env: &Envelope<Probe>) -> BasicProperties {

@@ -6,5 +6,6 @@ mod helpers;
 
 mod failures;
 mod lifecycle;
+mod ml;
 mod pipeline;
 mod topology;

@@ -11,6 +11,7 @@
 //! - [`tune`]: expanding search spaces into candidates (grid or seeded random search).
 //! - [`model`]: fitting candidates (logistic regression, decision tree, linear, elastic net),
 //!   the saved model format, and prediction.
+//! - [`tree`]: a deterministic CART classification tree.
 //! - [`metrics`]: accuracy, macro F1, confusion matrix; RMSE, MAE, R².
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -20,6 +21,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod model;
 pub mod table;
+pub mod tree;
 pub mod tune;
 pub mod validate;
 

@@ -9,7 +9,6 @@ use linfa::prelude::*;
 use linfa_elasticnet::ElasticNet;
 use linfa_linear::{FittedLinearRegression, LinearRegression};
 use linfa_logistic::{MultiFittedLogisticRegression, MultiLogisticRegression};
-use linfa_trees::DecisionTree;
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 use warren_schemas::{Algorithm, Candidate, Scaler, Task};
@@ -26,7 +25,7 @@ pub enum Fitted {
     /// Multinomial logistic regression.
     Logistic(MultiFittedLogisticRegression<f64, usize>),
     /// A decision tree.
-    Tree(DecisionTree<f64, usize>),
+    Tree(crate::tree::Tree),
     /// Ordinary least squares.
     Linear(FittedLinearRegression<f64>),
     /// Elastic net.
@@ -71,7 +70,7 @@ impl SavedModel {
     pub fn predict_scaled(&self, x: &Array2<f64>) -> Predicted {
         match &self.fitted {
             Fitted::Logistic(m) => Predicted::Classes(m.predict(x).to_vec()),
-            Fitted::Tree(m) => Predicted::Classes(m.predict(x).to_vec()),
+            Fitted::Tree(m) => Predicted::Classes(m.predict(x)),
             Fitted::Linear(m) => Predicted::Values(m.predict(x).to_vec()),
             Fitted::ElasticNet(m) => Predicted::Values(m.predict(x).to_vec()),
         }
@@ -155,14 +154,13 @@ pub fn fit(candidate: &Candidate, data: &Xy) -> Result<Fitted> {
             Fitted::Logistic(m)
         }
         Algorithm::DecisionTree => {
-            let ds = Dataset::new(data.x.clone(), data.classes.clone());
             let depth = hp(candidate, "max_depth", 0.0);
-            let m = DecisionTree::params()
-                .max_depth((depth >= 1.0).then_some(depth as usize))
-                .min_weight_split(hp(candidate, "min_samples_split", 2.0) as f32)
-                .fit(&ds)
-                .map_err(|e| fail(&e))?;
-            Fitted::Tree(m)
+            let n_classes = data.classes.iter().max().map_or(1, |m| m + 1);
+            let params = crate::tree::TreeParams {
+                max_depth: (depth >= 1.0).then_some(depth as usize),
+                min_samples_split: hp(candidate, "min_samples_split", 2.0).max(2.0) as usize,
+            };
+            Fitted::Tree(crate::tree::Tree::fit(&data.x, data.classes.as_slice().unwrap_or(&[]), n_classes, params))
         }
         Algorithm::Linear => {
             let ds = Dataset::new(data.x.clone(), data.values.clone());

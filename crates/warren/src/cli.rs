@@ -51,3 +51,80 @@ impl ConfigArgs {
         Config::load(self.config.as_deref(), &overrides)
     }
 }
+
+/// How a step's worker binary runs (see [`worker_main`]).
+#[derive(Debug, Clone, Default)]
+pub struct StepOptions {
+    /// The longest one message may take (sets the queue's consumer timeout beyond it).
+    pub max_duration: Option<std::time::Duration>,
+    /// Messages handled at once, unless configured.
+    pub concurrency: Option<usize>,
+}
+
+#[derive(Debug, clap::Parser)]
+struct WorkerArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+/// The whole `main` of a step's worker binary: flags and configuration (a bad value prints one
+/// line and exits 2), logging, the artifact store, a current-thread runtime, and the worker until
+/// SIGTERM or Ctrl-C.
+pub fn worker_main<I, O, H>(
+    bin: &'static str,
+    step: &'static str,
+    version: &'static str,
+    about: &'static str,
+    options: StepOptions,
+    handler: H,
+) -> std::process::ExitCode
+where
+    I: crate::Payload,
+    O: crate::StepOutput,
+    H: crate::Handler<I, O>,
+{
+    use clap::{CommandFactory, FromArgMatches};
+    use std::process::ExitCode;
+
+    let command = WorkerArgs::command().name(bin).version(version).about(about);
+    let args = match command.try_get_matches().and_then(|m| WorkerArgs::from_arg_matches(&m)) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    let config = match args.config.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{bin}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init();
+    let store = match crate::artifacts::ArtifactStore::open(&config.artifacts) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{bin}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{bin}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut builder = crate::Worker::builder(step, &config).artifacts(store).version(version);
+    if let Some(d) = options.max_duration {
+        builder = builder.max_duration(d);
+    }
+    if let (Some(n), None) = (options.concurrency, std::env::var_os("WARREN_CONCURRENCY")) {
+        builder = builder.concurrency(n);
+    }
+    match runtime.block_on(builder.build().run(handler, crate::shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{bin}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -45,6 +45,27 @@ pub enum SubmitError {
     Broker(#[from] BrokerError),
 }
 
+/// An RPC call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The request could not be sent.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    /// The broker failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The reply was not a valid envelope of the expected schema.
+    #[error("bad reply: {0}")]
+    Decode(#[from] envelope::DecodeError),
+    /// No reply in time (the step failed, or has no worker).
+    #[error("no reply within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The reply channel closed.
+    #[error("the reply channel closed")]
+    NoReply,
+}
+
 /// Publishes jobs. One connection; publishes are confirmed.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -103,6 +124,48 @@ impl Client {
             r.map_err(|e| self.explain(e))?;
         }
         Ok(ids)
+    }
+
+    /// Calls a step as a remote procedure: publishes a one-hop job with `reply_to` set (RabbitMQ's
+    /// direct reply-to) and waits up to `timeout` for the step's output.
+    pub async fn call<Req: Payload, Resp: Payload>(
+        &self,
+        step: &str,
+        params: rmpv::Value,
+        request: Req,
+        timeout: std::time::Duration,
+    ) -> Result<Resp, CallError> {
+        const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+        let channel = self.broker.channel().await?;
+        let mut replies = channel
+            .basic_consume(
+                REPLY_TO.into(),
+                "".into(),
+                lapin::options::BasicConsumeOptions { no_ack: true, ..Default::default() },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .map_err(BrokerError::amqp("consume replies"))?;
+        let publisher = Publisher::new(channel.clone()).await?;
+        let mut hop = Hop::new(step);
+        hop.params = params;
+        let job = JobSpec::new("rpc", vec![hop], request);
+        let (job_id, step, body, props) = self.prepare(&job)?;
+        let props = props.with_reply_to(REPLY_TO.into());
+        publisher.publish(&self.names.steps_exchange(), &step, &body, props).await.map_err(|e| self.explain(e))?;
+        let wait = async {
+            while let Some(delivery) = replies.next().await {
+                let delivery = delivery.map_err(BrokerError::amqp("reply"))?;
+                let env = envelope::Envelope::<Resp>::decode(&delivery.data)?;
+                if env.job_id == job_id {
+                    return Ok(env.payload);
+                }
+            }
+            Err(CallError::NoReply)
+        };
+        let result = tokio::time::timeout(timeout, wait).await.unwrap_or(Err(CallError::Timeout(timeout)));
+        let _ = channel.close(200, "done".into()).await;
+        result
     }
 
     fn prepare<P: Payload>(

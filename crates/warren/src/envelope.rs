@@ -59,6 +59,9 @@ pub struct Hop {
     /// The step's parameters (a MessagePack map; nil when the step takes none).
     #[serde(default = "nil")]
     pub params: rmpv::Value,
+    /// Reuse an earlier run's output when step version, parameters and input match.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache: bool,
 }
 
 fn nil() -> rmpv::Value {
@@ -68,12 +71,12 @@ fn nil() -> rmpv::Value {
 impl Hop {
     /// A hop with no parameters.
     pub fn new(step: impl Into<String>) -> Self {
-        Self { step: step.into(), params: rmpv::Value::Nil }
+        Self { step: step.into(), params: rmpv::Value::Nil, cache: false }
     }
     /// A hop with parameters taken from any serde value.
     pub fn with_params<T: Serialize>(step: impl Into<String>, params: &T) -> Result<Self, DecodeError> {
         let params = rmpv::ext::to_value(params).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        Ok(Self { step: step.into(), params })
+        Ok(Self { step: step.into(), params, cache: false })
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //!
+//! - [`artifacts`]: the claim-check store (a directory, or `s3://` through `object_store`).
 //! - [`config`]: file, then `WARREN_*` environment, then flags; passwords redacted.
 //! - [`names`]: every exchange and queue name, from the namespace.
 //! - [`envelope`]: the MessagePack envelope, its AMQP properties and headers, typed decode errors.
@@ -11,7 +12,8 @@
 //!   the events stream) and clear conflicts.
 //! - [`worker`]: consume, handle, confirmed hand-off, retry, dead-letter, graceful stop, reconnect.
 //! - [`events`]: job events, batched onto `{ns}.events` and read back from its stream.
-//! - [`client`]: submitting jobs with their routing slip.
+//! - [`client`]: submitting jobs with their routing slip, and RPC calls.
+//! - [`dlq`]: reading and replaying dead letters.
 //! - [`error`]: [`StepError`] (retryable or permanent) and [`DeadKind`].
 //!
 //! # The flow of one message
@@ -25,11 +27,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod artifacts;
 pub mod broker;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dlq;
 pub mod envelope;
 pub mod error;
 pub mod events;
@@ -46,7 +50,7 @@ pub mod worker;
 pub struct ReadmeDoctests;
 
 pub use broker::{Broker, BrokerError, Publisher};
-pub use client::{Client, JobSpec, SubmitError};
+pub use client::{CallError, Client, JobSpec, SubmitError};
 pub use config::{Config, ConfigError};
 pub use envelope::{DecodeError, Envelope, Hop, Payload};
 pub use error::{DeadKind, StepError};

@@ -23,6 +23,10 @@ use lapin::{
 
 use crate::{Broker, BrokerError, Names};
 
+/// The delivery limit of dead-letter queues: high enough never to drop a dead letter however
+/// often it is listed (an explicit limit, since RabbitMQ 4 defaults to 20).
+pub const DEAD_LETTER_DELIVERY_LIMIT: u64 = 1_000_000;
+
 /// A topology declaration failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -158,6 +162,9 @@ impl<'a> Declarer<'a> {
         let n = self.names;
         let mut dead = FieldTable::default();
         dead.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        // Browsing dead letters returns them to the queue, and quorum queues count that as a
+        // delivery; RabbitMQ 4 would drop them after 20. Dead letters must stay until replayed.
+        dead.insert("x-delivery-limit".into(), int(DEAD_LETTER_DELIVERY_LIMIT));
         self.queue(&n.dead_queue(&step.step), dead).await?;
         self.bind(&n.dead_queue(&step.step), &n.dead_exchange(), &step.step).await?;
 

@@ -41,6 +41,7 @@ use uuid::Uuid;
 
 use crate::{
     Broker, BrokerError, Config, DeadKind, EventKind, EventSink, JobEvent, Names, StepError,
+    artifacts::{ArtifactStore, content_hash},
     broker::{Publisher, hostname},
     envelope::{self, Envelope, EnvelopeHead, EnvelopeMeta, Payload, headers},
     topology::{Declarer, StepTopology, TopologyError},
@@ -125,9 +126,21 @@ pub struct Context {
     pub next: Arc<[envelope::Hop]>,
     params: rmpv::Value,
     events: EventSink,
+    artifacts: Option<ArtifactStore>,
 }
 
 impl Context {
+    /// The worker's artifact store; a permanent error if the worker was built without one.
+    pub fn store(&self) -> Result<&ArtifactStore, StepError> {
+        self.artifacts.as_ref().ok_or_else(|| StepError::permanent(format!("step {} has no artifact store", self.step)))
+    }
+
+    /// A deterministic artifact key for this job and step: `{pipeline}/{job}/{step}/{name}`. A
+    /// redelivered message writes the same key again.
+    pub fn artifact_key(&self, name: &str) -> String {
+        format!("{}/{}/{}/{name}", self.pipeline, self.job_id, self.step)
+    }
+
     /// This step's parameters from the routing slip, decoded as `T`. A parameter of the wrong
     /// form is a permanent error naming it.
     pub fn params<T: DeserializeOwned>(&self) -> Result<T, StepError> {
@@ -224,6 +237,8 @@ pub struct WorkerBuilder {
     config: Config,
     retry: RetryPolicy,
     max_duration: Option<Duration>,
+    artifacts: Option<ArtifactStore>,
+    version: String,
 }
 
 impl WorkerBuilder {
@@ -249,6 +264,16 @@ impl WorkerBuilder {
         self.max_duration = Some(d);
         self
     }
+    /// The artifact store handlers reach through [`Context::store`], also used for step caching.
+    pub fn artifacts(mut self, store: ArtifactStore) -> Self {
+        self.artifacts = Some(store);
+        self
+    }
+    /// The step's version: part of every cache key, so a new version never reuses old outputs.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
+    }
     /// Builds the worker.
     pub fn build(self) -> Worker {
         let host = hostname();
@@ -266,6 +291,8 @@ impl WorkerBuilder {
             retry: self.retry,
             health: Health::default(),
             config: self.config,
+            artifacts: self.artifacts,
+            version: self.version,
         }
     }
 }
@@ -281,6 +308,8 @@ pub struct Worker {
     retry: RetryPolicy,
     worker_id: Arc<str>,
     health: Health,
+    artifacts: Option<ArtifactStore>,
+    version: String,
 }
 
 enum SessionEnd {
@@ -310,6 +339,8 @@ impl Worker {
             },
             config: config.clone(),
             max_duration: None,
+            artifacts: None,
+            version: "0".to_owned(),
         }
     }
 
@@ -528,6 +559,7 @@ impl<H> Shared<H> {
             next: slip.into(),
             params: hop.params,
             events: session.events.clone(),
+            artifacts: w.artifacts.clone(),
         };
         if delivery_count > 0 || delivery.redelivered {
             tracing::warn!(step = %w.step, job = %ctx.job_id, message = %ctx.message_id, delivery_count,
@@ -546,6 +578,18 @@ impl<H> Shared<H> {
 
         session.events.emit(ctx.event_base(EventKind::Started));
         let started = Instant::now();
+        let cache_key = match (&w.artifacts, hop.cache) {
+            (Some(_), true) => self.cache_key(&ctx, &env.payload),
+            _ => None,
+        };
+        if let (Some(key), Some(store)) = (&cache_key, &w.artifacts)
+            && let Ok(Some(bytes)) = store.get_opt(key).await
+            && let Ok(outputs) = rmp_serde::from_slice::<Vec<O::Payload>>(&bytes)
+        {
+            ctx.report(rmpv::Value::Map(vec![("cache".into(), "hit".into()), ("key".into(), key.as_str().into())]));
+            self.hand_off(session, &delivery, &ctx, outputs, started).await;
+            return;
+        }
         let call = self.handler.call(ctx.clone(), env.payload);
         let result = match w.topology.max_duration {
             Some(limit) => tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
@@ -554,7 +598,20 @@ impl<H> Shared<H> {
             None => call.await,
         };
         match result {
-            Ok(output) => self.hand_off(session, &delivery, &ctx, output, started).await,
+            Ok(output) => {
+                let outputs = output.into_payloads();
+                if let (Some(key), Some(store)) = (&cache_key, &w.artifacts) {
+                    match rmp_serde::to_vec_named(&outputs) {
+                        Ok(bytes) => {
+                            if let Err(e) = store.put(key, bytes).await {
+                                tracing::warn!(step = %w.step, error = %e, "cannot write the step cache");
+                            }
+                        }
+                        Err(e) => tracing::warn!(step = %w.step, error = %e, "cannot encode outputs for the cache"),
+                    }
+                }
+                self.hand_off(session, &delivery, &ctx, outputs, started).await
+            }
             Err(e) if e.is_retryable() && attempt < w.retry.max_attempts => {
                 self.retry(session, &delivery, &ctx, &e).await
             }
@@ -570,18 +627,37 @@ impl<H> Shared<H> {
         }
     }
 
+    /// `cache/{step}/{sha256 of step, version, params and input}`: the same input with the same
+    /// parameters to the same step version finds the earlier outputs.
+    fn cache_key<P: Payload>(&self, ctx: &Context, input: &P) -> Option<String> {
+        let w = &self.worker;
+        let mut material = Vec::new();
+        material.extend_from_slice(w.step.as_bytes());
+        material.push(0);
+        material.extend_from_slice(w.version.as_bytes());
+        material.push(0);
+        material.extend_from_slice(&rmp_serde::to_vec_named(&ctx.params).ok()?);
+        material.extend_from_slice(&rmp_serde::to_vec_named(input).ok()?);
+        let hash = content_hash(&material);
+        Some(format!("cache/{}/{}.msgpack", w.step, hash.trim_start_matches("sha256:")))
+    }
+
     /// The confirmed hand-off: publish every output, wait for all confirms, then ack the input.
-    async fn hand_off<O: StepOutput>(
+    async fn hand_off<P: Payload>(
         &self,
         session: &Session,
         delivery: &Delivery,
         ctx: &Context,
-        output: O,
+        payloads: Vec<P>,
         started: Instant,
     ) {
         let w = &self.worker;
-        let payloads = output.into_payloads();
         let outputs = if ctx.next.is_empty() { 0 } else { payloads.len() };
+        if ctx.next.is_empty()
+            && let Some(reply_to) = delivery.properties.reply_to()
+        {
+            self.reply(session, delivery, ctx, reply_to.as_str(), payloads.first()).await;
+        }
         if let Some(next) = ctx.next.first() {
             let exchange = w.names.steps_exchange();
             let mut sends = Vec::with_capacity(payloads.len());
@@ -593,7 +669,7 @@ impl<H> Shared<H> {
                     causation_id: Some(ctx.message_id),
                     pipeline: &ctx.pipeline,
                     slip: &ctx.next,
-                    schema: O::Payload::SCHEMA,
+                    schema: P::SCHEMA,
                     payload: &payload,
                 };
                 let body = match out.encode() {
@@ -642,6 +718,38 @@ impl<H> Shared<H> {
         event.outputs = outputs as u32;
         event.last_step = ctx.next.is_empty();
         session.events.emit(event);
+    }
+
+    /// Answers an RPC request: the output goes to `reply_to` with the request's correlation id.
+    /// A caller that has gone away is logged, not an error of the step.
+    async fn reply<P: Payload>(
+        &self,
+        session: &Session,
+        delivery: &Delivery,
+        ctx: &Context,
+        reply_to: &str,
+        payload: Option<&P>,
+    ) {
+        let Some(payload) = payload else { return };
+        let out = envelope::EnvelopeRef {
+            v: envelope::ENVELOPE_VERSION,
+            job_id: ctx.job_id,
+            message_id: envelope::derive_message_id(ctx.message_id, &self.worker.step, 0),
+            causation_id: Some(ctx.message_id),
+            pipeline: &ctx.pipeline,
+            slip: &[],
+            schema: P::SCHEMA,
+            payload,
+        };
+        let Ok(body) = out.encode() else { return };
+        let meta = EnvelopeMeta { job_id: ctx.job_id, message_id: out.message_id, step: "", schema: P::SCHEMA };
+        let mut props = envelope::properties(&meta, 1);
+        if let Some(c) = delivery.properties.correlation_id() {
+            props = props.with_correlation_id(c.clone());
+        }
+        if let Err(e) = session.publisher.publish("", reply_to, &body, props).await {
+            tracing::warn!(step = %self.worker.step, error = %e, "cannot deliver the RPC reply (caller gone?)");
+        }
     }
 
     async fn retry(&self, session: &Session, delivery: &Delivery, ctx: &Context, error: &StepError) {

@@ -1,0 +1,81 @@
+//! `ingest`: a CSV file or a shipped dataset into an Arrow IPC dataset artifact.
+
+use warren::{Context, StepError, artifacts::content_hash};
+use warren_ml::ingest;
+use warren_schemas::{Dataset, Start, params::IngestParams};
+
+use crate::{art, blocking, ml, put};
+
+/// Loads the source named in the params and stores it as `dataset.arrow`.
+pub async fn handle(ctx: Context, _start: Start) -> Result<Dataset, StepError> {
+    let p: IngestParams = ctx.params()?;
+    let (loaded, source, source_hash) = match (&p.dataset, &p.csv) {
+        (Some(name), None) => {
+            let name = name.clone();
+            let source = format!("builtin:{name}");
+            (blocking(move || ingest::builtin(&name)).await?, source, None)
+        }
+        (None, Some(csv)) => {
+            let store = ctx.store()?;
+            let bytes = if csv.starts_with(store.base()) {
+                store.fetch(csv, None).await.map_err(art)?
+            } else {
+                let path = csv.strip_prefix("file://").unwrap_or(csv);
+                std::fs::read(path).map_err(|e| StepError::permanent(format!("cannot read CSV {path}: {e}")))?
+            };
+            let hash = content_hash(&bytes);
+            (ingest::csv(&bytes, &p).map_err(ml)?, csv.clone(), Some(hash))
+        }
+        _ => return Err(StepError::permanent("ingest takes exactly one of `dataset` and `csv`")),
+    };
+    let bytes = loaded.table.to_ipc().map_err(ml)?;
+    let artifact = put(&ctx, &format!("dataset-{}.arrow", short(&content_hash(&bytes))), bytes).await?;
+    Ok(Dataset {
+        artifact,
+        source,
+        source_hash,
+        rows: loaded.table.rows() as u64,
+        columns: loaded.table.schema(),
+        target: loaded.target,
+        task: loaded.task,
+    })
+}
+
+/// The first 12 hex digits of a `sha256:` hash, to put content into artifact keys.
+pub(crate) fn short(hash: &str) -> &str {
+    let hex = hash.trim_start_matches("sha256:");
+    &hex[..hex.len().min(12)]
+}
+
+/// Reads a CSV source again, if its file changed since `dataset` was ingested from it.
+pub(crate) async fn reread_if_changed(
+    ctx: &Context,
+    dataset: &Dataset,
+) -> Result<Option<(Dataset, ingest::Loaded)>, StepError> {
+    let Some(old_hash) = &dataset.source_hash else { return Ok(None) };
+    let path = dataset.source.strip_prefix("file://").unwrap_or(&dataset.source);
+    let Ok(bytes) = std::fs::read(path) else { return Ok(None) };
+    let hash = content_hash(&bytes);
+    if &hash == old_hash {
+        return Ok(None);
+    }
+    let p = IngestParams {
+        csv: Some(dataset.source.clone()),
+        target: Some(dataset.target.clone()),
+        classification: Some(dataset.task == warren_schemas::Task::Classification),
+        dataset: None,
+    };
+    let loaded = ingest::csv(&bytes, &p).map_err(ml)?;
+    let ipc = loaded.table.to_ipc().map_err(ml)?;
+    let artifact = put(ctx, &format!("dataset-{}.arrow", short(&content_hash(&ipc))), ipc).await?;
+    let fresh = Dataset {
+        artifact,
+        source: dataset.source.clone(),
+        source_hash: Some(hash),
+        rows: loaded.table.rows() as u64,
+        columns: loaded.table.schema(),
+        target: loaded.target.clone(),
+        task: loaded.task,
+    };
+    Ok(Some((fresh, loaded)))
+}

@@ -1,0 +1,61 @@
+//! The handlers of Warren's ML workers. Each module is one step: it reads its inputs from the
+//! artifact store, calls `warren-ml`, writes its outputs under deterministic keys and returns
+//! the next payload. `workers/<step>` is a one-line `main` around each.
+//!
+//! Errors map onto the runtime's: bad data or parameters are permanent (dead-letter at once),
+//! store and I/O trouble is retryable.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod evaluate;
+pub mod features;
+pub mod ingest;
+pub mod predict;
+pub mod register;
+pub mod select;
+pub mod train;
+pub mod tune;
+pub mod validate;
+
+use warren::{Context, StepError, artifacts::ArtifactError};
+use warren_ml::MlError;
+use warren_schemas::ArtifactRef;
+
+/// The version recorded in registry lineage and cache keys.
+pub const STEP_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub(crate) fn ml(e: MlError) -> StepError {
+    match e {
+        MlError::Transient(m) => StepError::Retryable(m),
+        other => StepError::Permanent(other.to_string()),
+    }
+}
+
+pub(crate) fn art(e: ArtifactError) -> StepError {
+    match e {
+        ArtifactError::NotFound(_) | ArtifactError::HashMismatch { .. } | ArtifactError::Foreign { .. } => {
+            StepError::permanent(e)
+        }
+        other => StepError::retryable(other),
+    }
+}
+
+/// Reads an artifact and checks its hash.
+pub(crate) async fn fetch(ctx: &Context, r: &ArtifactRef) -> Result<Vec<u8>, StepError> {
+    ctx.store()?.fetch(&r.uri, Some(&r.hash)).await.map_err(art)
+}
+
+/// Writes an artifact of this job and step under `name`.
+pub(crate) async fn put(ctx: &Context, name: &str, bytes: Vec<u8>) -> Result<ArtifactRef, StepError> {
+    Ok(ctx.store()?.put(&ctx.artifact_key(name), bytes).await.map_err(art)?.into())
+}
+
+/// Runs CPU-heavy work off the runtime thread.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, MlError> + Send + 'static,
+) -> Result<T, StepError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StepError::retryable(format!("worker task failed: {e}")))?
+        .map_err(ml)
+}

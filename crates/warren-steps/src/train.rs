@@ -1,0 +1,42 @@
+//! `train`: fits one candidate and stores the model as `model-{trial}.msgpack`.
+
+use warren::{Context, StepError};
+use warren_ml::{model, table::Table};
+use warren_schemas::{Model, TrainTask, params::TrainParams};
+
+use crate::{blocking, fetch, put};
+
+/// Fits the trial's candidate; scores it on validation rows carved from the training rows.
+pub async fn handle(ctx: Context, task: TrainTask) -> Result<Model, StepError> {
+    let p: TrainParams = ctx.params()?;
+    let bytes = fetch(&ctx, &task.features.train).await?;
+    let t = task.clone();
+    let (trained, model_bytes) = blocking(move || {
+        let table = Table::from_ipc(&bytes)?;
+        let f = &t.features;
+        let trained = model::train(
+            &t.candidate,
+            &table,
+            &f.feature_names,
+            &f.classes,
+            f.scaler.clone(),
+            f.task,
+            &t.metric,
+            p.validation_fraction,
+            f.seed,
+        )?;
+        let bytes = trained.model.to_bytes()?;
+        Ok((trained, bytes))
+    })
+    .await?;
+    let artifact = put(&ctx, &format!("model-{:04}.msgpack", task.trial), model_bytes).await?;
+    Ok(Model {
+        artifact,
+        candidate: task.candidate,
+        features: task.features,
+        trial: task.trial,
+        trials: task.trials,
+        metric: task.metric,
+        validation_score: trained.validation_score,
+    })
+}

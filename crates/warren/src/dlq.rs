@@ -1,0 +1,212 @@
+//! Dead letters: reading them and sending them back to their step.
+//!
+//! A replay publishes each chosen dead letter to its step with a publisher confirm and only
+//! then acks it in the dead-letter queue: killed at any moment, every message is either still a
+//! dead letter or back in its step queue (or, in the moment between, both: the step's dedup and
+//! idempotent handlers absorb that).
+
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable},
+};
+
+use crate::{
+    Broker, BrokerError, Names,
+    broker::Publisher,
+    envelope::{self, headers},
+};
+
+/// One dead letter.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The step whose dead-letter queue holds it.
+    pub step: String,
+    /// Message id (property).
+    pub message_id: Option<String>,
+    /// Job id (`warren-job` header).
+    pub job: Option<String>,
+    /// The error (`warren-error`, or RabbitMQ's `x-death` reason).
+    pub error: String,
+    /// The kind (`warren-error-kind`; `broker` when RabbitMQ dead-lettered it itself).
+    pub kind: String,
+    /// When it failed, ms since the epoch (0 if unknown).
+    pub failed_at_ms: u64,
+    /// Its properties and headers.
+    pub properties: BasicProperties,
+    /// The original body.
+    pub body: Vec<u8>,
+}
+
+/// Which dead letters to act on. Empty fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only this job.
+    pub job: Option<String>,
+    /// Only errors containing this text.
+    pub error_contains: Option<String>,
+    /// Only dead letters that failed at or after this time (ms since the epoch).
+    pub since_ms: Option<u64>,
+}
+
+impl Filter {
+    /// Whether `d` matches.
+    pub fn matches(&self, d: &DeadLetter) -> bool {
+        self.job.as_ref().is_none_or(|j| d.job.as_deref() == Some(j.as_str()))
+            && self.error_contains.as_ref().is_none_or(|t| d.error.contains(t.as_str()))
+            && self.since_ms.is_none_or(|s| d.failed_at_ms >= s)
+    }
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Dead letters sent back (or, on a dry run, that would be).
+    pub replayed: usize,
+    /// Dead letters looked at and left.
+    pub left: usize,
+}
+
+fn dead_letter(step: &str, properties: BasicProperties, body: Vec<u8>) -> DeadLetter {
+    let error = envelope::header_str(&properties, headers::ERROR).map(str::to_owned).unwrap_or_else(|| {
+        if properties.headers().as_ref().is_some_and(|h| h.contains_key("x-death")) {
+            "dead-lettered by RabbitMQ (see x-death)".to_owned()
+        } else {
+            String::new()
+        }
+    });
+    DeadLetter {
+        step: step.to_owned(),
+        message_id: properties.message_id().as_ref().map(|m| m.to_string()),
+        job: envelope::header_str(&properties, headers::JOB).map(str::to_owned),
+        kind: envelope::header_str(&properties, headers::ERROR_KIND).unwrap_or("broker").to_owned(),
+        failed_at_ms: envelope::header_int(&properties, headers::FAILED_AT).unwrap_or(0).max(0) as u64,
+        error,
+        properties,
+        body,
+    }
+}
+
+/// Walks up to the current number of dead letters of `step`, calling `act` on each; a dead letter
+/// for which `act` returns `true` is acked (removed), the others go back when the walk ends.
+async fn walk<F, Fut>(broker: &Broker, names: &Names, step: &str, mut act: F) -> Result<(), BrokerError>
+where
+    F: FnMut(DeadLetter) -> Fut,
+    Fut: std::future::Future<Output = Result<bool, BrokerError>>,
+{
+    let queue = names.dead_queue(step);
+    let ch = broker.channel().await?;
+    let info = ch
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions { passive: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(BrokerError::amqp("dead-letter queue"))?;
+    // Dead letters another client is returning right now are not counted yet: read until the
+    // expected number arrived and then until the queue stays quiet for a moment.
+    let expected = info.message_count() as usize;
+    // No prefetch limit: the dead letters left alone stay unacked until the walk ends.
+    ch.basic_qos(0, BasicQosOptions::default()).await.map_err(BrokerError::amqp("basic.qos"))?;
+    let mut consumer = ch
+        .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .map_err(BrokerError::amqp("consume dead letters"))?;
+    let mut seen = 0usize;
+    loop {
+        let idle =
+            if seen < expected { std::time::Duration::from_secs(5) } else { std::time::Duration::from_millis(300) };
+        let next = tokio::time::timeout(idle, consumer.next()).await;
+        let Ok(Some(delivery)) = next else { break };
+        seen += 1;
+        let delivery = delivery.map_err(BrokerError::amqp("dead letter"))?;
+        let acker = delivery.acker.clone();
+        if act(dead_letter(step, delivery.properties, delivery.data)).await? {
+            acker.ack(BasicAckOptions::default()).await.map_err(BrokerError::amqp("ack dead letter"))?;
+        }
+    }
+    // Closing the channel returns every dead letter not acked to the queue.
+    let _ = ch.close(200, "done".into()).await;
+    Ok(())
+}
+
+/// The dead letters of `step` that match `filter`, left in place.
+pub async fn list(broker: &Broker, names: &Names, step: &str, filter: &Filter) -> Result<Vec<DeadLetter>, BrokerError> {
+    let mut out = Vec::new();
+    walk(broker, names, step, |d| {
+        if filter.matches(&d) {
+            out.push(d);
+        }
+        async { Ok(false) }
+    })
+    .await?;
+    Ok(out)
+}
+
+/// Sends the dead letters of `step` that match `filter` (at most `limit`) back to the step queue:
+/// the original body and properties, the attempt count reset, `warren-replayed` counting replays
+/// and `warren-replayed-error` keeping the error it died of. With `dry_run` nothing moves.
+pub async fn replay(
+    broker: &Broker,
+    names: &Names,
+    step: &str,
+    filter: &Filter,
+    limit: Option<usize>,
+    dry_run: bool,
+) -> Result<ReplayReport, BrokerError> {
+    let publisher = Publisher::new(broker.channel().await?).await?;
+    let exchange = names.steps_exchange();
+    let mut report = ReplayReport::default();
+    walk(broker, names, step, |d| {
+        let chosen = filter.matches(&d) && limit.is_none_or(|l| report.replayed < l);
+        if chosen {
+            report.replayed += 1;
+        } else {
+            report.left += 1;
+        }
+        let (publisher, exchange) = (&publisher, &exchange);
+        async move {
+            if !chosen || dry_run {
+                return Ok(false);
+            }
+            let props = replay_properties(&d);
+            publisher.publish(exchange, &d.step, &d.body, props).await?;
+            Ok(true)
+        }
+    })
+    .await?;
+    let _ = publisher.channel().close(200, "done".into()).await;
+    Ok(report)
+}
+
+/// The properties a replayed message is published with.
+fn replay_properties(d: &DeadLetter) -> BasicProperties {
+    let mut table = FieldTable::default();
+    let replays = envelope::header_int(&d.properties, headers::REPLAYED).unwrap_or(0) + 1;
+    if let Some(h) = d.properties.headers() {
+        for (k, v) in h.inner() {
+            let drop = [
+                headers::ERROR,
+                headers::ERROR_KIND,
+                headers::WORKER,
+                headers::FAILED_AT,
+                headers::ATTEMPT,
+                headers::STEP,
+                headers::REPLAYED,
+                headers::DELIVERY_COUNT,
+                "x-death",
+                "x-first-death-exchange",
+                "x-first-death-queue",
+                "x-first-death-reason",
+            ];
+            if !drop.contains(&k.as_str()) {
+                table.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    table.insert(headers::REPLAYED.into(), AMQPValue::LongLongInt(replays));
+    table.insert("warren-replayed-error".into(), envelope::text(d.error.as_str()));
+    d.properties.clone().with_headers(table)
+}

@@ -1,0 +1,268 @@
+//! The ML pipeline end to end: every worker binary as its own process, the real broker, a
+//! real artifact store in a temporary directory.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::OnceLock,
+    time::Duration,
+};
+
+use tokio::process::Child;
+use uuid::Uuid;
+use warren::{EventKind, artifacts::content_hash, envelope::headers};
+use warren_schemas::{PredictRequest, Predictions, spec::PipelineSpec};
+
+use crate::helpers::{TestNs, header};
+
+pub const ML_STEPS: &[&str] =
+    &["ingest", "validate", "features", "tune", "train", "select", "evaluate", "register", "predict"];
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The worker binaries, built once per test run (`cargo test` builds only the test's own package).
+pub fn worker_bin(step: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let mut cmd = std::process::Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "--bins"]).current_dir(repo());
+        for s in ML_STEPS {
+            cmd.args(["-p", &format!("warren-{s}")]);
+        }
+        let status = cmd.status().expect("run cargo build for the worker binaries");
+        assert!(status.success(), "building the worker binaries failed");
+        let exe = std::env::current_exe().expect("test path");
+        exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    });
+    dir.join(format!("warren-{step}"))
+}
+
+/// Every ML worker, one process each (two for `train` when asked), sharing an artifact store.
+pub struct Fleet {
+    pub children: Vec<Child>,
+    pub artifacts: PathBuf,
+}
+
+impl Fleet {
+    pub async fn start(t: &mut TestNs, train_workers: usize) -> Self {
+        let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts").join(&t.ns);
+        std::fs::create_dir_all(&artifacts).expect("artifact dir");
+        let mut children = Vec::new();
+        for step in ML_STEPS {
+            let copies = if *step == "train" { train_workers } else { 1 };
+            for i in 0..copies {
+                t.remember(step);
+                let log = std::fs::File::create(t.log_dir().join(format!("{step}-{i}.log"))).expect("log");
+                let child = tokio::process::Command::new(worker_bin(step))
+                    .current_dir(repo())
+                    .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
+                    .env("WARREN_NAMESPACE", &t.ns)
+                    .env("WARREN_ARTIFACTS", &artifacts)
+                    .env("RUST_LOG", "info,lapin=warn")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(log)
+                    .kill_on_drop(true)
+                    .spawn()
+                    .expect("spawn a worker binary");
+                children.push(child);
+            }
+        }
+        for step in ML_STEPS {
+            t.wait_consumers(step, 1).await;
+        }
+        Self { children, artifacts }
+    }
+
+    /// Every file of the store with its content hash.
+    pub fn snapshot(&self) -> BTreeMap<String, String> {
+        fn walk(dir: &Path, root: &Path, out: &mut BTreeMap<String, String>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, root, out);
+                } else if let Ok(bytes) = std::fs::read(&p) {
+                    let key = p.strip_prefix(root).unwrap_or(&p).display().to_string();
+                    out.insert(key, content_hash(&bytes));
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(&self.artifacts, &self.artifacts, &mut out);
+        out
+    }
+
+    pub fn read_json(&self, key: &str) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.artifacts.join(key)).unwrap_or_else(|e| panic!("{key}: {e}"));
+        serde_json::from_str(&text).expect("json")
+    }
+
+    pub async fn stop(self) {
+        for c in &self.children {
+            let _ = crate::helpers::signal(c, "TERM").await;
+        }
+        for mut c in self.children {
+            let status = c.wait().await.expect("worker exits");
+            assert!(status.success(), "worker exits 0 on SIGTERM: {status}");
+        }
+        let _ = std::fs::remove_dir_all(&self.artifacts);
+    }
+}
+
+fn spec(name: &str) -> PipelineSpec {
+    PipelineSpec::load(&repo().join("pipelines").join(name)).expect("shipped spec")
+}
+
+/// Waits until `job` completed its last step, or fails with its events.
+async fn wait_done(events: &mut crate::helpers::Events, job: Uuid, within: Duration) {
+    events
+        .wait("the job's last step", within, |e| e.job_id == job && e.kind == EventKind::Succeeded && e.last_step)
+        .await;
+}
+
+fn entry(fleet: &Fleet, model: &str) -> serde_json::Value {
+    let latest = fleet.read_json(&format!("registry/{model}/latest.json"));
+    let v = latest["version"].as_u64().expect("version");
+    fleet.read_json(&format!("registry/{model}/versions/{v:06}.json"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iris_and_diabetes_train_to_registered_models_reproducibly_and_predict_serves_them() {
+    let mut t = TestNs::new("ml").await;
+    let mut events = t.events().await;
+    let fleet = Fleet::start(&mut t, 1).await;
+
+    let iris = t.client.submit(&spec("iris.toml").job()).await.expect("submit iris");
+    let diabetes = t.client.submit(&spec("diabetes.toml").job()).await.expect("submit diabetes");
+    wait_done(&mut events, iris, Duration::from_secs(180)).await;
+    wait_done(&mut events, diabetes, Duration::from_secs(180)).await;
+
+    let first = entry(&fleet, "iris");
+    let accuracy = first["metrics"]["accuracy"].as_f64().expect("accuracy");
+    assert!(accuracy >= 0.9, "iris held-out accuracy {accuracy}");
+    assert_eq!(first["job_id"], iris.to_string(), "lineage names the job");
+    let d = entry(&fleet, "diabetes");
+    assert!(d["metrics"]["r2"].as_f64().expect("r2") >= 0.3, "{d}");
+    assert!(d["metrics"].get("rmse").is_some() && d["metrics"].get("mae").is_some());
+
+    // Same spec, same seed: same split, same metrics, same content hashes.
+    let again = t.client.submit(&spec("iris.toml").job()).await.expect("submit iris again");
+    wait_done(&mut events, again, Duration::from_secs(180)).await;
+    let second = entry(&fleet, "iris");
+    assert_eq!(second["version"], 2);
+    assert_eq!(second["metrics"], first["metrics"]);
+    assert_eq!(second["dataset_hash"], first["dataset_hash"]);
+    assert_eq!(second["model"]["hash"], first["model"]["hash"], "the same model bytes");
+
+    // predict answers over RPC from the registered model, resolving `latest` per request.
+    let request = PredictRequest {
+        model: "iris".into(),
+        version: None,
+        rows: vec![vec![5.1, 3.5, 1.4, 0.2], vec![6.7, 3.0, 5.2, 2.3]],
+        dataset: None,
+    };
+    let reply: Predictions =
+        t.client.call("predict", rmpv::Value::Nil, request, Duration::from_secs(30)).await.expect("predict replies");
+    assert_eq!(reply.version, 2);
+    assert_eq!(reply.labels, vec!["setosa".to_owned(), "virginica".to_owned()]);
+
+    fleet.stop().await;
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_job_rewrites_nothing_and_a_cached_step_does_not_run_again() {
+    let mut t = TestNs::new("mlcache").await;
+    let mut events = t.events().await;
+    let fleet = Fleet::start(&mut t, 1).await;
+
+    let spec = spec("csv-example.toml");
+    let job = t.client.submit(&spec.job()).await.expect("submit");
+    wait_done(&mut events, job, Duration::from_secs(120)).await;
+    let before = fleet.snapshot();
+
+    // The job's first message again, as a redelivery would bring it (a new message id, so no
+    // worker drops it as a duplicate): every step runs again and writes the same bytes to the
+    // same keys, and select, having decided, emits nothing.
+    let env = warren::Envelope {
+        v: 1,
+        job_id: job,
+        message_id: Uuid::now_v7(),
+        causation_id: None,
+        pipeline: spec.name.clone(),
+        slip: spec.slip(),
+        schema: "warren.ml.Start/1".to_owned(),
+        payload: warren_schemas::Start::default(),
+    };
+    t.publish_raw("ingest", &env.encode().expect("encode"), crate::helpers::props_for_any(&env)).await;
+    // Both trials reach select again (2 the first time, 2 now); select has decided already.
+    events
+        .wait_count("both trials at select twice", Duration::from_secs(120), 4, |e| {
+            e.job_id == job && &*e.step == "select" && e.kind == EventKind::Succeeded
+        })
+        .await;
+    assert_eq!(fleet.snapshot(), before, "the artifact store is as it was");
+    let registrations = events
+        .seen
+        .iter()
+        .filter(|e| e.job_id == job && &*e.step == "register" && e.kind == EventKind::Succeeded)
+        .count();
+    assert_eq!(registrations, 1, "registered once");
+
+    // A second identical submission: ingest has `cache = true`, so its output is reused.
+    let second = t.client.submit(&spec.job()).await.expect("submit again");
+    wait_done(&mut events, second, Duration::from_secs(120)).await;
+    let hit = events.seen.iter().find(|e| {
+        e.job_id == second
+            && &*e.step == "ingest"
+            && e.kind == EventKind::Report
+            && e.detail.as_ref().is_some_and(|d| d.to_string().contains("hit"))
+    });
+    assert!(hit.is_some(), "ingest reports a cache hit");
+    let ran = fleet.snapshot().keys().any(|k| k.contains(&second.to_string()) && k.contains("/ingest/"));
+    assert!(!ran, "the cached step wrote nothing for the second job");
+
+    fleet.stop().await;
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_csv_row_dead_letters_at_validate_and_a_replay_after_the_fix_finishes_the_job() {
+    let mut t = TestNs::new("mlcsv").await;
+    let mut events = t.events().await;
+    let fleet = Fleet::start(&mut t, 1).await;
+
+    let good = std::fs::read_to_string(repo().join("data/example.csv")).expect("example csv");
+    let csv = fleet.artifacts.join("upload.csv");
+    let mut lines: Vec<String> = good.lines().map(str::to_owned).collect();
+    let original = lines[7].clone();
+    let mut cells: Vec<&str> = original.split(',').collect();
+    cells[1] = "n/a?";
+    lines[7] = cells.join(",");
+    std::fs::write(&csv, lines.join("\n") + "\n").expect("write bad csv");
+
+    let mut spec = spec("csv-example.toml");
+    spec.set("ingest.csv", &format!("\"{}\"", csv.display())).expect("set csv");
+    let job = t.client.submit(&spec.job()).await.expect("submit");
+    let dead = events
+        .wait("validate dead-letters it", Duration::from_secs(60), |e| e.job_id == job && e.kind == EventKind::Dead)
+        .await;
+    assert_eq!(&*dead.step, "validate");
+    let letters = warren::dlq::list(&t.broker, &t.names, "validate", &Default::default()).await.expect("list");
+    assert_eq!(letters.len(), 1);
+    let reason = header(&letters[0].properties, headers::ERROR).unwrap_or_default();
+    assert!(reason.contains("row 7") && reason.contains("bill_depth"), "the reason names the row and column: {reason}");
+    assert_eq!(header(&letters[0].properties, headers::ERROR_KIND).as_deref(), Some("permanent"));
+
+    // Fix the file and replay the dead letter: the job finishes.
+    std::fs::write(&csv, &good).expect("fix csv");
+    let filter = warren::dlq::Filter { job: Some(job.to_string()), ..Default::default() };
+    let report = warren::dlq::replay(&t.broker, &t.names, "validate", &filter, None, false).await.expect("replay");
+    assert_eq!(report.replayed, 1);
+    wait_done(&mut events, job, Duration::from_secs(120)).await;
+    assert!(warren::dlq::list(&t.broker, &t.names, "validate", &Default::default()).await.expect("list").is_empty());
+
+    fleet.stop().await;
+    t.cleanup().await;
+}
