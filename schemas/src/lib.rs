@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod fixtures;
 pub mod params;
 pub mod payloads;
 pub mod spec;
