@@ -146,6 +146,21 @@ async fn iris_and_diabetes_train_to_registered_models_reproducibly_and_predict_s
     assert!(d["metrics"]["r2"].as_f64().expect("r2") >= 0.3, "{d}");
     assert!(d["metrics"].get("rmse").is_some() && d["metrics"].get("mae").is_some());
 
+    // predict answers over RPC from the registered model.
+    let request = PredictRequest {
+        model: "iris".into(),
+        version: None,
+        rows: vec![vec![5.1, 3.5, 1.4, 0.2], vec![6.7, 3.0, 5.2, 2.3]],
+        dataset: None,
+    };
+    let reply: Predictions = t
+        .client
+        .call("predict", rmpv::Value::Nil, request.clone(), Duration::from_secs(30))
+        .await
+        .expect("predict replies");
+    assert_eq!(reply.version, 1);
+    assert_eq!(reply.labels, vec!["setosa".to_owned(), "virginica".to_owned()]);
+
     // Same spec, same seed: same split, same metrics, same content hashes.
     let again = t.client.submit(&spec("iris.toml").job()).await.expect("submit iris again");
     wait_done(&mut events, again, Duration::from_secs(180)).await;
@@ -155,16 +170,10 @@ async fn iris_and_diabetes_train_to_registered_models_reproducibly_and_predict_s
     assert_eq!(second["dataset_hash"], first["dataset_hash"]);
     assert_eq!(second["model"]["hash"], first["model"]["hash"], "the same model bytes");
 
-    // predict answers over RPC from the registered model, resolving `latest` per request.
-    let request = PredictRequest {
-        model: "iris".into(),
-        version: None,
-        rows: vec![vec![5.1, 3.5, 1.4, 0.2], vec![6.7, 3.0, 5.2, 2.3]],
-        dataset: None,
-    };
+    // The same predict worker now answers from version 2: `latest` is resolved per request.
     let reply: Predictions =
         t.client.call("predict", rmpv::Value::Nil, request, Duration::from_secs(30)).await.expect("predict replies");
-    assert_eq!(reply.version, 2);
+    assert_eq!(reply.version, 2, "a newly registered version answers without a restart");
     assert_eq!(reply.labels, vec!["setosa".to_owned(), "virginica".to_owned()]);
 
     fleet.stop().await;

@@ -21,6 +21,12 @@ use warren::{Context, StepError, artifacts::ArtifactError};
 use warren_ml::MlError;
 use warren_schemas::ArtifactRef;
 
+/// README.md's Rust examples, compiled as doctests so they stay true (this crate sees every
+/// crate the README uses).
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 /// The version recorded in registry lineage and cache keys.
 pub const STEP_VERSION: &str = env!("CARGO_PKG_VERSION");
 

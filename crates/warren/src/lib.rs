@@ -44,11 +44,6 @@ pub mod telemetry;
 pub mod topology;
 pub mod worker;
 
-/// README.md's Rust examples, compiled as doctests so they stay true.
-#[doc = include_str!("../../../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;
-
 pub use broker::{Broker, BrokerError, Publisher};
 pub use client::{CallError, Client, JobSpec, SubmitError};
 pub use config::{Config, ConfigError};
