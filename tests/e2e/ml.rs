@@ -267,7 +267,8 @@ async fn a_bad_csv_row_dead_letters_at_validate_and_a_replay_after_the_fix_finis
     // Fix the file and replay the dead letter: the job finishes.
     std::fs::write(&csv, &good).expect("fix csv");
     let filter = warren::dlq::Filter { job: Some(job.to_string()), ..Default::default() };
-    let report = warren::dlq::replay(&t.broker, &t.names, "validate", &filter, None, false).await.expect("replay");
+    let report =
+        warren::dlq::replay(&t.broker, &t.names, "validate", &filter, &Default::default()).await.expect("replay");
     assert_eq!(report.replayed, 1);
     wait_done(&mut events, job, Duration::from_secs(120)).await;
     assert!(warren::dlq::list(&t.broker, &t.names, "validate", &Default::default()).await.expect("list").is_empty());

@@ -27,6 +27,30 @@ use warren_schemas::ArtifactRef;
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+/// The ML steps, in pipeline order (predict serves requests outside pipelines).
+pub const STEPS: &[&str] =
+    &["ingest", "validate", "features", "tune", "train", "select", "evaluate", "register", "predict"];
+
+/// How each step's worker runs: training may take hours and runs one model per process.
+pub fn options(step: &str) -> warren::cli::StepOptions {
+    match step {
+        "train" => warren::cli::StepOptions {
+            max_duration: Some(std::time::Duration::from_secs(2 * 3600)),
+            concurrency: Some(1),
+        },
+        _ => warren::cli::StepOptions::default(),
+    }
+}
+
+/// The queue arguments a step's worker declares, so tools declare exactly the same.
+pub fn topology(step: &str, config: &warren::Config) -> warren::StepTopology {
+    warren::StepTopology {
+        step: step.to_owned(),
+        delivery_limit: config.delivery_limit,
+        max_duration: options(step).max_duration,
+    }
+}
+
 /// The version recorded in registry lineage and cache keys.
 pub const STEP_VERSION: &str = env!("CARGO_PKG_VERSION");
 

@@ -120,7 +120,17 @@ where
     if let (Some(n), None) = (options.concurrency, std::env::var_os("WARREN_CONCURRENCY")) {
         builder = builder.concurrency(n);
     }
-    match runtime.block_on(builder.build().run(handler, crate::shutdown_signal())) {
+    let worker = builder.build();
+    if let Some(addr) = config.health_addr.clone() {
+        crate::telemetry::metrics_recorder();
+        let health = worker.health();
+        runtime.spawn(async move {
+            if let Err(e) = crate::telemetry::serve(&addr, health).await {
+                tracing::error!(%addr, error = %e, "cannot serve health and metrics");
+            }
+        });
+    }
+    match runtime.block_on(worker.run(handler, crate::shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{bin}: {e}");

@@ -39,8 +39,11 @@ pub struct DeadLetter {
     pub body: Vec<u8>,
 }
 
+/// A predicate on a dead letter's error text.
+pub type ErrorMatcher = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// Which dead letters to act on. Empty fields match everything.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Filter {
     /// Only this job.
     pub job: Option<String>,
@@ -48,6 +51,32 @@ pub struct Filter {
     pub error_contains: Option<String>,
     /// Only dead letters that failed at or after this time (ms since the epoch).
     pub since_ms: Option<u64>,
+    /// Only errors this predicate accepts (a regular expression, say).
+    pub error_matches: Option<ErrorMatcher>,
+}
+
+impl std::fmt::Debug for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Filter")
+            .field("job", &self.job)
+            .field("error_contains", &self.error_contains)
+            .field("since_ms", &self.since_ms)
+            .field("error_matches", &self.error_matches.is_some())
+            .finish()
+    }
+}
+
+/// How a replay runs.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    /// Replay at most this many.
+    pub limit: Option<usize>,
+    /// Only count what would be replayed.
+    pub dry_run: bool,
+    /// At most this many messages per second.
+    pub rate_per_s: Option<f64>,
+    /// Parameters to set on the step's hop (`slip[0].params`) before replaying.
+    pub set_params: Vec<(String, rmpv::Value)>,
 }
 
 impl Filter {
@@ -56,6 +85,7 @@ impl Filter {
         self.job.as_ref().is_none_or(|j| d.job.as_deref() == Some(j.as_str()))
             && self.error_contains.as_ref().is_none_or(|t| d.error.contains(t.as_str()))
             && self.since_ms.is_none_or(|s| d.failed_at_ms >= s)
+            && self.error_matches.as_ref().is_none_or(|m| m(&d.error))
     }
 }
 
@@ -145,22 +175,23 @@ pub async fn list(broker: &Broker, names: &Names, step: &str, filter: &Filter) -
     Ok(out)
 }
 
-/// Sends the dead letters of `step` that match `filter` (at most `limit`) back to the step queue:
-/// the original body and properties, the attempt count reset, `warren-replayed` counting replays
-/// and `warren-replayed-error` keeping the error it died of. With `dry_run` nothing moves.
+/// Sends the dead letters of `step` that match `filter` back to the step queue: the original
+/// body (with `set_params` applied to its hop, if any) and properties, the attempt count reset,
+/// `warren-replayed` counting replays and `warren-replayed-error` keeping the error it died of.
+/// Each is published with a confirm before its dead letter is acked. With `dry_run` nothing moves.
 pub async fn replay(
     broker: &Broker,
     names: &Names,
     step: &str,
     filter: &Filter,
-    limit: Option<usize>,
-    dry_run: bool,
+    options: &ReplayOptions,
 ) -> Result<ReplayReport, BrokerError> {
     let publisher = Publisher::new(broker.channel().await?).await?;
     let exchange = names.steps_exchange();
     let mut report = ReplayReport::default();
+    let pause = options.rate_per_s.filter(|r| *r > 0.0).map(|r| std::time::Duration::from_secs_f64(1.0 / r));
     walk(broker, names, step, |d| {
-        let chosen = filter.matches(&d) && limit.is_none_or(|l| report.replayed < l);
+        let chosen = filter.matches(&d) && options.limit.is_none_or(|l| report.replayed < l);
         if chosen {
             report.replayed += 1;
         } else {
@@ -168,17 +199,50 @@ pub async fn replay(
         }
         let (publisher, exchange) = (&publisher, &exchange);
         async move {
-            if !chosen || dry_run {
+            if !chosen || options.dry_run {
                 return Ok(false);
             }
-            let props = replay_properties(&d);
-            publisher.publish(exchange, &d.step, &d.body, props).await?;
+            if let Some(p) = pause {
+                tokio::time::sleep(p).await;
+            }
+            let body =
+                if options.set_params.is_empty() { d.body.clone() } else { patch_params(&d.body, &options.set_params) };
+            publisher.publish(exchange, &d.step, &body, replay_properties(&d)).await?;
             Ok(true)
         }
     })
     .await?;
     let _ = publisher.channel().close(200, "done".into()).await;
     Ok(report)
+}
+
+/// Sets parameters on the envelope's current hop; a body that is not an envelope stays as it is.
+fn patch_params(body: &[u8], set: &[(String, rmpv::Value)]) -> Vec<u8> {
+    let Ok(mut env) = crate::Envelope::<rmpv::Value>::decode(body) else { return body.to_vec() };
+    if let Some(hop) = env.slip.first_mut() {
+        let mut map = match std::mem::replace(&mut hop.params, rmpv::Value::Nil) {
+            rmpv::Value::Map(m) => m,
+            _ => Vec::new(),
+        };
+        for (k, v) in set {
+            map.retain(|(key, _)| key.as_str() != Some(k.as_str()));
+            map.push((rmpv::Value::from(k.as_str()), v.clone()));
+        }
+        hop.params = rmpv::Value::Map(map);
+    }
+    env.encode().unwrap_or_else(|_| body.to_vec())
+}
+
+/// Removes the dead letters of `step` that match `filter`; returns how many.
+pub async fn purge(broker: &Broker, names: &Names, step: &str, filter: &Filter) -> Result<usize, BrokerError> {
+    let mut purged = 0;
+    walk(broker, names, step, |d| {
+        let hit = filter.matches(&d);
+        purged += usize::from(hit);
+        async move { Ok(hit) }
+    })
+    .await?;
+    Ok(purged)
 }
 
 /// The properties a replayed message is published with.

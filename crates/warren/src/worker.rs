@@ -366,6 +366,7 @@ impl Worker {
         let shared = Arc::new(Shared {
             dedup: Mutex::new(Dedup::new(self.config.dedup_window)),
             semaphore: Arc::new(Semaphore::new(self.config.concurrency)),
+            metrics: Metrics::new(&self.step),
             worker: self,
             handler,
         });
@@ -404,6 +405,40 @@ struct Shared<H> {
     handler: H,
     dedup: Mutex<Dedup>,
     semaphore: Arc<Semaphore>,
+    metrics: Metrics,
+}
+
+/// The worker's metric handles, made once: recording is an atomic add per message (a no-op when
+/// no recorder is installed).
+struct Metrics {
+    succeeded: metrics::Counter,
+    retried: metrics::Counter,
+    duplicate: metrics::Counter,
+    dead: metrics::Counter,
+    handler_seconds: metrics::Histogram,
+    in_flight: metrics::Gauge,
+    step: String,
+}
+
+impl Metrics {
+    fn new(step: &str) -> Self {
+        let s = step.to_owned();
+        let outcome = |o: &'static str| metrics::counter!("warren_messages_total", "step" => s.clone(), "outcome" => o);
+        Self {
+            succeeded: outcome("succeeded"),
+            retried: outcome("retried"),
+            duplicate: outcome("duplicate"),
+            dead: outcome("dead"),
+            handler_seconds: metrics::histogram!("warren_handler_seconds", "step" => s.clone()),
+            in_flight: metrics::gauge!("warren_in_flight", "step" => s.clone()),
+            step: s,
+        }
+    }
+    fn dead_letter(&self, kind: DeadKind) {
+        self.dead.increment(1);
+        metrics::counter!("warren_dead_letters_total", "step" => self.step.clone(), "kind" => kind.as_str())
+            .increment(1);
+    }
 }
 
 #[derive(Clone)]
@@ -478,7 +513,9 @@ impl<H> Shared<H> {
                     let this = Arc::clone(self);
                     let session = session.clone();
                     tokio::spawn(async move {
+                        this.metrics.in_flight.increment(1.0);
                         this.handle(&session, delivery).await;
+                        this.metrics.in_flight.decrement(1.0);
                         drop(permit);
                     });
                 }
@@ -542,6 +579,7 @@ impl<H> Shared<H> {
         let is_duplicate = self.dedup.lock().map(|d| d.contains(&env.message_id)).unwrap_or(false);
         if is_duplicate {
             tracing::debug!(step = %w.step, message = %env.message_id, "duplicate of a completed message; dropped");
+            self.metrics.duplicate.increment(1);
             let _ = delivery.acker.ack(BasicAckOptions::default()).await;
             return;
         }
@@ -713,6 +751,8 @@ impl<H> Shared<H> {
         if let Ok(mut d) = self.dedup.lock() {
             d.insert(ctx.message_id);
         }
+        self.metrics.succeeded.increment(1);
+        self.metrics.handler_seconds.record(started.elapsed().as_secs_f64());
         let mut event = ctx.event_base(EventKind::Succeeded);
         event.duration_ms = Some(started.elapsed().as_millis() as u64);
         event.outputs = outputs as u32;
@@ -779,6 +819,8 @@ impl<H> Shared<H> {
             return;
         }
         tracing::info!(step = %w.step, job = %ctx.job_id, attempt = ctx.attempt, delay_ms, error = %error, "retrying later");
+        self.metrics.retried.increment(1);
+        metrics::counter!("warren_retries_total", "step" => w.step.clone()).increment(1);
         let mut event = ctx.event_base(EventKind::Retrying);
         event.delay_ms = Some(delay_ms);
         event.error = Some(error.message().to_owned());
@@ -816,6 +858,7 @@ impl<H> Shared<H> {
             return;
         }
         tracing::warn!(step = %w.step, kind = %kind, error = %reason, "message dead-lettered");
+        self.metrics.dead_letter(kind);
         let job_id = head.map(|h| h.job_id).unwrap_or_default();
         let message_id = head.map(|h| h.message_id).unwrap_or_default();
         session.events.emit(JobEvent {

@@ -1,13 +1,12 @@
 //! `warren-ingest`: Loads a CSV file or a shipped dataset into an Arrow IPC dataset artifact.
-use warren::cli::{StepOptions, worker_main};
 
 fn main() -> std::process::ExitCode {
-    worker_main(
+    warren::cli::worker_main(
         env!("CARGO_PKG_NAME"),
         "ingest",
         warren_steps::STEP_VERSION,
         "Loads a CSV file or a shipped dataset into an Arrow IPC dataset artifact.",
-        StepOptions::default(),
+        warren_steps::options("ingest"),
         warren_steps::ingest::handle,
     )
 }

@@ -1,13 +1,12 @@
 //! `warren-validate`: Checks a dataset: missing values, non-numeric features, constant columns, row and class counts.
-use warren::cli::{StepOptions, worker_main};
 
 fn main() -> std::process::ExitCode {
-    worker_main(
+    warren::cli::worker_main(
         env!("CARGO_PKG_NAME"),
         "validate",
         warren_steps::STEP_VERSION,
         "Checks a dataset: missing values, non-numeric features, constant columns, row and class counts.",
-        StepOptions::default(),
+        warren_steps::options("validate"),
         warren_steps::validate::handle,
     )
 }

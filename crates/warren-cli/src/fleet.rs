@@ -1,0 +1,275 @@
+//! `warren up` (a local fleet) and `warren demo`.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    process::{ExitCode, Stdio},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncRead, BufReader},
+    process::Command,
+    sync::watch,
+    task::JoinHandle,
+};
+use warren::{Config, Declarer, Names};
+use warren_schemas::{PredictRequest, Predictions, spec::PipelineSpec};
+
+use crate::{Fail, Outcome, connect};
+
+/// `warren up` arguments.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Run N copies of a step, e.g. `--scale train=3` (repeatable; default 1 each).
+    #[arg(long, value_name = "STEP=N")]
+    scale: Vec<String>,
+}
+
+/// Where worker output goes.
+#[derive(Debug, Clone)]
+pub enum Logs {
+    /// To stdout, each line prefixed with `[step#n]`.
+    Prefixed,
+    /// To one file per worker in this directory.
+    Dir(PathBuf),
+}
+
+/// A running fleet.
+#[derive(Debug)]
+pub struct Fleet {
+    stop: watch::Sender<bool>,
+    slots: Vec<JoinHandle<()>>,
+}
+
+/// The directory holding the worker binaries: `$WARREN_BIN_DIR`, else beside this executable.
+pub fn bin_dir() -> PathBuf {
+    std::env::var_os("WARREN_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::current_exe().ok().and_then(|p| p.parent().map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("."))
+    })
+}
+
+fn parse_scale(scale: &[String]) -> Result<BTreeMap<String, usize>, Fail> {
+    let mut out = BTreeMap::new();
+    for s in scale {
+        let (step, n) = s.split_once('=').ok_or_else(|| Fail::usage(format!("--scale {s}: expected STEP=N")))?;
+        if !warren_steps::STEPS.contains(&step) {
+            return Err(Fail::usage(format!(
+                "--scale {s}: no step `{step}` (steps: {})",
+                warren_steps::STEPS.join(", ")
+            )));
+        }
+        let n: usize = n.parse().map_err(|_| Fail::usage(format!("--scale {s}: `{n}` is not a number")))?;
+        out.insert(step.to_owned(), n);
+    }
+    Ok(out)
+}
+
+async fn pump(reader: impl AsyncRead + Unpin, prefix: String) {
+    let mut lines = BufReader::new(reader).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        println!("{prefix} {line}");
+    }
+}
+
+impl Fleet {
+    /// Starts every worker (`scale` copies where given), restarting any that exits.
+    pub fn start(config: &Config, scale: &BTreeMap<String, usize>, logs: Logs) -> Result<Self, Fail> {
+        let dir = bin_dir();
+        let (stop, stopped) = watch::channel(false);
+        let mut slots = Vec::new();
+        for step in warren_steps::STEPS {
+            let bin = dir.join(format!("warren-{step}"));
+            if !bin.exists() {
+                return Err(Fail::from(format!(
+                    "worker binary {} not found: build them with `cargo build --workspace --bins`, or set WARREN_BIN_DIR",
+                    bin.display()
+                )));
+            }
+            for i in 0..scale.get(*step).copied().unwrap_or(1) {
+                slots.push(tokio::spawn(slot(
+                    bin.clone(),
+                    format!("{step}#{i}"),
+                    env(config),
+                    logs.clone(),
+                    stopped.clone(),
+                )));
+            }
+        }
+        Ok(Self { stop, slots })
+    }
+
+    /// Stops every worker with SIGTERM and waits for them.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for s in self.slots {
+            let _ = s.await;
+        }
+    }
+}
+
+/// The effective configuration, passed to the workers through the environment.
+fn env(config: &Config) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("WARREN_AMQP_URL".to_owned(), config.amqp_urls.join(",")),
+        ("WARREN_NAMESPACE".to_owned(), config.namespace.clone()),
+        ("WARREN_ARTIFACTS".to_owned(), config.artifacts.clone()),
+    ];
+    if std::env::var_os("RUST_LOG").is_none() {
+        env.push(("RUST_LOG".to_owned(), "info,lapin=warn".to_owned()));
+    }
+    env
+}
+
+/// One worker slot: runs the binary, restarts it with backoff when it exits, stops it on request.
+async fn slot(bin: PathBuf, name: String, env: Vec<(String, String)>, logs: Logs, mut stop: watch::Receiver<bool>) {
+    let mut failures = 0u32;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let mut cmd = Command::new(&bin);
+        cmd.envs(env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).kill_on_drop(true);
+        match &logs {
+            Logs::Prefixed => {
+                cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            }
+            Logs::Dir(dir) => {
+                let file = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log")));
+                match file.and_then(|f| Ok((f.try_clone()?, f))) {
+                    Ok((out, err)) => {
+                        cmd.stdout(out).stderr(err);
+                    }
+                    Err(_) => {
+                        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+                    }
+                }
+            }
+        }
+        let started = Instant::now();
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("[{name}] cannot start {}: {e}", bin.display());
+                return;
+            }
+        };
+        let prefix = format!("[{name}]");
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(pump(out, prefix.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(pump(err, prefix.clone()));
+        }
+        tokio::select! {
+            status = child.wait() => {
+                if *stop.borrow() {
+                    return;
+                }
+                failures = if started.elapsed() > Duration::from_secs(60) { 1 } else { failures + 1 };
+                let backoff = Duration::from_millis((250u64 << failures.min(7)).min(30_000));
+                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                eprintln!("{prefix} exited ({status}); restarting in {} ms", backoff.as_millis());
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+            _ = stop.changed() => {
+                if let Some(pid) = child.id() {
+                    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+                }
+                if tokio::time::timeout(Duration::from_secs(40), child.wait()).await.is_err() {
+                    let _ = child.kill().await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Waits until every step's queue has a consumer.
+async fn wait_ready(client: &warren::Client, names: &Names, within: Duration) -> Result<(), Fail> {
+    let end = Instant::now() + within;
+    for step in warren_steps::STEPS {
+        loop {
+            let ch = client.broker().channel().await?;
+            let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+            let q = ch.queue_declare(names.step_queue(step).as_str().into(), passive, Default::default()).await;
+            let _ = ch.close(200, "".into()).await;
+            if q.is_ok_and(|q| q.consumer_count() > 0) {
+                break;
+            }
+            if Instant::now() > end {
+                return Err(Fail::from(format!("no `{step}` worker became ready within {within:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// `warren up`.
+pub async fn up(config: &Config, args: UpArgs) -> Outcome {
+    let scale = parse_scale(&args.scale)?;
+    let fleet = Fleet::start(config, &scale, Logs::Prefixed)?;
+    eprintln!("fleet up in namespace {}: Ctrl-C or SIGTERM stops it", config.namespace);
+    warren::shutdown_signal().await;
+    eprintln!("stopping the fleet");
+    fleet.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+const IRIS: &str = include_str!("../../../pipelines/iris.toml");
+
+/// `warren demo`.
+pub async fn demo(config: &Config) -> Outcome {
+    let client = connect(config).await?;
+    let names = Names::new(&config.namespace);
+    let mut d = Declarer::new(client.broker(), &names);
+    d.base().await?;
+    for step in warren_steps::STEPS {
+        d.step(&warren_steps::topology(step, config)).await?;
+    }
+    let logs = std::env::temp_dir().join(format!("warren-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&logs)?;
+    println!("starting a fleet of {} workers (logs in {})", warren_steps::STEPS.len(), logs.display());
+    let fleet = Fleet::start(config, &BTreeMap::new(), Logs::Dir(logs))?;
+    let result = async {
+        wait_ready(&client, &names, Duration::from_secs(60)).await?;
+        let spec = PipelineSpec::parse(IRIS, "pipelines/iris.toml").map_err(|e| Fail::from(e.to_string()))?;
+        let job = client.submit(&spec.job()).await?;
+        println!("submitted iris job {job}");
+        let steps: Vec<String> = spec.steps.iter().map(|s| s.step.clone()).collect();
+        let events = match crate::submit::follow(&client, &names, job, &steps, false, Duration::from_secs(600)).await? {
+            crate::submit::End::Done(events) => events,
+            crate::submit::End::Dead(e) => {
+                return Err(Fail::from(format!("the job died at {}: {}", e.step, e.error.unwrap_or_default())));
+            }
+        };
+        let report = |step: &str| {
+            events
+                .iter()
+                .filter(|e| &*e.step == step && e.kind == warren::EventKind::Report)
+                .filter_map(|e| e.detail.as_ref())
+                .filter_map(|d| serde_json::to_value(d).ok())
+                .next_back()
+                .unwrap_or_default()
+        };
+        println!("evaluation on held-out rows: {}", report("evaluate"));
+        println!("registered: {}", report("register"));
+        let row = vec![5.1, 3.5, 1.4, 0.2];
+        let request = PredictRequest { model: "iris".into(), version: None, rows: vec![row.clone()], dataset: None };
+        let p: Predictions = client.call("predict", rmpv::Value::Nil, request, Duration::from_secs(30)).await?;
+        println!(
+            "prediction for {row:?}: {} (model iris, version {})",
+            p.labels.first().map_or("?", String::as_str),
+            p.version
+        );
+        Ok::<_, Fail>(())
+    }
+    .await;
+    println!("stopping the fleet");
+    fleet.stop().await;
+    result.map(|()| ExitCode::SUCCESS)
+}

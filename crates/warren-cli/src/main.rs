@@ -1,0 +1,177 @@
+//! `warren`: the command for people who run Warren.
+//!
+//! Every command takes the configuration flags (`--amqp-url`, `--namespace`, `--artifacts`,
+//! `--config`), has `--help` with an example, prints JSON with `--json` where a script would want
+//! it, and exits 2 with a one-line reason on bad usage.
+
+mod dlq;
+mod fleet;
+mod jobs;
+mod queues;
+mod submit;
+mod topology;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use warren::cli::ConfigArgs;
+
+/// Run pipelines as independent worker processes joined by RabbitMQ.
+#[derive(Debug, Parser)]
+#[command(name = "warren", version, about, propagate_version = true)]
+#[command(after_help = "Example:\n  warren submit pipelines/iris.toml --wait")]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Publish a job of a pipeline spec.
+    #[command(after_help = "Example:\n  warren submit pipelines/iris.toml --set features.seed=7 --wait")]
+    Submit(submit::SubmitArgs),
+    /// A job's step-by-step history, rebuilt from the events stream.
+    #[command(after_help = "Example:\n  warren status 01a21207-8239-7163-bbdd-cbddd44a96d3")]
+    Status(jobs::StatusArgs),
+    /// Recent jobs and their state, from the events stream.
+    #[command(after_help = "Example:\n  warren jobs --pipeline iris --since 1h")]
+    Jobs(jobs::JobsArgs),
+    /// Read, count, replay and purge dead letters.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+    /// Per step: messages ready and unacked, consumers, dead letters.
+    #[command(after_help = "Example:\n  warren queues --json")]
+    Queues(queues::QueuesArgs),
+    /// Declare or check the exchanges and queues of every step.
+    #[command(subcommand)]
+    Topology(topology::TopologyCommand),
+    /// Run a local fleet: every worker, N copies where asked, restarted when they crash.
+    #[command(after_help = "Example:\n  warren up --scale train=3")]
+    Up(fleet::UpArgs),
+    /// Start a fleet, train and register an iris model, make a prediction, stop.
+    #[command(after_help = "Example:\n  warren demo")]
+    Demo,
+    /// Exit 0 if a health URL answers 200 (for container health checks).
+    #[command(after_help = "Example:\n  warren health http://127.0.0.1:9000/readyz")]
+    Health {
+        /// The URL (http only).
+        url: String,
+    },
+}
+
+/// A failure with the exit code it deserves.
+#[derive(Debug)]
+pub struct Fail {
+    code: u8,
+    message: String,
+}
+
+impl Fail {
+    /// Bad usage: exit 2.
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self { code: 2, message: message.into() }
+    }
+}
+
+impl<E: std::fmt::Display> From<E> for Fail {
+    fn from(e: E) -> Self {
+        Self { code: 1, message: e.to_string() }
+    }
+}
+
+/// What commands return.
+pub type Outcome = Result<ExitCode, Fail>;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if e.use_stderr() => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("bad usage").trim_start_matches("error: ");
+            eprintln!("warren: {first} (see `warren --help`)");
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
+    let config = match cli.config.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("warren: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if std::env::var_os("RUST_LOG").is_some() {
+        warren::telemetry::init();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warren: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = cli.json;
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Submit(a) => submit::run(&config, a, json).await,
+            Command::Status(a) => jobs::status(&config, a, json).await,
+            Command::Jobs(a) => jobs::jobs(&config, a, json).await,
+            Command::Dlq(c) => dlq::run(&config, c, json).await,
+            Command::Queues(a) => queues::run(&config, a, json).await,
+            Command::Topology(c) => topology::run(&config, c, json).await,
+            Command::Up(a) => fleet::up(&config, a).await,
+            Command::Demo => fleet::demo(&config).await,
+            Command::Health { url } => health(&url),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("warren: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// Connects, with a message that says how to start a broker.
+pub async fn connect(config: &warren::Config) -> Result<warren::Client, Fail> {
+    warren::Client::connect(config).await.map_err(|e| Fail {
+        code: 1,
+        message: format!(
+            "{e}. Start RabbitMQ with `rabbitmq-server -detached` (Debian package rabbitmq-server) or \
+             `docker compose up -d rabbitmq`, or point WARREN_AMQP_URL / --amqp-url at one"
+        ),
+    })
+}
+
+/// Parses `90s`, `30m`, `2h`, `7d` into milliseconds.
+pub fn parse_age(text: &str) -> Result<u64, Fail> {
+    let (n, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = n.parse().map_err(|_| Fail::usage(format!("`{text}` is not an age such as 90s, 30m, 2h or 7d")))?;
+    let ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(Fail::usage(format!("`{text}` is not an age such as 90s, 30m, 2h or 7d"))),
+    };
+    Ok(n * ms)
+}
+
+fn health(url: &str) -> Outcome {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").ok_or_else(|| Fail::usage(format!("{url} is not an http:// URL")))?;
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut stream = std::net::TcpStream::connect(host)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let ok = response.lines().next().is_some_and(|status| status.contains(" 200 "));
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

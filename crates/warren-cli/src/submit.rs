@@ -1,0 +1,203 @@
+//! `warren submit`: publish a job, and with `--wait` follow it step by step until it is done or dead.
+
+use std::{collections::BTreeMap, path::PathBuf, process::ExitCode, time::Duration};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use uuid::Uuid;
+use warren::{Config, EventKind, JobEvent, Names};
+use warren_schemas::spec::PipelineSpec;
+
+use crate::{Fail, Outcome, connect, parse_age};
+
+/// `warren submit` arguments.
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// The pipeline spec (TOML).
+    pipeline: PathBuf,
+    /// Override a step parameter, e.g. `--set features.seed=7` (repeatable).
+    #[arg(long = "set", value_name = "STEP.PARAM=VALUE")]
+    set: Vec<String>,
+    /// Follow the job until it is done (exit 0) or dead (exit 1).
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this long.
+    #[arg(long, default_value = "30m", value_name = "AGE")]
+    timeout: String,
+}
+
+/// Loads a spec and applies `--set` overrides; errors are usage errors naming the line or key.
+pub fn load_spec(path: &std::path::Path, set: &[String]) -> Result<PipelineSpec, Fail> {
+    let mut spec = PipelineSpec::load(path).map_err(|e| Fail::usage(e.to_string()))?;
+    for s in set {
+        let (key, value) =
+            s.split_once('=').ok_or_else(|| Fail::usage(format!("--set {s}: expected STEP.PARAM=VALUE")))?;
+        spec.set(key, value).map_err(|e| Fail::usage(format!("--set {s}: {e}")))?;
+    }
+    // Re-check the overridden parameters against the steps' types.
+    let text = toml_of(&spec);
+    PipelineSpec::parse(&text, &path.display().to_string())
+        .map_err(|e| Fail::usage(format!("after --set: {}", e.message)))
+}
+
+fn toml_of(spec: &PipelineSpec) -> String {
+    let mut out = format!("name = {:?}\n", spec.name);
+    for s in &spec.steps {
+        let params: serde_json::Value = serde_json::to_value(&s.params).unwrap_or_default();
+        out.push_str(&format!("\n[[steps]]\nstep = {:?}\ncache = {}\n", s.step, s.cache));
+        if let serde_json::Value::Object(map) = params {
+            out.push_str("[steps.params]\n");
+            for (k, v) in map {
+                out.push_str(&format!("{k} = {}\n", json_to_toml(&v)));
+            }
+        }
+    }
+    out
+}
+
+fn json_to_toml(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "\"\"".into(),
+        serde_json::Value::Array(a) => format!("[{}]", a.iter().map(json_to_toml).collect::<Vec<_>>().join(", ")),
+        serde_json::Value::Object(m) => {
+            format!(
+                "{{ {} }}",
+                m.iter().map(|(k, v)| format!("{k} = {}", json_to_toml(v))).collect::<Vec<_>>().join(", ")
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+/// How a followed job ended.
+#[derive(Debug)]
+pub enum End {
+    /// Its last step succeeded.
+    Done(Vec<JobEvent>),
+    /// A message of it went to a dead-letter queue.
+    Dead(JobEvent),
+}
+
+/// Follows `job` through the events stream, drawing a line per step unless `quiet`.
+pub async fn follow(
+    client: &warren::Client,
+    names: &Names,
+    job: Uuid,
+    steps: &[String],
+    quiet: bool,
+    within: Duration,
+) -> Result<End, Fail> {
+    let mut rx = warren::events::subscribe(client.broker(), names).await?;
+    let multi = MultiProgress::new();
+    if quiet {
+        multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let style = ProgressStyle::with_template("{spinner} {prefix:<9} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let bars: BTreeMap<&str, ProgressBar> = steps
+        .iter()
+        .map(|s| {
+            let bar = multi.add(ProgressBar::new_spinner().with_style(style.clone()).with_prefix(s.clone()));
+            bar.set_message("waiting");
+            bar.enable_steady_tick(Duration::from_millis(120));
+            (s.as_str(), bar)
+        })
+        .collect();
+    let mut counts: BTreeMap<String, (u32, u32)> = BTreeMap::new();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let event = match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(e)) => e,
+            Ok(None) => return Err(Fail::from("the events stream closed")),
+            Err(_) => return Err(Fail::from(format!("job {job} did not finish within {within:?}"))),
+        };
+        if event.job_id != job {
+            continue;
+        }
+        seen.push(event.clone());
+        let bar = bars.get(event.step.as_ref());
+        let c = counts.entry(event.step.to_string()).or_default();
+        match event.kind {
+            EventKind::Started => {
+                if let Some(b) = bar {
+                    b.set_message("running");
+                }
+            }
+            EventKind::Succeeded => {
+                c.0 += 1;
+                if let Some(b) = bar {
+                    let n = if c.0 > 1 { format!(" ×{}", c.0) } else { String::new() };
+                    b.set_message(format!("done{n} ({} ms)", event.duration_ms.unwrap_or(0)));
+                }
+                if event.last_step {
+                    for b in bars.values() {
+                        b.finish();
+                    }
+                    return Ok(End::Done(seen));
+                }
+            }
+            EventKind::Retrying => {
+                c.1 += 1;
+                if let Some(b) = bar {
+                    b.set_message(format!(
+                        "retrying (attempt {}): {}",
+                        event.attempt,
+                        event.error.clone().unwrap_or_default()
+                    ));
+                }
+            }
+            EventKind::Dead => {
+                if let Some(b) = bar {
+                    b.abandon_with_message(format!("dead: {}", event.error.clone().unwrap_or_default()));
+                }
+                for b in bars.values() {
+                    b.finish();
+                }
+                return Ok(End::Dead(event));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `warren submit`.
+pub async fn run(config: &Config, args: SubmitArgs, json: bool) -> Outcome {
+    let spec = load_spec(&args.pipeline, &args.set)?;
+    let within = Duration::from_millis(parse_age(&args.timeout)?);
+    let client = connect(config).await?;
+    let names = Names::new(&config.namespace);
+    let job = client.submit(&spec.job()).await?;
+    if !args.wait {
+        if json {
+            println!("{}", serde_json::json!({ "job": job.to_string(), "pipeline": spec.name }));
+        } else {
+            println!("{job}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !json {
+        eprintln!("job {job} ({})", spec.name);
+    }
+    let steps: Vec<String> = spec.steps.iter().map(|s| s.step.clone()).collect();
+    match follow(&client, &names, job, &steps, json, within).await? {
+        End::Done(events) => {
+            if json {
+                println!("{}", serde_json::json!({ "job": job.to_string(), "state": "done", "events": events.len() }));
+            } else {
+                println!("{job} done");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        End::Dead(e) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "job": job.to_string(), "state": "dead", "step": e.step.to_string(), "error": e.error })
+                );
+            } else {
+                println!("{job} dead at {}: {}", e.step, e.error.unwrap_or_default());
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
