@@ -74,9 +74,43 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
-fn check<T: DeserializeOwned + Serialize>(table: toml::Table) -> Result<rmpv::Value, String> {
-    let typed: T = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| e.message().to_owned())?;
-    rmpv::ext::to_value(&typed).map_err(|e| e.to_string())
+/// A serde value as MessagePack on the wire (named fields, enum variants as strings).
+pub fn to_wire_value<T: Serialize + ?Sized>(value: &T) -> Result<rmpv::Value, String> {
+    let bytes = rmp_serde::to_vec_named(value).map_err(|e| e.to_string())?;
+    rmpv::decode::read_value(&mut bytes.as_slice()).map_err(|e| e.to_string())
+}
+
+/// A MessagePack value decoded as the wire decoder would.
+pub fn from_wire_value<T: DeserializeOwned>(value: &rmpv::Value) -> Result<T, String> {
+    let mut bytes = Vec::new();
+    rmpv::encode::write_value(&mut bytes, value).map_err(|e| e.to_string())?;
+    rmp_serde::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
+fn check<T: DeserializeOwned + Serialize>(params: rmpv::Value) -> Result<rmpv::Value, String> {
+    let typed: T = from_wire_value(&params)?;
+    to_wire_value(&typed)
+}
+
+/// Checks `params` against step `name`'s parameter type; `Ok(None)` for an unknown step.
+fn check_step(name: &str, params: rmpv::Value) -> Result<Option<rmpv::Value>, String> {
+    let checked = match name {
+        "ingest" => check::<IngestParams>(params).and_then(|v| {
+            let p: IngestParams = from_wire_value(&v)?;
+            match (&p.dataset, &p.csv) {
+                (Some(_), None) | (None, Some(_)) => Ok(v),
+                _ => Err("ingest takes exactly one of `dataset` and `csv`".to_owned()),
+            }
+        }),
+        "validate" => check::<ValidateParams>(params),
+        "features" => check::<FeaturesParams>(params),
+        "tune" => check::<TuneParams>(params),
+        "train" => check::<TrainParams>(params),
+        "register" => check::<RegisterParams>(params),
+        "select" | "evaluate" | "predict" => check::<NoParams>(params),
+        _ => return Ok(None),
+    };
+    checked.map(Some)
 }
 
 impl PipelineSpec {
@@ -103,26 +137,16 @@ impl PipelineSpec {
                 }
                 None => (toml::Table::new(), step_line),
             };
-            let checked = match name.as_str() {
-                "ingest" => check::<IngestParams>(table).and_then(|v| {
-                    let p: IngestParams = rmpv::ext::from_value(v.clone()).map_err(|e| e.to_string())?;
-                    match (&p.dataset, &p.csv) {
-                        (Some(_), None) | (None, Some(_)) => Ok(v),
-                        _ => Err("ingest takes exactly one of `dataset` and `csv`".to_owned()),
-                    }
-                }),
-                "validate" => check::<ValidateParams>(table),
-                "features" => check::<FeaturesParams>(table),
-                "tune" => check::<TuneParams>(table),
-                "train" => check::<TrainParams>(table),
-                "register" => check::<RegisterParams>(table),
-                "select" | "evaluate" | "predict" => check::<NoParams>(table),
-                other => {
+            let value = to_wire_value(&table).map_err(|e| err(params_line, e))?;
+            let checked = match check_step(&name, value) {
+                Ok(Some(v)) => Ok(v),
+                Ok(None) => {
                     return Err(err(
                         name_line,
-                        format!("unknown step `{other}` (known steps: {})", KNOWN_STEPS.join(", ")),
+                        format!("unknown step `{name}` (known steps: {})", KNOWN_STEPS.join(", ")),
                     ));
                 }
+                Err(m) => Err(m),
             };
             let params = checked.map_err(|m| err(params_line, format!("step `{name}`: {m}")))?;
             steps.push(StepSpec { step: name, cache: raw.cache, params });
@@ -174,10 +198,12 @@ impl PipelineSpec {
             rmpv::Value::Map(m) => m.clone(),
             _ => Vec::new(),
         };
-        let v = rmpv::ext::to_value(&parsed).map_err(|e| e.to_string())?;
+        let v = to_wire_value(&parsed)?;
         map.retain(|(k, _)| k.as_str() != Some(key));
         map.push((rmpv::Value::from(key), v));
-        hop.params = rmpv::Value::Map(map);
+        hop.params = check_step(step, rmpv::Value::Map(map))
+            .map_err(|e| format!("step `{step}`: {e}"))?
+            .unwrap_or(rmpv::Value::Nil);
         Ok(())
     }
 }
@@ -207,7 +233,7 @@ params = { test_fraction = 0.3, seed = 7 }
         let spec = PipelineSpec::parse(GOOD, "iris.toml").unwrap();
         assert_eq!(spec.steps.len(), 3);
         assert!(spec.steps[0].cache);
-        let f: FeaturesParams = rmpv::ext::from_value(spec.steps[2].params.clone()).unwrap();
+        let f: FeaturesParams = from_wire_value(&spec.steps[2].params).unwrap();
         assert_eq!((f.test_fraction, f.seed, f.scale), (0.3, 7, true));
     }
 
@@ -237,7 +263,8 @@ params = { test_fraction = 0.3, seed = 7 }
     fn set_overrides_a_param() {
         let mut spec = PipelineSpec::parse(GOOD, "iris.toml").unwrap();
         spec.set("features.seed", "11").unwrap();
-        let f: FeaturesParams = rmpv::ext::from_value(spec.steps[2].params.clone()).unwrap();
+        assert!(spec.set("features.seed", "\"eleven\"").is_err(), "re-checked against the type");
+        let f: FeaturesParams = from_wire_value(&spec.steps[2].params).unwrap();
         assert_eq!(f.seed, 11);
         assert!(spec.set("nope.seed", "1").is_err());
     }

@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod cli;
 mod failures;
 mod lifecycle;
 mod ml;

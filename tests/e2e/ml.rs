@@ -22,6 +22,11 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The `warren` command, built with the workers.
+pub fn warren_bin() -> PathBuf {
+    worker_bin("x").with_file_name("warren")
+}
+
 /// The worker binaries, built once per test run (`cargo test` builds only the test's own package).
 pub fn worker_bin(step: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
@@ -31,6 +36,7 @@ pub fn worker_bin(step: &str) -> PathBuf {
         for s in ML_STEPS {
             cmd.args(["-p", &format!("warren-{s}")]);
         }
+        cmd.args(["-p", "warren-cli"]);
         let status = cmd.status().expect("run cargo build for the worker binaries");
         assert!(status.success(), "building the worker binaries failed");
         let exe = std::env::current_exe().expect("test path");

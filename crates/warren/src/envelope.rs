@@ -51,6 +51,20 @@ impl Payload for rmpv::Value {
     const SCHEMA: &'static str = "*";
 }
 
+/// Converts a serde value to a MessagePack value exactly as it goes on the wire (named fields,
+/// enum variants as strings), unlike `rmpv::ext::to_value`.
+pub fn to_msgpack_value<T: Serialize + ?Sized>(value: &T) -> Result<rmpv::Value, DecodeError> {
+    let bytes = rmp_serde::to_vec_named(value).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    rmpv::decode::read_value(&mut bytes.as_slice()).map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
+/// Decodes a MessagePack value into a serde type as the wire decoder would.
+pub fn from_msgpack_value<T: DeserializeOwned>(value: &rmpv::Value) -> Result<T, DecodeError> {
+    let mut bytes = Vec::new();
+    rmpv::encode::write_value(&mut bytes, value).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    rmp_serde::from_slice(&bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
 /// One entry of the routing slip: a step and its parameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Hop {
@@ -75,8 +89,7 @@ impl Hop {
     }
     /// A hop with parameters taken from any serde value.
     pub fn with_params<T: Serialize>(step: impl Into<String>, params: &T) -> Result<Self, DecodeError> {
-        let params = rmpv::ext::to_value(params).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        Ok(Self { step: step.into(), params, cache: false })
+        Ok(Self { step: step.into(), params: to_msgpack_value(params)?, cache: false })
     }
 }
 
@@ -394,6 +407,25 @@ mod tests {
             payload: &e.payload,
         };
         assert_eq!(r.encode().unwrap(), e.encode().unwrap());
+    }
+
+    #[test]
+    fn params_written_by_another_client_decode_as_on_the_wire() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Algo {
+            DecisionTree,
+        }
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct P {
+            algorithm: Algo,
+            depth: u32,
+        }
+        // What a Python client puts in slip[i].params: a map, the enum as a string.
+        let v = rmpv::Value::Map(vec![("algorithm".into(), "decision_tree".into()), ("depth".into(), 3.into())]);
+        let p: P = from_msgpack_value(&v).unwrap();
+        assert_eq!(p, P { algorithm: Algo::DecisionTree, depth: 3 });
+        assert_eq!(to_msgpack_value(&p).unwrap(), v, "and encodes back to the same map");
     }
 
     #[test]

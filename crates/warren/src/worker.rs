@@ -148,7 +148,7 @@ impl Context {
             rmpv::Value::Nil => rmpv::Value::Map(vec![]),
             v => v.clone(),
         };
-        rmpv::ext::from_value(value)
+        envelope::from_msgpack_value(&value)
             .map_err(|e| StepError::permanent(format!("bad parameters for step {}: {e}", self.step)))
     }
 

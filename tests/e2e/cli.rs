@@ -1,0 +1,293 @@
+//! The `warren` command, driven as a user drives it, against the real broker.
+
+use std::{
+    process::{Output, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use tokio::process::Command;
+use warren::Hop;
+use warren_e2e::Behaviour;
+
+use crate::{
+    helpers::{TestNs, envelope_for, hop, props_for, signal, spawn_worker_process, wait_for},
+    ml::warren_bin,
+};
+
+fn warren(t: &TestNs, args: &[&str]) -> Command {
+    let mut cmd = Command::new(warren_bin());
+    cmd.args(args)
+        .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
+        .env("WARREN_NAMESPACE", &t.ns)
+        .env_remove("RUST_LOG")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn run(t: &TestNs, args: &[&str]) -> Output {
+    warren(t, args).output().await.expect("run warren")
+}
+
+fn json(out: &Output) -> Value {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_restarts_a_killed_worker_and_submit_wait_status_jobs_queues_report_the_job() {
+    let mut t = TestNs::new("cliup").await;
+    for s in crate::ml::ML_STEPS {
+        t.remember(s);
+    }
+    let artifacts = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts").join(&t.ns);
+    let mut up = warren(&t, &["up", "--scale", "train=2"])
+        .env("WARREN_ARTIFACTS", &artifacts)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("warren up");
+    t.wait_consumers("train", 2).await;
+    for s in crate::ml::ML_STEPS {
+        t.wait_consumers(s, 1).await;
+    }
+
+    // Kill one train worker: the fleet restarts it.
+    let up_pid = up.id().expect("pid").to_string();
+    let children = Command::new("pgrep").args(["-P", &up_pid, "-f", "warren-train"]).output().await.expect("pgrep");
+    let victim = String::from_utf8_lossy(&children.stdout).lines().next().expect("a train worker").to_owned();
+    let submit =
+        warren(&t, &["submit", "pipelines/iris.toml", "--wait", "--json"]).env("WARREN_ARTIFACTS", &artifacts).output();
+    let kill = async {
+        Command::new("kill").args(["-KILL", &victim]).status().await.expect("kill");
+    };
+    let (out, ()) = tokio::join!(submit, kill);
+    let out = out.expect("submit runs");
+    let done = json(&out);
+    assert_eq!(done["state"], "done", "{done}");
+    let job = done["job"].as_str().expect("job id").to_owned();
+    t.wait_consumers("train", 2).await;
+
+    let status = json(&run(&t, &["status", &job, "--json"]).await);
+    assert_eq!(status["state"], "done");
+    let steps: Vec<&str> =
+        status["events"].as_array().expect("events").iter().filter_map(|e| e["step"].as_str()).collect();
+    for s in ["ingest", "validate", "features", "tune", "train", "select", "evaluate", "register"] {
+        assert!(steps.contains(&s), "status shows step {s}");
+    }
+    let text = run(&t, &["status", &job]).await;
+    assert!(String::from_utf8_lossy(&text.stdout).contains("register"), "text status lists the steps");
+    let jobs = json(&run(&t, &["jobs", "--pipeline", "iris", "--since", "1h", "--json"]).await);
+    assert!(jobs.as_array().expect("rows").iter().any(|j| j["job"] == job.as_str() && j["state"] == "done"));
+    let queues = json(&run(&t, &["queues", "--json"]).await);
+    let train = queues.as_array().expect("rows").iter().find(|r| r["step"] == "train").expect("train row").clone();
+    assert_eq!(train["consumers"], 2);
+    assert_eq!(train["ready"], 0);
+
+    signal(&up, "TERM").await;
+    let status = tokio::time::timeout(Duration::from_secs(60), up.wait()).await.expect("up stops").expect("wait");
+    assert!(status.success(), "warren up exits 0 on SIGTERM");
+    let mut log = String::new();
+    if let Some(mut e) = up.stderr.take() {
+        use tokio::io::AsyncReadExt;
+        let _ = e.read_to_string(&mut log).await;
+    }
+    assert!(log.contains("restarting"), "the fleet restarted the killed worker: {log}");
+    let _ = std::fs::remove_dir_all(&artifacts);
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_list_show_stats_replay_and_purge_with_filters() {
+    let mut t = TestNs::new("clidlq").await;
+    t.declare_step("sink").await;
+    let sink = t.sink("sink").await;
+    let _w = t.spawn_worker("picky", &[]);
+    t.wait_consumers("picky", 1).await;
+
+    let refuse = |seq| hop("picky", &Behaviour { permanent_on: Some(seq), ..Default::default() });
+    let mut first = envelope_for("picky", 1);
+    first.slip[0] = refuse(1);
+    let mut second = envelope_for("picky", 2);
+    second.slip[0] = refuse(2);
+    for env in [&first, &second] {
+        t.publish_raw("picky", &env.encode().expect("encode"), props_for(env)).await;
+    }
+    t.publish_raw("picky", b"\xc1 garbage", props_for(&first)).await;
+    let dead_queue = t.names.dead_queue("picky");
+    wait_for("three dead letters", Duration::from_secs(20), || async {
+        t.queue_counts(&dead_queue).await.filter(|(n, _)| *n >= 3)
+    })
+    .await;
+
+    let all = json(&run(&t, &["dlq", "list", "--step", "picky", "--json"]).await);
+    assert_eq!(all.as_array().expect("rows").len(), 3);
+    let by_job =
+        json(&run(&t, &["dlq", "list", "--step", "picky", "--job", &second.job_id.to_string(), "--json"]).await);
+    assert_eq!(by_job.as_array().expect("rows").len(), 1);
+    let by_error = json(&run(&t, &["dlq", "list", "--step", "picky", "--error", "refused on .urpose", "--json"]).await);
+    assert_eq!(by_error.as_array().expect("rows").len(), 2);
+    let recent = json(&run(&t, &["dlq", "list", "--step", "picky", "--since", "10m", "--json"]).await);
+    assert_eq!(recent.as_array().expect("rows").len(), 3);
+
+    let shown = json(&run(&t, &["dlq", "show", &second.message_id.to_string(), "--step", "picky", "--json"]).await);
+    assert_eq!(shown["envelope"]["payload"]["seq"], 2);
+    assert_eq!(shown["headers"]["warren-error-kind"], "permanent");
+
+    let stats = json(&run(&t, &["dlq", "stats", "--step", "picky", "--json"]).await);
+    let count = |kind: &str| {
+        stats
+            .as_array()
+            .expect("rows")
+            .iter()
+            .filter(|r| r["kind"] == kind)
+            .map(|r| r["count"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    assert_eq!((count("permanent"), count("poison")), (2, 1));
+
+    let dry = json(&run(&t, &["dlq", "replay", "--step", "picky", "--error", "refused", "--dry-run", "--json"]).await);
+    assert_eq!(dry["replayed"], 2);
+    assert_eq!(t.queue_counts(&dead_queue).await.map(|c| c.0), Some(3), "a dry run moves nothing");
+
+    // Replay one job with a parameter changed so it passes this time.
+    let replay = json(
+        &run(
+            &t,
+            &[
+                "dlq",
+                "replay",
+                "--step",
+                "picky",
+                "--job",
+                &second.job_id.to_string(),
+                "--set",
+                "permanent_on=99",
+                "--json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(replay["replayed"], 1);
+    let got = sink.wait_count(1, Duration::from_secs(20)).await;
+    assert_eq!(got[0].seq, 2);
+
+    let refused = run(&t, &["dlq", "purge", "--step", "picky"]).await;
+    assert_eq!(refused.status.code(), Some(2), "purge needs --yes");
+    let purged = json(&run(&t, &["dlq", "purge", "--step", "picky", "--yes", "--json"]).await);
+    assert_eq!(purged["purged"], 2);
+    assert_eq!(json(&run(&t, &["dlq", "list", "--step", "picky", "--json"]).await).as_array().map(Vec::len), Some(0));
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_replay_killed_halfway_and_run_again_delivers_every_message_exactly_once() {
+    const N: u64 = 500;
+    let mut t = TestNs::new("clibulk").await;
+    t.declare_step("sink").await;
+    t.declare_step("bulk").await;
+    let publisher = t.broker.publisher().await.expect("publisher");
+    for seq in 0..N {
+        let mut env = envelope_for("bulk", seq);
+        env.slip = vec![Hop::new("bulk"), Hop::new("sink")];
+        publisher
+            .publish(&t.names.dead_exchange(), "bulk", &env.encode().expect("encode"), props_for(&env))
+            .await
+            .expect("dead letter");
+    }
+    let dead_queue = t.names.dead_queue("bulk");
+    let step_queue = t.names.step_queue("bulk");
+
+    let mut replay = warren(&t, &["dlq", "replay", "--step", "bulk", "--rate", "200/s"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("replay");
+    wait_for("half of the replay", Duration::from_secs(30), || async {
+        t.queue_counts(&step_queue).await.filter(|(n, _)| *n as u64 >= N / 2)
+    })
+    .await;
+    signal(&replay, "KILL").await;
+    let _ = replay.wait().await;
+    let (moved, left) =
+        (t.queue_counts(&step_queue).await.expect("q").0, t.queue_counts(&dead_queue).await.expect("q").0);
+    assert!(
+        moved as u64 >= N / 2 && (moved + left) as u64 >= N,
+        "every message is in one queue or the other: {moved} + {left}"
+    );
+    assert!(left > 0, "the replay was stopped before the end");
+
+    let again = run(&t, &["dlq", "replay", "--step", "bulk", "--json"]).await;
+    assert!(again.status.success());
+    assert_eq!(t.queue_counts(&dead_queue).await.map(|c| c.0), Some(0));
+
+    let sink = t.sink("sink").await;
+    let _w = spawn_worker_process(&t.ns, "bulk", &[], &t.log_dir());
+    let probes = sink.wait_count(N as usize, Duration::from_secs(60)).await;
+    let mut seqs: Vec<u64> = probes.iter().map(|p| p.seq).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(
+        seqs.len() as u64,
+        N,
+        "all {N} processed, each once by id ({} duplicates dropped)",
+        sink.duplicates().await
+    );
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_trains_registers_and_predicts() {
+    let mut t = TestNs::new("demo").await;
+    for s in crate::ml::ML_STEPS {
+        t.remember(s);
+    }
+    let artifacts = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts").join(&t.ns);
+    let out = warren(&t, &["demo"]).env("WARREN_ARTIFACTS", &artifacts).output().await.expect("demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("evaluation on held-out rows") && stdout.contains("\"accuracy\""), "{stdout}");
+    assert!(stdout.contains("prediction for [5.1, 3.5, 1.4, 0.2]: setosa"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&artifacts);
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn bad_usage_is_one_line_and_exit_code_2() {
+    let t_ns = "t-usage-unused";
+    for (args, named) in [
+        (vec!["--bogus"], "--bogus"),
+        (vec!["submit", "pipelines/nope.toml"], "nope.toml"),
+        (vec!["dlq", "list", "--since", "yesterday"], "yesterday"),
+        (vec!["up", "--scale", "trian=2"], "trian"),
+        (vec!["--prefetch", "0", "queues"], "--prefetch"),
+    ] {
+        let out = Command::new(warren_bin())
+            .args(&args)
+            .env("WARREN_NAMESPACE", t_ns)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .await
+            .expect("run warren");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: one line: {stderr}");
+        assert!(stderr.contains(named), "{args:?}: names {named}: {stderr}");
+    }
+    let help = Command::new(warren_bin()).args(["dlq", "replay", "--help"]).output().await.expect("help");
+    assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("Example:"));
+}
+
+#[test]
+fn a_spec_error_names_the_line() {
+    let dir = std::env::temp_dir().join(format!("warren-spec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "name = \"x\"\n\n[[steps]]\nstep = \"ingest\"\nparams = { dataset = 3 }\n").expect("write");
+    let out = std::process::Command::new(warren_bin()).args(["submit"]).arg(&file).output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("bad.toml:5"), "names the line: {stderr}");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
