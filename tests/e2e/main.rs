@@ -6,7 +6,9 @@ mod helpers;
 
 mod cli;
 mod failures;
+mod health;
 mod lifecycle;
 mod ml;
+mod packaging;
 mod pipeline;
 mod topology;

@@ -1,0 +1,49 @@
+# syntax=docker/dockerfile:1.7
+# Every Warren binary (the nine workers and the `warren` command) in one slim image; compose runs
+# each worker as its own service from it.
+
+FROM rust:1-bookworm AS build
+WORKDIR /src
+# Dependencies first: only the manifests, with stub sources, so this layer is rebuilt only when
+# a Cargo.toml or Cargo.lock changes.
+COPY Cargo.toml Cargo.lock ./
+COPY crates/warren/Cargo.toml crates/warren/
+COPY crates/warren-cli/Cargo.toml crates/warren-cli/
+COPY crates/warren-ml/Cargo.toml crates/warren-ml/
+COPY crates/warren-steps/Cargo.toml crates/warren-steps/
+COPY schemas/Cargo.toml schemas/
+COPY workers/ workers/
+RUN set -eux; \
+    for d in crates/warren crates/warren-ml crates/warren-steps schemas .; do mkdir -p $d/src && echo '' > $d/src/lib.rs; done; \
+    mkdir -p crates/warren/benches crates/warren/examples crates/warren-cli/src src/bin benches tests/e2e; \
+    echo 'fn main() {}' | tee crates/warren/benches/pipeline.rs crates/warren/examples/quickstart.rs \
+        crates/warren-cli/src/main.rs src/bin/warren-test-step.rs benches/fanout.rs tests/e2e/main.rs >/dev/null; \
+    for w in workers/*/; do mkdir -p $w/src && echo 'fn main() {}' > $w/src/main.rs; done
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    cargo build --release --workspace --bins --exclude warren-e2e || true
+# Then the sources.
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    touch crates/*/src/*.rs schemas/src/*.rs workers/*/src/main.rs \
+    && cargo build --release --workspace --bins --exclude warren-e2e \
+    && mkdir /out \
+    && cp target/release/warren target/release/warren-ingest target/release/warren-validate \
+          target/release/warren-features target/release/warren-tune target/release/warren-train \
+          target/release/warren-select target/release/warren-evaluate target/release/warren-register \
+          target/release/warren-predict /out/
+
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home /var/lib/warren --create-home warren \
+    && mkdir -p /var/lib/warren/artifacts && chown warren /var/lib/warren/artifacts
+COPY --from=build /out/ /usr/local/bin/
+COPY pipelines/ /opt/warren/pipelines/
+COPY data/ /opt/warren/data/
+WORKDIR /opt/warren
+USER warren
+ENV WARREN_ARTIFACTS=/var/lib/warren/artifacts \
+    WARREN_HEALTH_ADDR=0.0.0.0:9000
+EXPOSE 9000
+# A worker image runs one step: `command: ["warren-train"]` in compose.
+CMD ["warren", "--help"]
