@@ -291,3 +291,27 @@ fn a_spec_error_names_the_line() {
     assert!(stderr.contains("bad.toml:5"), "names the line: {stderr}");
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_declare_then_check_and_a_conflict_fails_the_check() {
+    let mut t = TestNs::new("clitopo").await;
+    for s in crate::ml::ML_STEPS {
+        t.remember(s);
+    }
+    let missing = run(&t, &["topology", "check", "--json"]).await;
+    assert_eq!(missing.status.code(), Some(1), "nothing declared yet");
+    let rows: Value = serde_json::from_slice(&missing.stdout).expect("json");
+    assert!(rows.as_array().expect("rows").iter().all(|r| r["state"] == "missing"));
+
+    json(&run(&t, &["topology", "declare", "--json"]).await);
+    let ok = json(&run(&t, &["topology", "check", "--json"]).await);
+    assert!(ok.as_array().expect("rows").iter().all(|r| r["state"] == "ok"), "{ok}");
+
+    // The workers run with another delivery limit than the queues were declared with.
+    let conflict =
+        warren(&t, &["topology", "check", "--json"]).env("WARREN_DELIVERY_LIMIT", "9").output().await.expect("run");
+    assert_eq!(conflict.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&conflict.stdout);
+    assert!(text.contains("x-delivery-limit"), "{text}");
+    t.cleanup().await;
+}

@@ -415,13 +415,5 @@ pub fn props_for_any<P: warren::Payload>(env: &Envelope<P>) -> BasicProperties {
 }
 
 pub fn props_for(env: &Envelope<Probe>) -> BasicProperties {
-    warren::envelope::properties(
-        &warren::envelope::EnvelopeMeta {
-            job_id: env.job_id,
-            message_id: env.message_id,
-            step: env.step(),
-            schema: &env.schema,
-        },
-        1,
-    )
+    props_for_any(env)
 }

@@ -177,7 +177,8 @@ pub async fn list(broker: &Broker, names: &Names, step: &str, filter: &Filter) -
 
 /// Sends the dead letters of `step` that match `filter` back to the step queue: the original
 /// body (with `set_params` applied to its hop, if any) and properties, the attempt count reset,
-/// `warren-replayed` counting replays and `warren-replayed-error` keeping the error it died of.
+/// `warren-replayed` counting replays, `warren-replayed-error` keeping the error it died of and
+/// `warren-replayed-from` naming the dead-letter queue it came from.
 /// Each is published with a confirm before its dead letter is acked. With `dry_run` nothing moves.
 pub async fn replay(
     broker: &Broker,
@@ -207,7 +208,7 @@ pub async fn replay(
             }
             let body =
                 if options.set_params.is_empty() { d.body.clone() } else { patch_params(&d.body, &options.set_params) };
-            publisher.publish(exchange, &d.step, &body, replay_properties(&d)).await?;
+            publisher.publish(exchange, &d.step, &body, replay_properties(&d, &names.dead_queue(&d.step))).await?;
             Ok(true)
         }
     })
@@ -246,7 +247,7 @@ pub async fn purge(broker: &Broker, names: &Names, step: &str, filter: &Filter) 
 }
 
 /// The properties a replayed message is published with.
-fn replay_properties(d: &DeadLetter) -> BasicProperties {
+fn replay_properties(d: &DeadLetter, from_queue: &str) -> BasicProperties {
     let mut table = FieldTable::default();
     let replays = envelope::header_int(&d.properties, headers::REPLAYED).unwrap_or(0) + 1;
     if let Some(h) = d.properties.headers() {
@@ -272,5 +273,56 @@ fn replay_properties(d: &DeadLetter) -> BasicProperties {
     }
     table.insert(headers::REPLAYED.into(), AMQPValue::LongLongInt(replays));
     table.insert("warren-replayed-error".into(), envelope::text(d.error.as_str()));
+    table.insert("warren-replayed-from".into(), envelope::text(from_queue));
     d.properties.clone().with_headers(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_resets_the_attempt_and_records_where_it_came_from() {
+        let props = envelope::with_headers(
+            &BasicProperties::default(),
+            vec![
+                (headers::JOB, envelope::text("j1")),
+                (headers::ERROR, envelope::text("boom")),
+                (headers::ERROR_KIND, envelope::text("permanent")),
+                (headers::ATTEMPT, AMQPValue::LongLongInt(3)),
+                (headers::REPLAYED, AMQPValue::LongLongInt(1)),
+            ],
+        );
+        let d = dead_letter("train", props, vec![1, 2, 3]);
+        assert_eq!((d.error.as_str(), d.kind.as_str(), d.job.as_deref()), ("boom", "permanent", Some("j1")));
+        let replayed = replay_properties(&d, "ns.dead.train");
+        assert_eq!(envelope::header_str(&replayed, headers::JOB), Some("j1"), "other headers stay");
+        assert_eq!(envelope::header_int(&replayed, headers::ATTEMPT), None, "attempt starts again at 1");
+        assert_eq!(envelope::header_str(&replayed, headers::ERROR), None);
+        assert_eq!(envelope::header_int(&replayed, headers::REPLAYED), Some(2));
+        assert_eq!(envelope::header_str(&replayed, "warren-replayed-error"), Some("boom"));
+        assert_eq!(envelope::header_str(&replayed, "warren-replayed-from"), Some("ns.dead.train"));
+    }
+
+    #[test]
+    fn filters_combine() {
+        let d = dead_letter(
+            "s",
+            envelope::with_headers(
+                &BasicProperties::default(),
+                vec![
+                    (headers::JOB, envelope::text("j1")),
+                    (headers::ERROR, envelope::text("row 7 is bad")),
+                    (headers::FAILED_AT, AMQPValue::LongLongInt(5_000)),
+                ],
+            ),
+            vec![],
+        );
+        assert!(Filter::default().matches(&d));
+        assert!(Filter { job: Some("j1".into()), since_ms: Some(4_000), ..Default::default() }.matches(&d));
+        assert!(!Filter { job: Some("j2".into()), ..Default::default() }.matches(&d));
+        assert!(!Filter { since_ms: Some(6_000), ..Default::default() }.matches(&d));
+        let m: ErrorMatcher = std::sync::Arc::new(|e: &str| e.contains("row 7"));
+        assert!(Filter { error_matches: Some(m), ..Default::default() }.matches(&d));
+    }
 }
