@@ -315,3 +315,27 @@ async fn topology_declare_then_check_and_a_conflict_fails_the_check() {
     assert!(text.contains("x-delivery-limit"), "{text}");
     t.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_of_a_fleet_that_is_killed_stop_by_themselves() {
+    let mut t = TestNs::new("cliorphan").await;
+    for s in crate::ml::ML_STEPS {
+        t.remember(s);
+    }
+    let mut up = warren(&t, &["up"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("warren up");
+    for s in crate::ml::ML_STEPS {
+        t.wait_consumers(s, 1).await;
+    }
+    let up_pid = up.id().expect("pid").to_string();
+    let listed = Command::new("pgrep").args(["-P", &up_pid]).output().await.expect("pgrep");
+    let workers: Vec<String> = String::from_utf8_lossy(&listed.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(workers.len(), crate::ml::ML_STEPS.len(), "one worker per step");
+    signal(&up, "KILL").await;
+    let _ = up.wait().await;
+    wait_for("the orphaned workers to stop", Duration::from_secs(30), || {
+        let workers = workers.clone();
+        async move { workers.iter().all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()).then_some(()) }
+    })
+    .await;
+    t.cleanup().await;
+}

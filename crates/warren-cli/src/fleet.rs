@@ -114,6 +114,8 @@ fn env(config: &Config) -> Vec<(String, String)> {
         ("WARREN_AMQP_URL".to_owned(), config.amqp_urls.join(",")),
         ("WARREN_NAMESPACE".to_owned(), config.namespace.clone()),
         ("WARREN_ARTIFACTS".to_owned(), config.artifacts.clone()),
+        // Workers stop by themselves if this process dies without stopping them.
+        ("WARREN_FLEET_PID".to_owned(), std::process::id().to_string()),
     ];
     if std::env::var_os("RUST_LOG").is_none() {
         env.push(("RUST_LOG".to_owned(), "info,lapin=warn".to_owned()));

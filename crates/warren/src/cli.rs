@@ -130,7 +130,7 @@ where
             }
         });
     }
-    match runtime.block_on(worker.run(handler, crate::shutdown_signal())) {
+    match runtime.block_on(worker.run(handler, crate::shutdown::shutdown_signal_or_orphaned())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{bin}: {e}");
