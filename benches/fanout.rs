@@ -79,14 +79,26 @@ fn spawn(bin: &Path, step: &str, ns: &str, artifacts: &Path) -> Res<Child> {
         .spawn()?)
 }
 
+/// Worker processes of one run, killed if the run fails half-way.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 async fn run(bin: &Path, train_workers: usize, trials: usize) -> Res<Duration> {
     let ns = format!("bench-fanout-{}-{train_workers}", std::process::id());
     let artifacts = std::env::temp_dir().join(&ns);
-    let mut children = Vec::new();
+    let mut children = Children(Vec::new());
     for step in STEPS {
         let copies = if *step == "train" { train_workers } else { 1 };
         for _ in 0..copies {
-            children.push(spawn(bin, step, &ns, &artifacts)?);
+            children.0.push(spawn(bin, step, &ns, &artifacts)?);
         }
     }
     let mut config = Config::load(None, &[])?;
@@ -125,10 +137,10 @@ async fn run(bin: &Path, train_workers: usize, trials: usize) -> Res<Duration> {
         }
     }
     let elapsed = start.elapsed();
-    for c in &children {
+    for c in &children.0 {
         Command::new("kill").arg("-TERM").arg(c.id().to_string()).status()?;
     }
-    for mut c in children {
+    for mut c in std::mem::take(&mut children.0) {
         c.wait()?;
     }
     let mut declarer = warren::Declarer::new(client.broker(), &names);

@@ -238,16 +238,27 @@ impl Hops {
     }
 
     fn stop(mut self) -> Res<()> {
-        for c in &self.children {
+        let mut children = std::mem::take(&mut self.children);
+        for c in &children {
             std::process::Command::new("kill").arg("-TERM").arg(c.id().to_string()).status()?;
         }
-        for c in &mut self.children {
+        for c in &mut children {
             let status = c.wait()?;
             if !status.success() {
                 return Err(format!("hop exited with {status}").into());
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for Hops {
+    /// A bench that fails half-way must not leave its hop processes running.
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
