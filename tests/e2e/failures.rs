@@ -53,6 +53,12 @@ async fn a_retryable_error_is_retried_with_backoff_until_it_succeeds() {
         })
         .await;
     assert_eq!(sink.duplicates().await, 0);
+    // The delay queues expire by themselves a minute after use; this test removes its own now.
+    let ch = t.broker.channel().await.expect("channel");
+    for e in events.seen.iter().filter(|e| e.job_id == job && e.kind == EventKind::Retrying) {
+        let queue = t.names.retry_queue("flaky", e.delay_ms.unwrap_or(0));
+        ch.queue_delete(queue.as_str().into(), Default::default()).await.expect("delete the delay queue");
+    }
     t.cleanup().await;
 }
 
