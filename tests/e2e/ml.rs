@@ -182,6 +182,24 @@ async fn iris_and_diabetes_train_to_registered_models_reproducibly_and_predict_s
     assert_eq!(reply.version, 2, "a newly registered version answers without a restart");
     assert_eq!(reply.labels, vec!["setosa".to_owned(), "virginica".to_owned()]);
 
+    // Batch scoring: the whole ingested iris dataset, predictions written as an artifact.
+    let dir = fleet.artifacts.join("iris").join(iris.to_string()).join("ingest");
+    let file = std::fs::read_dir(&dir).expect("ingest dir").flatten().next().expect("dataset artifact").path();
+    let bytes = std::fs::read(&file).expect("dataset bytes");
+    let dataset = warren_schemas::ArtifactRef {
+        uri: format!("file://{}", file.canonicalize().expect("path").display()),
+        hash: content_hash(&bytes),
+        bytes: bytes.len() as u64,
+    };
+    let batch =
+        PredictRequest { model: "iris".into(), version: Some("1".into()), rows: vec![], dataset: Some(dataset) };
+    let scored: Predictions =
+        t.client.call("predict", rmpv::Value::Nil, batch, Duration::from_secs(30)).await.expect("batch predict");
+    assert_eq!((scored.version, scored.labels.len()), (1, 150));
+    assert_eq!(scored.labels.iter().filter(|l| *l == "setosa").count(), 50, "setosa is separable");
+    let out = scored.artifact.expect("predictions artifact");
+    assert!(std::path::Path::new(out.uri.trim_start_matches("file://")).exists(), "{}", out.uri);
+
     fleet.stop().await;
     t.cleanup().await;
 }
@@ -279,6 +297,29 @@ async fn a_bad_csv_row_dead_letters_at_validate_and_a_replay_after_the_fix_finis
     wait_done(&mut events, job, Duration::from_secs(120)).await;
     assert!(warren::dlq::list(&t.broker, &t.names, "validate", &Default::default()).await.expect("list").is_empty());
 
+    fleet.stop().await;
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_promotion_gate_refuses_a_model_below_its_minimum_and_says_why() {
+    let mut t = TestNs::new("mlgate").await;
+    let mut events = t.events().await;
+    let fleet = Fleet::start(&mut t, 1).await;
+    let mut spec = spec("csv-example.toml");
+    spec.set("register.min_metrics", "{ f1_macro = 1.01 }").expect("set the gate");
+    let job = t.client.submit(&spec.job()).await.expect("submit");
+    wait_done(&mut events, job, Duration::from_secs(120)).await;
+    let refusal = events
+        .wait("the register report", Duration::from_secs(10), |e| {
+            e.job_id == job && &*e.step == "register" && e.kind == EventKind::Report
+        })
+        .await;
+    let detail = serde_json::to_value(refusal.detail.as_ref().expect("detail")).expect("json");
+    assert_eq!(detail["promoted"], false, "{detail}");
+    let reason = detail["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("f1_macro") && reason.contains("1.01"), "{reason}");
+    assert!(!fleet.artifacts.join("registry/csv-example/latest.json").exists(), "nothing registered");
     fleet.stop().await;
     t.cleanup().await;
 }
