@@ -7,7 +7,7 @@ use std::{
     process::Stdio,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicU32, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -271,33 +271,29 @@ pub async fn signal(child: &Child, signal: &str) {
 
 /// Restarts a worker whenever it exits, until stopped, as a process supervisor would.
 pub struct Supervisor {
-    stop: Arc<AtomicBool>,
+    stop: tokio::sync::watch::Sender<bool>,
     pub starts: Arc<AtomicU32>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Supervisor {
     pub fn start(ns: &TestNs, step: &str, env: &[(&str, &str)]) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let starts = Arc::new(AtomicU32::new(0));
         let (ns_name, step, logs) = (ns.ns.clone(), step.to_owned(), ns.log_dir());
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        let (s, n) = (stop.clone(), starts.clone());
+        let n = starts.clone();
         let task = tokio::spawn(async move {
-            while !s.load(Ordering::SeqCst) {
+            loop {
                 let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
                 let mut child = spawn_worker_process(&ns_name, &step, &env, &logs);
                 n.fetch_add(1, Ordering::SeqCst);
-                loop {
-                    tokio::select! {
-                        _ = child.wait() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(50)) => {
-                            if s.load(Ordering::SeqCst) {
-                                let _ = signal(&child, "TERM").await;
-                                let _ = child.wait().await;
-                                return;
-                            }
-                        }
+                tokio::select! {
+                    _ = child.wait() => {}
+                    _ = stopped.changed() => {
+                        let _ = signal(&child, "TERM").await;
+                        let _ = child.wait().await;
+                        return;
                     }
                 }
             }
@@ -306,7 +302,7 @@ impl Supervisor {
     }
 
     pub async fn stop(self) {
-        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.stop.send(true);
         let _ = self.task.await;
     }
 }
