@@ -25,10 +25,10 @@ pub struct JobsArgs {
     since: Option<String>,
 }
 
-/// Every event in the namespace's stream, read until it has been quiet for a moment.
-pub async fn read_all(config: &Config) -> Result<Vec<JobEvent>, Fail> {
+/// The events in the namespace's stream from `from` on, read until it has been quiet a moment.
+pub async fn read_all(config: &Config, from: warren::events::From) -> Result<Vec<JobEvent>, Fail> {
     let client = connect(config).await?;
-    let mut rx = warren::events::subscribe(client.broker(), &Names::new(&config.namespace)).await?;
+    let mut rx = warren::events::subscribe_from(client.broker(), &Names::new(&config.namespace), from).await?;
     let mut events = Vec::new();
     while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(800), rx.recv()).await {
         events.push(e);
@@ -55,7 +55,9 @@ fn time(ms: u64) -> String {
 /// `warren status`.
 pub async fn status(config: &Config, args: StatusArgs, json: bool) -> Outcome {
     let job: Uuid = args.job.parse().map_err(|_| Fail::usage(format!("`{}` is not a job id (a UUID)", args.job)))?;
-    let all = read_all(config).await?;
+    // The job id (UUIDv7) says when it was made: read from a minute before.
+    let made_ms = job.get_timestamp().map(|t| t.to_unix()).map_or(0, |(s, n)| s * 1000 + u64::from(n) / 1_000_000);
+    let all = read_all(config, warren::events::From::Time(made_ms.saturating_sub(60_000))).await?;
     let events: Vec<&JobEvent> = all.iter().filter(|e| e.job_id == job).collect();
     if events.is_empty() {
         return Err(Fail::from(format!("no events for job {job} in namespace {}", config.namespace)));
@@ -99,7 +101,8 @@ pub async fn status(config: &Config, args: StatusArgs, json: bool) -> Outcome {
 pub async fn jobs(config: &Config, args: JobsArgs, json: bool) -> Outcome {
     let since =
         args.since.as_deref().map(parse_age).transpose()?.map(|age| warren::envelope::now_ms().saturating_sub(age));
-    let all = read_all(config).await?;
+    let from = since.map_or(warren::events::From::First, |s| warren::events::From::Time(s.saturating_sub(60_000)));
+    let all = read_all(config, from).await?;
     let mut by_job: BTreeMap<Uuid, Vec<&JobEvent>> = BTreeMap::new();
     for e in &all {
         if e.job_id.is_nil() || args.pipeline.as_deref().is_some_and(|p| p != &*e.pipeline) {

@@ -54,7 +54,11 @@ pub async fn follow(
     quiet: bool,
     within: Duration,
 ) -> Result<End, Fail> {
-    let mut rx = warren::events::subscribe(client.broker(), names).await?;
+    // A job's events all come after its id was made (UUIDv7 holds that time): read from a little
+    // before it rather than from the start of the stream.
+    let made_ms = job.get_timestamp().map(|t| t.to_unix()).map_or(0, |(s, n)| s * 1000 + u64::from(n) / 1_000_000);
+    let from = warren::events::From::Time(made_ms.saturating_sub(60_000));
+    let mut rx = warren::events::subscribe_from(client.broker(), names, from).await?;
     let multi = MultiProgress::new();
     if quiet {
         multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());

@@ -214,16 +214,44 @@ impl JobEvent {
     }
 }
 
-/// Reads job events from the stream queue `{ns}.events`, from its first entry on, and sends them
-/// to the returned receiver until the receiver is dropped or the connection ends.
+/// Where reading the events stream starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum From {
+    /// The oldest event the stream still keeps.
+    First,
+    /// Events published from now on.
+    Next,
+    /// Events published at or after this time (milliseconds since the Unix epoch; the stream
+    /// resolves it to second precision, at chunk granularity, so a little earlier is read too).
+    Time(u64),
+}
+
+/// Reads job events from the stream queue `{ns}.events`, from its first entry on (see
+/// [`subscribe_from`]).
+pub async fn subscribe(broker: &Broker, names: &Names) -> Result<mpsc::UnboundedReceiver<JobEvent>, TopologyError> {
+    subscribe_from(broker, names, From::First).await
+}
+
+/// Reads job events from the stream queue `{ns}.events`, starting at `from`, and sends them to
+/// the returned receiver until the receiver is dropped or the connection ends. Reading from a
+/// time keeps a tool that follows one job from replaying weeks of history first.
 ///
 /// Declares the namespace's base topology first, so it works before any worker has run.
-pub async fn subscribe(broker: &Broker, names: &Names) -> Result<mpsc::UnboundedReceiver<JobEvent>, TopologyError> {
+pub async fn subscribe_from(
+    broker: &Broker,
+    names: &Names,
+    from: From,
+) -> Result<mpsc::UnboundedReceiver<JobEvent>, TopologyError> {
     crate::Declarer::new(broker, names).base().await?;
     let ch = broker.channel().await?;
     ch.basic_qos(500, BasicQosOptions::default()).await.map_err(BrokerError::amqp("basic.qos"))?;
     let mut args = FieldTable::default();
-    args.insert("x-stream-offset".into(), AMQPValue::LongString("first".into()));
+    let offset = match from {
+        From::First => AMQPValue::LongString("first".into()),
+        From::Next => AMQPValue::LongString("next".into()),
+        From::Time(ms) => AMQPValue::Timestamp(ms / 1000),
+    };
+    args.insert("x-stream-offset".into(), offset);
     let mut consumer = ch
         .basic_consume(names.events().as_str().into(), "".into(), BasicConsumeOptions::default(), args)
         .await
