@@ -231,12 +231,17 @@ impl TestNs {
         pids.len()
     }
 
-    /// Deletes what this test declared.
+    /// Deletes what this test declared. Bounded, so a broker hiccup at the end cannot hang the run.
     pub async fn cleanup(self) {
         let steps: Vec<&str> = self.steps.iter().map(String::as_str).collect();
-        Declarer::new(&self.broker, &self.names).delete(&steps).await.expect("cleanup");
-        self.client.broker().close().await;
-        self.broker.close().await;
+        let work = async {
+            Declarer::new(&self.broker, &self.names).delete(&steps).await.expect("cleanup");
+            self.client.broker().close().await;
+            self.broker.close().await;
+        };
+        if tokio::time::timeout(Duration::from_secs(30), work).await.is_err() {
+            eprintln!("cleanup of namespace {} did not finish within 30 s", self.ns);
+        }
     }
 }
 

@@ -142,11 +142,15 @@ impl Broker {
         self.publishers.get().await.map_err(|e| BrokerError::Pool(e.to_string()))
     }
 
-    /// Closes the connection (the broker requeues whatever is still unacked).
+    /// Closes the connection (the broker requeues whatever is still unacked). Bounded: a broker
+    /// that does not answer the close within 5 seconds does not keep a stopping process alive.
     pub async fn close(&self) {
         self.publishers.close();
         if self.conn.status().connected() {
-            let _ = self.conn.close(200, "bye".into()).await;
+            let close = self.conn.close(200, "bye".into());
+            if tokio::time::timeout(Duration::from_secs(5), close).await.is_err() {
+                tracing::warn!(connection = %self.name, "the broker did not confirm the close within 5 s; leaving");
+            }
         }
     }
 }
