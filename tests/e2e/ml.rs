@@ -109,7 +109,10 @@ impl Fleet {
             let _ = crate::helpers::signal(c, "TERM").await;
         }
         for mut c in self.children {
-            let status = c.wait().await.expect("worker exits");
+            let status = tokio::time::timeout(Duration::from_secs(30), c.wait())
+                .await
+                .expect("a worker stops within 30 s of SIGTERM")
+                .expect("worker exits");
             assert!(status.success(), "worker exits 0 on SIGTERM: {status}");
         }
         let _ = std::fs::remove_dir_all(&self.artifacts);
