@@ -28,6 +28,16 @@ use warren_e2e::Probe;
 
 pub const WORKER_BIN: &str = env!("CARGO_BIN_EXE_warren-test-step");
 
+/// The `rabbitmqctl` command: `$WARREN_TEST_RABBITMQCTL` (e.g. `docker compose exec -T rabbitmq
+/// rabbitmqctl` for the compose broker), else `rabbitmqctl` on this machine.
+pub fn rabbitmqctl() -> Command {
+    let line = std::env::var("WARREN_TEST_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".to_owned());
+    let mut words = line.split_whitespace();
+    let mut cmd = Command::new(words.next().unwrap_or("rabbitmqctl"));
+    cmd.args(words);
+    cmd
+}
+
 pub fn amqp_url() -> String {
     std::env::var("WARREN_AMQP_URL").unwrap_or_else(|_| warren::config::DEFAULT_AMQP_URL.to_owned())
 }
@@ -209,11 +219,11 @@ impl TestNs {
     /// in this namespace (never another test's connections).
     pub async fn close_worker_connections(&self, step: &str) -> usize {
         let marker = format!("{}/{step}@", self.ns);
-        let out = Command::new("rabbitmqctl")
+        let out = rabbitmqctl()
             .args(["list_connections", "-s", "pid", "client_properties"])
             .output()
             .await
-            .expect("rabbitmqctl runs (as root)");
+            .expect("rabbitmqctl runs (as root, or set WARREN_TEST_RABBITMQCTL)");
         let text = String::from_utf8_lossy(&out.stdout);
         let pids: Vec<String> = text
             .lines()
@@ -221,7 +231,7 @@ impl TestNs {
             .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
             .collect();
         for pid in &pids {
-            let status = Command::new("rabbitmqctl")
+            let status = rabbitmqctl()
                 .args(["close_connection", pid, "closed by an e2e test"])
                 .output()
                 .await
