@@ -12,7 +12,7 @@ use crate::{Fail, Outcome, connect, parse_age};
 /// Which dead letters.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Filters {
-    /// Only this step (default: every step).
+    /// Only this step, repeatable (default: the nine ML steps; name custom steps here).
     #[arg(long)]
     step: Vec<String>,
     /// Only this job.
