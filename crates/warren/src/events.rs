@@ -204,6 +204,36 @@ fn coalesce(events: &mut Vec<JobEvent>) {
 }
 
 impl JobEvent {
+    /// An event with what every event has, stamped now; the optional fields are empty.
+    pub fn new(
+        kind: EventKind,
+        job_id: Uuid,
+        message_id: Uuid,
+        pipeline: Arc<str>,
+        step: Arc<str>,
+        worker: Arc<str>,
+        attempt: u32,
+    ) -> Self {
+        JobEvent {
+            kind,
+            job_id,
+            message_id,
+            pipeline,
+            step,
+            worker,
+            at_ms: crate::envelope::now_ms(),
+            attempt,
+            delivery_count: 0,
+            duration_ms: None,
+            delay_ms: None,
+            error: None,
+            error_kind: None,
+            outputs: 0,
+            last_step: false,
+            detail: None,
+        }
+    }
+
     /// When the handler started: `at_ms` for `started`, `at_ms - duration_ms` for `succeeded`.
     pub fn started_at_ms(&self) -> Option<u64> {
         match self.kind {
@@ -278,22 +308,9 @@ mod tests {
 
     fn event(kind: EventKind, message_id: Uuid, attempt: u32) -> JobEvent {
         JobEvent {
-            kind,
-            job_id: Uuid::nil(),
-            message_id,
-            pipeline: "p".into(),
-            step: "s".into(),
-            worker: "w".into(),
             at_ms: 1_000,
-            attempt,
-            delivery_count: 0,
             duration_ms: (kind == EventKind::Succeeded).then_some(40),
-            delay_ms: None,
-            error: None,
-            error_kind: None,
-            outputs: 0,
-            last_step: false,
-            detail: None,
+            ..JobEvent::new(kind, Uuid::nil(), message_id, "p".into(), "s".into(), "w".into(), attempt)
         }
     }
 

@@ -65,31 +65,21 @@ impl Context {
 
     /// Publishes a `report` event for this job (metrics, a refusal, a cache hit).
     pub fn report(&self, detail: rmpv::Value) {
-        self.events.emit(JobEvent {
-            kind: EventKind::Report,
-            detail: Some(detail),
-            ..self.event_base(EventKind::Report)
-        });
+        self.events.emit(JobEvent { detail: Some(detail), ..self.event_base(EventKind::Report) });
     }
 
     pub(super) fn event_base(&self, kind: EventKind) -> JobEvent {
         JobEvent {
-            kind,
-            job_id: self.job_id,
-            message_id: self.message_id,
-            pipeline: self.pipeline.clone(),
-            step: self.step.clone(),
-            worker: self.worker.clone(),
-            at_ms: envelope::now_ms(),
-            attempt: self.attempt,
             delivery_count: self.delivery_count,
-            duration_ms: None,
-            delay_ms: None,
-            error: None,
-            error_kind: None,
-            outputs: 0,
-            last_step: false,
-            detail: None,
+            ..JobEvent::new(
+                kind,
+                self.job_id,
+                self.message_id,
+                self.pipeline.clone(),
+                self.step.clone(),
+                self.worker.clone(),
+                self.attempt,
+            )
         }
     }
 }

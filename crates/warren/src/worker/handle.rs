@@ -162,7 +162,7 @@ impl<H> Shared<H> {
             self.reply(session, delivery, ctx, reply_to.as_str(), payloads.first()).await;
         }
         if let Some(next) = ctx.next.first() {
-            let exchange = w.names.steps_exchange();
+            let exchange = &w.steps_exchange;
             let mut sends = Vec::with_capacity(payloads.len());
             for (i, payload) in payloads.into_iter().enumerate() {
                 let out = envelope::EnvelopeRef {
@@ -192,7 +192,6 @@ impl<H> Shared<H> {
                     schema: out.schema,
                 };
                 let props = envelope::properties(&meta, 1);
-                let exchange = &exchange;
                 sends.push(async move { session.publisher.publish(exchange, &next.step, &body, props).await });
             }
             let results = join_all(sends).await;
@@ -315,7 +314,7 @@ impl<H> Shared<H> {
                 (headers::FAILED_AT, AMQPValue::LongLongInt(envelope::now_ms() as i64)),
             ],
         );
-        if let Err(e) = session.publisher.publish(&w.names.dead_exchange(), &w.step, &delivery.data, props).await {
+        if let Err(e) = session.publisher.publish(&w.dead_exchange, &w.step, &delivery.data, props).await {
             tracing::error!(step = %w.step, error = %e, "cannot dead-letter a message; left unacked for redelivery");
             return;
         }
@@ -324,25 +323,21 @@ impl<H> Shared<H> {
         }
         tracing::warn!(step = %w.step, kind = %kind, error = %reason, "message dead-lettered");
         self.metrics.dead_letter(kind);
-        let job_id = head.map(|h| h.job_id).unwrap_or_default();
-        let message_id = head.map(|h| h.message_id).unwrap_or_default();
+        let pipeline: std::sync::Arc<str> = head.map(|h| h.pipeline.as_str()).unwrap_or_default().into();
+        let (job_id, message_id) = head.map(|h| (h.job_id, h.message_id)).unwrap_or_default();
         session.events.emit(JobEvent {
-            kind: EventKind::Dead,
-            job_id,
-            message_id,
-            pipeline: head.map(|h| h.pipeline.as_str()).unwrap_or_default().into(),
-            step: w.step_name.clone(),
-            worker: w.worker_id.clone(),
-            at_ms: envelope::now_ms(),
-            attempt,
             delivery_count: envelope::header_int(&delivery.properties, headers::DELIVERY_COUNT).unwrap_or(0) as u32,
-            duration_ms: None,
-            delay_ms: None,
             error: Some(reason.to_owned()),
             error_kind: Some(kind.as_str().to_owned()),
-            outputs: 0,
-            last_step: false,
-            detail: None,
+            ..JobEvent::new(
+                EventKind::Dead,
+                job_id,
+                message_id,
+                pipeline,
+                w.step_name.clone(),
+                w.worker_id.clone(),
+                attempt,
+            )
         });
     }
 }

@@ -129,8 +129,11 @@ impl WorkerBuilder {
     pub fn build(self) -> Worker {
         let host = hostname();
         let worker_id = format!("{}@{host}#{}", self.step, std::process::id());
+        let names = Names::new(&self.config.namespace);
         Worker {
-            names: Names::new(&self.config.namespace),
+            steps_exchange: names.steps_exchange(),
+            dead_exchange: names.dead_exchange(),
+            names,
             topology: StepTopology {
                 step: self.step.clone(),
                 delivery_limit: self.config.delivery_limit,
@@ -153,6 +156,9 @@ impl WorkerBuilder {
 pub struct Worker {
     step: String,
     step_name: Arc<str>,
+    /// Exchange names, made once: the hand-off uses them on every message.
+    steps_exchange: String,
+    dead_exchange: String,
     config: Config,
     names: Names,
     topology: StepTopology,
