@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod chaos;
+
 /// The payload of every test message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Probe {

@@ -172,7 +172,60 @@ async fn a_message_that_kills_its_worker_ends_in_the_dead_letter_queue() {
     let (props, _) = &dead[0];
     assert_eq!(header(props, headers::JOB), Some(job.to_string()));
     assert_eq!(header(props, headers::ERROR_KIND).as_deref(), Some("crash"), "told apart from a handler error");
-    assert!(header(props, headers::ERROR).unwrap_or_default().contains("without an ack"));
+    let reason = header(props, headers::ERROR).unwrap_or_default();
+    assert!(reason.contains("started on it 2 times without an ack"), "{reason}");
     supervisor.stop().await;
+    t.cleanup().await;
+}
+
+/// Headers a publisher sets are input: a forged redelivery count or attempt on a first delivery
+/// neither dead-letters the message nor skips its handler, and ids written as strings (as the
+/// protocol allows other clients) decode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_headers_and_string_ids_are_handled_like_any_first_delivery() {
+    use lapin::types::{AMQPValue, FieldTable};
+
+    let mut t = TestNs::new("forged").await;
+    t.declare_step("sink").await;
+    let sink = t.sink("sink").await;
+    let _w = t.spawn_worker("guarded", &[]);
+    t.wait_consumers("guarded", 1).await;
+
+    let forged: [(&str, AMQPValue); 4] = [
+        (headers::DELIVERY_COUNT, AMQPValue::LongLongInt(1000)),
+        (headers::ATTEMPT, AMQPValue::LongLongInt(1 << 32)),
+        (headers::ATTEMPT, AMQPValue::LongString("many".into())),
+        (headers::DELIVERY_COUNT, AMQPValue::LongString("1000".into())),
+    ];
+    for (seq, (name, value)) in forged.iter().enumerate() {
+        let env = envelope_for("guarded", seq as u64);
+        let props = props_for(&env);
+        let mut table = props.headers().clone().unwrap_or_default();
+        table.insert((*name).into(), value.clone());
+        t.publish_raw("guarded", &env.encode().expect("encode"), props.with_headers(table)).await;
+    }
+    // Ids as UUID strings, and no AMQP properties at all.
+    let env = envelope_for("guarded", 10);
+    let mut value = warren::envelope::to_msgpack_value(&env).expect("to value");
+    if let rmpv::Value::Map(fields) = &mut value {
+        for (k, v) in fields.iter_mut() {
+            if k.as_str() == Some("job_id") {
+                *v = env.job_id.hyphenated().to_string().into();
+            } else if k.as_str() == Some("message_id") {
+                *v = env.message_id.simple().to_string().into();
+            }
+        }
+    }
+    let mut body = Vec::new();
+    rmpv::encode::write_value(&mut body, &value).expect("encode");
+    let bare = lapin::BasicProperties::default().with_headers(FieldTable::default());
+    t.publish_raw("guarded", &body, bare).await;
+
+    let probes = sink.wait_count(forged.len() + 1, Duration::from_secs(30)).await;
+    let mut seqs: Vec<u64> = probes.iter().map(|p| p.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, vec![0, 1, 2, 3, 10]);
+    assert!(probes.iter().all(|p| p.hops == 1), "every handler ran once: {probes:?}");
+    assert!(t.take_dead_letters("guarded").await.is_empty(), "nothing healthy was dead-lettered");
     t.cleanup().await;
 }

@@ -412,7 +412,7 @@ async fn bench_bare(url: &str, ns: &str, jobs: u64, latency: Option<(u64, u64)>)
 async fn bench_runtime(url: &str, ns: &str, jobs: u64, latency: Option<(u64, u64)>) -> Res<Figures> {
     let mut config = Config::load_from(None, [("WARREN_AMQP_URL".to_owned(), url.to_owned())], &[])?;
     config.namespace = format!("{ns}.rt");
-    config.prefetch = PREFETCH;
+    config.prefetch = Some(PREFETCH);
     config.concurrency = PREFETCH as usize;
     let names = Names::new(&config.namespace);
     let client = Client::connect(&config).await?;

@@ -60,6 +60,11 @@ impl BrokerError {
     pub fn is_refused(&self) -> bool {
         matches!(self, BrokerError::Unroutable { .. } | BrokerError::Nacked { .. })
     }
+    /// No queue is bound for the message: a topology error, the only refusal that is the
+    /// message's own. A nack or a lost confirm is the broker's trouble and worth publishing again.
+    pub fn is_unroutable(&self) -> bool {
+        matches!(self, BrokerError::Unroutable { .. })
+    }
     pub(crate) fn amqp(context: &'static str) -> impl FnOnce(lapin::Error) -> Self {
         move |source| BrokerError::Amqp { context, source }
     }
@@ -207,6 +212,23 @@ impl Publisher {
         properties: BasicProperties,
     ) -> Result<(), BrokerError> {
         let confirm = self.send(exchange, routing_key, body, properties).await?;
+        Self::check(confirm.await.map_err(BrokerError::amqp("publisher confirm"))?, exchange, routing_key)
+    }
+
+    /// Publishes without `mandatory` and waits for the confirm: for destinations that may have
+    /// gone away on purpose, such as an RPC caller's direct reply-to, where a return is no error.
+    pub async fn publish_optional(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let confirm = self
+            .channel
+            .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, properties)
+            .await
+            .map_err(BrokerError::amqp("basic.publish"))?;
         Self::check(confirm.await.map_err(BrokerError::amqp("publisher confirm"))?, exchange, routing_key)
     }
 

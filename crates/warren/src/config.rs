@@ -40,7 +40,10 @@ pub struct Config {
     /// Messages a worker handles at once (a semaphore). Key `concurrency`.
     pub concurrency: usize,
     /// Messages the broker sends ahead of acks (`basic.qos`, per consumer). Key `prefetch`.
-    pub prefetch: u16,
+    /// Unset, it follows `concurrency` (see [`Config::effective_prefetch`]): a worker then holds
+    /// only messages it is running, so a queue's ready count is its backlog and a hard kill
+    /// returns no message that was never started.
+    pub prefetch: Option<u16>,
     /// Attempts before a retryable error dead-letters the message. Key `max_attempts`.
     pub max_attempts: u32,
     /// Delay before the first retry; it doubles with each attempt. Key `retry_base_ms`.
@@ -63,9 +66,6 @@ pub struct Config {
 fn default_concurrency() -> usize {
     64
 }
-fn default_prefetch() -> u16 {
-    256
-}
 
 impl Default for Config {
     fn default() -> Self {
@@ -74,7 +74,7 @@ impl Default for Config {
             namespace: "warren".to_owned(),
             artifacts: "./artifacts".to_owned(),
             concurrency: default_concurrency(),
-            prefetch: default_prefetch(),
+            prefetch: None,
             max_attempts: 5,
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
@@ -169,6 +169,11 @@ impl fmt::Display for Source {
 }
 
 impl Config {
+    /// The prefetch a consumer asks for: `prefetch` if set, else `concurrency` (at most 65,535).
+    pub fn effective_prefetch(&self) -> u16 {
+        self.prefetch.unwrap_or_else(|| u16::try_from(self.concurrency).unwrap_or(u16::MAX))
+    }
+
     /// Loads the configuration from the process environment, an optional file and overrides
     /// (`(key, value)` pairs, typically from command-line flags).
     ///
@@ -284,7 +289,7 @@ impl Config {
                 self.artifacts = value.to_owned();
             }
             "concurrency" => self.concurrency = num(key, value, source, 1usize)?,
-            "prefetch" => self.prefetch = num(key, value, source, 1u16)?,
+            "prefetch" => self.prefetch = Some(num(key, value, source, 1u16)?),
             "max_attempts" => self.max_attempts = num(key, value, source, 1u32)?,
             "retry_base_ms" => self.retry_base = Duration::from_millis(num(key, value, source, 1u64)?),
             "retry_max_ms" => self.retry_max = Duration::from_millis(num(key, value, source, 1u64)?),
@@ -369,10 +374,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.concurrency, 3);
-        assert_eq!(c.prefetch, 20);
+        assert_eq!(c.prefetch, Some(20));
+        assert_eq!(c.effective_prefetch(), 20);
         assert_eq!(c.namespace, "flag");
         assert_eq!(c.amqp_urls, vec!["amqp://a".to_owned(), "amqp://b".to_owned()]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn prefetch_follows_concurrency_unless_set() {
+        let c = Config::load_from(None, env(&[("WARREN_CONCURRENCY", "1")]), &[]).unwrap();
+        assert_eq!(c.effective_prefetch(), 1, "a one-at-a-time step holds one message");
+        let c = Config::load_from(None, env(&[("WARREN_CONCURRENCY", "100000")]), &[]).unwrap();
+        assert_eq!(c.effective_prefetch(), u16::MAX);
+        let c = Config::load_from(None, env(&[("WARREN_CONCURRENCY", "4"), ("WARREN_PREFETCH", "9")]), &[]).unwrap();
+        assert_eq!(c.effective_prefetch(), 9);
     }
 
     #[test]

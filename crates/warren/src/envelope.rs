@@ -99,10 +99,13 @@ pub struct Envelope<P> {
     /// Envelope version, [`ENVELOPE_VERSION`].
     pub v: u16,
     /// The job (UUID v7, so ids sort by creation time).
+    #[serde(deserialize_with = "uuid_wire::one")]
     pub job_id: Uuid,
     /// This message's id, derived from its cause so a redelivery yields the same id.
+    #[serde(deserialize_with = "uuid_wire::one")]
     pub message_id: Uuid,
     /// The message this one was produced from (none for a job's first message).
+    #[serde(default, deserialize_with = "uuid_wire::optional")]
     pub causation_id: Option<Uuid>,
     /// Name of the pipeline the job runs.
     pub pipeline: String,
@@ -149,10 +152,13 @@ pub struct EnvelopeHead {
     /// See [`Envelope::v`].
     pub v: u16,
     /// See [`Envelope::job_id`].
+    #[serde(deserialize_with = "uuid_wire::one")]
     pub job_id: Uuid,
     /// See [`Envelope::message_id`].
+    #[serde(deserialize_with = "uuid_wire::one")]
     pub message_id: Uuid,
     /// See [`Envelope::causation_id`].
+    #[serde(default, deserialize_with = "uuid_wire::optional")]
     pub causation_id: Option<Uuid>,
     /// See [`Envelope::pipeline`].
     pub pipeline: String,
@@ -160,6 +166,67 @@ pub struct EnvelopeHead {
     pub slip: Vec<Hop>,
     /// See [`Envelope::schema`].
     pub schema: String,
+}
+
+/// UUIDs on the wire: written as 16 bytes, read as 16 bytes or as a string in any form the
+/// `uuid` crate parses (hyphenated, simple, urn), as `docs/PROTOCOL.md` promises other clients.
+mod uuid_wire {
+    use std::fmt;
+
+    use serde::{Deserializer, de};
+    use uuid::Uuid;
+
+    struct AnyUuid;
+
+    impl<'de> de::Visitor<'de> for AnyUuid {
+        type Value = Uuid;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a UUID as 16 bytes or as a string")
+        }
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Uuid, E> {
+            Uuid::from_slice(v).map_err(|_| E::invalid_length(v.len(), &"16 bytes"))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Uuid, E> {
+            Uuid::parse_str(v).map_err(|e| E::custom(format!("{v:?} is not a UUID: {e}")))
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Uuid, A::Error> {
+            // An array of 16 integers, as some MessagePack writers emit byte arrays.
+            let mut bytes = [0u8; 16];
+            for (i, b) in bytes.iter_mut().enumerate() {
+                *b = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(i, &"16 bytes"))?;
+            }
+            if seq.next_element::<u8>()?.is_some() {
+                return Err(de::Error::invalid_length(17, &"16 bytes"));
+            }
+            Ok(Uuid::from_bytes(bytes))
+        }
+    }
+
+    struct MaybeUuid;
+
+    impl<'de> de::Visitor<'de> for MaybeUuid {
+        type Value = Option<Uuid>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("nil or a UUID as 16 bytes or as a string")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Option<Uuid>, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Option<Uuid>, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<Uuid>, D::Error> {
+            one(d).map(Some)
+        }
+    }
+
+    pub(super) fn one<'de, D: Deserializer<'de>>(d: D) -> Result<Uuid, D::Error> {
+        d.deserialize_any(AnyUuid)
+    }
+
+    pub(super) fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Uuid>, D::Error> {
+        d.deserialize_option(MaybeUuid)
+    }
 }
 
 #[derive(Deserialize)]
@@ -206,20 +273,42 @@ impl<P: Payload> Envelope<P> {
 
     /// Decodes a body, checking the version and that the schema is `P`'s.
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode_or_head(body).map_err(|(e, _)| e)
+    }
+
+    /// Like [`Envelope::decode`], but a failure also returns the envelope's head when that much
+    /// of the body is readable (to dead-letter and report it), so nothing decodes it twice.
+    pub fn decode_or_head(body: &[u8]) -> Result<Self, (DecodeError, Option<Box<EnvelopeHead>>)> {
         match rmp_serde::from_slice::<Envelope<P>>(body) {
-            Ok(env) if env.v != ENVELOPE_VERSION => Err(DecodeError::UnknownVersion { found: env.v }),
+            Ok(env) if env.v != ENVELOPE_VERSION => Err((DecodeError::UnknownVersion { found: env.v }, None)),
             Ok(env) if P::SCHEMA != "*" && env.schema != P::SCHEMA => {
-                Err(DecodeError::WrongSchema { expected: P::SCHEMA.into(), found: env.schema })
+                let err = DecodeError::WrongSchema { expected: P::SCHEMA.into(), found: env.schema.clone() };
+                Err((err, Some(Box::new(env.into_head()))))
             }
             Ok(env) => Ok(env),
             Err(payload_err) => {
                 // Say precisely what is wrong: the envelope, its version, its schema or the payload.
-                let head = EnvelopeHead::decode(body)?;
-                if P::SCHEMA != "*" && head.schema != P::SCHEMA {
-                    return Err(DecodeError::WrongSchema { expected: P::SCHEMA.into(), found: head.schema });
-                }
-                Err(DecodeError::BadPayload { schema: head.schema, reason: payload_err.to_string() })
+                let head = EnvelopeHead::decode(body).map_err(|e| (e, None))?;
+                let err = if P::SCHEMA != "*" && head.schema != P::SCHEMA {
+                    DecodeError::WrongSchema { expected: P::SCHEMA.into(), found: head.schema.clone() }
+                } else {
+                    DecodeError::BadPayload { schema: head.schema.clone(), reason: payload_err.to_string() }
+                };
+                Err((err, Some(Box::new(head))))
             }
+        }
+    }
+
+    /// The envelope without its payload.
+    pub fn into_head(self) -> EnvelopeHead {
+        EnvelopeHead {
+            v: self.v,
+            job_id: self.job_id,
+            message_id: self.message_id,
+            causation_id: self.causation_id,
+            pipeline: self.pipeline,
+            slip: self.slip,
+            schema: self.schema,
         }
     }
 
@@ -308,9 +397,12 @@ pub fn header_str<'a>(props: &'a BasicProperties, name: &str) -> Option<&'a str>
     }
 }
 
-/// Reads a header as an integer, if present and integral.
+/// Reads a header as an integer, if present and integral (a decimal string counts, as some
+/// clients write numbers as text); any other type reads as absent.
 pub fn header_int(props: &BasicProperties, name: &str) -> Option<i64> {
     match props.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.trim().parse().ok(),
+        AMQPValue::ShortString(s) => s.as_str().trim().parse().ok(),
         AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
         AMQPValue::ShortShortUInt(n) => Some(i64::from(*n)),
         AMQPValue::ShortInt(n) => Some(i64::from(*n)),
@@ -323,12 +415,16 @@ pub fn header_int(props: &BasicProperties, name: &str) -> Option<i64> {
     }
 }
 
-/// Returns `props` with `extra` headers set (replacing same-named ones).
+/// Returns `props` with `extra` headers set (replacing same-named ones) and the broker's own
+/// redelivery count removed: a republished copy is a new message to the broker, and a count
+/// carried forward would read as crashes it never had.
 pub fn with_headers(props: &BasicProperties, extra: Vec<(&str, AMQPValue)>) -> BasicProperties {
-    let mut table = props.headers().clone().unwrap_or_default();
+    let mut map = props.headers().as_ref().map(|t| t.inner().clone()).unwrap_or_default();
+    map.remove(headers::DELIVERY_COUNT);
     for (k, v) in extra {
-        table.insert(ShortString::from(k), v);
+        map.insert(ShortString::from(k), v);
     }
+    let table = FieldTable::from(map);
     props.clone().with_headers(table)
 }
 

@@ -1,18 +1,54 @@
-//! One message: decode, dedup, run the handler (or take the cached output), then hand off with
-//! confirms, retry through a delay queue, or dead-letter, and ack.
+//! One message: read what is known of it, let [`decide`] say what to do, and carry that out in
+//! one place — run the handler (or take the cached output), hand off with confirms, retry
+//! through a delay queue, dead-letter, or drop — then ack.
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use futures_util::future::join_all;
-use lapin::{message::Delivery, options::BasicAckOptions, types::AMQPValue};
+use lapin::{BasicProperties, message::Delivery, options::BasicAckOptions, types::AMQPValue};
+use uuid::Uuid;
 
-use super::{Context, Handler, Session, Shared, StepOutput};
+use super::{
+    Context, Handler, Session, Shared, StepOutput,
+    decide::{Body, Decision, DeliveryFacts, Limits, Stage, decide},
+};
 use crate::{
-    DeadKind, EventKind, JobEvent, StepError,
+    BrokerError, DeadKind, EventKind, JobEvent, StepError,
     artifacts::content_hash,
     envelope::{self, Envelope, EnvelopeHead, EnvelopeMeta, Payload, headers},
     topology::Declarer,
 };
+
+/// Who a message belongs to, as far as its body told: for dead letters and events.
+struct Ids {
+    job_id: Uuid,
+    message_id: Uuid,
+    pipeline: Arc<str>,
+}
+
+impl Ids {
+    fn of(head: Option<&EnvelopeHead>) -> Self {
+        match head {
+            Some(h) => Self { job_id: h.job_id, message_id: h.message_id, pipeline: h.pipeline.as_str().into() },
+            None => Self { job_id: Uuid::nil(), message_id: Uuid::nil(), pipeline: "".into() },
+        }
+    }
+}
+
+/// The outputs of a handler that succeeded, waiting for the hand-off.
+struct Outputs<'a, P> {
+    ctx: &'a Context,
+    payloads: Vec<P>,
+    started: Instant,
+}
+
+/// Why a publish did not end in a confirm.
+pub(super) enum Unsettled {
+    /// No queue is bound for it: a topology error, the message's own trouble.
+    Unroutable(BrokerError),
+    /// The consumer's channel is gone, so the input goes back to the queue by itself.
+    Lost(BrokerError),
+}
 
 impl<H> Shared<H> {
     pub(super) async fn handle<I, O>(&self, session: &Session, delivery: Delivery)
@@ -22,30 +58,28 @@ impl<H> Shared<H> {
         H: Handler<I, O>,
     {
         let w = &self.worker;
-        let props = &delivery.properties;
-        let attempt = envelope::header_int(props, headers::ATTEMPT).map_or(1, |a| a.max(1) as u32);
-        let delivery_count = envelope::header_int(props, headers::DELIVERY_COUNT).map_or(0, |n| n.max(0) as u32);
+        let facts = DeliveryFacts::read(&delivery.properties, delivery.redelivered, w.retry.max_attempts);
+        let limits = Limits { max_attempts: w.retry.max_attempts, delivery_limit: w.topology.delivery_limit };
 
-        let env = match Envelope::<I>::decode(&delivery.data) {
+        let env = match Envelope::<I>::decode_or_head(&delivery.data) {
             Ok(env) => env,
-            Err(e) => {
-                let head = EnvelopeHead::decode(&delivery.data).ok();
+            Err((e, head)) => {
                 tracing::warn!(step = %w.step, error = %e, "undecodable message; dead-lettering it");
-                self.dead_letter(session, &delivery, head.as_ref(), DeadKind::Poison, &e.to_string(), attempt).await;
+                let decision = decide(&w.step, facts, Body::Undecodable(&e), limits, Stage::Received);
+                self.settle::<O::Payload>(session, &delivery, &Ids::of(head.as_deref()), facts, decision, None).await;
                 return;
             }
         };
-        if env.step() != w.step {
-            let head = EnvelopeHead::decode(&delivery.data).ok();
-            let reason = format!("message is addressed to step {:?}, not {:?}", env.step(), w.step);
-            self.dead_letter(session, &delivery, head.as_ref(), DeadKind::Misrouted, &reason, attempt).await;
-            return;
+        let duplicate = self.dedup.lock().map(|d| d.contains(&env.message_id)).unwrap_or(false);
+        let body = Body::Decoded { step: env.step(), duplicate };
+        let ids = Ids { job_id: env.job_id, message_id: env.message_id, pipeline: env.pipeline.as_str().into() };
+        if facts.crashes > 0 {
+            tracing::warn!(step = %w.step, job = %ids.job_id, message = %ids.message_id, crashes = facts.crashes,
+                "redelivered without an ack: a worker died or lost the broker while handling it");
         }
-        let is_duplicate = self.dedup.lock().map(|d| d.contains(&env.message_id)).unwrap_or(false);
-        if is_duplicate {
-            tracing::debug!(step = %w.step, message = %env.message_id, "duplicate of a completed message; dropped");
-            self.metrics.duplicate.increment(1);
-            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        let decision = decide(&w.step, facts, body, limits, Stage::Received);
+        if decision != Decision::Run {
+            self.settle::<O::Payload>(session, &delivery, &ids, facts, decision, None).await;
             return;
         }
 
@@ -54,31 +88,16 @@ impl<H> Shared<H> {
         let ctx = Context {
             job_id: env.job_id,
             message_id: env.message_id,
-            pipeline: env.pipeline.into(),
+            pipeline: ids.pipeline.clone(),
             step: w.step_name.clone(),
-            attempt,
-            delivery_count,
+            attempt: facts.attempt,
+            delivery_count: facts.crashes,
             worker: w.worker_id.clone(),
             next: slip.into(),
             params: hop.params,
             events: session.events.clone(),
             artifacts: w.artifacts.clone(),
         };
-        if delivery_count > 0 || delivery.redelivered {
-            tracing::warn!(step = %w.step, job = %ctx.job_id, message = %ctx.message_id, delivery_count,
-                "redelivered without an ack: a worker crashed or timed out while handling it");
-        }
-        if delivery_count >= w.topology.delivery_limit {
-            let reason = format!(
-                "delivered {} times without an ack: it crashes or stalls every worker that takes it",
-                delivery_count + 1
-            );
-            tracing::error!(step = %w.step, job = %ctx.job_id, message = %ctx.message_id, "{reason}");
-            let head = EnvelopeHead::decode(&delivery.data).ok();
-            self.dead_letter(session, &delivery, head.as_ref(), DeadKind::Crash, &reason, attempt).await;
-            return;
-        }
-
         session.events.emit(ctx.event_base(EventKind::Started));
         let started = Instant::now();
         let cache_key = match (&w.artifacts, hop.cache) {
@@ -87,10 +106,11 @@ impl<H> Shared<H> {
         };
         if let (Some(key), Some(store)) = (&cache_key, &w.artifacts)
             && let Ok(Some(bytes)) = store.get_opt(key).await
-            && let Ok(outputs) = rmp_serde::from_slice::<Vec<O::Payload>>(&bytes)
+            && let Ok(payloads) = rmp_serde::from_slice::<Vec<O::Payload>>(&bytes)
         {
             ctx.report(rmpv::Value::Map(vec![("cache".into(), "hit".into()), ("key".into(), key.as_str().into())]));
-            self.hand_off(session, &delivery, &ctx, outputs, started).await;
+            let outputs = Outputs { ctx: &ctx, payloads, started };
+            self.settle(session, &delivery, &ids, facts, Decision::HandOff, Some(outputs)).await;
             return;
         }
         let call = self.handler.call(ctx.clone(), env.payload);
@@ -102,9 +122,9 @@ impl<H> Shared<H> {
         };
         match result {
             Ok(output) => {
-                let outputs = output.into_payloads();
+                let payloads = output.into_payloads();
                 if let (Some(key), Some(store)) = (&cache_key, &w.artifacts) {
-                    match rmp_serde::to_vec_named(&outputs) {
+                    match rmp_serde::to_vec_named(&payloads) {
                         Ok(bytes) => {
                             if let Err(e) = store.put(key, bytes).await {
                                 tracing::warn!(step = %w.step, error = %e, "cannot write the step cache");
@@ -113,19 +133,61 @@ impl<H> Shared<H> {
                         Err(e) => tracing::warn!(step = %w.step, error = %e, "cannot encode outputs for the cache"),
                     }
                 }
-                self.hand_off(session, &delivery, &ctx, outputs, started).await
-            }
-            Err(e) if e.is_retryable() && attempt < w.retry.max_attempts => {
-                self.retry(session, &delivery, &ctx, &e).await
+                let decision = decide(&w.step, facts, body_ok(), limits, Stage::Succeeded);
+                let outputs = Outputs { ctx: &ctx, payloads, started };
+                self.settle(session, &delivery, &ids, facts, decision, Some(outputs)).await;
             }
             Err(e) => {
-                let kind = if e.is_retryable() { DeadKind::Exhausted } else { DeadKind::Permanent };
-                let reason = match kind {
-                    DeadKind::Exhausted => format!("{} (after {attempt} attempts)", e.message()),
-                    _ => e.message().to_owned(),
-                };
-                let head = EnvelopeHead::decode(&delivery.data).ok();
-                self.dead_letter(session, &delivery, head.as_ref(), kind, &reason, attempt).await;
+                let decision = decide(&w.step, facts, body_ok(), limits, Stage::Failed(&e));
+                if let Decision::Retry { .. } = decision {
+                    self.retry(session, &delivery, &ctx, &e).await;
+                } else {
+                    self.settle::<O::Payload>(session, &delivery, &ids, facts, decision, None).await;
+                }
+            }
+        }
+    }
+
+    /// Carries out a decision that needs no handler run: hand off, dead-letter or drop. A
+    /// hand-off the broker returns as unroutable, or whose output cannot be encoded, is decided
+    /// again and dead-lettered.
+    async fn settle<P: Payload>(
+        &self,
+        session: &Session,
+        delivery: &Delivery,
+        ids: &Ids,
+        facts: DeliveryFacts,
+        mut decision: Decision,
+        mut outputs: Option<Outputs<'_, P>>,
+    ) {
+        let w = &self.worker;
+        let limits = Limits { max_attempts: w.retry.max_attempts, delivery_limit: w.topology.delivery_limit };
+        loop {
+            match decision {
+                Decision::Drop => {
+                    tracing::debug!(step = %w.step, message = %ids.message_id, "duplicate of a completed message; dropped");
+                    self.metrics.duplicate.increment(1);
+                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                    return;
+                }
+                Decision::Run | Decision::Retry { .. } => {
+                    // Taken by `handle` itself; nothing to settle here.
+                    return;
+                }
+                Decision::DeadLetter { kind, reason } => {
+                    self.dead_letter(session, delivery, ids, kind, &reason, facts).await;
+                    return;
+                }
+                Decision::HandOff => {
+                    let Some(out) = outputs.take() else { return };
+                    let (unroutable, reason) = match self.hand_off(session, delivery, out).await {
+                        Ok(()) | Err(HandOffError::Lost) => return,
+                        Err(HandOffError::Unencodable(e)) => (false, e.to_string()),
+                        Err(HandOffError::Unroutable(e)) => (true, e.to_string()),
+                    };
+                    let stage = if unroutable { Stage::Unroutable(&reason) } else { Stage::Unencodable(&reason) };
+                    decision = decide(&w.step, facts, body_ok(), limits, stage);
+                }
             }
         }
     }
@@ -145,16 +207,16 @@ impl<H> Shared<H> {
         Some(format!("cache/{}/{}.msgpack", w.step, hash.trim_start_matches("sha256:")))
     }
 
-    /// The confirmed hand-off: publish every output, wait for all confirms, then ack the input.
+    /// The confirmed hand-off: publish every output, wait for all confirms (publishing again
+    /// whatever the broker nacks), then ack the input.
     async fn hand_off<P: Payload>(
         &self,
         session: &Session,
         delivery: &Delivery,
-        ctx: &Context,
-        payloads: Vec<P>,
-        started: Instant,
-    ) {
+        out: Outputs<'_, P>,
+    ) -> Result<(), HandOffError> {
         let w = &self.worker;
+        let Outputs { ctx, payloads, started } = out;
         let outputs = if ctx.next.is_empty() { 0 } else { payloads.len() };
         if ctx.next.is_empty()
             && let Some(reply_to) = delivery.properties.reply_to()
@@ -163,8 +225,8 @@ impl<H> Shared<H> {
         }
         if let Some(next) = ctx.next.first() {
             let exchange = &w.steps_exchange;
-            let mut sends = Vec::with_capacity(payloads.len());
-            for (i, payload) in payloads.into_iter().enumerate() {
+            let mut bodies = Vec::with_capacity(payloads.len());
+            for (i, payload) in payloads.iter().enumerate() {
                 let out = envelope::EnvelopeRef {
                     v: envelope::ENVELOPE_VERSION,
                     job_id: ctx.job_id,
@@ -173,44 +235,35 @@ impl<H> Shared<H> {
                     pipeline: &ctx.pipeline,
                     slip: &ctx.next,
                     schema: P::SCHEMA,
-                    payload: &payload,
+                    payload,
                 };
-                let body = match out.encode() {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let reason = format!("cannot encode the step's output: {e}");
-                        let head = EnvelopeHead::decode(&delivery.data).ok();
-                        self.dead_letter(session, delivery, head.as_ref(), DeadKind::Permanent, &reason, ctx.attempt)
-                            .await;
-                        return;
-                    }
-                };
+                let body = out.encode().map_err(HandOffError::Unencodable)?;
                 let meta = EnvelopeMeta {
                     job_id: ctx.job_id,
                     message_id: out.message_id,
                     step: &next.step,
-                    schema: out.schema,
+                    schema: P::SCHEMA,
                 };
-                let props = envelope::properties(&meta, 1);
-                sends.push(async move { session.publisher.publish(exchange, &next.step, &body, props).await });
+                bodies.push((body, envelope::properties(&meta, 1)));
             }
-            let results = join_all(sends).await;
-            if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
-                if e.is_refused() {
-                    let reason = format!("output for step {:?} was refused: {e}", next.step);
-                    let head = EnvelopeHead::decode(&delivery.data).ok();
-                    self.dead_letter(session, delivery, head.as_ref(), DeadKind::Unroutable, &reason, ctx.attempt)
-                        .await;
-                } else {
-                    // The connection is going: leave the input unacked, the broker redelivers it and
-                    // the same output ids are derived again.
-                    tracing::warn!(step = %w.step, error = %e, "cannot hand off output; input left for redelivery");
+            let sends = bodies
+                .into_iter()
+                .map(|(body, props)| async move { self.publish(session, exchange, &next.step, &body, props).await });
+            for result in join_all(sends).await {
+                match result {
+                    Ok(()) => {}
+                    Err(Unsettled::Unroutable(e)) => return Err(HandOffError::Unroutable(e)),
+                    Err(Unsettled::Lost(e)) => {
+                        // The consumer's channel is gone: the broker returns the input to the queue
+                        // and the same output ids are derived again.
+                        tracing::warn!(step = %w.step, error = %e, "cannot hand off output; input left for redelivery");
+                        return Err(HandOffError::Lost);
+                    }
                 }
-                return;
             }
         }
         if delivery.acker.ack(BasicAckOptions::default()).await.is_err() {
-            return; // the channel went away; the broker redelivers and dedup/idempotence absorb it
+            return Err(HandOffError::Lost); // the broker redelivers; dedup and idempotence absorb it
         }
         if let Ok(mut d) = self.dedup.lock() {
             d.insert(ctx.message_id);
@@ -222,10 +275,45 @@ impl<H> Shared<H> {
         event.outputs = outputs as u32;
         event.last_step = ctx.next.is_empty();
         session.events.emit(event);
+        Ok(())
+    }
+
+    /// Publishes with a confirm until the broker takes the message. A nack, a lost confirm or a
+    /// broken publishing channel is the broker's trouble (a leader election, a node going away):
+    /// the same bytes (same message id) go out again on a fresh channel with backoff, for as long
+    /// as the input can still be acked. Only a message that no queue can take is refused.
+    pub(super) async fn publish(
+        &self,
+        session: &Session,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), Unsettled> {
+        let mut failures = 0u32;
+        loop {
+            let publisher = session.publisher.get().await;
+            let error = match publisher.publish(exchange, routing_key, body, props.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_unroutable() => return Err(Unsettled::Unroutable(e)),
+                Err(e) => e,
+            };
+            if !session.consumer.status().connected() {
+                return Err(Unsettled::Lost(error));
+            }
+            failures += 1;
+            self.metrics.republished.increment(1);
+            if failures == 1 || failures.is_multiple_of(10) {
+                tracing::warn!(step = %self.worker.step, error = %error, failures,
+                    "the broker did not confirm a publish; publishing it again on a fresh channel");
+            }
+            session.publisher.replace(&publisher).await;
+            tokio::time::sleep(super::backoff(failures, 50, 5_000)).await;
+        }
     }
 
     /// Answers an RPC request: the output goes to `reply_to` with the request's correlation id.
-    /// A caller that has gone away is logged, not an error of the step.
+    /// A caller that has gone away is logged at debug level, not an error of the step.
     async fn reply<P: Payload>(
         &self,
         session: &Session,
@@ -251,8 +339,11 @@ impl<H> Shared<H> {
         if let Some(c) = delivery.properties.correlation_id() {
             props = props.with_correlation_id(c.clone());
         }
-        if let Err(e) = session.publisher.publish("", reply_to, &body, props).await {
-            tracing::warn!(step = %self.worker.step, error = %e, "cannot deliver the RPC reply (caller gone?)");
+        // Not mandatory: direct reply-to routes to a caller that may have gone, and a return
+        // there is no fault of the step.
+        let publisher = session.publisher.get().await;
+        if let Err(e) = publisher.publish_optional("", reply_to, &body, props).await {
+            tracing::debug!(step = %self.worker.step, error = %e, "cannot deliver the RPC reply (caller gone?)");
         }
     }
 
@@ -260,14 +351,6 @@ impl<H> Shared<H> {
         let w = &self.worker;
         let delay = w.retry.delay(ctx.attempt);
         let delay_ms = delay.as_millis() as u64;
-        let mut declarer = Declarer::new(&session.broker, &w.names);
-        let queue = match declarer.retry_queue(&w.step, delay_ms).await {
-            Ok(q) => q,
-            Err(e) => {
-                tracing::warn!(step = %w.step, error = %e, "cannot declare the retry queue; input left for redelivery");
-                return;
-            }
-        };
         let props = envelope::with_headers(
             &delivery.properties,
             vec![
@@ -275,9 +358,24 @@ impl<H> Shared<H> {
                 (headers::ERROR, envelope::text(error.message())),
             ],
         );
-        if let Err(e) = session.publisher.publish("", &queue, &delivery.data, props).await {
-            tracing::warn!(step = %w.step, error = %e, "cannot publish the retry; input left for redelivery");
-            return;
+        // A delay queue deletes itself a minute after its last use, so one the session declared
+        // may have gone: declare it again once and publish again.
+        for fresh in [false, true] {
+            let queue = match session.retry_queue(&w.names, &w.step, delay_ms, fresh).await {
+                Ok(q) => q,
+                Err(e) => {
+                    tracing::warn!(step = %w.step, error = %e, "cannot declare the retry queue; input left for redelivery");
+                    return;
+                }
+            };
+            match self.publish(session, "", &queue, &delivery.data, props.clone()).await {
+                Ok(()) => break,
+                Err(Unsettled::Unroutable(_)) if !fresh => continue,
+                Err(Unsettled::Unroutable(e) | Unsettled::Lost(e)) => {
+                    tracing::warn!(step = %w.step, error = %e, "cannot publish the retry; input left for redelivery");
+                    return;
+                }
+            }
         }
         if delivery.acker.ack(BasicAckOptions::default()).await.is_err() {
             return;
@@ -292,15 +390,16 @@ impl<H> Shared<H> {
     }
 
     /// Publishes the original body, byte for byte, to the step's dead-letter queue with headers
-    /// saying why, then acks the input. If the publish fails the input stays unacked.
+    /// saying why, then acks the input. If the dead-letter queue has gone, the step's topology
+    /// is declared again; if the publish still fails the input stays with the broker.
     async fn dead_letter(
         &self,
         session: &Session,
         delivery: &Delivery,
-        head: Option<&EnvelopeHead>,
+        ids: &Ids,
         kind: DeadKind,
         reason: &str,
-        attempt: u32,
+        facts: DeliveryFacts,
     ) {
         let w = &self.worker;
         let props = envelope::with_headers(
@@ -309,13 +408,20 @@ impl<H> Shared<H> {
                 (headers::ERROR, envelope::text(reason)),
                 (headers::ERROR_KIND, envelope::text(kind.as_str())),
                 (headers::STEP, envelope::text(w.step.as_str())),
-                (headers::ATTEMPT, AMQPValue::LongLongInt(i64::from(attempt))),
+                (headers::ATTEMPT, AMQPValue::LongLongInt(i64::from(facts.attempt))),
                 (headers::WORKER, envelope::text(&*w.worker_id)),
                 (headers::FAILED_AT, AMQPValue::LongLongInt(envelope::now_ms() as i64)),
             ],
         );
-        if let Err(e) = session.publisher.publish(&w.dead_exchange, &w.step, &delivery.data, props).await {
-            tracing::error!(step = %w.step, error = %e, "cannot dead-letter a message; left unacked for redelivery");
+        let mut published = self.publish(session, &w.dead_exchange, &w.step, &delivery.data, props.clone()).await;
+        if let Err(Unsettled::Unroutable(_)) = published {
+            let mut declarer = Declarer::new(&session.broker, &w.names);
+            if declarer.step(&w.topology).await.is_ok() {
+                published = self.publish(session, &w.dead_exchange, &w.step, &delivery.data, props).await;
+            }
+        }
+        if let Err(Unsettled::Unroutable(e) | Unsettled::Lost(e)) = published {
+            tracing::error!(step = %w.step, error = %e, "cannot dead-letter a message; it stays with the broker");
             return;
         }
         if delivery.acker.ack(BasicAckOptions::default()).await.is_err() {
@@ -323,21 +429,30 @@ impl<H> Shared<H> {
         }
         tracing::warn!(step = %w.step, kind = %kind, error = %reason, "message dead-lettered");
         self.metrics.dead_letter(kind);
-        let pipeline: std::sync::Arc<str> = head.map(|h| h.pipeline.as_str()).unwrap_or_default().into();
-        let (job_id, message_id) = head.map(|h| (h.job_id, h.message_id)).unwrap_or_default();
         session.events.emit(JobEvent {
-            delivery_count: envelope::header_int(&delivery.properties, headers::DELIVERY_COUNT).unwrap_or(0) as u32,
+            delivery_count: facts.crashes,
             error: Some(reason.to_owned()),
             error_kind: Some(kind.as_str().to_owned()),
             ..JobEvent::new(
                 EventKind::Dead,
-                job_id,
-                message_id,
-                pipeline,
+                ids.job_id,
+                ids.message_id,
+                ids.pipeline.clone(),
                 w.step_name.clone(),
                 w.worker_id.clone(),
-                attempt,
+                facts.attempt,
             )
         });
     }
+}
+
+/// A decoded body addressed to this step: what the decisions after the handler ran assume.
+fn body_ok() -> Body<'static> {
+    Body::Decoded { step: "", duplicate: false }
+}
+
+enum HandOffError {
+    Lost,
+    Unencodable(rmp_serde::encode::Error),
+    Unroutable(BrokerError),
 }

@@ -8,6 +8,8 @@ pub(super) struct Metrics {
     pub(super) succeeded: metrics::Counter,
     pub(super) retried: metrics::Counter,
     pub(super) duplicate: metrics::Counter,
+    /// Publishes sent again after a nack or a lost confirm (broker trouble, not the message's).
+    pub(super) republished: metrics::Counter,
     dead: metrics::Counter,
     pub(super) handler_seconds: metrics::Histogram,
     pub(super) in_flight: metrics::Gauge,
@@ -22,6 +24,7 @@ impl Metrics {
             succeeded: outcome("succeeded"),
             retried: outcome("retried"),
             duplicate: outcome("duplicate"),
+            republished: metrics::counter!("warren_republished_total", "step" => s.clone()),
             dead: outcome("dead"),
             handler_seconds: metrics::histogram!("warren_handler_seconds", "step" => s.clone()),
             in_flight: metrics::gauge!("warren_in_flight", "step" => s.clone()),

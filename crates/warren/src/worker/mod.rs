@@ -19,17 +19,19 @@
 //! ```
 
 use std::{
+    collections::HashSet,
     future::Future,
     pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures_util::StreamExt;
 use lapin::{
+    Channel,
     options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
 };
@@ -45,6 +47,7 @@ use crate::{
 };
 
 mod context;
+mod decide;
 mod dedup;
 mod handle;
 mod metrics;
@@ -98,9 +101,10 @@ impl WorkerBuilder {
         self.config.concurrency = n.max(1);
         self
     }
-    /// Messages the broker sends ahead of acks.
+    /// Messages the broker sends ahead of acks. Unset, it follows the concurrency, so the
+    /// worker holds only messages it runs (see `docs/PROTOCOL.md`, crash counting).
     pub fn prefetch(mut self, n: u16) -> Self {
-        self.config.prefetch = n.max(1);
+        self.config.prefetch = Some(n.max(1));
         self
     }
     /// The retry policy.
@@ -224,13 +228,19 @@ impl Worker {
             dedup: Mutex::new(Dedup::new(self.config.dedup_window)),
             semaphore: Arc::new(Semaphore::new(self.config.concurrency)),
             metrics: Metrics::new(&self.step),
+            consumed: AtomicBool::new(false),
             worker: self,
             handler,
         });
         let mut shutdown = std::pin::pin!(shutdown);
         let mut failures = 0u32;
         loop {
-            match shared.session(shutdown.as_mut()).await {
+            let result = shared.session(shutdown.as_mut()).await;
+            if shared.consumed.swap(false, Ordering::Relaxed) {
+                // The broker was fine until now: the next reconnect starts from the base delay.
+                failures = 0;
+            }
+            match result {
                 Ok(SessionEnd::Stopped) => return Ok(()),
                 Err(SessionError::Topology(e)) if e.is_conflict() => {
                     shared.worker.health.set_ready(false);
@@ -253,8 +263,14 @@ impl Worker {
 }
 
 fn reconnect_delay(failures: u32) -> Duration {
-    let base = 100u64.saturating_mul(1 << failures.min(8)).min(10_000);
-    Duration::from_millis(base / 2 + fastrand::u64(0..=base / 2))
+    backoff(failures, 100, 10_000)
+}
+
+/// Exponential backoff from `base_ms` doubling per failure up to `max_ms`, with "equal jitter"
+/// (half fixed, half random) so that many workers losing one broker do not return in step.
+pub(crate) fn backoff(failures: u32, base_ms: u64, max_ms: u64) -> Duration {
+    let d = base_ms.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(max_ms);
+    Duration::from_millis(d / 2 + fastrand::u64(0..=d / 2))
 }
 
 struct Shared<H> {
@@ -263,13 +279,78 @@ struct Shared<H> {
     dedup: Mutex<Dedup>,
     semaphore: Arc<Semaphore>,
     metrics: Metrics,
+    /// Set by a session that got as far as consuming: the reconnect backoff starts again.
+    consumed: AtomicBool,
 }
 
 #[derive(Clone)]
 struct Session {
     broker: Broker,
-    publisher: Publisher,
+    /// The consumer's channel: while it is open the input can still be acked, so a failed
+    /// publish is worth trying again.
+    consumer: Channel,
+    publisher: Arc<PublisherSlot>,
     events: EventSink,
+    /// Delay queues declared in this session, so a retry publishes without declaring.
+    retry_queues: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Session {
+    /// The name of the delay queue for `delay_ms`, declared once per session (again when
+    /// `fresh`, after the broker returned a publish to it: it expired).
+    async fn retry_queue(
+        &self,
+        names: &Names,
+        step: &str,
+        delay_ms: u64,
+        fresh: bool,
+    ) -> Result<String, TopologyError> {
+        let name = names.retry_queue(step, delay_ms);
+        let known = self.retry_queues.lock().map(|q| q.contains(&name)).unwrap_or(false);
+        if known && !fresh {
+            return Ok(name);
+        }
+        Declarer::new(&self.broker, names).retry_queue(step, delay_ms).await?;
+        if let Ok(mut q) = self.retry_queues.lock() {
+            q.insert(name.clone());
+        }
+        Ok(name)
+    }
+}
+
+/// The session's confirm-mode publishing channel, replaced by a fresh one when the broker nacks
+/// on it or it breaks (seen during quorum leader elections: one channel nacking for 24 s).
+struct PublisherSlot {
+    broker: Broker,
+    current: tokio::sync::Mutex<Publisher>,
+}
+
+impl PublisherSlot {
+    async fn get(&self) -> Publisher {
+        self.current.lock().await.clone()
+    }
+
+    /// Replaces `failed` with a new channel, unless another task already did. The old channel
+    /// is closed, so confirms still pending on it fail and their publishes go out again.
+    async fn replace(&self, failed: &Publisher) {
+        let mut current = self.current.lock().await;
+        if current.channel().id() != failed.channel().id() {
+            return;
+        }
+        match self.broker.channel().await {
+            Ok(ch) => match Publisher::new(ch).await {
+                Ok(fresh) => {
+                    let old = std::mem::replace(&mut *current, fresh);
+                    tokio::spawn(async move {
+                        let close = old.channel().close(200, "replaced after a nack".into());
+                        let _ = tokio::time::timeout(Duration::from_secs(5), close).await;
+                    });
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot open a fresh publishing channel yet"),
+            },
+            Err(e) => tracing::debug!(error = %e, "cannot open a fresh publishing channel yet"),
+        }
+    }
 }
 
 impl<H> Shared<H> {
@@ -292,8 +373,14 @@ impl<H> Shared<H> {
         declarer.step(&w.topology).await?;
 
         let consume_channel = broker.channel().await?;
+        let prefetch = w.config.effective_prefetch();
+        if usize::from(prefetch) > w.config.concurrency {
+            tracing::info!(step = %w.step, prefetch, concurrency = w.config.concurrency,
+                "prefetch above concurrency: messages wait in this worker unstarted, and a hard kill returns \
+                 them with a raised delivery count (see docs/PROTOCOL.md, crash counting)");
+        }
         consume_channel
-            .basic_qos(w.config.prefetch, BasicQosOptions { global: false })
+            .basic_qos(prefetch, BasicQosOptions { global: false })
             .await
             .map_err(BrokerError::amqp("basic.qos"))?;
         let publisher = Publisher::new(broker.channel().await?).await?;
@@ -314,9 +401,16 @@ impl<H> Shared<H> {
             .await
             .map_err(BrokerError::amqp("basic.consume"))?;
         w.health.set_ready(true);
+        self.consumed.store(true, Ordering::Relaxed);
         tracing::info!(step = %w.step, worker = %w.worker_id, connection = %broker.name(),
-            concurrency = w.config.concurrency, prefetch = w.config.prefetch, "consuming");
-        let session = Session { broker: broker.clone(), publisher, events };
+            concurrency = w.config.concurrency, prefetch, "consuming");
+        let session = Session {
+            broker: broker.clone(),
+            consumer: consume_channel.clone(),
+            publisher: Arc::new(PublisherSlot { broker: broker.clone(), current: tokio::sync::Mutex::new(publisher) }),
+            events,
+            retry_queues: Arc::default(),
+        };
 
         loop {
             let permit = tokio::select! {
@@ -333,16 +427,7 @@ impl<H> Shared<H> {
                 d = consumer.next() => d,
             };
             match next {
-                Some(Ok(delivery)) => {
-                    let this = Arc::clone(self);
-                    let session = session.clone();
-                    tokio::spawn(async move {
-                        this.metrics.in_flight.increment(1.0);
-                        this.handle(&session, delivery).await;
-                        this.metrics.in_flight.decrement(1.0);
-                        drop(permit);
-                    });
-                }
+                Some(Ok(delivery)) => self.spawn_handle(&session, delivery, permit),
                 Some(Err(e)) => {
                     w.health.set_ready(false);
                     describe_channel_loss(&e, &w.topology);
@@ -355,13 +440,24 @@ impl<H> Shared<H> {
             }
         }
 
-        // Graceful stop: take nothing more, finish what is in flight, then close.
+        // Graceful stop: take nothing more, finish what is in flight and what the broker already
+        // sent (returning it unstarted would raise its delivery count, see PROTOCOL.md), then close.
         w.health.set_ready(false);
-        tracing::info!(step = %w.step, "stopping: waiting for messages in flight");
+        tracing::info!(step = %w.step, "stopping: finishing messages in flight");
+        let deadline = Instant::now() + w.config.shutdown_grace;
         let cancel = consume_channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
-        let _ = tokio::time::timeout(Duration::from_secs(5), cancel).await;
+        if tokio::time::timeout(Duration::from_secs(5), cancel).await.is_ok_and(|r| r.is_ok()) {
+            // After cancel-ok the broker sends nothing more; the stream yields what it holds, then ends.
+            let drain = async {
+                while let Some(Ok(delivery)) = consumer.next().await {
+                    let Ok(permit) = self.semaphore.clone().acquire_owned().await else { break };
+                    self.spawn_handle(&session, delivery, permit);
+                }
+            };
+            let _ = tokio::time::timeout_at(deadline.into(), drain).await;
+        }
         let all = w.config.concurrency as u32;
-        match tokio::time::timeout(w.config.shutdown_grace, self.semaphore.acquire_many(all)).await {
+        match tokio::time::timeout_at(deadline.into(), self.semaphore.acquire_many(all)).await {
             Ok(_) => tracing::info!(step = %w.step, "all messages in flight finished"),
             Err(_) => tracing::warn!(step = %w.step, still_running = all as usize - self.semaphore.available_permits(),
                 "shutdown grace period over; unfinished messages stay unacked for the broker to redeliver"),
@@ -374,6 +470,28 @@ impl<H> Shared<H> {
             tokio::time::timeout(Duration::from_secs(5), consume_channel.close(200, "worker stopping".into())).await;
         broker.close().await;
         Ok(SessionEnd::Stopped)
+    }
+}
+
+impl<H> Shared<H> {
+    fn spawn_handle<I, O>(
+        self: &Arc<Self>,
+        session: &Session,
+        delivery: lapin::message::Delivery,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) where
+        I: Payload,
+        O: StepOutput,
+        H: Handler<I, O>,
+    {
+        let this = Arc::clone(self);
+        let session = session.clone();
+        tokio::spawn(async move {
+            this.metrics.in_flight.increment(1.0);
+            this.handle(&session, delivery).await;
+            this.metrics.in_flight.decrement(1.0);
+            drop(permit);
+        });
     }
 }
 
