@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod chaos;
 mod cli;
 mod failures;
 mod health;
