@@ -12,7 +12,7 @@ use crate::{
 /// What the headers and the broker say about one delivery, read defensively: a header set by a
 /// publisher is input, never trusted beyond its range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct DeliveryFacts {
+pub struct DeliveryFacts {
     /// The attempt this delivery is (1 for the first), from `warren-attempt`, clamped to
     /// `1..=max_attempts`. Only retries that Warren published raise it past 1 legitimately; a
     /// forged value can at most make a failing message dead-letter sooner.
@@ -26,7 +26,7 @@ pub(crate) struct DeliveryFacts {
 
 impl DeliveryFacts {
     /// Reads the facts from a delivery's properties and the broker's `redelivered` flag.
-    pub(crate) fn read(props: &BasicProperties, redelivered: bool, max_attempts: u32) -> Self {
+    pub fn read(props: &BasicProperties, redelivered: bool, max_attempts: u32) -> Self {
         let attempt = match header(props, headers::ATTEMPT) {
             Some(n) => n.clamp(1, i64::from(max_attempts.max(1))) as u32,
             None => 1,
@@ -54,7 +54,7 @@ fn header(props: &BasicProperties, name: &str) -> Option<i64> {
 
 /// The limits a decision is taken against.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
+pub struct Limits {
     /// Attempts (handler runs that failed with a retryable error) before giving up.
     pub max_attempts: u32,
     /// Crashes before a message is dead-lettered as one that kills its workers.
@@ -63,7 +63,7 @@ pub(crate) struct Limits {
 
 /// What the body turned out to be.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Body<'a> {
+pub enum Body<'a> {
     /// It decoded; `step` is the step it is addressed to (`slip[0]`).
     Decoded {
         /// The step the message names.
@@ -77,7 +77,7 @@ pub(crate) enum Body<'a> {
 
 /// Where a delivery stands when a decision is asked for.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Stage<'a> {
+pub enum Stage<'a> {
     /// Received; the handler has not run.
     Received,
     /// The handler (or the step cache) produced output that is ready to hand off.
@@ -92,7 +92,7 @@ pub(crate) enum Stage<'a> {
 
 /// What to do with a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Decision {
+pub enum Decision {
     /// Ack it and do nothing else (a duplicate of a completed message).
     Drop,
     /// Run the handler, then ask again.
@@ -114,13 +114,7 @@ pub(crate) enum Decision {
 }
 
 /// Decides what happens to one delivery of a message for step `queue_step`.
-pub(crate) fn decide(
-    queue_step: &str,
-    facts: DeliveryFacts,
-    body: Body<'_>,
-    limits: Limits,
-    stage: Stage<'_>,
-) -> Decision {
+pub fn decide(queue_step: &str, facts: DeliveryFacts, body: Body<'_>, limits: Limits, stage: Stage<'_>) -> Decision {
     let dead = |kind, reason: String| Decision::DeadLetter { kind, reason };
     match stage {
         Stage::Received => match body {

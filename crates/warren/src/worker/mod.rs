@@ -47,7 +47,7 @@ use crate::{
 };
 
 mod context;
-mod decide;
+pub mod decide;
 mod dedup;
 mod handle;
 mod metrics;
@@ -503,5 +503,22 @@ fn describe_channel_loss(error: &lapin::Error, topology: &StepTopology) {
             "the broker closed the channel because a message was not acked within its consumer timeout; \
              on RabbitMQ 3.12+ the step's max_duration sets x-consumer-timeout on its queue, on older brokers \
              raise `consumer_timeout` in rabbitmq.conf above the step's longest run");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_its_base_and_stays_under_its_cap() {
+        for _ in 0..200 {
+            let first = reconnect_delay(1).as_millis() as u64;
+            assert!((50..=100).contains(&first), "the first reconnect waits 50-100 ms, not {first}");
+            let late = reconnect_delay(30).as_millis() as u64;
+            assert!((5_000..=10_000).contains(&late), "capped at 10 s: {late}");
+            let third = backoff(3, 50, 5_000).as_millis() as u64;
+            assert!((100..=200).contains(&third), "{third}");
+        }
     }
 }
