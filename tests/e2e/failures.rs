@@ -229,3 +229,61 @@ async fn forged_headers_and_string_ids_are_handled_like_any_first_delivery() {
     assert!(t.take_dead_letters("guarded").await.is_empty(), "nothing healthy was dead-lettered");
     t.cleanup().await;
 }
+
+/// A broker nack is the broker's trouble, not the message's: a next-step queue that refuses
+/// publishes while it is full (`x-overflow: reject-publish` makes the broker nack them) holds the
+/// hand-off back, and every message arrives once room is made. Nothing is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nacked_hand_off_is_published_again_and_never_dead_lettered() {
+    use lapin::{
+        options::{BasicAckOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
+        types::{AMQPValue, FieldTable},
+    };
+
+    let mut t = TestNs::new("nacked").await;
+    // The next step's queue takes one message at a time and nacks the rest.
+    let full = t.names.step_queue("narrow");
+    let ch = t.broker.channel().await.expect("channel");
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+    args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+    ch.queue_declare(full.as_str().into(), QueueDeclareOptions::durable(), args).await.expect("declare narrow");
+    ch.queue_bind(
+        full.as_str().into(),
+        t.names.steps_exchange().as_str().into(),
+        "narrow".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind narrow");
+    t.remember("narrow");
+    let _w = t.spawn_worker("pass", &[]);
+    t.wait_consumers("pass", 1).await;
+
+    let slip = [Hop::new("pass"), Hop::new("narrow")];
+    t.submit(&slip, 0..5).await;
+    let mut seqs = Vec::new();
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    while seqs.len() < 5 {
+        assert!(std::time::Instant::now() < end, "only {seqs:?} arrived within 60 s");
+        match ch.basic_get(full.as_str().into(), BasicGetOptions::default()).await.expect("basic.get") {
+            Some(m) => {
+                let env = warren::Envelope::<warren_e2e::Probe>::decode(&m.delivery.data).expect("a probe");
+                m.delivery.acker.ack(BasicAckOptions::default()).await.expect("ack");
+                seqs.push(env.payload.seq);
+            }
+            None => tokio::time::sleep(Duration::from_millis(100)).await, // polling interval
+        }
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, vec![0, 1, 2, 3, 4]);
+    assert!(t.take_dead_letters("pass").await.is_empty(), "a nack dead-lettered nothing");
+    let log = std::fs::read_dir(t.log_dir())
+        .expect("logs")
+        .filter_map(Result::ok)
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect::<String>();
+    assert!(log.contains("publishing it again"), "the worker said it published again after a nack");
+    t.cleanup().await;
+}
