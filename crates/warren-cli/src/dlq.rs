@@ -1,10 +1,15 @@
 //! `warren dlq`: list, show, stats, replay and purge dead letters.
 
-use std::{collections::BTreeMap, process::ExitCode, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    process::ExitCode,
+    sync::Arc,
+    time::Duration,
+};
 
 use warren::{
     Config, Envelope, Names,
-    dlq::{self, DeadLetter, Filter, ReplayOptions},
+    dlq::{self, DeadLetter, DlqError, Filter, ReplayOptions},
 };
 
 use crate::{Fail, Outcome, connect, parse_age};
@@ -24,6 +29,9 @@ pub struct Filters {
     /// Only dead letters from this recent window (90s, 30m, 2h, 7d).
     #[arg(long, value_name = "AGE")]
     since: Option<String>,
+    /// Only this failure group (from `warren dlq groups`; a prefix is enough).
+    #[arg(long, value_name = "GROUP")]
+    group: Option<String>,
 }
 
 /// `warren dlq` subcommands.
@@ -32,17 +40,21 @@ pub enum DlqCommand {
     /// List dead letters.
     #[command(after_help = "Example:\n  warren dlq list --step validate --error 'row \\d+'")]
     List(Filters),
-    /// One dead letter: its headers and decoded payload.
-    #[command(after_help = "Example:\n  warren dlq show 0b8e…-message-id")]
+    /// One dead letter: its headers and decoded payload (or, with --group, the group's first).
+    #[command(after_help = "Example:\n  warren dlq show 0b8e…-message-id\n  warren dlq show --group 3fa2c1")]
     Show {
-        /// The message id.
-        id: String,
+        /// The dead letter's id (its message id, or `body:…` as `list` shows it).
+        id: Option<String>,
         #[command(flatten)]
         filters: Filters,
     },
-    /// Counts by step, kind and error.
+    /// Counts by step, kind and error shape (numbers, ids, paths and quoted values set aside).
     #[command(after_help = "Example:\n  warren dlq stats --json")]
     Stats(Filters),
+    /// Failure groups: the same error shape at the same step, with count, first and last seen,
+    /// a sample and the jobs affected.
+    #[command(after_help = "Example:\n  warren dlq groups\n  warren dlq replay --group 3fa2c1 --wait")]
+    Groups(Filters),
     /// Send dead letters back to their step (publish with confirm, then ack).
     #[command(after_help = "Example:\n  warren dlq replay --step train --since 1h --rate 50/s --dry-run")]
     Replay {
@@ -60,6 +72,10 @@ pub enum DlqCommand {
         /// Set a parameter of the step before replaying, e.g. `--set max_depth=3` (repeatable).
         #[arg(long = "set", value_name = "PARAM=VALUE")]
         set: Vec<String>,
+        /// Follow every replayed message to its fate and say how many succeeded and how many died
+        /// again (with the new reasons); exit 1 unless all succeeded. Gives up after SECS (60).
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "60")]
+        wait: Option<u64>,
     },
     /// Delete dead letters for good.
     #[command(after_help = "Example:\n  warren dlq purge --step ingest --job 01a2… --yes")]
@@ -81,11 +97,16 @@ fn filter(f: &Filters) -> Result<Filter, Fail> {
         .map_err(|e| Fail::usage(format!("--error: {}", e.to_string().lines().last().unwrap_or("bad regex"))))?;
     let since_ms =
         f.since.as_deref().map(parse_age).transpose()?.map(|age| warren::envelope::now_ms().saturating_sub(age));
+    if f.group.as_deref().is_some_and(str::is_empty) {
+        return Err(Fail::usage("--group: give a group id from `warren dlq groups`"));
+    }
     Ok(Filter {
         job: f.job.clone(),
         error_contains: None,
         since_ms,
         error_matches: regex.map(|r| Arc::new(move |e: &str| r.is_match(e)) as dlq::ErrorMatcher),
+        group: f.group.clone(),
+        ids: None,
     })
 }
 
@@ -93,9 +114,20 @@ fn steps(f: &Filters) -> Vec<String> {
     if f.step.is_empty() { warren_steps::STEPS.iter().map(|s| (*s).to_owned()).collect() } else { f.step.clone() }
 }
 
+/// A step named with `--step` that has no dead-letter queue is a mistake (exit 2); one of the
+/// default steps that was never declared is simply skipped.
+fn unknown_step(f: &Filters, e: DlqError) -> Result<(), Fail> {
+    match e {
+        DlqError::UnknownStep { .. } if f.step.is_empty() => Ok(()),
+        DlqError::UnknownStep { .. } => Err(Fail::usage(e.to_string())),
+        e => Err(e.into()),
+    }
+}
+
 fn summary(d: &DeadLetter) -> serde_json::Value {
     serde_json::json!({
-        "id": d.message_id,
+        "id": d.id,
+        "group": d.group,
         "step": d.step,
         "job": d.job,
         "kind": d.kind,
@@ -130,8 +162,7 @@ async fn collect(config: &Config, f: &Filters) -> Result<Vec<DeadLetter>, Fail> 
     for step in steps(f) {
         match dlq::list(client.broker(), &names, &step, &flt).await {
             Ok(mut d) => out.append(&mut d),
-            Err(e) if e.to_string().contains("NOT_FOUND") => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => unknown_step(f, e)?,
         }
     }
     client.broker().close().await;
@@ -146,19 +177,22 @@ pub async fn run(config: &Config, cmd: DlqCommand, json: bool) -> Outcome {
             if json {
                 println!("{}", serde_json::Value::Array(letters.iter().map(summary).collect()));
             } else {
-                println!("{:<38} {:<9} {:<11} error", "id", "step", "kind");
+                println!("{:<38} {:<12} {:<9} {:<11} error", "id", "group", "step", "kind");
                 for d in &letters {
-                    println!("{:<38} {:<9} {:<11} {}", d.message_id.as_deref().unwrap_or("-"), d.step, d.kind, d.error);
+                    println!("{:<38} {:<12} {:<9} {:<11} {}", d.id, d.group, d.step, d.kind, d.error);
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
         DlqCommand::Show { id, filters } => {
+            if id.is_none() && filters.group.is_none() {
+                return Err(Fail::usage("dlq show needs a dead letter's id or --group"));
+            }
             let letters = collect(config, &filters).await?;
             let d = letters
                 .iter()
-                .find(|d| d.message_id.as_deref() == Some(id.as_str()))
-                .ok_or_else(|| Fail::from(format!("no dead letter with id {id}")))?;
+                .find(|d| id.as_deref().is_none_or(|i| d.id == i))
+                .ok_or_else(|| Fail::from(format!("no dead letter with id {}", id.as_deref().unwrap_or("-"))))?;
             let payload = match Envelope::<rmpv::Value>::decode(&d.body) {
                 Ok(env) => serde_json::json!({
                     "job_id": env.job_id.to_string(),
@@ -177,8 +211,7 @@ pub async fn run(config: &Config, cmd: DlqCommand, json: bool) -> Outcome {
             let letters = collect(config, &f).await?;
             let mut counts: BTreeMap<(String, String, String), usize> = BTreeMap::new();
             for d in &letters {
-                let error: String = d.error.lines().next().unwrap_or("").chars().take(80).collect();
-                *counts.entry((d.step.clone(), d.kind.clone(), error)).or_default() += 1;
+                *counts.entry((d.step.clone(), d.kind.clone(), dlq::fingerprint(&d.error))).or_default() += 1;
             }
             if json {
                 let rows: Vec<_> = counts
@@ -194,7 +227,12 @@ pub async fn run(config: &Config, cmd: DlqCommand, json: bool) -> Outcome {
             }
             Ok(ExitCode::SUCCESS)
         }
-        DlqCommand::Replay { filters, limit, dry_run, rate, set } => {
+        DlqCommand::Groups(f) => {
+            let letters = collect(config, &f).await?;
+            groups(&letters, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Replay { filters, limit, dry_run, rate, set, wait } => {
             let rate_per_s = rate
                 .as_deref()
                 .map(|r| {
@@ -220,27 +258,75 @@ pub async fn run(config: &Config, cmd: DlqCommand, json: bool) -> Outcome {
             let names = Names::new(&config.namespace);
             let mut total = dlq::ReplayReport::default();
             let mut remaining = limit;
+            let started_ms = warren::envelope::now_ms();
             for step in steps(&filters) {
                 let options = ReplayOptions { limit: remaining, dry_run, rate_per_s, set_params: set_params.clone() };
                 let r = match dlq::replay(client.broker(), &names, &step, &flt, &options).await {
                     Ok(r) => r,
-                    Err(e) if e.to_string().contains("NOT_FOUND") => continue,
-                    Err(e) => return Err(e.into()),
+                    Err(e) => {
+                        unknown_step(&filters, e)?;
+                        continue;
+                    }
                 };
                 total.replayed += r.replayed;
                 total.left += r.left;
+                total.ids.extend(r.ids);
+                total.messages.extend(r.messages);
                 remaining = remaining.map(|l| l.saturating_sub(r.replayed));
             }
+            let fates = match wait.filter(|_| !dry_run) {
+                Some(secs) => Some(
+                    dlq::follow(client.broker(), &names, &total.messages, started_ms, Duration::from_secs(secs))
+                        .await?,
+                ),
+                None => None,
+            };
+            client.broker().close().await;
+            let mut code = ExitCode::SUCCESS;
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "replayed": total.replayed, "left": total.left, "dry_run": dry_run })
-                );
+                let mut out = serde_json::json!({ "replayed": total.replayed, "left": total.left, "dry_run": dry_run });
+                if let Some(f) = &fates {
+                    out["succeeded"] = f.succeeded.into();
+                    out["dead_again"] = f
+                        .dead_again
+                        .iter()
+                        .map(|(id, reason)| serde_json::json!({ "id": id.to_string(), "error": reason }))
+                        .collect();
+                    out["pending"] = f.pending.into();
+                }
+                println!("{out}");
             } else {
                 let verb = if dry_run { "would replay" } else { "replayed" };
                 println!("{verb} {} dead letter(s); {} left in place", total.replayed, total.left);
+                if let Some(f) = &fates {
+                    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+                    for (_, r) in &f.dead_again {
+                        *reasons.entry(r.as_str()).or_default() += 1;
+                    }
+                    let mut line = format!("{} succeeded, {} dead again", f.succeeded, f.dead_again.len());
+                    if !reasons.is_empty() {
+                        let list: Vec<String> = reasons
+                            .iter()
+                            .map(|(r, n)| if *n > 1 { format!("{r} (×{n})") } else { (*r).to_owned() })
+                            .collect();
+                        line.push_str(&format!(": {}", list.join("; ")));
+                    }
+                    if f.pending > 0 {
+                        line.push_str(&format!("; {} not settled within {}s", f.pending, wait.unwrap_or(0)));
+                    }
+                    if total.replayed > total.messages.len() {
+                        line.push_str(&format!(
+                            "; {} undecodable, not followed",
+                            total.replayed - total.messages.len()
+                        ));
+                    }
+                    println!("{line}");
+                }
             }
-            Ok(ExitCode::SUCCESS)
+            if fates.as_ref().is_some_and(|f| !f.dead_again.is_empty() || f.pending > 0) {
+                code = ExitCode::FAILURE;
+            }
+            Ok(code)
         }
         DlqCommand::Purge { filters, yes } => {
             if !yes {
@@ -253,8 +339,7 @@ pub async fn run(config: &Config, cmd: DlqCommand, json: bool) -> Outcome {
             for step in steps(&filters) {
                 match dlq::purge(client.broker(), &names, &step, &flt).await {
                     Ok(n) => purged += n,
-                    Err(e) if e.to_string().contains("NOT_FOUND") => {}
-                    Err(e) => return Err(e.into()),
+                    Err(e) => unknown_step(&filters, e)?,
                 }
             }
             if json {
@@ -264,5 +349,69 @@ pub async fn run(config: &Config, cmd: DlqCommand, json: bool) -> Outcome {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Prints failure groups, largest first.
+fn groups(letters: &[DeadLetter], json: bool) {
+    struct Group<'a> {
+        count: usize,
+        step: &'a str,
+        kind: &'a str,
+        first_ms: u64,
+        last_ms: u64,
+        sample: &'a str,
+        jobs: BTreeSet<&'a str>,
+    }
+    let mut groups: BTreeMap<&str, Group<'_>> = BTreeMap::new();
+    for d in letters {
+        let g = groups.entry(d.group.as_str()).or_insert_with(|| Group {
+            count: 0,
+            step: &d.step,
+            kind: &d.kind,
+            first_ms: u64::MAX,
+            last_ms: 0,
+            sample: &d.error,
+            jobs: BTreeSet::new(),
+        });
+        g.count += 1;
+        g.first_ms = g.first_ms.min(d.failed_at_ms);
+        g.last_ms = g.last_ms.max(d.failed_at_ms);
+        if let Some(j) = &d.job {
+            g.jobs.insert(j);
+        }
+    }
+    let mut sorted: Vec<(&str, Group<'_>)> = groups.into_iter().collect();
+    sorted.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
+    let when = |ms: u64| if ms == 0 || ms == u64::MAX { "-".to_owned() } else { warren::events::format_time(ms) };
+    if json {
+        let rows: Vec<_> = sorted
+            .iter()
+            .map(|(id, g)| {
+                serde_json::json!({
+                    "group": id, "count": g.count, "step": g.step, "kind": g.kind,
+                    "first_ms": g.first_ms, "last_ms": g.last_ms, "sample": g.sample,
+                    "fingerprint": dlq::fingerprint(g.sample), "jobs": g.jobs,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return;
+    }
+    println!(
+        "{:<12} {:>6}  {:<9} {:<10} {:<19} {:<19} {:>5}  sample error",
+        "group", "count", "step", "kind", "first", "last", "jobs"
+    );
+    for (id, g) in &sorted {
+        println!(
+            "{id:<12} {:>6}  {:<9} {:<10} {:<19} {:<19} {:>5}  {}",
+            g.count,
+            g.step,
+            g.kind,
+            when(g.first_ms),
+            when(g.last_ms),
+            g.jobs.len(),
+            g.sample.lines().next().unwrap_or("")
+        );
     }
 }

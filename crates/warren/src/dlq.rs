@@ -25,6 +25,12 @@ pub struct DeadLetter {
     pub step: String,
     /// Message id (property).
     pub message_id: Option<String>,
+    /// What `show`, `replay` and `purge` name it by: the message id, or `body:` and the first 16
+    /// hex digits of the body's SHA-256 when a publisher set none.
+    pub id: String,
+    /// Its failure group: the first 12 hex digits of the SHA-256 of step, kind and the error's
+    /// [`fingerprint`].
+    pub group: String,
     /// Job id (`warren-job` header).
     pub job: Option<String>,
     /// The error (`warren-error`, or RabbitMQ's `x-death` reason).
@@ -53,6 +59,10 @@ pub struct Filter {
     pub since_ms: Option<u64>,
     /// Only errors this predicate accepts (a regular expression, say).
     pub error_matches: Option<ErrorMatcher>,
+    /// Only this failure group (see [`DeadLetter::group`]; a prefix is enough).
+    pub group: Option<String>,
+    /// Only these dead letters (see [`DeadLetter::id`]).
+    pub ids: Option<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Filter {
@@ -62,6 +72,8 @@ impl std::fmt::Debug for Filter {
             .field("error_contains", &self.error_contains)
             .field("since_ms", &self.since_ms)
             .field("error_matches", &self.error_matches.is_some())
+            .field("group", &self.group)
+            .field("ids", &self.ids.as_ref().map(|i| i.len()))
             .finish()
     }
 }
@@ -86,6 +98,8 @@ impl Filter {
             && self.error_contains.as_ref().is_none_or(|t| d.error.contains(t.as_str()))
             && self.since_ms.is_none_or(|s| d.failed_at_ms >= s)
             && self.error_matches.as_ref().is_none_or(|m| m(&d.error))
+            && self.group.as_ref().is_none_or(|g| !g.is_empty() && d.group.starts_with(g.as_str()))
+            && self.ids.as_ref().is_none_or(|ids| ids.contains(&d.id))
     }
 }
 
@@ -96,8 +110,170 @@ pub struct ReplayReport {
     pub replayed: usize,
     /// Dead letters looked at and left.
     pub left: usize,
+    /// The ids of the dead letters sent back (see [`DeadLetter::id`]).
+    pub ids: Vec<String>,
+    /// Step and envelope message id of each replayed letter whose body names one: what
+    /// [`follow`] waits for.
+    pub messages: Vec<(String, uuid::Uuid)>,
 }
 
+/// What became of replayed messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fates {
+    /// Handled successfully by their step.
+    pub succeeded: usize,
+    /// Dead-lettered again: the message id and the new reason.
+    pub dead_again: Vec<(uuid::Uuid, String)>,
+    /// Neither within the deadline (still queued, retrying, or no worker for the step).
+    pub pending: usize,
+}
+
+/// Follows replayed `messages` (step, message id) in the events stream from `since_ms` until
+/// each succeeded or died again, or `deadline` passes.
+pub async fn follow(
+    broker: &Broker,
+    names: &Names,
+    messages: &[(String, uuid::Uuid)],
+    since_ms: u64,
+    deadline: std::time::Duration,
+) -> Result<Fates, crate::TopologyError> {
+    use crate::events::{From, subscribe_from};
+    let mut open: std::collections::HashMap<uuid::Uuid, &str> =
+        messages.iter().map(|(step, id)| (*id, step.as_str())).collect();
+    let mut fates = Fates::default();
+    if open.is_empty() {
+        return Ok(fates);
+    }
+    let mut rx = subscribe_from(broker, names, From::Time(since_ms.saturating_sub(1_000))).await?;
+    let end = tokio::time::Instant::now() + deadline;
+    while !open.is_empty() {
+        let Ok(Some(event)) = tokio::time::timeout_at(end, rx.recv()).await else { break };
+        if event.at_ms + 1_000 < since_ms || open.get(&event.message_id).is_none_or(|s| *s != &*event.step) {
+            continue;
+        }
+        match event.kind {
+            crate::EventKind::Succeeded => {
+                open.remove(&event.message_id);
+                fates.succeeded += 1;
+            }
+            crate::EventKind::Dead => {
+                open.remove(&event.message_id);
+                fates.dead_again.push((event.message_id, event.error.unwrap_or_default()));
+            }
+            _ => {}
+        }
+    }
+    fates.pending = open.len();
+    Ok(fates)
+}
+
+/// A dead letter's step queue does not exist: the step was never declared in this namespace.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DlqError {
+    /// No dead-letter queue for the step.
+    #[error("no step {step:?} in namespace {namespace:?}: {queue} does not exist")]
+    UnknownStep {
+        /// The step asked for.
+        step: String,
+        /// Its namespace.
+        namespace: String,
+        /// The queue that is missing.
+        queue: String,
+    },
+    /// The broker failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// The error's shape: what stays when the parts that vary from one message to the next are
+/// replaced — UUIDs and hex ids by `<id>`, numbers by `<n>`, quoted values by `"…"`, paths by
+/// `<path>`. "row 6 is bad" and "row 7 is bad" are one group.
+pub fn fingerprint(error: &str) -> String {
+    let first = error.lines().next().unwrap_or("");
+    fold_quotes(first).split_whitespace().map(normalise_word).collect::<Vec<_>>().join(" ")
+}
+
+/// Replaces what stands between `"…"`, `` `…` `` and `'…'` (a single quote only when it opens a
+/// word, so "can't" stays) with `…`. An unbalanced quote keeps the rest as it is.
+fn fold_quotes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(['"', '`', '\'']) {
+        let q = rest[start..].chars().next().unwrap_or('"');
+        let opens_word = q != '\'' || rest[..start].chars().last().is_none_or(|c| c.is_whitespace() || c == '(');
+        let close = rest[start + 1..].find(q).filter(|_| opens_word);
+        match close {
+            Some(len) => {
+                out.push_str(&rest[..start]);
+                out.push(q);
+                out.push('…');
+                out.push(q);
+                rest = &rest[start + 1 + len + 1..];
+            }
+            None => {
+                out.push_str(&rest[..=start]);
+                rest = &rest[start + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn normalise_word(word: &str) -> String {
+    let core = word.trim_matches(|c: char| ",;:()[]{}.".contains(c));
+    if core.is_empty() {
+        return word.to_owned();
+    }
+    let (lead, rest) = word.split_at(word.find(core).unwrap_or(0));
+    let trail = &rest[core.len()..];
+    let hexish = core.len() >= 8 && core.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+    let replaced = if core.contains('/') && core.len() > 1 && !core.contains('…') {
+        "<path>".to_owned()
+    } else if hexish && core.chars().any(|c| c.is_ascii_digit()) {
+        "<id>".to_owned()
+    } else {
+        // Runs of digits (with a decimal point) become <n>.
+        let mut s = String::with_capacity(core.len());
+        let mut chars = core.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c.is_ascii_digit() {
+                while chars.peek().is_some_and(|d| d.is_ascii_digit() || *d == '.' || *d == '_') {
+                    chars.next();
+                }
+                s.push_str("<n>");
+            } else {
+                s.push(c);
+            }
+        }
+        s
+    };
+    format!("{lead}{replaced}{trail}")
+}
+
+fn short_hash(bytes: &[u8], digits: usize) -> String {
+    crate::artifacts::content_hash(bytes).trim_start_matches("sha256:")[..digits].to_owned()
+}
+
+/// When RabbitMQ dead-lettered a message itself: the `time` of its latest `x-death` entry.
+fn x_death_ms(properties: &BasicProperties) -> Option<u64> {
+    let AMQPValue::FieldArray(deaths) = properties.headers().as_ref()?.inner().get("x-death")? else { return None };
+    deaths
+        .as_slice()
+        .iter()
+        .filter_map(|d| match d {
+            AMQPValue::FieldTable(t) => match t.inner().get("time")? {
+                AMQPValue::Timestamp(secs) => Some(secs.saturating_mul(1000)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .max()
+}
+
+/// Reads a dead letter. Listing returns dead letters to their queue, which raises the broker's
+/// `x-delivery-count` each time: that count says nothing about the failure, so it is left out.
 fn dead_letter(step: &str, properties: BasicProperties, body: Vec<u8>) -> DeadLetter {
     let error = envelope::header_str(&properties, headers::ERROR).map(str::to_owned).unwrap_or_else(|| {
         if properties.headers().as_ref().is_some_and(|h| h.contains_key("x-death")) {
@@ -106,54 +282,81 @@ fn dead_letter(step: &str, properties: BasicProperties, body: Vec<u8>) -> DeadLe
             String::new()
         }
     });
+    let properties = envelope::with_headers(&properties, Vec::new());
+    let message_id = properties.message_id().as_ref().map(|m| m.to_string()).filter(|m| !m.is_empty());
+    let id = message_id.clone().unwrap_or_else(|| format!("body:{}", short_hash(&body, 16)));
+    let kind = envelope::header_str(&properties, headers::ERROR_KIND).unwrap_or("broker").to_owned();
+    let group = short_hash(format!("{step}\0{kind}\0{}", fingerprint(&error)).as_bytes(), 12);
+    let failed_at_ms = envelope::header_int(&properties, headers::FAILED_AT)
+        .map(|n| n.max(0) as u64)
+        .or_else(|| x_death_ms(&properties))
+        .unwrap_or(0);
     DeadLetter {
         step: step.to_owned(),
-        message_id: properties.message_id().as_ref().map(|m| m.to_string()),
+        message_id,
+        id,
+        group,
         job: envelope::header_str(&properties, headers::JOB).map(str::to_owned),
-        kind: envelope::header_str(&properties, headers::ERROR_KIND).unwrap_or("broker").to_owned(),
-        failed_at_ms: envelope::header_int(&properties, headers::FAILED_AT).unwrap_or(0).max(0) as u64,
+        kind,
+        failed_at_ms,
         error,
         properties,
         body,
     }
 }
 
-/// Walks up to the current number of dead letters of `step`, calling `act` on each; a dead letter
-/// for which `act` returns `true` is acked (removed), the others go back when the walk ends.
-async fn walk<F, Fut>(broker: &Broker, names: &Names, step: &str, mut act: F) -> Result<(), BrokerError>
+/// Walks the dead letters of `step` that are in its queue when the walk starts — no more, so
+/// letters that die again while a replay runs are not taken again — calling `act` on each; a
+/// dead letter for which `act` returns `true` is acked (removed), the others go back when the
+/// walk ends. A letter whose id the walk already met is left alone.
+async fn walk<F, Fut>(broker: &Broker, names: &Names, step: &str, mut act: F) -> Result<(), DlqError>
 where
     F: FnMut(DeadLetter) -> Fut,
     Fut: std::future::Future<Output = Result<bool, BrokerError>>,
 {
     let queue = names.dead_queue(step);
     let ch = broker.channel().await?;
-    let info = ch
+    let info = match ch
         .queue_declare(
             queue.as_str().into(),
             QueueDeclareOptions { passive: true, ..Default::default() },
             FieldTable::default(),
         )
         .await
-        .map_err(BrokerError::amqp("dead-letter queue"))?;
-    // Dead letters another client is returning right now are not counted yet: read until the
-    // expected number arrived and then until the queue stays quiet for a moment.
+    {
+        Ok(info) => info,
+        Err(e) if e.to_string().contains("NOT_FOUND") => {
+            return Err(DlqError::UnknownStep {
+                step: step.to_owned(),
+                namespace: names.namespace().to_owned(),
+                queue,
+            });
+        }
+        Err(e) => return Err(BrokerError::Amqp { context: "dead-letter queue", source: e }.into()),
+    };
     let expected = info.message_count() as usize;
+    if expected == 0 {
+        let _ = ch.close(200, "done".into()).await;
+        return Ok(());
+    }
     // No prefetch limit: the dead letters left alone stay unacked until the walk ends.
     ch.basic_qos(0, BasicQosOptions::default()).await.map_err(BrokerError::amqp("basic.qos"))?;
     let mut consumer = ch
         .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await
         .map_err(BrokerError::amqp("consume dead letters"))?;
-    let mut seen = 0usize;
-    loop {
-        let idle =
-            if seen < expected { std::time::Duration::from_secs(5) } else { std::time::Duration::from_millis(300) };
-        let next = tokio::time::timeout(idle, consumer.next()).await;
+    let mut met = std::collections::HashSet::new();
+    for _ in 0..expected {
+        // Another client may hold some of them (a listing in progress): those are not waited for long.
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), consumer.next()).await;
         let Ok(Some(delivery)) = next else { break };
-        seen += 1;
         let delivery = delivery.map_err(BrokerError::amqp("dead letter"))?;
         let acker = delivery.acker.clone();
-        if act(dead_letter(step, delivery.properties, delivery.data)).await? {
+        let d = dead_letter(step, delivery.properties, delivery.data);
+        if !met.insert(d.id.clone()) {
+            continue;
+        }
+        if act(d).await? {
             acker.ack(BasicAckOptions::default()).await.map_err(BrokerError::amqp("ack dead letter"))?;
         }
     }
@@ -163,7 +366,7 @@ where
 }
 
 /// The dead letters of `step` that match `filter`, left in place.
-pub async fn list(broker: &Broker, names: &Names, step: &str, filter: &Filter) -> Result<Vec<DeadLetter>, BrokerError> {
+pub async fn list(broker: &Broker, names: &Names, step: &str, filter: &Filter) -> Result<Vec<DeadLetter>, DlqError> {
     let mut out = Vec::new();
     walk(broker, names, step, |d| {
         if filter.matches(&d) {
@@ -186,7 +389,7 @@ pub async fn replay(
     step: &str,
     filter: &Filter,
     options: &ReplayOptions,
-) -> Result<ReplayReport, BrokerError> {
+) -> Result<ReplayReport, DlqError> {
     let publisher = Publisher::new(broker.channel().await?).await?;
     let exchange = names.steps_exchange();
     let mut report = ReplayReport::default();
@@ -195,6 +398,10 @@ pub async fn replay(
         let chosen = filter.matches(&d) && options.limit.is_none_or(|l| report.replayed < l);
         if chosen {
             report.replayed += 1;
+            report.ids.push(d.id.clone());
+            if let Ok(head) = envelope::EnvelopeHead::decode(&d.body) {
+                report.messages.push((d.step.clone(), head.message_id));
+            }
         } else {
             report.left += 1;
         }
@@ -235,7 +442,7 @@ fn patch_params(body: &[u8], set: &[(String, rmpv::Value)]) -> Vec<u8> {
 }
 
 /// Removes the dead letters of `step` that match `filter`; returns how many.
-pub async fn purge(broker: &Broker, names: &Names, step: &str, filter: &Filter) -> Result<usize, BrokerError> {
+pub async fn purge(broker: &Broker, names: &Names, step: &str, filter: &Filter) -> Result<usize, DlqError> {
     let mut purged = 0;
     walk(broker, names, step, |d| {
         let hit = filter.matches(&d);
@@ -305,6 +512,58 @@ mod tests {
     }
 
     #[test]
+    fn errors_that_differ_in_values_share_a_fingerprint() {
+        assert_eq!(fingerprint("row 6 is bad"), fingerprint("row 7 is bad"));
+        assert_eq!(fingerprint("row 6 is bad"), "row <n> is bad");
+        assert_eq!(
+            fingerprint("column \"sepal length\" at row 12: not a number (3.5)"),
+            "column \"…\" at row <n>: not a number (<n>)"
+        );
+        assert_eq!(
+            fingerprint("column \"sepal length\" at row 12: not a number (3.5)"),
+            fingerprint("column \"petal width\" at row 130: not a number (2)")
+        );
+        assert_eq!(
+            fingerprint("cannot read /data/a.csv for job 01a2f3e4-55b6-7214-ac19-1429e0256756"),
+            "cannot read <path> for job <id>"
+        );
+        assert_eq!(fingerprint("unknown field `max_iterations`"), "unknown field `…`");
+        assert_eq!(fingerprint("it can't be 'x y' now"), "it can't be '…' now");
+        assert_ne!(fingerprint("row 6 is bad"), fingerprint("row 6 is missing"));
+        assert_eq!(fingerprint("only the first line\nnot this"), "only the first line");
+        assert_eq!(fingerprint("unbalanced \"quote here"), "unbalanced \"quote here");
+    }
+
+    #[test]
+    fn a_letter_without_a_message_id_is_named_by_its_body_and_the_listing_count_is_dropped() {
+        let props = envelope::with_headers(
+            &BasicProperties::default(),
+            vec![(headers::DELIVERY_COUNT, AMQPValue::LongLongInt(4))],
+        );
+        let d = dead_letter("s", props, b"abc".to_vec());
+        assert!(d.id.starts_with("body:") && d.id.len() == 21, "{}", d.id);
+        assert_eq!(envelope::header_int(&d.properties, headers::DELIVERY_COUNT), None);
+        let again = dead_letter("s", BasicProperties::default(), b"abc".to_vec());
+        assert_eq!(again.id, d.id, "the same body, the same id");
+    }
+
+    #[test]
+    fn since_falls_back_to_the_brokers_x_death_time() {
+        use lapin::types::FieldArray;
+        let mut death = FieldTable::default();
+        death.insert("time".into(), AMQPValue::Timestamp(1_700_000_000));
+        let props = BasicProperties::default().with_headers({
+            let mut t = FieldTable::default();
+            t.insert("x-death".into(), AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(death)])));
+            t
+        });
+        let d = dead_letter("s", props, vec![]);
+        assert_eq!(d.failed_at_ms, 1_700_000_000_000);
+        assert_eq!(d.kind, "broker");
+        assert!(Filter { since_ms: Some(1_600_000_000_000), ..Default::default() }.matches(&d));
+    }
+
+    #[test]
     fn filters_combine() {
         let d = dead_letter(
             "s",
@@ -324,5 +583,8 @@ mod tests {
         assert!(!Filter { since_ms: Some(6_000), ..Default::default() }.matches(&d));
         let m: ErrorMatcher = std::sync::Arc::new(|e: &str| e.contains("row 7"));
         assert!(Filter { error_matches: Some(m), ..Default::default() }.matches(&d));
+        assert!(Filter { group: Some(d.group[..6].to_owned()), ..Default::default() }.matches(&d));
+        assert!(!Filter { group: Some("zzz".into()), ..Default::default() }.matches(&d));
+        assert!(!Filter { group: Some(String::new()), ..Default::default() }.matches(&d));
     }
 }

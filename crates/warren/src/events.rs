@@ -244,6 +244,23 @@ impl JobEvent {
     }
 }
 
+/// `YYYY-MM-DD HH:MM:SS` in UTC (Howard Hinnant's civil-from-days).
+pub fn format_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let t = secs % 86_400;
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", t / 3600, (t / 60) % 60, t % 60)
+}
+
 /// Where reading the events stream starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum From {
@@ -304,6 +321,13 @@ pub async fn subscribe_from(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn times_are_dated_in_utc() {
+        assert_eq!(super::format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(super::format_time(1_795_000_000_000), "2026-11-18 11:06:40");
+        assert_eq!(super::format_time(951_825_600_000), "2000-02-29 12:00:00");
+    }
+
     use super::*;
 
     fn event(kind: EventKind, message_id: Uuid, attempt: u32) -> JobEvent {
