@@ -339,3 +339,95 @@ async fn workers_of_a_fleet_that_is_killed_stop_by_themselves() {
     .await;
     t.cleanup().await;
 }
+
+/// A replay takes the letters present when it starts, once each: a letter that dies again is not
+/// replayed again, and `--wait` says so within seconds, with the new reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_of_a_letter_that_dies_again_returns_with_its_fate() {
+    let mut t = TestNs::new("clidies").await;
+    t.declare_step("sink").await;
+    let _w = t.spawn_worker("doomed", &[]);
+    t.wait_consumers("doomed", 1).await;
+    let mut env = envelope_for("doomed", 5);
+    env.slip[0] = hop("doomed", &Behaviour { permanent_on: Some(5), ..Default::default() });
+    t.publish_raw("doomed", &env.encode().expect("encode"), props_for(&env)).await;
+    let dead_queue = t.names.dead_queue("doomed");
+    wait_for("the dead letter", Duration::from_secs(20), || async {
+        t.queue_counts(&dead_queue).await.filter(|(n, _)| *n >= 1)
+    })
+    .await;
+
+    let started = std::time::Instant::now();
+    let out =
+        tokio::time::timeout(Duration::from_secs(60), run(&t, &["dlq", "replay", "--step", "doomed", "--wait", "30"]))
+            .await
+            .expect("the replay returns");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(started.elapsed() < Duration::from_secs(20), "returned in {:?}: {text}", started.elapsed());
+    assert!(text.contains("replayed 1 dead letter(s)"), "{text}");
+    assert!(text.contains("0 succeeded, 1 dead again: probe 5 is refused on purpose"), "{text}");
+    assert_eq!(out.status.code(), Some(1), "a replay whose letters died again fails");
+    // Exactly one dead letter again: it was not replayed a second time.
+    wait_for("the letter back in its queue", Duration::from_secs(10), || async {
+        t.queue_counts(&dead_queue).await.filter(|(n, _)| *n == 1)
+    })
+    .await;
+    let listed = json(&run(&t, &["dlq", "list", "--step", "doomed", "--json"]).await);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+
+    let unknown = run(&t, &["dlq", "list", "--step", "nosuchstep"]).await;
+    assert_eq!(unknown.status.code(), Some(2), "an unknown step is an error");
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("nosuchstep"));
+    t.cleanup().await;
+}
+
+/// 1,000 dead letters in 4 failure groups (errors that differ only in numbers, ids, paths and
+/// quoted values): `dlq groups` finds the 4, and a replay by `--group` touches only its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_groups_gather_errors_by_shape_and_a_group_replays_alone() {
+    use lapin::types::AMQPValue;
+    use warren::envelope::{self, headers};
+
+    let mut t = TestNs::new("cligroups").await;
+    t.declare_step("grp").await;
+    let publisher = t.broker.publisher().await.expect("publisher");
+    let shapes = [
+        |i: u64| format!("row {i} of data.csv is bad"),
+        |i: u64| format!("timed out after {} ms", 100 + i),
+        |i: u64| format!("cannot open /data/in-{i}.csv"),
+        |i: u64| format!("unknown field `x{i}`"),
+    ];
+    for i in 0..1_000u64 {
+        let env = envelope_for("grp", i);
+        let props = envelope::with_headers(
+            &props_for(&env),
+            vec![
+                (headers::ERROR, envelope::text(shapes[(i % 4) as usize](i))),
+                (headers::ERROR_KIND, envelope::text("permanent")),
+                (headers::FAILED_AT, AMQPValue::LongLongInt(envelope::now_ms() as i64)),
+            ],
+        );
+        publisher
+            .publish(&t.names.dead_exchange(), "grp", &env.encode().expect("encode"), props)
+            .await
+            .expect("dead letter");
+    }
+    let groups = json(&run(&t, &["dlq", "groups", "--step", "grp", "--json"]).await);
+    let groups = groups.as_array().expect("rows");
+    assert_eq!(groups.len(), 4, "{groups:#?}");
+    assert!(groups.iter().all(|g| g["count"] == 250 && g["jobs"].as_array().map(Vec::len) == Some(250)));
+    let timeouts = groups
+        .iter()
+        .find(|g| g["sample"].as_str().is_some_and(|s| s.starts_with("timed out")))
+        .expect("the timeout group");
+    let id = timeouts["group"].as_str().expect("group id");
+
+    let replay = json(&run(&t, &["dlq", "replay", "--step", "grp", "--group", &id[..6], "--json"]).await);
+    assert_eq!(replay["replayed"], 250);
+    assert_eq!(t.queue_counts(&t.names.step_queue("grp")).await.map(|c| c.0), Some(250));
+    let left = json(&run(&t, &["dlq", "groups", "--step", "grp", "--json"]).await);
+    let left = left.as_array().expect("rows");
+    assert_eq!(left.len(), 3);
+    assert!(left.iter().all(|g| g["group"] != id && g["count"] == 250));
+    t.cleanup().await;
+}

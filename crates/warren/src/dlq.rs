@@ -305,11 +305,22 @@ fn dead_letter(step: &str, properties: BasicProperties, body: Vec<u8>) -> DeadLe
     }
 }
 
+/// Header a replay sets on what it sends back, naming the replay run: a letter that dies again
+/// during the same run carries it and is not taken again.
+pub const REPLAY_RUN: &str = "warren-replay-run";
+
 /// Walks the dead letters of `step` that are in its queue when the walk starts — no more, so
 /// letters that die again while a replay runs are not taken again — calling `act` on each; a
 /// dead letter for which `act` returns `true` is acked (removed), the others go back when the
-/// walk ends. A letter whose id the walk already met is left alone.
-async fn walk<F, Fut>(broker: &Broker, names: &Names, step: &str, mut act: F) -> Result<(), DlqError>
+/// walk ends. A letter marked with replay run `skip_run` (sent back by this very run and dead
+/// again) is left alone.
+async fn walk<F, Fut>(
+    broker: &Broker,
+    names: &Names,
+    step: &str,
+    skip_run: Option<&str>,
+    mut act: F,
+) -> Result<(), DlqError>
 where
     F: FnMut(DeadLetter) -> Fut,
     Fut: std::future::Future<Output = Result<bool, BrokerError>>,
@@ -345,7 +356,6 @@ where
         .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await
         .map_err(BrokerError::amqp("consume dead letters"))?;
-    let mut met = std::collections::HashSet::new();
     for _ in 0..expected {
         // Another client may hold some of them (a listing in progress): those are not waited for long.
         let next = tokio::time::timeout(std::time::Duration::from_secs(5), consumer.next()).await;
@@ -353,7 +363,7 @@ where
         let delivery = delivery.map_err(BrokerError::amqp("dead letter"))?;
         let acker = delivery.acker.clone();
         let d = dead_letter(step, delivery.properties, delivery.data);
-        if !met.insert(d.id.clone()) {
+        if skip_run.is_some() && envelope::header_str(&d.properties, REPLAY_RUN) == skip_run {
             continue;
         }
         if act(d).await? {
@@ -368,7 +378,7 @@ where
 /// The dead letters of `step` that match `filter`, left in place.
 pub async fn list(broker: &Broker, names: &Names, step: &str, filter: &Filter) -> Result<Vec<DeadLetter>, DlqError> {
     let mut out = Vec::new();
-    walk(broker, names, step, |d| {
+    walk(broker, names, step, None, |d| {
         if filter.matches(&d) {
             out.push(d);
         }
@@ -394,7 +404,8 @@ pub async fn replay(
     let exchange = names.steps_exchange();
     let mut report = ReplayReport::default();
     let pause = options.rate_per_s.filter(|r| *r > 0.0).map(|r| std::time::Duration::from_secs_f64(1.0 / r));
-    walk(broker, names, step, |d| {
+    let run = uuid::Uuid::now_v7().to_string();
+    walk(broker, names, step, Some(&run), |d| {
         let chosen = filter.matches(&d) && options.limit.is_none_or(|l| report.replayed < l);
         if chosen {
             report.replayed += 1;
@@ -405,7 +416,7 @@ pub async fn replay(
         } else {
             report.left += 1;
         }
-        let (publisher, exchange) = (&publisher, &exchange);
+        let (publisher, exchange, run) = (&publisher, &exchange, &run);
         async move {
             if !chosen || options.dry_run {
                 return Ok(false);
@@ -415,7 +426,11 @@ pub async fn replay(
             }
             let body =
                 if options.set_params.is_empty() { d.body.clone() } else { patch_params(&d.body, &options.set_params) };
-            publisher.publish(exchange, &d.step, &body, replay_properties(&d, &names.dead_queue(&d.step))).await?;
+            let props = envelope::with_headers(
+                &replay_properties(&d, &names.dead_queue(&d.step)),
+                vec![(REPLAY_RUN, envelope::text(run.as_str()))],
+            );
+            publisher.publish(exchange, &d.step, &body, props).await?;
             Ok(true)
         }
     })
@@ -444,7 +459,7 @@ fn patch_params(body: &[u8], set: &[(String, rmpv::Value)]) -> Vec<u8> {
 /// Removes the dead letters of `step` that match `filter`; returns how many.
 pub async fn purge(broker: &Broker, names: &Names, step: &str, filter: &Filter) -> Result<usize, DlqError> {
     let mut purged = 0;
-    walk(broker, names, step, |d| {
+    walk(broker, names, step, None, |d| {
         let hit = filter.matches(&d);
         purged += usize::from(hit);
         async move { Ok(hit) }
@@ -468,6 +483,7 @@ fn replay_properties(d: &DeadLetter, from_queue: &str) -> BasicProperties {
                 headers::STEP,
                 headers::REPLAYED,
                 headers::DELIVERY_COUNT,
+                REPLAY_RUN,
                 "x-death",
                 "x-first-death-exchange",
                 "x-first-death-queue",
