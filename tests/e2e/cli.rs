@@ -200,7 +200,7 @@ async fn a_bulk_replay_killed_halfway_and_run_again_delivers_every_message_exact
     let dead_queue = t.names.dead_queue("bulk");
     let step_queue = t.names.step_queue("bulk");
 
-    let mut replay = warren(&t, &["dlq", "replay", "--step", "bulk", "--rate", "200/s"])
+    let mut replay = warren(&t, &["dlq", "replay", "--step", "bulk", "--rate", "200/s", "--reason", "bulk test"])
         .stdout(Stdio::null())
         .spawn()
         .expect("replay");
@@ -218,7 +218,7 @@ async fn a_bulk_replay_killed_halfway_and_run_again_delivers_every_message_exact
     );
     assert!(left > 0, "the replay was stopped before the end");
 
-    let again = run(&t, &["dlq", "replay", "--step", "bulk", "--json"]).await;
+    let again = run(&t, &["dlq", "replay", "--step", "bulk", "--reason", "the rest", "--json"]).await;
     assert!(again.status.success());
     assert_eq!(t.queue_counts(&dead_queue).await.map(|c| c.0), Some(0));
 
@@ -422,12 +422,62 @@ async fn failure_groups_gather_errors_by_shape_and_a_group_replays_alone() {
         .expect("the timeout group");
     let id = timeouts["group"].as_str().expect("group id");
 
-    let replay = json(&run(&t, &["dlq", "replay", "--step", "grp", "--group", &id[..6], "--json"]).await);
+    let unexplained = run(&t, &["dlq", "replay", "--step", "grp", "--group", &id[..6]]).await;
+    assert_eq!(unexplained.status.code(), Some(2), "250 letters need a reason");
+    assert!(String::from_utf8_lossy(&unexplained.stderr).contains("--reason"));
+    assert_eq!(t.queue_counts(&t.names.step_queue("grp")).await.map(|c| c.0), Some(0), "nothing moved");
+
+    let replay = json(
+        &run(
+            &t,
+            &[
+                "dlq",
+                "replay",
+                "--step",
+                "grp",
+                "--group",
+                &id[..6],
+                "--actor",
+                "alice",
+                "--reason",
+                "timeout raised",
+                "--json",
+            ],
+        )
+        .await,
+    );
     assert_eq!(replay["replayed"], 250);
     assert_eq!(t.queue_counts(&t.names.step_queue("grp")).await.map(|c| c.0), Some(250));
     let left = json(&run(&t, &["dlq", "groups", "--step", "grp", "--json"]).await);
     let left = left.as_array().expect("rows");
     assert_eq!(left.len(), 3);
     assert!(left.iter().all(|g| g["group"] != id && g["count"] == 250));
+
+    let paths = left
+        .iter()
+        .find(|g| g["sample"].as_str().is_some_and(|s| s.starts_with("cannot open")))
+        .and_then(|g| g["group"].as_str())
+        .expect("the path group")
+        .to_owned();
+    let purged = json(
+        &run(
+            &t,
+            &["dlq", "purge", "--step", "grp", "--group", &paths, "--yes", "--reason", "files are gone", "--json"],
+        )
+        .await,
+    );
+    assert_eq!(purged["purged"], 250);
+    let history = json(&run(&t, &["dlq", "history", "--since", "10m", "--json"]).await);
+    let history = history.as_array().expect("rows");
+    assert_eq!(history.len(), 2, "{history:#?}");
+    assert_eq!(history[0]["action"], "replay");
+    assert_eq!(history[0]["actor"], "alice");
+    assert_eq!(history[0]["reason"], "timeout raised");
+    assert_eq!(history[0]["count"], 250);
+    assert_eq!(history[0]["ids"].as_array().map(Vec::len), Some(250));
+    assert!(history[0]["filter"].as_str().is_some_and(|f| f.contains("--group")));
+    assert_eq!(history[1]["action"], "purge");
+    assert_eq!(history[1]["reason"], "files are gone");
+    assert!(history[1]["actor"].as_str().is_some_and(|a| a.contains('@')), "default actor is user@host");
     t.cleanup().await;
 }

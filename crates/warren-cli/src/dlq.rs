@@ -34,6 +34,65 @@ pub struct Filters {
     group: Option<String>,
 }
 
+/// Who acts and why: recorded with every replay and purge (`warren dlq history`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Audit {
+    /// Who is acting (default: $USER@host).
+    #[arg(long)]
+    actor: Option<String>,
+    /// Why; required when more than 10 dead letters are touched.
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+/// Touching more dead letters than this needs a `--reason`.
+const HANDFUL: usize = 10;
+
+impl Audit {
+    fn actor(&self) -> String {
+        self.actor.clone().unwrap_or_else(|| {
+            let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+            format!("{user}@{}", warren::broker::hostname())
+        })
+    }
+    fn check(&self, verb: &str, count: usize) -> Result<(), Fail> {
+        if count > HANDFUL && self.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+            return Err(Fail::usage(format!(
+                "{verb} {count} dead letters needs --reason \"…\" (more than {HANDFUL} are touched; it is recorded \
+                 in `warren dlq history`)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Filters {
+    /// The selection as a command line would give it, for the record.
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        for s in &self.step {
+            parts.push(format!("--step {s}"));
+        }
+        let opt = [("--job", &self.job), ("--error", &self.error), ("--since", &self.since), ("--group", &self.group)];
+        for (flag, v) in opt {
+            if let Some(v) = v {
+                parts.push(format!("{flag} {v}"));
+            }
+        }
+        parts.join(" ")
+    }
+}
+
+async fn record(config: &Config, action: warren::events::OperatorAction) -> Result<(), Fail> {
+    let client = connect(config).await?;
+    let names = Names::new(&config.namespace);
+    warren::events::record(client.broker(), &names, &action)
+        .await
+        .map_err(|e| Fail::from(format!("done, but the record for `warren dlq history` failed: {e}")))?;
+    client.broker().close().await;
+    Ok(())
+}
+
 /// `warren dlq` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum DlqCommand {
@@ -76,6 +135,15 @@ pub enum DlqCommand {
         /// again (with the new reasons); exit 1 unless all succeeded. Gives up after SECS (60).
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "60")]
         wait: Option<u64>,
+        #[command(flatten)]
+        audit: Audit,
+    },
+    /// What operators did: replays, edits and purges, with who, why, what and how many.
+    #[command(after_help = "Example:\n  warren dlq history --since 7d")]
+    History {
+        /// Only this recent window (90s, 30m, 2h, 7d).
+        #[arg(long, value_name = "AGE")]
+        since: Option<String>,
     },
     /// Delete dead letters for good.
     #[command(after_help = "Example:\n  warren dlq purge --step ingest --job 01a2… --yes")]
@@ -85,6 +153,8 @@ pub enum DlqCommand {
         /// Really delete them.
         #[arg(long)]
         yes: bool,
+        #[command(flatten)]
+        audit: Audit,
     },
 }
 
@@ -232,7 +302,47 @@ pub async fn run(config: &Config, cmd: DlqCommand, json: bool) -> Outcome {
             groups(&letters, json);
             Ok(ExitCode::SUCCESS)
         }
-        DlqCommand::Replay { filters, limit, dry_run, rate, set, wait } => {
+        DlqCommand::History { since } => {
+            let since_ms =
+                since.as_deref().map(parse_age).transpose()?.map(|a| warren::envelope::now_ms().saturating_sub(a));
+            let from = since_ms.map_or(warren::events::From::First, warren::events::From::Time);
+            let events = crate::jobs::read_all(config, from).await?;
+            let actions: Vec<(u64, warren::events::OperatorAction)> = events
+                .iter()
+                .filter(|e| since_ms.is_none_or(|s| e.at_ms >= s))
+                .filter_map(|e| warren::events::OperatorAction::from_event(e).map(|a| (e.at_ms, a)))
+                .collect();
+            if json {
+                let rows: Vec<_> = actions
+                    .iter()
+                    .map(|(at, a)| {
+                        let mut v = serde_json::to_value(a).unwrap_or_default();
+                        v["at_ms"] = (*at).into();
+                        v
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                println!("{:<19}  {:<20} {:<7} {:>6}  {:<28} reason", "when", "actor", "action", "count", "what");
+                for (at, a) in &actions {
+                    let mut what = a.filter.clone();
+                    if !a.changes.is_empty() {
+                        what.push_str(&format!(" set {}", a.changes.join(", ")));
+                    }
+                    println!(
+                        "{:<19}  {:<20} {:<7} {:>6}  {:<28} {}",
+                        warren::events::format_time(*at),
+                        a.actor,
+                        a.action,
+                        a.count,
+                        what,
+                        a.reason.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Replay { filters, limit, dry_run, rate, set, wait, audit } => {
             let rate_per_s = rate
                 .as_deref()
                 .map(|r| {
@@ -254,6 +364,13 @@ pub async fn run(config: &Config, cmd: DlqCommand, json: bool) -> Outcome {
                 set_params.push((k.to_owned(), value));
             }
             let flt = filter(&filters)?;
+            if !dry_run && audit.reason.is_none() {
+                // Count first: a large replay needs a reason before anything moves.
+                let letters = collect(config, &filters).await?;
+                let n = letters.iter().filter(|d| flt.matches(d)).count();
+                tracing::debug!(matching = n, "counted before replaying");
+                audit.check("replaying", limit.map_or(n, |l| n.min(l)))?;
+            }
             let client = connect(config).await?;
             let names = Names::new(&config.namespace);
             let mut total = dlq::ReplayReport::default();
@@ -268,11 +385,27 @@ pub async fn run(config: &Config, cmd: DlqCommand, json: bool) -> Outcome {
                         continue;
                     }
                 };
+                tracing::debug!(step, replayed = r.replayed, left = r.left, "replayed");
                 total.replayed += r.replayed;
                 total.left += r.left;
                 total.ids.extend(r.ids);
                 total.messages.extend(r.messages);
                 remaining = remaining.map(|l| l.saturating_sub(r.replayed));
+            }
+            if !dry_run && total.replayed > 0 {
+                let action = warren::events::OperatorAction {
+                    action: if set.is_empty() { "replay" } else { "edit" }.into(),
+                    actor: audit.actor(),
+                    reason: audit.reason.clone(),
+                    step: filters.step.join(","),
+                    job: filters.job.as_deref().and_then(|j| j.parse().ok()),
+                    filter: filters.describe(),
+                    count: total.replayed,
+                    ids: total.ids.clone(),
+                    changes: set.clone(),
+                };
+                record(config, action).await?;
+                tracing::debug!("recorded for dlq history");
             }
             let fates = match wait.filter(|_| !dry_run) {
                 Some(secs) => Some(
@@ -328,11 +461,17 @@ pub async fn run(config: &Config, cmd: DlqCommand, json: bool) -> Outcome {
             }
             Ok(code)
         }
-        DlqCommand::Purge { filters, yes } => {
+        DlqCommand::Purge { filters, yes, audit } => {
             if !yes {
                 return Err(Fail::usage("purge deletes dead letters for good: add --yes"));
             }
-            let flt = filter(&filters)?;
+            let mut flt = filter(&filters)?;
+            // Count first and fix the set: a large purge needs a reason, and the record names
+            // exactly the letters that went.
+            let chosen: Vec<String> =
+                collect(config, &filters).await?.into_iter().filter(|d| flt.matches(d)).map(|d| d.id).collect();
+            audit.check("purging", chosen.len())?;
+            flt.ids = Some(chosen.iter().cloned().collect());
             let client = connect(config).await?;
             let names = Names::new(&config.namespace);
             let mut purged = 0;
@@ -341,6 +480,20 @@ pub async fn run(config: &Config, cmd: DlqCommand, json: bool) -> Outcome {
                     Ok(n) => purged += n,
                     Err(e) => unknown_step(&filters, e)?,
                 }
+            }
+            if purged > 0 {
+                let action = warren::events::OperatorAction {
+                    action: "purge".into(),
+                    actor: audit.actor(),
+                    reason: audit.reason.clone(),
+                    step: filters.step.join(","),
+                    job: filters.job.as_deref().and_then(|j| j.parse().ok()),
+                    filter: filters.describe(),
+                    count: purged,
+                    ids: chosen,
+                    changes: Vec::new(),
+                };
+                record(config, action).await?;
             }
             if json {
                 println!("{}", serde_json::json!({ "purged": purged }));

@@ -105,7 +105,10 @@ pub async fn jobs(config: &Config, args: JobsArgs, json: bool) -> Outcome {
     let all = read_all(config, from).await?;
     let mut by_job: BTreeMap<Uuid, Vec<&JobEvent>> = BTreeMap::new();
     for e in &all {
-        if e.job_id.is_nil() || args.pipeline.as_deref().is_some_and(|p| p != &*e.pipeline) {
+        if e.job_id.is_nil()
+            || e.kind == EventKind::Operator
+            || args.pipeline.as_deref().is_some_and(|p| p != &*e.pipeline)
+        {
             continue;
         }
         by_job.entry(e.job_id).or_default().push(e);
