@@ -264,6 +264,26 @@ pub const ALL_SCHEMAS: &[&str] = &[
     Predictions::SCHEMA_ID,
 ];
 
+/// Checks a payload (as a MessagePack value) against the type of schema id `schema`:
+/// `Ok(false)` when the schema is not one of these, `Err` naming what does not fit.
+pub fn check_payload(schema: &str, payload: &rmpv::Value) -> Result<bool, String> {
+    fn fits<T: serde::de::DeserializeOwned>(v: &rmpv::Value) -> Result<bool, String> {
+        crate::spec::from_wire_value::<T>(v).map(|_| true)
+    }
+    match schema {
+        s if s == Start::SCHEMA_ID => fits::<Start>(payload),
+        s if s == Dataset::SCHEMA_ID => fits::<Dataset>(payload),
+        s if s == Features::SCHEMA_ID => fits::<Features>(payload),
+        s if s == TrainTask::SCHEMA_ID => fits::<TrainTask>(payload),
+        s if s == Model::SCHEMA_ID => fits::<Model>(payload),
+        s if s == Evaluation::SCHEMA_ID => fits::<Evaluation>(payload),
+        s if s == Registration::SCHEMA_ID => fits::<Registration>(payload),
+        s if s == PredictRequest::SCHEMA_ID => fits::<PredictRequest>(payload),
+        s if s == Predictions::SCHEMA_ID => fits::<Predictions>(payload),
+        _ => Ok(false),
+    }
+}
+
 #[cfg(feature = "warren")]
 impl From<warren::artifacts::Stored> for ArtifactRef {
     fn from(s: warren::artifacts::Stored) -> Self {

@@ -92,8 +92,9 @@ fn check<T: DeserializeOwned + Serialize>(params: rmpv::Value) -> Result<rmpv::V
     to_wire_value(&typed)
 }
 
-/// Checks `params` against step `name`'s parameter type; `Ok(None)` for an unknown step.
-fn check_step(name: &str, params: rmpv::Value) -> Result<Option<rmpv::Value>, String> {
+/// Checks `params` against step `name`'s parameter type; `Ok(None)` for an unknown step. The
+/// error names the offending key as serde does (`unknown field `x``, `invalid type … for key`).
+pub fn check_step(name: &str, params: rmpv::Value) -> Result<Option<rmpv::Value>, String> {
     let checked = match name {
         "ingest" => check::<IngestParams>(params).and_then(|v| {
             let p: IngestParams = from_wire_value(&v)?;

@@ -481,3 +481,101 @@ async fn failure_groups_gather_errors_by_shape_and_a_group_replays_alone() {
     assert!(history[1]["actor"].as_str().is_some_and(|a| a.contains('@')), "default actor is user@host");
     t.cleanup().await;
 }
+
+/// Edits are checked before anything moves: an unknown or mistyped parameter, or a payload path
+/// that does not exist or no longer fits the payload's schema, is exit 2 naming the key, and the
+/// dead letter stays where it is. A fitting edit goes out with the original id, marked edited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_edits_are_checked_against_the_step_and_the_payload_before_anything_moves() {
+    use warren_schemas::payloads::{Algorithm, ArtifactRef, Candidate, Features, Task, TrainTask};
+
+    let mut t = TestNs::new("cliedit").await;
+    t.declare_step("train").await;
+    let artifact = ArtifactRef { uri: "file:///x".into(), hash: "sha256:00".into(), bytes: 1 };
+    let task = TrainTask {
+        features: Features {
+            dataset_hash: "sha256:00".into(),
+            train: artifact.clone(),
+            test: artifact,
+            feature_names: vec!["a".into()],
+            target: "y".into(),
+            task: Task::Classification,
+            classes: vec!["0".into(), "1".into()],
+            scaler: None,
+            seed: 1,
+        },
+        candidate: Candidate {
+            algorithm: Algorithm::Logistic,
+            hyperparams: [("max_iterations".to_owned(), 0.0)].into(),
+        },
+        trial: 0,
+        trials: 1,
+        metric: "accuracy".into(),
+    };
+    let env = warren::Envelope {
+        v: 1,
+        job_id: uuid::Uuid::now_v7(),
+        message_id: uuid::Uuid::now_v7(),
+        causation_id: None,
+        pipeline: "edit".into(),
+        slip: vec![Hop::new("train"), Hop::new("select")],
+        schema: "warren.ml.TrainTask/1".into(),
+        payload: task,
+    };
+    let publisher = t.broker.publisher().await.expect("publisher");
+    publisher
+        .publish(&t.names.dead_exchange(), "train", &env.encode().expect("encode"), crate::helpers::props_for_any(&env))
+        .await
+        .expect("dead letter");
+    let (dead, step) = (t.names.dead_queue("train"), t.names.step_queue("train"));
+
+    let refused = [
+        (vec!["--set", "bogus=1"], "bogus"),
+        (vec!["--set", "validation_fraction=lots"], "validation_fraction"),
+        (vec!["--payload-set", "candidate.hyperparams.max_iter=500"], "candidate.hyperparams.max_iter"),
+        (vec!["--payload-set", "trial=first"], "trial"),
+    ];
+    for (args, key) in refused {
+        let mut all = vec!["dlq", "replay", "--step", "train"];
+        all.extend(args.iter());
+        let out = run(&t, &all).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(key) && err.lines().count() == 1, "{args:?} names {key}: {err}");
+        assert_eq!(t.queue_counts(&dead).await.map(|c| c.0), Some(1), "{args:?} moved nothing");
+        assert_eq!(t.queue_counts(&step).await.map(|c| c.0), Some(0), "{args:?} published nothing");
+    }
+
+    let ok = json(
+        &run(
+            &t,
+            &[
+                "dlq",
+                "replay",
+                "--step",
+                "train",
+                "--set",
+                "validation_fraction=0.25",
+                "--payload-set",
+                "candidate.hyperparams.max_iterations=500",
+                "--json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(ok["replayed"], 1);
+    let ch = t.broker.channel().await.expect("channel");
+    let got = ch
+        .basic_get(step.as_str().into(), lapin::options::BasicGetOptions { no_ack: true })
+        .await
+        .expect("get")
+        .expect("the edited message is in the step queue");
+    let edited = warren::Envelope::<TrainTask>::decode(&got.delivery.data).expect("still a TrainTask");
+    assert_eq!(edited.message_id, env.message_id, "it keeps its id");
+    assert_eq!(edited.payload.candidate.hyperparams.get("max_iterations"), Some(&500.0));
+    let mark = crate::helpers::header(&got.delivery.properties, warren::dlq::EDITED).unwrap_or_default();
+    assert!(mark.contains("set validation_fraction=0.25") && mark.contains("max_iterations=500"), "{mark}");
+    let history = json(&run(&t, &["dlq", "history", "--json"]).await);
+    assert_eq!(history[0]["action"], "edit");
+    t.cleanup().await;
+}

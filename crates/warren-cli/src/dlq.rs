@@ -128,9 +128,18 @@ pub enum DlqCommand {
         /// At most this many per second, e.g. `50/s`.
         #[arg(long, value_name = "N/s")]
         rate: Option<String>,
-        /// Set a parameter of the step before replaying, e.g. `--set max_depth=3` (repeatable).
+        /// Set a parameter of the step before replaying, e.g. `--set max_depth=3` (repeatable;
+        /// checked against the step's parameters before anything moves).
         #[arg(long = "set", value_name = "PARAM=VALUE")]
         set: Vec<String>,
+        /// Remove a parameter (back to the step's default) before replaying (repeatable).
+        #[arg(long = "unset", value_name = "PARAM")]
+        unset: Vec<String>,
+        /// Change a payload field by its dotted path before replaying, e.g.
+        /// `--payload-set candidate.hyperparams.max_iterations=500` (repeatable; the field must
+        /// exist, and the result is checked against the payload's schema).
+        #[arg(long = "payload-set", value_name = "PATH=VALUE")]
+        payload_set: Vec<String>,
         /// Follow every replayed message to its fate and say how many succeeded and how many died
         /// again (with the new reasons); exit 1 unless all succeeded. Gives up after SECS (60).
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "60")]
@@ -342,7 +351,7 @@ pub async fn run(config: &Config, cmd: DlqCommand, json: bool) -> Outcome {
             }
             Ok(ExitCode::SUCCESS)
         }
-        DlqCommand::Replay { filters, limit, dry_run, rate, set, wait, audit } => {
+        DlqCommand::Replay { filters, limit, dry_run, rate, set, unset, payload_set, wait, audit } => {
             let rate_per_s = rate
                 .as_deref()
                 .map(|r| {
@@ -351,25 +360,35 @@ pub async fn run(config: &Config, cmd: DlqCommand, json: bool) -> Outcome {
                         .map_err(|_| Fail::usage(format!("--rate {r}: expected N/s such as 50/s")))
                 })
                 .transpose()?;
-            let mut set_params = Vec::new();
-            for s in &set {
-                let (k, v) =
-                    s.split_once('=').ok_or_else(|| Fail::usage(format!("--set {s}: expected PARAM=VALUE")))?;
-                let value: rmpv::Value = v
-                    .parse::<i64>()
-                    .map(Into::into)
-                    .or_else(|_| v.parse::<f64>().map(Into::into))
-                    .or_else(|_| v.parse::<bool>().map(Into::into))
-                    .unwrap_or_else(|_| v.into());
-                set_params.push((k.to_owned(), value));
+            let mut edit = dlq::Edit { unset, ..dlq::Edit::default() };
+            for (flag, list, out) in
+                [("--set", &set, &mut edit.set), ("--payload-set", &payload_set, &mut edit.payload_set)]
+            {
+                for item in list {
+                    let (k, v) = item
+                        .split_once('=')
+                        .filter(|(k, _)| !k.trim().is_empty())
+                        .ok_or_else(|| Fail::usage(format!("{flag} {item}: expected NAME=VALUE")))?;
+                    out.push((
+                        k.trim().to_owned(),
+                        parse_value(v).map_err(|e| Fail::usage(format!("{flag} {k}: {e}")))?,
+                    ));
+                }
             }
             let flt = filter(&filters)?;
-            if !dry_run && audit.reason.is_none() {
-                // Count first: a large replay needs a reason before anything moves.
+            if !edit.is_empty() || (!dry_run && audit.reason.is_none()) {
+                // Count and check first: a large replay needs a reason, and an edit must fit every
+                // letter it touches, before anything moves.
                 let letters = collect(config, &filters).await?;
-                let n = letters.iter().filter(|d| flt.matches(d)).count();
-                tracing::debug!(matching = n, "counted before replaying");
-                audit.check("replaying", limit.map_or(n, |l| n.min(l)))?;
+                let chosen: Vec<&DeadLetter> =
+                    letters.iter().filter(|d| flt.matches(d)).take(limit.unwrap_or(usize::MAX)).collect();
+                tracing::debug!(matching = chosen.len(), "counted before replaying");
+                if !dry_run && audit.reason.is_none() {
+                    audit.check("replaying", chosen.len())?;
+                }
+                for d in &chosen {
+                    check_edit(&edit, d)?;
+                }
             }
             let client = connect(config).await?;
             let names = Names::new(&config.namespace);
@@ -377,7 +396,7 @@ pub async fn run(config: &Config, cmd: DlqCommand, json: bool) -> Outcome {
             let mut remaining = limit;
             let started_ms = warren::envelope::now_ms();
             for step in steps(&filters) {
-                let options = ReplayOptions { limit: remaining, dry_run, rate_per_s, set_params: set_params.clone() };
+                let options = ReplayOptions { limit: remaining, dry_run, rate_per_s, edit: edit.clone() };
                 let r = match dlq::replay(client.broker(), &names, &step, &flt, &options).await {
                     Ok(r) => r,
                     Err(e) => {
@@ -394,7 +413,7 @@ pub async fn run(config: &Config, cmd: DlqCommand, json: bool) -> Outcome {
             }
             if !dry_run && total.replayed > 0 {
                 let action = warren::events::OperatorAction {
-                    action: if set.is_empty() { "replay" } else { "edit" }.into(),
+                    action: if edit.is_empty() { "replay" } else { "edit" }.into(),
                     actor: audit.actor(),
                     reason: audit.reason.clone(),
                     step: filters.step.join(","),
@@ -402,7 +421,7 @@ pub async fn run(config: &Config, cmd: DlqCommand, json: bool) -> Outcome {
                     filter: filters.describe(),
                     count: total.replayed,
                     ids: total.ids.clone(),
-                    changes: set.clone(),
+                    changes: edit.describe(),
                 };
                 record(config, action).await?;
                 tracing::debug!("recorded for dlq history");
@@ -567,4 +586,84 @@ fn groups(letters: &[DeadLetter], json: bool) {
             g.sample.lines().next().unwrap_or("")
         );
     }
+}
+
+/// A value from the command line: JSON when it looks like JSON (`{…}`, `[…]`, `"…"`), else an
+/// integer, a number, `true`/`false`, or the text as it is.
+fn parse_value(v: &str) -> Result<rmpv::Value, String> {
+    let t = v.trim();
+    if t.starts_with('{') || t.starts_with('[') || t.starts_with('"') {
+        let json: serde_json::Value = serde_json::from_str(t).map_err(|e| format!("{t} is not valid JSON: {e}"))?;
+        return warren::envelope::to_msgpack_value(&json).map_err(|e| e.to_string());
+    }
+    Ok(t.parse::<i64>()
+        .map(Into::into)
+        .or_else(|_| t.parse::<f64>().map(Into::into))
+        .or_else(|_| t.parse::<bool>().map(Into::into))
+        .unwrap_or_else(|_| t.into()))
+}
+
+/// An edit must fit the letter: the step's parameters and the payload's schema, where Warren
+/// knows them. Any misfit is bad usage (exit 2) naming the flag and key, and nothing is replayed.
+fn check_edit(edit: &dlq::Edit, d: &DeadLetter) -> Result<(), Fail> {
+    if edit.is_empty() {
+        return Ok(());
+    }
+    let env = edit.apply_value(&d.body).map_err(|e| Fail::usage(format!("cannot edit dead letter {}: {e}", d.id)))?;
+    let step = env.slip.first().map(|h| h.step.clone()).unwrap_or_else(|| d.step.clone());
+    let params_fit = |e: &dlq::Edit| -> Result<bool, String> {
+        let env = e.apply_value(&d.body)?;
+        let params = env.slip.first().map(|h| h.params.clone()).unwrap_or(rmpv::Value::Nil);
+        let params = if params.is_nil() { rmpv::Value::Map(Vec::new()) } else { params };
+        warren_schemas::spec::check_step(&step, params).map(|known| known.is_some())
+    };
+    let payload_fits = |e: &dlq::Edit| -> Result<bool, String> {
+        let env = e.apply_value(&d.body)?;
+        warren_schemas::payloads::check_payload(&env.schema, &env.payload)
+    };
+    // Which change is to blame: the one whose removal makes the rest fit.
+    let culprit = |fits: &dyn Fn(&dlq::Edit) -> Result<bool, String>, error: String| -> Fail {
+        for (i, (k, v)) in edit.set.iter().enumerate() {
+            let mut without = edit.clone();
+            without.set.remove(i);
+            if fits(&without).is_ok() {
+                return Fail::usage(format!("--set {k}={v}: not accepted by step {step}: {error}"));
+            }
+        }
+        for (i, k) in edit.unset.iter().enumerate() {
+            let mut without = edit.clone();
+            without.unset.remove(i);
+            if fits(&without).is_ok() {
+                return Fail::usage(format!("--unset {k}: step {step} needs it: {error}"));
+            }
+        }
+        for (i, (k, v)) in edit.payload_set.iter().enumerate() {
+            let mut without = edit.clone();
+            without.payload_set.remove(i);
+            if fits(&without).is_ok() {
+                return Fail::usage(format!(
+                    "--payload-set {k}={v}: the payload no longer fits {}: {error}",
+                    env.schema
+                ));
+            }
+        }
+        Fail::usage(format!("the edit does not fit dead letter {}: {error}", d.id))
+    };
+    if !(edit.set.is_empty() && edit.unset.is_empty()) {
+        match params_fit(edit) {
+            Ok(true) => {}
+            Ok(false) => eprintln!("warren: note: step {step} has no parameter schema here; --set/--unset not checked"),
+            Err(e) => return Err(culprit(&params_fit, e)),
+        }
+    }
+    if !edit.payload_set.is_empty() {
+        match payload_fits(edit) {
+            Ok(true) => {}
+            Ok(false) => {
+                eprintln!("warren: note: payload schema {} is not known here; --payload-set not checked", env.schema)
+            }
+            Err(e) => return Err(culprit(&payload_fits, e)),
+        }
+    }
+    Ok(())
 }

@@ -43,7 +43,7 @@ enum Command {
     Jobs(jobs::JobsArgs),
     /// Read, count, replay and purge dead letters.
     #[command(subcommand)]
-    Dlq(dlq::DlqCommand),
+    Dlq(Box<dlq::DlqCommand>),
     /// Per step: messages ready and unacked, consumers, dead letters.
     #[command(after_help = "Example:\n  warren queues --json")]
     Queues(queues::QueuesArgs),
@@ -121,7 +121,7 @@ fn main() -> ExitCode {
             Command::Submit(a) => submit::run(&config, a, json).await,
             Command::Status(a) => jobs::status(&config, a, json).await,
             Command::Jobs(a) => jobs::jobs(&config, a, json).await,
-            Command::Dlq(c) => dlq::run(&config, c, json).await,
+            Command::Dlq(c) => dlq::run(&config, *c, json).await,
             Command::Queues(a) => queues::run(&config, a, json).await,
             Command::Topology(c) => topology::run(&config, c, json).await,
             Command::Up(a) => fleet::up(&config, a).await,

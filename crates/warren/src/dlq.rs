@@ -87,8 +87,87 @@ pub struct ReplayOptions {
     pub dry_run: bool,
     /// At most this many messages per second.
     pub rate_per_s: Option<f64>,
-    /// Parameters to set on the step's hop (`slip[0].params`) before replaying.
-    pub set_params: Vec<(String, rmpv::Value)>,
+    /// Changes to make to each message before it goes back (check them first with
+    /// [`Edit::apply`] on every letter: a replay skips a letter the edit does not fit).
+    pub edit: Edit,
+}
+
+/// Header on a replayed message that was changed: what was changed (`set max_depth=3; …`).
+pub const EDITED: &str = "warren-edited";
+
+/// Changes to a dead letter before it is replayed: its step's parameters (`slip[0].params`) and
+/// its payload. The message keeps its id; the replay marks it with [`EDITED`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Edit {
+    /// Parameters to set.
+    pub set: Vec<(String, rmpv::Value)>,
+    /// Parameters to remove (back to the step's default).
+    pub unset: Vec<String>,
+    /// Payload fields to change, by dotted path (`candidate.hyperparams.max_iterations`). The
+    /// field must exist: a typo is an error, not a new field nobody reads.
+    pub payload_set: Vec<(String, rmpv::Value)>,
+}
+
+impl Edit {
+    /// Whether the edit changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.unset.is_empty() && self.payload_set.is_empty()
+    }
+
+    /// The changes as people read them: `set a=1`, `unset b`, `payload x.y=2`.
+    pub fn describe(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.set.iter().map(|(k, v)| format!("set {k}={v}")).collect();
+        out.extend(self.unset.iter().map(|k| format!("unset {k}")));
+        out.extend(self.payload_set.iter().map(|(k, v)| format!("payload {k}={v}")));
+        out
+    }
+
+    /// The edited envelope of `body`. Fails, naming the key, on a body that is not an envelope or
+    /// a payload path that does not exist.
+    pub fn apply_value(&self, body: &[u8]) -> Result<crate::Envelope<rmpv::Value>, String> {
+        let mut env = crate::Envelope::<rmpv::Value>::decode(body)
+            .map_err(|e| format!("cannot edit a message that is not a Warren envelope: {e}"))?;
+        if let Some(hop) = env.slip.first_mut() {
+            let mut map = match std::mem::replace(&mut hop.params, rmpv::Value::Nil) {
+                rmpv::Value::Map(m) => m,
+                rmpv::Value::Nil => Vec::new(),
+                other => return Err(format!("the step's parameters are not a map: {other}")),
+            };
+            for k in &self.unset {
+                map.retain(|(key, _)| key.as_str() != Some(k.as_str()));
+            }
+            for (k, v) in &self.set {
+                map.retain(|(key, _)| key.as_str() != Some(k.as_str()));
+                map.push((rmpv::Value::from(k.as_str()), v.clone()));
+            }
+            hop.params = if map.is_empty() { rmpv::Value::Nil } else { rmpv::Value::Map(map) };
+        }
+        for (path, value) in &self.payload_set {
+            let mut at = &mut env.payload;
+            let keys: Vec<&str> = path.split('.').collect();
+            for (i, key) in keys.iter().enumerate() {
+                let rmpv::Value::Map(fields) = at else {
+                    return Err(format!("payload field `{}` is not a map", keys[..i].join(".")));
+                };
+                let known: Vec<String> = fields.iter().filter_map(|(k, _)| k.as_str().map(str::to_owned)).collect();
+                let Some(slot) = fields.iter_mut().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v) else {
+                    return Err(format!(
+                        "the payload has no `{}` (there: {})",
+                        keys[..=i].join("."),
+                        if known.is_empty() { "nothing".to_owned() } else { known.join(", ") }
+                    ));
+                };
+                at = slot;
+            }
+            *at = value.clone();
+        }
+        Ok(env)
+    }
+
+    /// The edited body (see [`Edit::apply_value`]).
+    pub fn apply(&self, body: &[u8]) -> Result<Vec<u8>, String> {
+        self.apply_value(body)?.encode().map_err(|e| format!("cannot encode the edited message: {e}"))
+    }
 }
 
 impl Filter {
@@ -424,12 +503,22 @@ pub async fn replay(
             if let Some(p) = pause {
                 tokio::time::sleep(p).await;
             }
-            let body =
-                if options.set_params.is_empty() { d.body.clone() } else { patch_params(&d.body, &options.set_params) };
-            let props = envelope::with_headers(
-                &replay_properties(&d, &names.dead_queue(&d.step)),
-                vec![(REPLAY_RUN, envelope::text(run.as_str()))],
-            );
+            let mut marks = vec![(REPLAY_RUN, envelope::text(run.as_str()))];
+            let body = if options.edit.is_empty() {
+                d.body.clone()
+            } else {
+                match options.edit.apply(&d.body) {
+                    Ok(b) => {
+                        marks.push((EDITED, envelope::text(options.edit.describe().join("; "))));
+                        b
+                    }
+                    Err(e) => {
+                        tracing::warn!(id = %d.id, error = %e, "the edit does not fit this dead letter; left in place");
+                        return Ok(false);
+                    }
+                }
+            };
+            let props = envelope::with_headers(&replay_properties(&d, &names.dead_queue(&d.step)), marks);
             publisher.publish(exchange, &d.step, &body, props).await?;
             Ok(true)
         }
@@ -437,23 +526,6 @@ pub async fn replay(
     .await?;
     let _ = publisher.channel().close(200, "done".into()).await;
     Ok(report)
-}
-
-/// Sets parameters on the envelope's current hop; a body that is not an envelope stays as it is.
-fn patch_params(body: &[u8], set: &[(String, rmpv::Value)]) -> Vec<u8> {
-    let Ok(mut env) = crate::Envelope::<rmpv::Value>::decode(body) else { return body.to_vec() };
-    if let Some(hop) = env.slip.first_mut() {
-        let mut map = match std::mem::replace(&mut hop.params, rmpv::Value::Nil) {
-            rmpv::Value::Map(m) => m,
-            _ => Vec::new(),
-        };
-        for (k, v) in set {
-            map.retain(|(key, _)| key.as_str() != Some(k.as_str()));
-            map.push((rmpv::Value::from(k.as_str()), v.clone()));
-        }
-        hop.params = rmpv::Value::Map(map);
-    }
-    env.encode().unwrap_or_else(|_| body.to_vec())
 }
 
 /// Removes the dead letters of `step` that match `filter`; returns how many.
@@ -484,6 +556,7 @@ fn replay_properties(d: &DeadLetter, from_queue: &str) -> BasicProperties {
                 headers::REPLAYED,
                 headers::DELIVERY_COUNT,
                 REPLAY_RUN,
+                EDITED,
                 "x-death",
                 "x-first-death-exchange",
                 "x-first-death-queue",
@@ -577,6 +650,66 @@ mod tests {
         assert_eq!(d.failed_at_ms, 1_700_000_000_000);
         assert_eq!(d.kind, "broker");
         assert!(Filter { since_ms: Some(1_600_000_000_000), ..Default::default() }.matches(&d));
+    }
+
+    #[test]
+    fn edits_change_params_and_existing_payload_fields_only() {
+        #[derive(serde::Serialize)]
+        struct Cand {
+            hyperparams: std::collections::BTreeMap<String, f64>,
+        }
+        #[derive(serde::Serialize)]
+        struct Task {
+            candidate: Cand,
+            trial: u32,
+        }
+        let payload = crate::envelope::to_msgpack_value(&Task {
+            candidate: Cand { hyperparams: [("max_iterations".to_owned(), 5.0)].into() },
+            trial: 2,
+        })
+        .unwrap();
+        let env = crate::Envelope {
+            v: 1,
+            job_id: uuid::Uuid::now_v7(),
+            message_id: uuid::Uuid::now_v7(),
+            causation_id: None,
+            pipeline: "p".into(),
+            slip: vec![
+                crate::Hop::with_params(
+                    "train",
+                    &[("validation_fraction", 0.2), ("old", 1.0)]
+                        .into_iter()
+                        .collect::<std::collections::BTreeMap<_, _>>(),
+                )
+                .unwrap(),
+            ],
+            schema: "warren.ml.TrainTask/1".into(),
+            payload,
+        };
+        let body = env.encode().unwrap();
+        let edit = Edit {
+            set: vec![("validation_fraction".into(), 0.3.into())],
+            unset: vec!["old".into()],
+            payload_set: vec![("candidate.hyperparams.max_iterations".into(), 500.into())],
+        };
+        let out = edit.apply_value(&body).unwrap();
+        assert_eq!(out.message_id, env.message_id, "the edited message keeps its id");
+        let params = out.slip[0].params.as_map().unwrap();
+        assert_eq!(params.len(), 1);
+        assert_eq!(params[0].1, rmpv::Value::from(0.3));
+        let text = out.payload.to_string();
+        assert!(text.contains("500"), "{text}");
+        assert_eq!(
+            edit.describe(),
+            vec!["set validation_fraction=0.3", "unset old", "payload candidate.hyperparams.max_iterations=500"]
+        );
+
+        let typo = Edit { payload_set: vec![("candidate.hyperparams.max_iter".into(), 1.into())], ..Edit::default() };
+        let err = typo.apply_value(&body).unwrap_err();
+        assert!(err.contains("`candidate.hyperparams.max_iter`") && err.contains("max_iterations"), "{err}");
+        let deep = Edit { payload_set: vec![("trial.x".into(), 1.into())], ..Edit::default() };
+        assert!(deep.apply_value(&body).unwrap_err().contains("`trial` is not a map"));
+        assert!(Edit::default().apply_value(b"junk").unwrap_err().contains("not a Warren envelope"));
     }
 
     #[test]
