@@ -326,3 +326,74 @@ async fn the_promotion_gate_refuses_a_model_below_its_minimum_and_says_why() {
     fleet.stop().await;
     t.cleanup().await;
 }
+
+/// The two edit examples of docs/OPERATIONS.md, run with the real `warren` command: a step
+/// parameter (`--set test_fraction=0.3` at features) and a trial's hyperparameter
+/// (`--payload-set candidate.hyperparams.alpha=0.1` at train) each turn a dead job into a
+/// finished one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_edits_turn_dead_jobs_into_finished_ones() {
+    let mut t = TestNs::new("mledit").await;
+    let mut events = t.events().await;
+    let fleet = Fleet::start(&mut t, 1).await;
+    let docs = std::fs::read_to_string(repo().join("docs/OPERATIONS.md")).expect("OPERATIONS.md");
+    let documented = |needle: &str| {
+        let line = docs.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("OPERATIONS.md shows {needle}"));
+        line.split('#').next().unwrap_or_default().split_whitespace().skip(1).map(str::to_owned).collect::<Vec<_>>()
+    };
+    let warren = |args: Vec<String>| {
+        let ns = t.ns.clone();
+        async move {
+            tokio::process::Command::new(warren_bin())
+                .args(&args)
+                .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
+                .env("WARREN_NAMESPACE", ns)
+                .env_remove("RUST_LOG")
+                .output()
+                .await
+                .expect("run warren")
+        }
+    };
+
+    // A parameter: features refuses a test fraction of 1.5; the documented --set fixes it.
+    let mut bad_fraction = spec("iris.toml");
+    bad_fraction.set("features.test_fraction", "1.5").expect("set");
+    let first = t.client.submit(&bad_fraction.job()).await.expect("submit");
+    let dead = events
+        .wait("features dead-letters it", Duration::from_secs(60), |e| e.job_id == first && e.kind == EventKind::Dead)
+        .await;
+    assert_eq!(&*dead.step, "features");
+    let mut args = documented("--set test_fraction=0.3");
+    args.extend(["--wait".to_owned(), "60".to_owned()]);
+    let out = warren(args).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("1 succeeded, 0 dead again"), "{text}");
+    wait_done(&mut events, first, Duration::from_secs(120)).await;
+
+    // A trial's hyperparameter: a one-trial grid with a negative alpha dies at train; the
+    // documented --payload-set fixes the trial and select, which waits for every trial, goes on.
+    let mut bad_alpha = spec("iris.toml");
+    bad_alpha.set("tune.search", r#"[{ algorithm = "logistic", grid = { alpha = [-1.0] } }]"#).expect("set the grid");
+    let second = t.client.submit(&bad_alpha.job()).await.expect("submit");
+    let dead = events
+        .wait("train dead-letters the trial", Duration::from_secs(60), |e| {
+            e.job_id == second && e.kind == EventKind::Dead
+        })
+        .await;
+    assert_eq!(&*dead.step, "train");
+    assert!(dead.error.as_deref().unwrap_or_default().contains("alpha"), "{dead:?}");
+    let mut args = documented("--payload-set candidate.hyperparams.alpha=0.1");
+    args.extend(["--wait".to_owned(), "60".to_owned()]);
+    let out = warren(args).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    wait_done(&mut events, second, Duration::from_secs(120)).await;
+
+    let history = warren(vec!["dlq".into(), "history".into(), "--json".into()]).await;
+    let history: serde_json::Value = serde_json::from_slice(&history.stdout).expect("history json");
+    assert_eq!(history.as_array().map(Vec::len), Some(2));
+    assert!(history.as_array().expect("rows").iter().all(|a| a["action"] == "edit"));
+    fleet.stop().await;
+    t.cleanup().await;
+}

@@ -394,7 +394,10 @@ pub async fn run(config: &Config, cmd: DlqCommand, json: bool) -> Outcome {
             let names = Names::new(&config.namespace);
             let mut total = dlq::ReplayReport::default();
             let mut remaining = limit;
-            let started_ms = warren::envelope::now_ms();
+            let follower = match wait.filter(|_| !dry_run) {
+                Some(_) => Some(dlq::Follower::start(client.broker(), &names).await?),
+                None => None,
+            };
             for step in steps(&filters) {
                 let options = ReplayOptions { limit: remaining, dry_run, rate_per_s, edit: edit.clone() };
                 let r = match dlq::replay(client.broker(), &names, &step, &flt, &options).await {
@@ -426,11 +429,8 @@ pub async fn run(config: &Config, cmd: DlqCommand, json: bool) -> Outcome {
                 record(config, action).await?;
                 tracing::debug!("recorded for dlq history");
             }
-            let fates = match wait.filter(|_| !dry_run) {
-                Some(secs) => Some(
-                    dlq::follow(client.broker(), &names, &total.messages, started_ms, Duration::from_secs(secs))
-                        .await?,
-                ),
+            let fates = match follower {
+                Some(f) => Some(f.wait(&total.messages, Duration::from_secs(wait.unwrap_or(60))).await),
                 None => None,
             };
             client.broker().close().await;

@@ -192,7 +192,7 @@ pub struct ReplayReport {
     /// The ids of the dead letters sent back (see [`DeadLetter::id`]).
     pub ids: Vec<String>,
     /// Step and envelope message id of each replayed letter whose body names one: what
-    /// [`follow`] waits for.
+    /// [`Follower::wait`] waits for.
     pub messages: Vec<(String, uuid::Uuid)>,
 }
 
@@ -207,43 +207,48 @@ pub struct Fates {
     pub pending: usize,
 }
 
-/// Follows replayed `messages` (step, message id) in the events stream from `since_ms` until
-/// each succeeded or died again, or `deadline` passes.
-pub async fn follow(
-    broker: &Broker,
-    names: &Names,
-    messages: &[(String, uuid::Uuid)],
-    since_ms: u64,
-    deadline: std::time::Duration,
-) -> Result<Fates, crate::TopologyError> {
-    use crate::events::{From, subscribe_from};
-    let mut open: std::collections::HashMap<uuid::Uuid, &str> =
-        messages.iter().map(|(step, id)| (*id, step.as_str())).collect();
-    let mut fates = Fates::default();
-    if open.is_empty() {
-        return Ok(fates);
+/// Follows replayed messages to their fate in the events stream. Start it before the replay:
+/// it reads from the stream's tail as it is then, so it sees exactly what happens afterwards
+/// (no clock comparisons, and an earlier death of the same message is never mistaken for a new one).
+#[derive(Debug)]
+pub struct Follower {
+    rx: tokio::sync::mpsc::UnboundedReceiver<crate::JobEvent>,
+}
+
+impl Follower {
+    /// Attaches to the end of `{ns}.events`.
+    pub async fn start(broker: &Broker, names: &Names) -> Result<Self, crate::TopologyError> {
+        let rx = crate::events::subscribe_from(broker, names, crate::events::From::Next).await?;
+        Ok(Self { rx })
     }
-    let mut rx = subscribe_from(broker, names, From::Time(since_ms.saturating_sub(1_000))).await?;
-    let end = tokio::time::Instant::now() + deadline;
-    while !open.is_empty() {
-        let Ok(Some(event)) = tokio::time::timeout_at(end, rx.recv()).await else { break };
-        if event.at_ms + 1_000 < since_ms || open.get(&event.message_id).is_none_or(|s| *s != &*event.step) {
-            continue;
-        }
-        match event.kind {
-            crate::EventKind::Succeeded => {
-                open.remove(&event.message_id);
-                fates.succeeded += 1;
+
+    /// Waits until each of `messages` (step, message id) succeeded or died again at its step,
+    /// or `deadline` passes.
+    pub async fn wait(mut self, messages: &[(String, uuid::Uuid)], deadline: std::time::Duration) -> Fates {
+        let mut open: std::collections::HashMap<uuid::Uuid, &str> =
+            messages.iter().map(|(step, id)| (*id, step.as_str())).collect();
+        let mut fates = Fates::default();
+        let end = tokio::time::Instant::now() + deadline;
+        while !open.is_empty() {
+            let Ok(Some(event)) = tokio::time::timeout_at(end, self.rx.recv()).await else { break };
+            if open.get(&event.message_id).is_none_or(|s| *s != &*event.step) {
+                continue;
             }
-            crate::EventKind::Dead => {
-                open.remove(&event.message_id);
-                fates.dead_again.push((event.message_id, event.error.unwrap_or_default()));
+            match event.kind {
+                crate::EventKind::Succeeded => {
+                    open.remove(&event.message_id);
+                    fates.succeeded += 1;
+                }
+                crate::EventKind::Dead => {
+                    open.remove(&event.message_id);
+                    fates.dead_again.push((event.message_id, event.error.unwrap_or_default()));
+                }
+                _ => {}
             }
-            _ => {}
         }
+        fates.pending = open.len();
+        fates
     }
-    fates.pending = open.len();
-    Ok(fates)
 }
 
 /// A dead letter's step queue does not exist: the step was never declared in this namespace.
