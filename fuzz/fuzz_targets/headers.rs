@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = warren::envelope::header_str(&props, headers::JOB);
     let _ = warren::envelope::header_int(&props, headers::ATTEMPT);
     let limits = Limits { max_attempts, delivery_limit: 5 };
-    let body = Body::Decoded { step: "a", duplicate: false };
+    let body = Body::Decoded { step: "a", duplicate: false, cancelled: false };
     let _ = decide("a", facts, body, limits, Stage::Received);
     let _ = warren::envelope::with_headers(&props, vec![(headers::ERROR, warren::envelope::text("x"))]);
 });

@@ -397,3 +397,75 @@ async fn the_documented_edits_turn_dead_jobs_into_finished_ones() {
     fleet.stop().await;
     t.cleanup().await;
 }
+
+/// `warren cancel` stops a running 16-trial tune job: workers ack its trials without running
+/// them, nothing of it is left in any queue, the job never registers, its state is `cancelled`,
+/// and the cancel is in `warren dlq history` with actor and reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_running_tune_job_and_leaves_nothing_queued() {
+    let mut t = TestNs::new("mlcancel").await;
+    let mut events = t.events().await;
+    let fleet = Fleet::start(&mut t, 1).await;
+    let mut spec = spec("wine-quality.toml");
+    let alphas: Vec<String> = (0..16).map(|i| format!("{:.4}", 0.001 * 1.6f64.powi(i))).collect();
+    let grid = format!(
+        r#"[{{ algorithm = "logistic", grid = {{ alpha = [{}], max_iterations = [300] }} }}]"#,
+        alphas.join(", ")
+    );
+    spec.set("tune.search", &grid).expect("16 trials");
+    spec.set("tune.budget", "16").ok();
+    let job = t.client.submit(&spec.job()).await.expect("submit");
+    events
+        .wait("the first trial to start", Duration::from_secs(120), |e| {
+            e.job_id == job && &*e.step == "train" && e.started_at_ms().is_some()
+        })
+        .await;
+    let out = tokio::process::Command::new(warren_bin())
+        .args(["cancel", &job.to_string(), "--reason", "wrong data set", "--actor", "bob"])
+        .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
+        .env("WARREN_NAMESPACE", &t.ns)
+        .output()
+        .await
+        .expect("warren cancel");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    events
+        .wait("a trial dropped as cancelled", Duration::from_secs(60), |e| {
+            e.job_id == job && e.kind == EventKind::Cancelled
+        })
+        .await;
+    for step in ML_STEPS {
+        let queue = t.names.step_queue(step);
+        crate::helpers::wait_for(&format!("{queue} empty"), Duration::from_secs(60), || async {
+            t.queue_counts(&queue).await.filter(|(ready, _)| *ready == 0)
+        })
+        .await;
+    }
+    let trained =
+        events.seen.iter().filter(|e| e.job_id == job && &*e.step == "train" && e.kind == EventKind::Succeeded).count();
+    let dropped = events.seen.iter().filter(|e| e.job_id == job && e.kind == EventKind::Cancelled).count();
+    assert!(trained < 16, "the cancel stopped the trials ({trained} trained, {dropped} dropped)");
+    assert!(!events.seen.iter().any(|e| e.job_id == job && &*e.step == "register"), "the job never reached register");
+    let status = tokio::process::Command::new(warren_bin())
+        .args(["--json", "status", &job.to_string()])
+        .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
+        .env("WARREN_NAMESPACE", &t.ns)
+        .output()
+        .await
+        .expect("warren status");
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    assert_eq!(status["state"], "cancelled");
+    let history = tokio::process::Command::new(warren_bin())
+        .args(["--json", "dlq", "history"])
+        .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
+        .env("WARREN_NAMESPACE", &t.ns)
+        .output()
+        .await
+        .expect("warren dlq history");
+    let history: serde_json::Value = serde_json::from_slice(&history.stdout).expect("history json");
+    assert_eq!(history[0]["action"], "cancel");
+    assert_eq!(history[0]["actor"], "bob");
+    assert_eq!(history[0]["reason"], "wrong data set");
+    fleet.stop().await;
+    t.cleanup().await;
+}

@@ -93,6 +93,43 @@ async fn record(config: &Config, action: warren::events::OperatorAction) -> Resu
     Ok(())
 }
 
+/// `warren cancel`.
+#[derive(Debug, clap::Args)]
+pub struct CancelArgs {
+    /// The job id.
+    job: String,
+    #[command(flatten)]
+    audit: Audit,
+}
+
+/// `warren cancel JOB`: a control record every worker follows, and an operator event.
+pub async fn cancel(config: &Config, args: CancelArgs, json: bool) -> Outcome {
+    let job: uuid::Uuid =
+        args.job.parse().map_err(|_| Fail::usage(format!("`{}` is not a job id (a UUID)", args.job)))?;
+    let client = connect(config).await?;
+    let names = Names::new(&config.namespace);
+    let actor = args.audit.actor();
+    warren::control::cancel(client.broker(), &names, job, &actor, args.audit.reason.as_deref()).await?;
+    client.broker().close().await;
+    let action = warren::events::OperatorAction {
+        action: "cancel".into(),
+        actor,
+        reason: args.audit.reason.clone(),
+        job: Some(job),
+        filter: format!("job {job}"),
+        count: 1,
+        ids: vec![job.to_string()],
+        ..Default::default()
+    };
+    record(config, action).await?;
+    if json {
+        println!("{}", serde_json::json!({ "cancelled": job.to_string() }));
+    } else {
+        println!("cancelled job {job}: workers drop its queued and arriving messages (`warren status {job}`)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `warren dlq` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum DlqCommand {

@@ -38,8 +38,14 @@ pub async fn read_all(config: &Config, from: warren::events::From) -> Result<Vec
 }
 
 fn state(events: &[&JobEvent]) -> &'static str {
+    let cancelled = |e: &JobEvent| {
+        e.kind == EventKind::Cancelled
+            || warren::events::OperatorAction::from_event(e).is_some_and(|a| a.action == "cancel")
+    };
     if events.iter().any(|e| e.kind == EventKind::Succeeded && e.last_step) {
         "done"
+    } else if events.iter().any(|e| cancelled(e)) {
+        "cancelled"
     } else if events.iter().any(|e| e.kind == EventKind::Dead) {
         "dead"
     } else {

@@ -44,6 +44,11 @@ enum Command {
     /// Read, count, replay and purge dead letters.
     #[command(subcommand)]
     Dlq(Box<dlq::DlqCommand>),
+    /// Cancel a job: every worker acks its queued and arriving messages without running them.
+    #[command(
+        after_help = "Example:\n  warren cancel 01a21207-8239-7163-bbdd-cbddd44a96d3 --reason \"wrong data set\""
+    )]
+    Cancel(dlq::CancelArgs),
     /// Per step: messages ready and unacked, consumers, dead letters.
     #[command(after_help = "Example:\n  warren queues --json")]
     Queues(queues::QueuesArgs),
@@ -122,6 +127,7 @@ fn main() -> ExitCode {
             Command::Status(a) => jobs::status(&config, a, json).await,
             Command::Jobs(a) => jobs::jobs(&config, a, json).await,
             Command::Dlq(c) => dlq::run(&config, *c, json).await,
+            Command::Cancel(a) => dlq::cancel(&config, a, json).await,
             Command::Queues(a) => queues::run(&config, a, json).await,
             Command::Topology(c) => topology::run(&config, c, json).await,
             Command::Up(a) => fleet::up(&config, a).await,

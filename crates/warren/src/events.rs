@@ -39,6 +39,8 @@ pub enum EventKind {
     Dead,
     /// A step reports something about the job (a metric, a refused promotion, a cache hit).
     Report,
+    /// The job was cancelled: a worker dropped this message of it (acked, not run).
+    Cancelled,
     /// A person or a tool acted on dead letters or jobs (replay, purge, edit, cancel, rerun):
     /// `worker` is the actor, `detail` an [`OperatorAction`].
     Operator,
@@ -53,6 +55,7 @@ impl EventKind {
             EventKind::Retrying => "retrying",
             EventKind::Dead => "dead",
             EventKind::Report => "report",
+            EventKind::Cancelled => "cancelled",
             EventKind::Operator => "operator",
         }
     }

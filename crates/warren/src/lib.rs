@@ -33,6 +33,7 @@ pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod dlq;
 pub mod envelope;
 pub mod error;

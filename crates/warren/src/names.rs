@@ -39,4 +39,8 @@ impl Names {
     pub fn events(&self) -> String {
         format!("{}.events", self.ns)
     }
+    /// `{ns}.control`: stream queue of control records (job cancellations) every worker follows.
+    pub fn control(&self) -> String {
+        format!("{}.control", self.ns)
+    }
 }

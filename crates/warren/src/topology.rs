@@ -7,6 +7,7 @@
 //! | dead letters | `{ns}.dead` / `{ns}.dead.{step}` | direct / quorum |
 //! | retry delays | `{ns}.retry.{step}.{ms}` | classic, TTL, dead-letters to `{ns}.steps` |
 //! | job events | `{ns}.events` | topic exchange + stream queue |
+//! | control (cancellations) | `{ns}.control` | stream queue, published to by name |
 //!
 //! Declaring with the same settings twice is a no-op. A queue that exists with other arguments
 //! is a [`TopologyError::Conflict`] naming the queue and the argument.
@@ -152,8 +153,10 @@ impl<'a> Declarer<'a> {
         args.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
         args.insert("x-max-age".into(), AMQPValue::LongString("7D".into()));
         args.insert("x-stream-max-segment-size-bytes".into(), int(16 * 1024 * 1024));
-        self.queue(&n.events(), args).await?;
-        self.bind(&n.events(), &n.events(), "#").await
+        self.queue(&n.events(), args.clone()).await?;
+        self.bind(&n.events(), &n.events(), "#").await?;
+        // Control records: few, read by every worker from the first on, kept a week.
+        self.queue(&n.control(), args).await
     }
 
     /// Declares a step: its queue (quorum, delivery limit, dead-letter exchange, consumer timeout),
@@ -193,7 +196,7 @@ impl<'a> Declarer<'a> {
     pub async fn delete(&mut self, steps: &[&str]) -> Result<(), TopologyError> {
         let n = self.names;
         let ch = self.channel().await?;
-        let mut queues: Vec<String> = vec![n.events()];
+        let mut queues: Vec<String> = vec![n.events(), n.control()];
         for s in steps {
             queues.push(n.step_queue(s));
             queues.push(n.dead_queue(s));

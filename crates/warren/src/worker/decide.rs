@@ -70,6 +70,8 @@ pub enum Body<'a> {
         step: &'a str,
         /// Whether this worker completed the same message id recently.
         duplicate: bool,
+        /// Whether its job was cancelled.
+        cancelled: bool,
     },
     /// It did not decode.
     Undecodable(&'a DecodeError),
@@ -95,6 +97,8 @@ pub enum Stage<'a> {
 pub enum Decision {
     /// Ack it and do nothing else (a duplicate of a completed message).
     Drop,
+    /// Ack it without running it: its job was cancelled.
+    Cancel,
     /// Run the handler, then ask again.
     Run,
     /// Publish the outputs, wait for their confirms, then ack.
@@ -123,6 +127,7 @@ pub fn decide(queue_step: &str, facts: DeliveryFacts, body: Body<'_>, limits: Li
                 dead(DeadKind::Misrouted, format!("message is addressed to step {step:?}, not {queue_step:?}"))
             }
             Body::Decoded { duplicate: true, .. } => Decision::Drop,
+            Body::Decoded { cancelled: true, .. } => Decision::Cancel,
             Body::Decoded { .. } if facts.crashes >= limits.delivery_limit => dead(
                 DeadKind::Crash,
                 format!(
@@ -153,7 +158,7 @@ mod tests {
     use super::*;
 
     const LIMITS: Limits = Limits { max_attempts: 3, delivery_limit: 5 };
-    const OK: Body<'static> = Body::Decoded { step: "a", duplicate: false };
+    const OK: Body<'static> = Body::Decoded { step: "a", duplicate: false, cancelled: false };
 
     fn props(h: &[(&str, AMQPValue)]) -> BasicProperties {
         let mut t = FieldTable::default();
@@ -219,7 +224,7 @@ mod tests {
             decide("a", first(), Body::Undecodable(&e), LIMITS, Stage::Received),
             Decision::DeadLetter { kind: DeadKind::Poison, reason } if reason.contains("nope")
         ));
-        let other = Body::Decoded { step: "b", duplicate: false };
+        let other = Body::Decoded { step: "b", duplicate: false, cancelled: false };
         assert!(matches!(
             decide("a", first(), other, LIMITS, Stage::Received),
             Decision::DeadLetter { kind: DeadKind::Misrouted, .. }
@@ -228,9 +233,21 @@ mod tests {
 
     #[test]
     fn a_duplicate_is_dropped_even_when_redelivered_often() {
-        let dup = Body::Decoded { step: "a", duplicate: true };
+        let dup = Body::Decoded { step: "a", duplicate: true, cancelled: false };
         let facts = DeliveryFacts { attempt: 1, crashes: 50 };
         assert_eq!(decide("a", facts, dup, LIMITS, Stage::Received), Decision::Drop);
+    }
+
+    #[test]
+    fn a_cancelled_jobs_message_is_not_run_even_at_its_crash_limit() {
+        let cancelled = Body::Decoded { step: "a", duplicate: false, cancelled: true };
+        let facts = DeliveryFacts { attempt: 1, crashes: 50 };
+        assert_eq!(decide("a", facts, cancelled, LIMITS, Stage::Received), Decision::Cancel);
+        let elsewhere = Body::Decoded { step: "b", duplicate: false, cancelled: true };
+        assert!(matches!(
+            decide("a", first(), elsewhere, LIMITS, Stage::Received),
+            Decision::DeadLetter { kind: DeadKind::Misrouted, .. }
+        ));
     }
 
     #[test]

@@ -71,7 +71,8 @@ impl<H> Shared<H> {
             }
         };
         let duplicate = self.dedup.lock().map(|d| d.contains(&env.message_id)).unwrap_or(false);
-        let body = Body::Decoded { step: env.step(), duplicate };
+        let cancelled = self.cancelled.contains(&env.job_id);
+        let body = Body::Decoded { step: env.step(), duplicate, cancelled };
         let ids = Ids { job_id: env.job_id, message_id: env.message_id, pipeline: env.pipeline.as_str().into() };
         if facts.crashes > 0 {
             tracing::warn!(step = %w.step, job = %ids.job_id, message = %ids.message_id, crashes = facts.crashes,
@@ -168,6 +169,23 @@ impl<H> Shared<H> {
                     tracing::debug!(step = %w.step, message = %ids.message_id, "duplicate of a completed message; dropped");
                     self.metrics.duplicate.increment(1);
                     let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                    return;
+                }
+                Decision::Cancel => {
+                    if delivery.acker.ack(BasicAckOptions::default()).await.is_ok() {
+                        tracing::info!(step = %w.step, job = %ids.job_id, message = %ids.message_id,
+                            "job cancelled; message dropped");
+                        self.metrics.cancelled.increment(1);
+                        session.events.emit(JobEvent::new(
+                            EventKind::Cancelled,
+                            ids.job_id,
+                            ids.message_id,
+                            ids.pipeline.clone(),
+                            w.step_name.clone(),
+                            w.worker_id.clone(),
+                            facts.attempt,
+                        ));
+                    }
                     return;
                 }
                 Decision::Run | Decision::Retry { .. } => {
@@ -448,7 +466,7 @@ impl<H> Shared<H> {
 
 /// A decoded body addressed to this step: what the decisions after the handler ran assume.
 fn body_ok() -> Body<'static> {
-    Body::Decoded { step: "", duplicate: false }
+    Body::Decoded { step: "", duplicate: false, cancelled: false }
 }
 
 enum HandOffError {

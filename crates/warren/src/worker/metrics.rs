@@ -8,6 +8,7 @@ pub(super) struct Metrics {
     pub(super) succeeded: metrics::Counter,
     pub(super) retried: metrics::Counter,
     pub(super) duplicate: metrics::Counter,
+    pub(super) cancelled: metrics::Counter,
     /// Publishes sent again after a nack or a lost confirm (broker trouble, not the message's).
     pub(super) republished: metrics::Counter,
     dead: metrics::Counter,
@@ -24,6 +25,7 @@ impl Metrics {
             succeeded: outcome("succeeded"),
             retried: outcome("retried"),
             duplicate: outcome("duplicate"),
+            cancelled: outcome("cancelled"),
             republished: metrics::counter!("warren_republished_total", "step" => s.clone()),
             dead: outcome("dead"),
             handler_seconds: metrics::histogram!("warren_handler_seconds", "step" => s.clone()),

@@ -229,6 +229,7 @@ impl Worker {
             semaphore: Arc::new(Semaphore::new(self.config.concurrency)),
             metrics: Metrics::new(&self.step),
             consumed: AtomicBool::new(false),
+            cancelled: crate::control::Cancellations::default(),
             worker: self,
             handler,
         });
@@ -281,6 +282,8 @@ struct Shared<H> {
     metrics: Metrics,
     /// Set by a session that got as far as consuming: the reconnect backoff starts again.
     consumed: AtomicBool,
+    /// Jobs cancelled in this namespace, followed from `{ns}.control`.
+    cancelled: crate::control::Cancellations,
 }
 
 #[derive(Clone)]
@@ -315,6 +318,15 @@ impl Session {
             q.insert(name.clone());
         }
         Ok(name)
+    }
+}
+
+/// Aborts a task when dropped (a session's helper tasks end with the session).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -371,6 +383,8 @@ impl<H> Shared<H> {
         let mut declarer = Declarer::new(&broker, &w.names);
         declarer.base().await?;
         declarer.step(&w.topology).await?;
+        // Ends with the connection; aborted when the session ends.
+        let control = AbortOnDrop(self.cancelled.follow(&broker, &w.names).await?);
 
         let consume_channel = broker.channel().await?;
         let prefetch = w.config.effective_prefetch();
@@ -463,6 +477,7 @@ impl<H> Shared<H> {
                 "shutdown grace period over; unfinished messages stay unacked for the broker to redeliver"),
         }
         drop(session);
+        drop(control);
         if let Some(task) = events_task {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
