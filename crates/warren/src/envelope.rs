@@ -54,15 +54,15 @@ impl Payload for rmpv::Value {
 /// Converts a serde value to a MessagePack value exactly as it goes on the wire (named fields,
 /// enum variants as strings), unlike `rmpv::ext::to_value`.
 pub fn to_msgpack_value<T: Serialize + ?Sized>(value: &T) -> Result<rmpv::Value, DecodeError> {
-    let bytes = rmp_serde::to_vec_named(value).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    rmpv::decode::read_value(&mut bytes.as_slice()).map_err(|e| DecodeError::Malformed(e.to_string()))
+    let bytes = rmp_serde::to_vec_named(value).map_err(|e| DecodeError::Value(e.to_string()))?;
+    rmpv::decode::read_value(&mut bytes.as_slice()).map_err(|e| DecodeError::Value(e.to_string()))
 }
 
 /// Decodes a MessagePack value into a serde type as the wire decoder would.
 pub fn from_msgpack_value<T: DeserializeOwned>(value: &rmpv::Value) -> Result<T, DecodeError> {
     let mut bytes = Vec::new();
-    rmpv::encode::write_value(&mut bytes, value).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    rmp_serde::from_slice(&bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
+    rmpv::encode::write_value(&mut bytes, value).map_err(|e| DecodeError::Value(e.to_string()))?;
+    rmp_serde::from_slice(&bytes).map_err(|e| DecodeError::Value(e.to_string()))
 }
 
 /// One entry of the routing slip: a step and its parameters.
@@ -255,6 +255,9 @@ pub enum DecodeError {
         /// What the message claims.
         found: String,
     },
+    /// A value inside a valid envelope (a step's parameters, say) does not fit its type.
+    #[error("{0}")]
+    Value(String),
     /// The schema matched but the payload did not decode as that type.
     #[error("payload does not match schema {schema:?}: {reason}")]
     BadPayload {
@@ -522,6 +525,19 @@ mod tests {
         let p: P = from_msgpack_value(&v).unwrap();
         assert_eq!(p, P { algorithm: Algo::DecisionTree, depth: 3 });
         assert_eq!(to_msgpack_value(&p).unwrap(), v, "and encodes back to the same map");
+    }
+
+    #[test]
+    fn a_value_that_does_not_fit_is_not_called_a_bad_envelope() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct P {
+            depth: u32,
+        }
+        let v = rmpv::Value::Map(vec![("max_iterations".into(), 5.into())]);
+        let err = from_msgpack_value::<P>(&v).unwrap_err().to_string();
+        assert!(err.contains("max_iterations") && !err.contains("envelope"), "{err}");
     }
 
     #[test]
