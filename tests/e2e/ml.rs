@@ -469,3 +469,68 @@ async fn cancel_stops_a_running_tune_job_and_leaves_nothing_queued() {
     fleet.stop().await;
     t.cleanup().await;
 }
+
+/// `warren rerun --from evaluate` of a finished iris job starts a new job at evaluate from the
+/// old job's selected model: nothing upstream runs again (no new ingest, features or train
+/// artifact), the new job registers under the changed name, and its events link to the old job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerun_from_a_step_reuses_the_upstream_results_and_links_the_jobs() {
+    let mut t = TestNs::new("mlrerun").await;
+    let mut events = t.events().await;
+    let fleet = Fleet::start(&mut t, 1).await;
+    let old = t.client.submit(&spec("iris.toml").job()).await.expect("submit");
+    wait_done(&mut events, old, Duration::from_secs(180)).await;
+
+    let warren = |args: &[&str]| {
+        tokio::process::Command::new(warren_bin())
+            .args(args)
+            .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
+            .env("WARREN_NAMESPACE", &t.ns)
+            .env("WARREN_ARTIFACTS", &fleet.artifacts)
+            .env_remove("RUST_LOG")
+            .output()
+    };
+    let bad =
+        warren(&["rerun", &old.to_string(), "--from", "evaluate", "--set", "register.modle=x"]).await.expect("run");
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+    let out =
+        warren(&["--json", "rerun", &old.to_string(), "--from", "evaluate", "--set", "register.model=iris-rerun"])
+            .await
+            .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let new: Uuid = reply["job"].as_str().and_then(|j| j.parse().ok()).expect("new job id");
+    assert_ne!(new, old);
+    wait_done(&mut events, new, Duration::from_secs(120)).await;
+
+    let ran: std::collections::BTreeSet<String> = events
+        .seen
+        .iter()
+        .filter(|e| e.job_id == new && e.kind == EventKind::Succeeded)
+        .map(|e| e.step.to_string())
+        .collect();
+    assert_eq!(
+        ran,
+        ["evaluate", "register"].into_iter().map(str::to_owned).collect(),
+        "only evaluate and register ran"
+    );
+    let new_dir = fleet.artifacts.join("iris").join(new.to_string());
+    for upstream in ["ingest", "validate", "features", "tune", "train", "select"] {
+        assert!(!new_dir.join(upstream).exists(), "no new {upstream} artifact for the rerun");
+    }
+    let entry = entry(&fleet, "iris-rerun");
+    assert_eq!(entry["job_id"], new.to_string());
+
+    let status = warren(&["--json", "status", &new.to_string()]).await.expect("status");
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    let link = status["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["kind"] == "operator")
+        .expect("the rerun is in the new job's events");
+    let text = link.to_string();
+    assert!(text.contains(&old.to_string()) && text.contains("rerun"), "{text}");
+    fleet.stop().await;
+    t.cleanup().await;
+}

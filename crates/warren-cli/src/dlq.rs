@@ -39,17 +39,17 @@ pub struct Filters {
 pub struct Audit {
     /// Who is acting (default: $USER@host).
     #[arg(long)]
-    actor: Option<String>,
+    pub(crate) actor: Option<String>,
     /// Why; required when more than 10 dead letters are touched.
     #[arg(long)]
-    reason: Option<String>,
+    pub(crate) reason: Option<String>,
 }
 
 /// Touching more dead letters than this needs a `--reason`.
 const HANDFUL: usize = 10;
 
 impl Audit {
-    fn actor(&self) -> String {
+    pub(crate) fn actor(&self) -> String {
         self.actor.clone().unwrap_or_else(|| {
             let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
             format!("{user}@{}", warren::broker::hostname())
@@ -83,7 +83,7 @@ impl Filters {
     }
 }
 
-async fn record(config: &Config, action: warren::events::OperatorAction) -> Result<(), Fail> {
+pub(crate) async fn record(config: &Config, action: warren::events::OperatorAction) -> Result<(), Fail> {
     let client = connect(config).await?;
     let names = Names::new(&config.namespace);
     warren::events::record(client.broker(), &names, &action)
@@ -627,7 +627,7 @@ fn groups(letters: &[DeadLetter], json: bool) {
 
 /// A value from the command line: JSON when it looks like JSON (`{…}`, `[…]`, `"…"`), else an
 /// integer, a number, `true`/`false`, or the text as it is.
-fn parse_value(v: &str) -> Result<rmpv::Value, String> {
+pub(crate) fn parse_value(v: &str) -> Result<rmpv::Value, String> {
     let t = v.trim();
     if t.starts_with('{') || t.starts_with('[') || t.starts_with('"') {
         let json: serde_json::Value = serde_json::from_str(t).map_err(|e| format!("{t} is not valid JSON: {e}"))?;

@@ -8,6 +8,7 @@ mod dlq;
 mod fleet;
 mod jobs;
 mod queues;
+mod rerun;
 mod submit;
 mod topology;
 
@@ -49,6 +50,11 @@ enum Command {
         after_help = "Example:\n  warren cancel 01a21207-8239-7163-bbdd-cbddd44a96d3 --reason \"wrong data set\""
     )]
     Cancel(dlq::CancelArgs),
+    /// A new job that starts at a step from an earlier job's results (upstream work is reused).
+    #[command(
+        after_help = "Example:\n  warren rerun 01a21207-8239-7163-bbdd-cbddd44a96d3 --from evaluate --set register.model=iris-b"
+    )]
+    Rerun(rerun::RerunArgs),
     /// Per step: messages ready and unacked, consumers, dead letters.
     #[command(after_help = "Example:\n  warren queues --json")]
     Queues(queues::QueuesArgs),
@@ -128,6 +134,7 @@ fn main() -> ExitCode {
             Command::Jobs(a) => jobs::jobs(&config, a, json).await,
             Command::Dlq(c) => dlq::run(&config, *c, json).await,
             Command::Cancel(a) => dlq::cancel(&config, a, json).await,
+            Command::Rerun(a) => rerun::run(&config, a, json).await,
             Command::Queues(a) => queues::run(&config, a, json).await,
             Command::Topology(c) => topology::run(&config, c, json).await,
             Command::Up(a) => fleet::up(&config, a).await,

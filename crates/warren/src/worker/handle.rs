@@ -264,6 +264,17 @@ impl<H> Shared<H> {
                 };
                 bodies.push((body, envelope::properties(&meta, 1)));
             }
+            // A worker with an artifact store records what it hands on, so `warren rerun --from`
+            // can start a new job at the next step from this job's results.
+            if let Some(store) = &w.artifacts {
+                for (i, (body, _)) in bodies.iter().enumerate() {
+                    let id = envelope::derive_message_id(ctx.message_id, &w.step, i);
+                    let key = inputs_key(&ctx.pipeline, ctx.job_id, &next.step, id);
+                    if let Err(e) = store.put(&key, body.clone()).await {
+                        tracing::warn!(step = %w.step, error = %e, "cannot record the output for reruns");
+                    }
+                }
+            }
             let sends = bodies
                 .into_iter()
                 .map(|(body, props)| async move { self.publish(session, exchange, &next.step, &body, props).await });
@@ -462,6 +473,16 @@ impl<H> Shared<H> {
             )
         });
     }
+}
+
+/// Where a step's recorded input lives in the artifact store: `{pipeline}/{job}/{step}/inputs/{id}.msgpack`.
+pub fn inputs_key(pipeline: &str, job: Uuid, step: &str, message_id: Uuid) -> String {
+    format!("{}{message_id}.msgpack", inputs_prefix(pipeline, job, step))
+}
+
+/// The folder of a step's recorded inputs for one job.
+pub fn inputs_prefix(pipeline: &str, job: Uuid, step: &str) -> String {
+    format!("{pipeline}/{job}/{step}/inputs/")
 }
 
 /// A decoded body addressed to this step: what the decisions after the handler ran assume.

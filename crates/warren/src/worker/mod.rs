@@ -50,6 +50,8 @@ mod context;
 pub mod decide;
 mod dedup;
 mod handle;
+
+pub use handle::{inputs_key, inputs_prefix};
 mod metrics;
 mod retry;
 
