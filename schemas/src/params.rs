@@ -114,6 +114,35 @@ pub struct RegisterParams {
     pub min_metrics: BTreeMap<String, f64>,
 }
 
+/// `select`: what happens when trials die (a dead trial is dead-lettered at train; select is
+/// told, see `warren::DeadNotice`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelectParams {
+    /// `fail` (the default): once every trial is in or dead, a dead trial kills the job at
+    /// select, naming the dead trials; replaying them later still ends in one selection.
+    /// `continue`: the job goes on with the trials that succeeded, if there are `min_trials`.
+    pub on_failed_trial: FailedTrials,
+    /// With `continue`: how many trials must succeed.
+    pub min_trials: u32,
+}
+
+impl Default for SelectParams {
+    fn default() -> Self {
+        Self { on_failed_trial: FailedTrials::Fail, min_trials: 1 }
+    }
+}
+
+/// What `select` does about dead trials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailedTrials {
+    /// The job dies at select, naming the dead trials.
+    Fail,
+    /// The job goes on with the trials that succeeded.
+    Continue,
+}
+
 /// Steps that take no parameters.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -33,6 +33,9 @@ pub struct StepSpec {
     pub step: String,
     /// Reuse an earlier run's output when input, parameters and step version match.
     pub cache: bool,
+    /// The step gathers what the step before it fanned out, and is told when a part died there
+    /// (`gather = true`; always so for `select`).
+    pub gather: bool,
     /// Parameters, checked, as a MessagePack value for the routing slip.
     pub params: rmpv::Value,
 }
@@ -62,6 +65,8 @@ struct RawStep {
     step: Spanned<String>,
     #[serde(default)]
     cache: bool,
+    #[serde(default)]
+    gather: bool,
     #[serde(default)]
     params: Option<Spanned<toml::Table>>,
 }
@@ -108,7 +113,8 @@ pub fn check_step(name: &str, params: rmpv::Value) -> Result<Option<rmpv::Value>
         "tune" => check::<TuneParams>(params),
         "train" => check::<TrainParams>(params),
         "register" => check::<RegisterParams>(params),
-        "select" | "evaluate" | "predict" => check::<NoParams>(params),
+        "select" => check::<SelectParams>(params),
+        "evaluate" | "predict" => check::<NoParams>(params),
         _ => return Ok(None),
     };
     checked.map(Some)
@@ -150,7 +156,8 @@ impl PipelineSpec {
                 Err(m) => Err(m),
             };
             let params = checked.map_err(|m| err(params_line, format!("step `{name}`: {m}")))?;
-            steps.push(StepSpec { step: name, cache: raw.cache, params });
+            let gather = raw.gather || name == "select";
+            steps.push(StepSpec { step: name, cache: raw.cache, gather, params });
         }
         Ok(PipelineSpec { name: raw.name, steps })
     }
@@ -175,6 +182,7 @@ impl PipelineSpec {
                 let mut hop = warren::Hop::new(s.step.clone());
                 hop.params = s.params.clone();
                 hop.cache = s.cache;
+                hop.gather = s.gather;
                 hop
             })
             .collect()

@@ -534,3 +534,88 @@ async fn rerun_from_a_step_reuses_the_upstream_results_and_links_the_jobs() {
     fleet.stop().await;
     t.cleanup().await;
 }
+
+/// Fan-in with failures: a trial that dies at train is reported to select. With `continue` the
+/// job goes on with the others; with the default `fail` it dies at select naming the dead trial.
+/// Either way, the dead trial replayed later ends in exactly one selection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_trial_goes_on_or_fails_by_policy_and_a_replay_still_selects_once() {
+    let mut t = TestNs::new("mlfanin").await;
+    let mut events = t.events().await;
+    let fleet = Fleet::start(&mut t, 1).await;
+    let grid = r#"[{ algorithm = "logistic", grid = { alpha = [-1.0, 0.1, 1.0] } }]"#;
+    let warren = |args: Vec<String>| {
+        let ns = t.ns.clone();
+        async move {
+            tokio::process::Command::new(warren_bin())
+                .args(&args)
+                .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
+                .env("WARREN_NAMESPACE", ns)
+                .env_remove("RUST_LOG")
+                .output()
+                .await
+                .expect("run warren")
+        }
+    };
+    let fix_trial = |job: Uuid| {
+        vec![
+            "dlq",
+            "replay",
+            "--step",
+            "train",
+            "--job",
+            &job.to_string(),
+            "--payload-set",
+            "candidate.hyperparams.alpha=0.5",
+            "--wait",
+            "60",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>()
+    };
+    let selections = |events: &crate::helpers::Events, job: Uuid| {
+        events
+            .seen
+            .iter()
+            .filter(|e| e.job_id == job && &*e.step == "select" && e.kind == EventKind::Succeeded && e.outputs == 1)
+            .count()
+    };
+
+    // continue: the job goes on with two of three trials.
+    let mut going_on = spec("iris.toml");
+    going_on.set("tune.search", grid).expect("grid");
+    going_on.set("select.on_failed_trial", "\"continue\"").expect("policy");
+    going_on.set("select.min_trials", "2").expect("min");
+    let first = t.client.submit(&going_on.job()).await.expect("submit");
+    wait_done(&mut events, first, Duration::from_secs(180)).await;
+    assert!(events.seen.iter().any(|e| e.job_id == first && &*e.step == "train" && e.kind == EventKind::Dead));
+    let out = warren(fix_trial(first)).await;
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // Select has handled two trials and the notice of the dead one; the replayed trial is the fourth.
+    events
+        .wait_count("the replayed trial at select", Duration::from_secs(60), 4, |e| {
+            e.job_id == first && &*e.step == "select" && e.kind == EventKind::Succeeded
+        })
+        .await;
+
+    // fail (the default): the job dies at select, naming the dead trial; the replay finishes it.
+    let mut strict = spec("iris.toml");
+    strict.set("tune.search", grid).expect("grid");
+    let second = t.client.submit(&strict.job()).await.expect("submit");
+    let dead = events
+        .wait("the job dies at select", Duration::from_secs(180), |e| {
+            e.job_id == second && &*e.step == "select" && e.kind == EventKind::Dead
+        })
+        .await;
+    let reason = dead.error.clone().unwrap_or_default();
+    assert!(reason.contains("trial 0") && reason.contains("alpha"), "{reason}");
+    let out = warren(fix_trial(second)).await;
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    wait_done(&mut events, second, Duration::from_secs(120)).await;
+
+    assert_eq!(selections(&events, first), 1, "exactly one selection with continue");
+    assert_eq!(selections(&events, second), 1, "exactly one selection with fail, after the replay");
+    fleet.stop().await;
+    t.cleanup().await;
+}

@@ -76,6 +76,32 @@ pub struct Hop {
     /// Reuse an earlier run's output when step version, parameters and input match.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cache: bool,
+    /// This step gathers what the step before it fanned out: when a message bound for it dies
+    /// there, it is sent a [`DeadNotice`] instead, so it never waits for a message that will not come.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gather: bool,
+}
+
+/// What a gathering step (a hop with `gather`) receives when a message bound for it died at
+/// the step before it: which message, where, why, and its payload as it was (to tell which
+/// part of the fan-out is missing). Handlers see it through [`crate::Handler::dead_upstream`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadNotice {
+    /// The message that died.
+    #[serde(deserialize_with = "uuid_wire::one")]
+    pub message_id: Uuid,
+    /// The step it died at.
+    pub step: String,
+    /// Its dead-letter kind (`permanent`, `exhausted`, `crash`).
+    pub kind: String,
+    /// Why.
+    pub reason: String,
+    /// Its payload.
+    pub payload: rmpv::Value,
+}
+
+impl Payload for DeadNotice {
+    const SCHEMA: &'static str = "warren.DeadNotice/1";
 }
 
 fn nil() -> rmpv::Value {
@@ -85,11 +111,11 @@ fn nil() -> rmpv::Value {
 impl Hop {
     /// A hop with no parameters.
     pub fn new(step: impl Into<String>) -> Self {
-        Self { step: step.into(), params: rmpv::Value::Nil, cache: false }
+        Self { step: step.into(), params: rmpv::Value::Nil, cache: false, gather: false }
     }
     /// A hop with parameters taken from any serde value.
     pub fn with_params<T: Serialize>(step: impl Into<String>, params: &T) -> Result<Self, DecodeError> {
-        Ok(Self { step: step.into(), params: to_msgpack_value(params)?, cache: false })
+        Ok(Self { step: step.into(), params: to_msgpack_value(params)?, cache: false, gather: false })
     }
 }
 

@@ -48,7 +48,7 @@ pub mod worker;
 pub use broker::{Broker, BrokerError, Publisher};
 pub use client::{CallError, Client, JobSpec, SubmitError};
 pub use config::{Config, ConfigError};
-pub use envelope::{DecodeError, Envelope, Hop, Payload};
+pub use envelope::{DeadNotice, DecodeError, Envelope, Hop, Payload};
 pub use error::{DeadKind, StepError};
 pub use events::{EventKind, EventSink, JobEvent};
 pub use names::Names;

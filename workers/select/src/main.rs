@@ -7,6 +7,6 @@ fn main() -> std::process::ExitCode {
         warren_steps::STEP_VERSION,
         "Collects a job's trials and picks the best model exactly once.",
         warren_steps::options("select"),
-        warren_steps::select::handle,
+        warren_steps::select::Select,
     )
 }

@@ -114,6 +114,18 @@ impl<P: Payload> StepOutput for FanOut<P> {
 pub trait Handler<I, O>: Send + Sync + 'static {
     /// Handles one message.
     fn call(&self, ctx: Context, input: I) -> impl Future<Output = Result<O, StepError>> + Send;
+
+    /// A message bound for this step died at the step before it (this step gathers a fan-out:
+    /// its hop has `gather`). Return output to send on (say, the fan-in completed without it),
+    /// `None` to send nothing, or an error as from [`Handler::call`]. By default: nothing.
+    fn dead_upstream(
+        &self,
+        ctx: Context,
+        notice: envelope::DeadNotice,
+    ) -> impl Future<Output = Result<Option<O>, StepError>> + Send {
+        let _ = (ctx, notice);
+        async { Ok(None) }
+    }
 }
 
 impl<F, Fut, I, O> Handler<I, O> for F

@@ -13,11 +13,41 @@ use super::{
     decide::{Body, Decision, DeliveryFacts, Limits, Stage, decide},
 };
 use crate::{
-    BrokerError, DeadKind, EventKind, JobEvent, StepError,
+    BrokerError, DeadKind, DeadNotice, DecodeError, EventKind, JobEvent, StepError,
     artifacts::content_hash,
     envelope::{self, Envelope, EnvelopeHead, EnvelopeMeta, Payload, headers},
     topology::Declarer,
 };
+
+/// What a delivery carries: the step's input, or news that one died upstream.
+enum Input<I> {
+    Payload(I),
+    Notice(DeadNotice),
+}
+
+/// A decoded envelope, whatever its payload turned out to be.
+struct Decoded<I> {
+    job_id: Uuid,
+    message_id: Uuid,
+    pipeline: String,
+    slip: Vec<envelope::Hop>,
+    input: Input<I>,
+}
+
+impl<I> Decoded<I> {
+    fn from_envelope<P>(env: Envelope<P>, wrap: impl FnOnce(P) -> Input<I>) -> Self {
+        Self {
+            job_id: env.job_id,
+            message_id: env.message_id,
+            pipeline: env.pipeline,
+            slip: env.slip,
+            input: wrap(env.payload),
+        }
+    }
+    fn step(&self) -> &str {
+        self.slip.first().map(|h| h.step.as_str()).unwrap_or_default()
+    }
+}
 
 /// Who a message belongs to, as far as its body told: for dead letters and events.
 struct Ids {
@@ -62,7 +92,19 @@ impl<H> Shared<H> {
         let limits = Limits { max_attempts: w.retry.max_attempts, delivery_limit: w.topology.delivery_limit };
 
         let env = match Envelope::<I>::decode_or_head(&delivery.data) {
-            Ok(env) => env,
+            Ok(env) => Decoded::from_envelope(env, Input::Payload),
+            Err((DecodeError::WrongSchema { found, .. }, _)) if found == DeadNotice::SCHEMA => {
+                match Envelope::<DeadNotice>::decode(&delivery.data) {
+                    Ok(env) => Decoded::from_envelope(env, Input::Notice),
+                    Err(e) => {
+                        let decision = decide(&w.step, facts, Body::Undecodable(&e), limits, Stage::Received);
+                        let head = EnvelopeHead::decode(&delivery.data).ok();
+                        self.settle::<O::Payload>(session, &delivery, &Ids::of(head.as_ref()), facts, decision, None)
+                            .await;
+                        return;
+                    }
+                }
+            }
             Err((e, head)) => {
                 tracing::warn!(step = %w.step, error = %e, "undecodable message; dead-lettering it");
                 let decision = decide(&w.step, facts, Body::Undecodable(&e), limits, Stage::Received);
@@ -101,8 +143,8 @@ impl<H> Shared<H> {
         };
         session.events.emit(ctx.event_base(EventKind::Started));
         let started = Instant::now();
-        let cache_key = match (&w.artifacts, hop.cache) {
-            (Some(_), true) => self.cache_key(&ctx, &env.payload),
+        let cache_key = match (&w.artifacts, hop.cache, &env.input) {
+            (Some(_), true, Input::Payload(p)) => self.cache_key(&ctx, p),
             _ => None,
         };
         if let (Some(key), Some(store)) = (&cache_key, &w.artifacts)
@@ -114,7 +156,16 @@ impl<H> Shared<H> {
             self.settle(session, &delivery, &ids, facts, Decision::HandOff, Some(outputs)).await;
             return;
         }
-        let call = self.handler.call(ctx.clone(), env.payload);
+        let call = async {
+            match env.input {
+                Input::Payload(p) => self.handler.call(ctx.clone(), p).await.map(Some),
+                Input::Notice(n) => {
+                    tracing::info!(step = %w.step, job = %ctx.job_id, dead = %n.message_id, at = %n.step,
+                        "a message bound for this step died upstream");
+                    self.handler.dead_upstream(ctx.clone(), n).await
+                }
+            }
+        };
         let result = match w.topology.max_duration {
             Some(limit) => tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
                 Err(StepError::retryable(format!("step ran longer than its maximum duration of {limit:?}")))
@@ -123,7 +174,7 @@ impl<H> Shared<H> {
         };
         match result {
             Ok(output) => {
-                let payloads = output.into_payloads();
+                let payloads = output.map(StepOutput::into_payloads).unwrap_or_default();
                 if let (Some(key), Some(store)) = (&cache_key, &w.artifacts) {
                     match rmp_serde::to_vec_named(&payloads) {
                         Ok(bytes) => {
@@ -453,6 +504,9 @@ impl<H> Shared<H> {
             tracing::error!(step = %w.step, error = %e, "cannot dead-letter a message; it stays with the broker");
             return;
         }
+        if !self.notify_gatherer(session, delivery, kind, reason).await {
+            return; // the input stays with the broker; a redelivery dead-letters and notifies again
+        }
         if delivery.acker.ack(BasicAckOptions::default()).await.is_err() {
             return;
         }
@@ -472,6 +526,53 @@ impl<H> Shared<H> {
                 facts.attempt,
             )
         });
+    }
+}
+
+impl<H> Shared<H> {
+    /// When the next hop gathers a fan-out, tells it that this message (handled, and dead) will
+    /// not come, with a [`DeadNotice`]. Only for failures of the step itself (`permanent`,
+    /// `exhausted`, `crash`): a body that is not what this step takes tells nothing reliable.
+    /// Returns false when the notice could not be published.
+    async fn notify_gatherer(&self, session: &Session, delivery: &Delivery, kind: DeadKind, reason: &str) -> bool {
+        let w = &self.worker;
+        if !matches!(kind, DeadKind::Permanent | DeadKind::Exhausted | DeadKind::Crash) {
+            return true;
+        }
+        let Ok(env) = Envelope::<rmpv::Value>::decode(&delivery.data) else { return true };
+        let Some(next) = env.slip.get(1).filter(|h| h.gather) else { return true };
+        let notice = DeadNotice {
+            message_id: env.message_id,
+            step: w.step.clone(),
+            kind: kind.as_str().to_owned(),
+            reason: reason.to_owned(),
+            payload: env.payload.clone(),
+        };
+        let out = envelope::EnvelopeRef {
+            v: envelope::ENVELOPE_VERSION,
+            job_id: env.job_id,
+            message_id: envelope::derive_message_id(env.message_id, "dead-notice", 0),
+            causation_id: Some(env.message_id),
+            pipeline: &env.pipeline,
+            slip: &env.slip[1..],
+            schema: DeadNotice::SCHEMA,
+            payload: &notice,
+        };
+        let Ok(body) = out.encode() else { return true };
+        let meta = EnvelopeMeta {
+            job_id: env.job_id,
+            message_id: out.message_id,
+            step: &next.step,
+            schema: DeadNotice::SCHEMA,
+        };
+        match self.publish(session, &w.steps_exchange, &next.step, &body, envelope::properties(&meta, 1)).await {
+            Ok(()) => true,
+            Err(Unsettled::Unroutable(e)) => {
+                tracing::error!(step = %w.step, error = %e, "no queue for the gathering step {}; it is not told", next.step);
+                true
+            }
+            Err(Unsettled::Lost(_)) => false,
+        }
     }
 }
 
