@@ -123,6 +123,19 @@ fn spec(name: &str) -> PipelineSpec {
     PipelineSpec::load(&repo().join("pipelines").join(name)).expect("shipped spec")
 }
 
+/// Runs the `warren` command in the test's namespace (and the fleet's store), as an operator would.
+async fn warren_in(t: &TestNs, artifacts: Option<&Path>, args: &[&str]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(warren_bin());
+    cmd.args(args)
+        .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
+        .env("WARREN_NAMESPACE", &t.ns)
+        .env_remove("RUST_LOG");
+    if let Some(a) = artifacts {
+        cmd.env("WARREN_ARTIFACTS", a);
+    }
+    cmd.output().await.expect("run warren")
+}
+
 /// Waits until `job` completed its last step, or fails with its events.
 async fn wait_done(events: &mut crate::helpers::Events, job: Uuid, within: Duration) {
     events
@@ -341,18 +354,10 @@ async fn the_documented_edits_turn_dead_jobs_into_finished_ones() {
         let line = docs.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("OPERATIONS.md shows {needle}"));
         line.split('#').next().unwrap_or_default().split_whitespace().skip(1).map(str::to_owned).collect::<Vec<_>>()
     };
-    let warren = |args: Vec<String>| {
-        let ns = t.ns.clone();
-        async move {
-            tokio::process::Command::new(warren_bin())
-                .args(&args)
-                .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
-                .env("WARREN_NAMESPACE", ns)
-                .env_remove("RUST_LOG")
-                .output()
-                .await
-                .expect("run warren")
-        }
+    let t_ref = &t;
+    let warren = move |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        warren_in(t_ref, None, &args).await
     };
 
     // A parameter: features refuses a test fraction of 1.5; the documented --set fixes it.
@@ -420,13 +425,7 @@ async fn cancel_stops_a_running_tune_job_and_leaves_nothing_queued() {
             e.job_id == job && &*e.step == "train" && e.started_at_ms().is_some()
         })
         .await;
-    let out = tokio::process::Command::new(warren_bin())
-        .args(["cancel", &job.to_string(), "--reason", "wrong data set", "--actor", "bob"])
-        .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
-        .env("WARREN_NAMESPACE", &t.ns)
-        .output()
-        .await
-        .expect("warren cancel");
+    let out = warren_in(&t, None, &["cancel", &job.to_string(), "--reason", "wrong data set", "--actor", "bob"]).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     events
@@ -446,22 +445,10 @@ async fn cancel_stops_a_running_tune_job_and_leaves_nothing_queued() {
     let dropped = events.seen.iter().filter(|e| e.job_id == job && e.kind == EventKind::Cancelled).count();
     assert!(trained < 16, "the cancel stopped the trials ({trained} trained, {dropped} dropped)");
     assert!(!events.seen.iter().any(|e| e.job_id == job && &*e.step == "register"), "the job never reached register");
-    let status = tokio::process::Command::new(warren_bin())
-        .args(["--json", "status", &job.to_string()])
-        .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
-        .env("WARREN_NAMESPACE", &t.ns)
-        .output()
-        .await
-        .expect("warren status");
+    let status = warren_in(&t, None, &["--json", "status", &job.to_string()]).await;
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
     assert_eq!(status["state"], "cancelled");
-    let history = tokio::process::Command::new(warren_bin())
-        .args(["--json", "dlq", "history"])
-        .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
-        .env("WARREN_NAMESPACE", &t.ns)
-        .output()
-        .await
-        .expect("warren dlq history");
+    let history = warren_in(&t, None, &["--json", "dlq", "history"]).await;
     let history: serde_json::Value = serde_json::from_slice(&history.stdout).expect("history json");
     assert_eq!(history[0]["action"], "cancel");
     assert_eq!(history[0]["actor"], "bob");
@@ -481,22 +468,31 @@ async fn rerun_from_a_step_reuses_the_upstream_results_and_links_the_jobs() {
     let old = t.client.submit(&spec("iris.toml").job()).await.expect("submit");
     wait_done(&mut events, old, Duration::from_secs(180)).await;
 
-    let warren = |args: &[&str]| {
-        tokio::process::Command::new(warren_bin())
-            .args(args)
-            .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
-            .env("WARREN_NAMESPACE", &t.ns)
-            .env("WARREN_ARTIFACTS", &fleet.artifacts)
-            .env_remove("RUST_LOG")
-            .output()
-    };
-    let bad =
-        warren(&["rerun", &old.to_string(), "--from", "evaluate", "--set", "register.modle=x"]).await.expect("run");
+    let bad = warren_in(
+        &t,
+        Some(&fleet.artifacts),
+        &["rerun", &old.to_string(), "--from", "evaluate", "--set", "register.modle=x"],
+    )
+    .await;
     assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
-    let out =
-        warren(&["--json", "rerun", &old.to_string(), "--from", "evaluate", "--set", "register.model=iris-rerun"])
-            .await
-            .expect("run");
+    let out = warren_in(
+        &t,
+        Some(&fleet.artifacts),
+        &[
+            "--json",
+            "rerun",
+            &old.to_string(),
+            "--from",
+            "evaluate",
+            "--set",
+            "register.model=iris-rerun",
+            "--actor",
+            "carol",
+            "--reason",
+            "register under a new name",
+        ],
+    )
+    .await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let reply: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let new: Uuid = reply["job"].as_str().and_then(|j| j.parse().ok()).expect("new job id");
@@ -521,7 +517,7 @@ async fn rerun_from_a_step_reuses_the_upstream_results_and_links_the_jobs() {
     let entry = entry(&fleet, "iris-rerun");
     assert_eq!(entry["job_id"], new.to_string());
 
-    let status = warren(&["--json", "status", &new.to_string()]).await.expect("status");
+    let status = warren_in(&t, Some(&fleet.artifacts), &["--json", "status", &new.to_string()]).await;
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
     let link = status["events"]
         .as_array()
@@ -531,6 +527,11 @@ async fn rerun_from_a_step_reuses_the_upstream_results_and_links_the_jobs() {
         .expect("the rerun is in the new job's events");
     let text = link.to_string();
     assert!(text.contains(&old.to_string()) && text.contains("rerun"), "{text}");
+    let history = warren_in(&t, Some(&fleet.artifacts), &["--json", "dlq", "history"]).await;
+    let history: serde_json::Value = serde_json::from_slice(&history.stdout).expect("history json");
+    let rerun =
+        history.as_array().and_then(|h| h.iter().find(|a| a["action"] == "rerun")).expect("the rerun is recorded");
+    assert_eq!((rerun["actor"].as_str(), rerun["reason"].as_str()), (Some("carol"), Some("register under a new name")));
     fleet.stop().await;
     t.cleanup().await;
 }
@@ -544,18 +545,10 @@ async fn a_dead_trial_goes_on_or_fails_by_policy_and_a_replay_still_selects_once
     let mut events = t.events().await;
     let fleet = Fleet::start(&mut t, 1).await;
     let grid = r#"[{ algorithm = "logistic", grid = { alpha = [-1.0, 0.1, 1.0] } }]"#;
-    let warren = |args: Vec<String>| {
-        let ns = t.ns.clone();
-        async move {
-            tokio::process::Command::new(warren_bin())
-                .args(&args)
-                .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
-                .env("WARREN_NAMESPACE", ns)
-                .env_remove("RUST_LOG")
-                .output()
-                .await
-                .expect("run warren")
-        }
+    let t_ref = &t;
+    let warren = move |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        warren_in(t_ref, None, &args).await
     };
     let fix_trial = |job: Uuid| {
         vec![

@@ -13,6 +13,14 @@ use warren::{
 
 use crate::{Fail, Outcome, connect, dlq::Audit};
 
+/// A recorded step input (see `warren::worker::RecordedInput`).
+#[derive(serde::Deserialize)]
+struct Recorded {
+    schema: String,
+    slip: Vec<warren::Hop>,
+    payload: rmpv::Value,
+}
+
 /// `warren rerun` arguments.
 #[derive(Debug, clap::Args)]
 pub struct RerunArgs {
@@ -65,7 +73,17 @@ pub async fn run(config: &Config, args: RerunArgs, json: bool) -> Outcome {
     let mut bodies = Vec::with_capacity(keys.len());
     for (i, key) in keys.iter().enumerate() {
         let bytes = store.get(key).await?;
-        let mut env = Envelope::<rmpv::Value>::decode(&bytes).map_err(|e| Fail::from(format!("{key}: {e}")))?;
+        let record: Recorded = rmp_serde::from_slice(&bytes).map_err(|e| Fail::from(format!("{key}: {e}")))?;
+        let mut env = Envelope {
+            v: envelope::ENVELOPE_VERSION,
+            job_id: old,
+            message_id: envelope::derive_message_id(old, key, 0),
+            causation_id: None,
+            pipeline: pipeline.clone(),
+            slip: record.slip,
+            schema: record.schema,
+            payload: record.payload,
+        };
         for (step, param, value) in &sets {
             let hop = env.slip.iter_mut().find(|h| &h.step == step).ok_or_else(|| {
                 Fail::usage(format!("--set {step}.{param}: step {step} does not come at or after {}", args.from))
@@ -81,7 +99,6 @@ pub async fn run(config: &Config, args: RerunArgs, json: bool) -> Outcome {
             }
             hop.params = rmpv::Value::Map(map);
         }
-        env.causation_id = Some(env.message_id);
         env.job_id = new_job;
         env.message_id = envelope::derive_message_id(new_job, "rerun", i);
         let body = env.encode().map_err(|e| Fail::from(format!("cannot encode: {e}")))?;

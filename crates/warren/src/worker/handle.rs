@@ -227,15 +227,7 @@ impl<H> Shared<H> {
                         tracing::info!(step = %w.step, job = %ids.job_id, message = %ids.message_id,
                             "job cancelled; message dropped");
                         self.metrics.cancelled.increment(1);
-                        session.events.emit(JobEvent::new(
-                            EventKind::Cancelled,
-                            ids.job_id,
-                            ids.message_id,
-                            ids.pipeline.clone(),
-                            w.step_name.clone(),
-                            w.worker_id.clone(),
-                            facts.attempt,
-                        ));
+                        session.events.emit(self.event_for(ids, EventKind::Cancelled, facts));
                     }
                     return;
                 }
@@ -316,12 +308,14 @@ impl<H> Shared<H> {
                 bodies.push((body, envelope::properties(&meta, 1)));
             }
             // A worker with an artifact store records what it hands on, so `warren rerun --from`
-            // can start a new job at the next step from this job's results.
+            // can start a new job at the next step from this job's results. Content-addressed:
+            // a redelivered input writes the same bytes to the same key.
             if let Some(store) = &w.artifacts {
-                for (i, (body, _)) in bodies.iter().enumerate() {
-                    let id = envelope::derive_message_id(ctx.message_id, &w.step, i);
-                    let key = inputs_key(&ctx.pipeline, ctx.job_id, &next.step, id);
-                    if let Err(e) = store.put(&key, body.clone()).await {
+                for payload in &payloads {
+                    let record = RecordedInput { schema: P::SCHEMA, slip: &ctx.next, payload };
+                    let Ok(bytes) = rmp_serde::to_vec_named(&record) else { continue };
+                    let key = inputs_key(&ctx.pipeline, ctx.job_id, &next.step, &bytes);
+                    if let Err(e) = store.put(&key, bytes).await {
                         tracing::warn!(step = %w.step, error = %e, "cannot record the output for reruns");
                     }
                 }
@@ -516,20 +510,26 @@ impl<H> Shared<H> {
             delivery_count: facts.crashes,
             error: Some(reason.to_owned()),
             error_kind: Some(kind.as_str().to_owned()),
-            ..JobEvent::new(
-                EventKind::Dead,
-                ids.job_id,
-                ids.message_id,
-                ids.pipeline.clone(),
-                w.step_name.clone(),
-                w.worker_id.clone(),
-                facts.attempt,
-            )
+            ..self.event_for(ids, EventKind::Dead, facts)
         });
     }
 }
 
 impl<H> Shared<H> {
+    /// An event of this worker about the message `ids` names.
+    fn event_for(&self, ids: &Ids, kind: EventKind, facts: DeliveryFacts) -> JobEvent {
+        let w = &self.worker;
+        JobEvent::new(
+            kind,
+            ids.job_id,
+            ids.message_id,
+            ids.pipeline.clone(),
+            w.step_name.clone(),
+            w.worker_id.clone(),
+            facts.attempt,
+        )
+    }
+
     /// When the next hop gathers a fan-out, tells it that this message (handled, and dead) will
     /// not come, with a [`DeadNotice`]. Only for failures of the step itself (`permanent`,
     /// `exhausted`, `crash`): a body that is not what this step takes tells nothing reliable.
@@ -576,9 +576,22 @@ impl<H> Shared<H> {
     }
 }
 
-/// Where a step's recorded input lives in the artifact store: `{pipeline}/{job}/{step}/inputs/{id}.msgpack`.
-pub fn inputs_key(pipeline: &str, job: Uuid, step: &str, message_id: Uuid) -> String {
-    format!("{}{message_id}.msgpack", inputs_prefix(pipeline, job, step))
+/// A step input as recorded for reruns: the envelope without its ids.
+#[derive(Debug, serde::Serialize)]
+pub struct RecordedInput<'a, P> {
+    /// The payload's schema id.
+    pub schema: &'a str,
+    /// The routing slip from the step on.
+    pub slip: &'a [envelope::Hop],
+    /// The payload.
+    pub payload: &'a P,
+}
+
+/// Where a recorded step input lives in the artifact store:
+/// `{pipeline}/{job}/{step}/inputs/{first 16 hex digits of its SHA-256}.msgpack`.
+pub fn inputs_key(pipeline: &str, job: Uuid, step: &str, record: &[u8]) -> String {
+    let hash = content_hash(record);
+    format!("{}{}.msgpack", inputs_prefix(pipeline, job, step), &hash.trim_start_matches("sha256:")[..16])
 }
 
 /// The folder of a step's recorded inputs for one job.

@@ -51,7 +51,7 @@ pub mod decide;
 mod dedup;
 mod handle;
 
-pub use handle::{inputs_key, inputs_prefix};
+pub use handle::{RecordedInput, inputs_key, inputs_prefix};
 mod metrics;
 mod retry;
 
