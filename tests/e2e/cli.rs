@@ -581,3 +581,97 @@ async fn replay_edits_are_checked_against_the_step_and_the_payload_before_anythi
     assert_eq!(history[0]["action"], "edit");
     t.cleanup().await;
 }
+
+/// Every `warren dlq` example of docs/OPERATIONS.md, run as written (through the shell, with its
+/// placeholders filled in) against dead letters of the steps it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dead_letter_example_in_operations_md_runs() {
+    use lapin::types::AMQPValue;
+    use warren::envelope::{self, headers};
+
+    let mut t = TestNs::new("clidocs").await;
+    for step in ["ingest", "validate", "features", "train"] {
+        t.declare_step(step).await;
+    }
+    let publisher = t.broker.publisher().await.expect("publisher");
+    let job = uuid::Uuid::now_v7();
+    let letter = |step: &str, params: serde_json::Value, payload: serde_json::Value, error: &str| {
+        let env = warren::Envelope {
+            v: 1,
+            job_id: job,
+            message_id: uuid::Uuid::now_v7(),
+            causation_id: None,
+            pipeline: "docs".into(),
+            slip: vec![Hop::with_params(step, &params).expect("params")],
+            schema: if step == "train" { "warren.ml.TrainTask/1" } else { "warren.test.Any/1" }.into(),
+            payload: warren::envelope::to_msgpack_value(&payload).expect("payload"),
+        };
+        let props = envelope::with_headers(
+            &crate::helpers::props_for_any(&env),
+            vec![
+                (headers::ERROR, envelope::text(error)),
+                (headers::ERROR_KIND, envelope::text("permanent")),
+                (headers::FAILED_AT, AMQPValue::LongLongInt(envelope::now_ms() as i64)),
+            ],
+        );
+        (env.message_id, env.encode().expect("encode"), props)
+    };
+    let artifact = serde_json::json!({ "uri": "file:///x", "hash": "sha256:00", "bytes": 1 });
+    let task = serde_json::json!({
+        "features": { "dataset_hash": "sha256:00", "train": artifact, "test": artifact, "feature_names": ["a"],
+                      "target": "y", "task": "classification", "classes": ["0", "1"], "scaler": null, "seed": 1 },
+        "candidate": { "algorithm": "logistic", "hyperparams": { "alpha": -1.0 } },
+        "trial": 0, "trials": 1, "metric": "accuracy",
+    });
+    let letters = [
+        ("ingest", letter("ingest", serde_json::json!({}), serde_json::json!({}), "source gone")),
+        ("validate", letter("validate", serde_json::json!({}), serde_json::json!({}), "row 6 is bad")),
+        ("validate", letter("validate", serde_json::json!({}), serde_json::json!({}), "row 7 is bad")),
+        (
+            "features",
+            letter(
+                "features",
+                serde_json::json!({ "test_fraction": 1.5 }),
+                serde_json::json!({}),
+                "test_fraction must be in (0, 1), got 1.5",
+            ),
+        ),
+        ("train", letter("train", serde_json::json!({}), task, "timed out after 30 s")),
+    ];
+    for (step, (_, body, props)) in &letters {
+        publisher.publish(&t.names.dead_exchange(), step, body, props.clone()).await.expect("dead letter");
+    }
+    let groups = json(&run(&t, &["dlq", "groups", "--step", "validate", "--json"]).await);
+    let group = groups[0]["group"].as_str().expect("a group").to_owned();
+
+    let docs = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/OPERATIONS.md"))
+        .expect("OPERATIONS.md");
+    let section = docs.split("## Dead letters: reading and replaying").nth(1).expect("the dead-letter section");
+    let block = section.split("```sh").nth(1).and_then(|b| b.split("```").next()).expect("its example block");
+    let examples: Vec<&str> = block.lines().filter(|l| l.trim_start().starts_with("warren dlq")).collect();
+    assert!(examples.len() >= 12, "{examples:?}");
+    for example in examples {
+        let line = example
+            .replacen("warren", &warren_bin().display().to_string(), 1)
+            .replace("MESSAGE_ID", &letters[1].1.0.to_string())
+            .replace("JOB", &job.to_string())
+            .replace("3fa2c1", &group[..6])
+            .replace("--wait ", "--wait 2 ");
+        let out = Command::new("bash")
+            .args(["-c", &line])
+            .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
+            .env("WARREN_NAMESPACE", &t.ns)
+            .env_remove("RUST_LOG")
+            .output()
+            .await
+            .expect("bash");
+        let allowed: &[i32] = if example.contains("--wait") { &[0, 1] } else { &[0] };
+        assert!(
+            out.status.code().is_some_and(|c| allowed.contains(&c)),
+            "{example}\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    t.cleanup().await;
+}
