@@ -83,7 +83,9 @@ impl Scenario {
 pub struct Options {
     /// The `warren-test-step` binary.
     pub worker_bin: PathBuf,
-    /// Where nodes keep their data and workers their logs (a fresh folder per scenario below it).
+    /// Where nodes keep their data and workers their logs (a fresh folder per scenario below it,
+    /// removed when the scenario meets its target). The `rabbitmq` user must be able to reach it:
+    /// a folder under /tmp, not under /root.
     pub dir: PathBuf,
     /// Healthy jobs per scenario.
     pub jobs: usize,
@@ -199,6 +201,8 @@ struct SinkLog {
 
 /// Everything a scenario runs on: nodes, workers, the sink and a client.
 struct Rig {
+    /// The scenario's folder (node data and worker logs); removed when the row meets the target.
+    dir: PathBuf,
     nodes: Vec<Node>,
     config: Config,
     names: Names,
@@ -237,6 +241,7 @@ impl Rig {
         .map_err(|e| ChaosError(e.to_string()))?;
         let spec = WorkerSpec { bin: opts.worker_bin.clone(), urls, namespace: namespace.clone(), concurrency, logs };
         let mut rig = Rig {
+            dir: dir.clone(),
             nodes: started,
             names: Names::new(&namespace),
             config,
@@ -457,6 +462,9 @@ impl Rig {
         broker.close().await;
         for node in &self.nodes {
             node.shutdown().await;
+        }
+        if row.ok() {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
         Ok(row)
     }

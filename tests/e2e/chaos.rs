@@ -13,7 +13,8 @@ use crate::helpers::WORKER_BIN;
 async fn chaos_loses_nothing_duplicates_nothing_and_dead_letters_nothing_healthy() {
     let opts = Options {
         worker_bin: PathBuf::from(WORKER_BIN),
-        dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chaos"),
+        // Under /tmp: the nodes run as the `rabbitmq` user, who cannot reach a checkout under /root.
+        dir: std::env::temp_dir().join("warren-chaos-e2e"),
         jobs: 1_500,
         rounds: 1,
         hostile: 48,

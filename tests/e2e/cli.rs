@@ -150,7 +150,10 @@ async fn dlq_list_show_stats_replay_and_purge_with_filters() {
 
     let dry = json(&run(&t, &["dlq", "replay", "--step", "picky", "--error", "refused", "--dry-run", "--json"]).await);
     assert_eq!(dry["replayed"], 2);
-    assert_eq!(t.queue_counts(&dead_queue).await.map(|c| c.0), Some(3), "a dry run moves nothing");
+    wait_for("a dry run moves nothing", Duration::from_secs(10), || async {
+        t.queue_counts(&dead_queue).await.filter(|c| c.0 == 3)
+    })
+    .await;
 
     // Replay one job with a parameter changed so it passes this time.
     let replay = json(
@@ -544,7 +547,11 @@ async fn replay_edits_are_checked_against_the_step_and_the_payload_before_anythi
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(key) && err.lines().count() == 1, "{args:?} names {key}: {err}");
-        assert_eq!(t.queue_counts(&dead).await.map(|c| c.0), Some(1), "{args:?} moved nothing");
+        // The listing that checked the edit returns the letter to its queue a moment after it exits.
+        wait_for(&format!("{args:?} moved nothing"), Duration::from_secs(10), || async {
+            t.queue_counts(&dead).await.filter(|c| c.0 == 1)
+        })
+        .await;
         assert_eq!(t.queue_counts(&step).await.map(|c| c.0), Some(0), "{args:?} published nothing");
     }
 
@@ -560,6 +567,10 @@ async fn replay_edits_are_checked_against_the_step_and_the_payload_before_anythi
                 "validation_fraction=0.25",
                 "--payload-set",
                 "candidate.hyperparams.max_iterations=500",
+                "--actor",
+                "dave",
+                "--reason",
+                "more iterations",
                 "--json",
             ],
         )
@@ -579,6 +590,9 @@ async fn replay_edits_are_checked_against_the_step_and_the_payload_before_anythi
     assert!(mark.contains("set validation_fraction=0.25") && mark.contains("max_iterations=500"), "{mark}");
     let history = json(&run(&t, &["dlq", "history", "--json"]).await);
     assert_eq!(history[0]["action"], "edit");
+    assert_eq!((history[0]["actor"].as_str(), history[0]["reason"].as_str()), (Some("dave"), Some("more iterations")));
+    let changes = history[0]["changes"].to_string();
+    assert!(changes.contains("validation_fraction=0.25") && changes.contains("max_iterations=500"), "{changes}");
     t.cleanup().await;
 }
 
