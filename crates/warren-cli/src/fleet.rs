@@ -243,12 +243,24 @@ pub async fn demo(config: &Config) -> Outcome {
         let job = client.submit(&spec.job()).await?;
         println!("submitted iris job {job}");
         let steps: Vec<String> = spec.steps.iter().map(|s| s.step.clone()).collect();
-        let events = match crate::submit::follow(&client, &names, job, &steps, false, Duration::from_secs(600)).await? {
-            crate::submit::End::Done(events) => events,
-            crate::submit::End::Dead(e) => {
-                return Err(Fail::from(format!("the job died at {}: {}", e.step, e.error.unwrap_or_default())));
-            }
+        let mut events =
+            match crate::submit::follow(&client, &names, job, &steps, false, Duration::from_secs(600)).await? {
+                crate::submit::End::Done(events) => events,
+                crate::submit::End::Dead(e) => {
+                    return Err(Fail::from(format!("the job died at {}: {}", e.step, e.error.unwrap_or_default())));
+                }
+            };
+        // Each worker publishes its events in its own batches, so the last step's success can
+        // arrive before an earlier step's report: read the job's events once more if one is missing.
+        let has_report = |events: &[warren::JobEvent], step: &str| {
+            events.iter().any(|e| &*e.step == step && e.kind == warren::EventKind::Report)
         };
+        if !has_report(&events, "evaluate") || !has_report(&events, "register") {
+            let made_ms =
+                job.get_timestamp().map(|t| t.to_unix()).map_or(0, |(s, n)| s * 1000 + u64::from(n) / 1_000_000);
+            let all = crate::jobs::read_all(config, warren::events::From::Time(made_ms.saturating_sub(1_000))).await?;
+            events = all.into_iter().filter(|e| e.job_id == job).collect();
+        }
         let report = |step: &str| {
             events
                 .iter()
