@@ -224,11 +224,7 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), BrokerError> {
-        let confirm = self
-            .channel
-            .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, properties)
-            .await
-            .map_err(BrokerError::amqp("basic.publish"))?;
+        let confirm = self.send_with(exchange, routing_key, body, properties, false).await?;
         Self::check(confirm.await.map_err(BrokerError::amqp("publisher confirm"))?, exchange, routing_key)
     }
 
@@ -241,11 +237,22 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<lapin::PublisherConfirm, BrokerError> {
+        self.send_with(exchange, routing_key, body, properties, true).await
+    }
+
+    async fn send_with(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<lapin::PublisherConfirm, BrokerError> {
         self.channel
             .basic_publish(
                 exchange.into(),
                 routing_key.into(),
-                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                BasicPublishOptions { mandatory, ..BasicPublishOptions::default() },
                 body,
                 properties,
             )
