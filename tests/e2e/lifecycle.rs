@@ -60,3 +60,58 @@ async fn a_worker_killed_mid_message_leaves_it_to_another_worker() {
     assert!(redone.delivery_count >= 1, "the broker redelivered it: {redone:?}");
     t.cleanup().await;
 }
+
+/// A step's own default (train runs one model at a time) gives way to what the operator set, by
+/// flag or configuration file, not only by environment variable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flag_or_a_config_file_overrides_a_steps_default_concurrency() {
+    let mut t = crate::helpers::TestNs::new("conc").await;
+    t.remember("train");
+    let file = t.log_dir().join("worker.toml");
+    std::fs::write(&file, "concurrency = 3\n").expect("config file");
+    let cases: [(Vec<String>, &str); 3] = [
+        (vec![], "concurrency=1 prefetch=1"),
+        (vec!["--concurrency".into(), "4".into()], "concurrency=4 prefetch=4"),
+        (vec!["--config".into(), file.display().to_string()], "concurrency=3 prefetch=3"),
+    ];
+    for (i, (args, expected)) in cases.into_iter().enumerate() {
+        let log = t.log_dir().join(format!("train-{i}.log"));
+        let mut child = tokio::process::Command::new(crate::ml::worker_bin("train"))
+            .args(&args)
+            .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
+            .env("WARREN_NAMESPACE", &t.ns)
+            .env("WARREN_ARTIFACTS", t.log_dir())
+            .env_remove("WARREN_CONCURRENCY")
+            .env("RUST_LOG", "info,lapin=warn")
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn warren-train");
+        crate::helpers::wait_for(&format!("{args:?} -> {expected}"), std::time::Duration::from_secs(30), || async {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let plain: String = strip_ansi(&text);
+            plain.contains(expected).then_some(())
+        })
+        .await;
+        crate::helpers::signal(&child, "TERM").await;
+        let _ = child.wait().await;
+    }
+    t.cleanup().await;
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

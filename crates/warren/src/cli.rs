@@ -117,7 +117,8 @@ where
     if let Some(d) = options.max_duration {
         builder = builder.max_duration(d);
     }
-    if let (Some(n), None) = (options.concurrency, std::env::var_os("WARREN_CONCURRENCY")) {
+    // The step's own default, unless a file, the environment or a flag set it.
+    if let Some(n) = options.concurrency.filter(|_| !config.is_set("concurrency")) {
         builder = builder.concurrency(n);
     }
     let worker = builder.build();

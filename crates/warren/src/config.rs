@@ -61,6 +61,9 @@ pub struct Config {
     pub dedup_window: usize,
     /// Address of the health and metrics endpoint, if any (`127.0.0.1:9000`). Key `health_addr`.
     pub health_addr: Option<String>,
+    /// The keys some layer (file, environment, flag) set, so a step's own default (say, train's
+    /// concurrency of 1) applies only where the operator said nothing.
+    set_keys: Vec<&'static str>,
 }
 
 fn default_concurrency() -> usize {
@@ -83,6 +86,7 @@ impl Default for Config {
             events: true,
             dedup_window: 10_000,
             health_addr: None,
+            set_keys: Vec::new(),
         }
     }
 }
@@ -169,6 +173,11 @@ impl fmt::Display for Source {
 }
 
 impl Config {
+    /// Whether a configuration file, the environment or a flag set `key` (as opposed to its default).
+    pub fn is_set(&self, key: &str) -> bool {
+        self.set_keys.contains(&key)
+    }
+
     /// The prefetch a consumer asks for: `prefetch` if set, else `concurrency` (at most 65,535).
     pub fn effective_prefetch(&self) -> u16 {
         self.prefetch.unwrap_or_else(|| u16::try_from(self.concurrency).unwrap_or(u16::MAX))
@@ -235,6 +244,9 @@ impl Config {
         let mut config = Config::default();
         for (key, (value, source)) in &layers {
             config.set(key, value.trim(), source)?;
+            if let Some(k) = KEYS.iter().find(|k| **k == key.as_str()) {
+                config.set_keys.push(k);
+            }
         }
         Ok(config)
     }
@@ -376,6 +388,7 @@ mod tests {
         assert_eq!(c.concurrency, 3);
         assert_eq!(c.prefetch, Some(20));
         assert_eq!(c.effective_prefetch(), 20);
+        assert!(c.is_set("concurrency") && c.is_set("prefetch") && !c.is_set("max_attempts"));
         assert_eq!(c.namespace, "flag");
         assert_eq!(c.amqp_urls, vec!["amqp://a".to_owned(), "amqp://b".to_owned()]);
         std::fs::remove_dir_all(&dir).unwrap();
