@@ -56,3 +56,44 @@ async fn a_worker_serves_health_readiness_and_prometheus_metrics() {
     assert!(body.contains("warren_in_flight"), "{body}");
     t.cleanup().await;
 }
+
+/// `warren up` with a health address and a concurrency: every worker gets its own port (the
+/// given one, then the next ones) and the concurrency reaches every worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_gives_each_worker_its_own_health_port_and_the_configured_concurrency() {
+    let mut t = TestNs::new("upports").await;
+    for s in crate::ml::ML_STEPS {
+        t.remember(s);
+    }
+    // Nine consecutive ports from a random base below the kernel's ephemeral range (32768 on).
+    let base = 20_000 + fastrand::u16(0..4_900) * 2;
+    let addr = format!("127.0.0.1:{base}");
+    let _ = worker_bin("train"); // builds the worker binaries `warren up` runs
+    let up = tokio::process::Command::new(crate::ml::warren_bin())
+        .args(["--concurrency", "3", "--health-addr", &addr, "up"])
+        .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
+        .env("WARREN_NAMESPACE", &t.ns)
+        .env("WARREN_ARTIFACTS", t.log_dir())
+        .env_remove("WARREN_HEALTH_ADDR")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("warren up");
+    for i in 0..9u16 {
+        let worker = format!("127.0.0.1:{}", base + i);
+        wait_for(&format!("/readyz on {worker}"), Duration::from_secs(60), || async {
+            get(&worker, "/readyz").filter(|(c, _)| *c == 200)
+        })
+        .await;
+    }
+    crate::helpers::signal(&up, "TERM").await;
+    let out = up.wait_with_output().await.expect("up output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let plain = crate::helpers::strip_ansi(&text);
+    assert!(plain.contains(&format!("[train#0] health and metrics on http://127.0.0.1:{}/", base + 4)), "{plain}");
+    assert!(plain.contains("step=train") && plain.contains("concurrency=3"), "train runs 3 at once as configured");
+    assert!(!plain.contains("Address already in use"), "{plain}");
+    t.cleanup().await;
+}

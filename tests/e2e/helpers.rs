@@ -428,3 +428,21 @@ pub fn props_for_any<P: warren::Payload>(env: &Envelope<P>) -> BasicProperties {
 pub fn props_for(env: &Envelope<Probe>) -> BasicProperties {
     props_for_any(env)
 }
+
+/// Text without terminal colour codes (worker logs carry them).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -89,7 +89,7 @@ async fn a_flag_or_a_config_file_overrides_a_steps_default_concurrency() {
             .expect("spawn warren-train");
         crate::helpers::wait_for(&format!("{args:?} -> {expected}"), std::time::Duration::from_secs(30), || async {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let plain: String = strip_ansi(&text);
+            let plain: String = crate::helpers::strip_ansi(&text);
             plain.contains(expected).then_some(())
         })
         .await;
@@ -97,21 +97,4 @@ async fn a_flag_or_a_config_file_overrides_a_steps_default_concurrency() {
         let _ = child.wait().await;
     }
     t.cleanup().await;
-}
-
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

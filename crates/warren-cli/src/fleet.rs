@@ -78,6 +78,10 @@ impl Fleet {
         let dir = bin_dir();
         let (stop, stopped) = watch::channel(false);
         let mut slots = Vec::new();
+        let mut health: Option<std::net::SocketAddr> = match &config.health_addr {
+            Some(a) => Some(a.parse().map_err(|_| Fail::usage(format!("--health-addr {a}: expected host:port")))?),
+            None => None,
+        };
         for step in warren_steps::STEPS {
             let bin = dir.join(format!("warren-{step}"));
             if !bin.exists() {
@@ -87,13 +91,15 @@ impl Fleet {
                 )));
             }
             for i in 0..scale.get(*step).copied().unwrap_or(1) {
-                slots.push(tokio::spawn(slot(
-                    bin.clone(),
-                    format!("{step}#{i}"),
-                    env(config),
-                    logs.clone(),
-                    stopped.clone(),
-                )));
+                let name = format!("{step}#{i}");
+                let mut env = env(config);
+                // One health address per worker: the configured one's port, then the next ones.
+                if let Some(addr) = health.as_mut() {
+                    println!("[{name}] health and metrics on http://{addr}/");
+                    env.push(("WARREN_HEALTH_ADDR".to_owned(), addr.to_string()));
+                    addr.set_port(addr.port().saturating_add(1));
+                }
+                slots.push(tokio::spawn(slot(bin.clone(), name, env, logs.clone(), stopped.clone())));
             }
         }
         Ok(Self { stop, slots })
@@ -108,7 +114,9 @@ impl Fleet {
     }
 }
 
-/// The effective configuration, passed to the workers through the environment.
+/// The effective configuration, passed to the workers through the environment: what the fleet
+/// was given by file, environment or flag (a key nobody set keeps each step's own default).
+/// The health address is given per worker by [`Fleet::start`].
 fn env(config: &Config) -> Vec<(String, String)> {
     let mut env = vec![
         ("WARREN_AMQP_URL".to_owned(), config.amqp_urls.join(",")),
@@ -117,6 +125,23 @@ fn env(config: &Config) -> Vec<(String, String)> {
         // Workers stop by themselves if this process dies without stopping them.
         ("WARREN_FLEET_PID".to_owned(), std::process::id().to_string()),
     ];
+    let ms = |d: std::time::Duration| d.as_millis().to_string();
+    let set: [(&str, Option<String>); 9] = [
+        ("concurrency", Some(config.concurrency.to_string())),
+        ("prefetch", config.prefetch.map(|p| p.to_string())),
+        ("max_attempts", Some(config.max_attempts.to_string())),
+        ("retry_base_ms", Some(ms(config.retry_base))),
+        ("retry_max_ms", Some(ms(config.retry_max))),
+        ("delivery_limit", Some(config.delivery_limit.to_string())),
+        ("shutdown_grace_ms", Some(ms(config.shutdown_grace))),
+        ("events", Some(config.events.to_string())),
+        ("dedup_window", Some(config.dedup_window.to_string())),
+    ];
+    for (key, value) in set {
+        if let Some(v) = value.filter(|_| config.is_set(key)) {
+            env.push((format!("WARREN_{}", key.to_uppercase()), v));
+        }
+    }
     if std::env::var_os("RUST_LOG").is_none() {
         env.push(("RUST_LOG".to_owned(), "info,lapin=warn".to_owned()));
     }
@@ -131,7 +156,12 @@ async fn slot(bin: PathBuf, name: String, env: Vec<(String, String)>, logs: Logs
             return;
         }
         let mut cmd = Command::new(&bin);
-        cmd.envs(env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).kill_on_drop(true);
+        // Only what `env` says: an inherited WARREN_HEALTH_ADDR would give every worker one port.
+        cmd.env_remove("WARREN_HEALTH_ADDR")
+            .env_remove("WARREN_CONFIG")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
         match &logs {
             Logs::Prefixed => {
                 cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
