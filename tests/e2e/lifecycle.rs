@@ -98,3 +98,45 @@ async fn a_flag_or_a_config_file_overrides_a_steps_default_concurrency() {
     }
     t.cleanup().await;
 }
+
+/// A wrong password is not a missing broker: the command says the credentials were refused (and
+/// shows no password, nor advice to start RabbitMQ), and a worker stops after a few refusals
+/// instead of retrying forever as "lost the broker".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_are_named_and_stop_a_worker() {
+    let url = crate::helpers::amqp_url();
+    let bad = match url.split_once("://").and_then(|(scheme, rest)| Some((scheme, rest.split_once('@')?))) {
+        Some((scheme, (auth, host))) => {
+            format!("{scheme}://{}:not-the-s3cret@{host}", auth.split(':').next().unwrap_or("guest"))
+        }
+        None => panic!("WARREN_AMQP_URL {url} has no user"),
+    };
+    let ns = format!("t-refused-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let cli = tokio::process::Command::new(crate::ml::warren_bin())
+        .args(["queues"])
+        .env("WARREN_AMQP_URL", &bad)
+        .env("WARREN_NAMESPACE", &ns)
+        .output()
+        .await
+        .expect("warren queues");
+    let err = String::from_utf8_lossy(&cli.stderr);
+    assert_eq!(cli.status.code(), Some(1), "{err}");
+    assert!(err.contains("refused the credentials") && !err.contains("rabbitmq-server -detached"), "{err}");
+    assert!(!err.contains("not-the-s3cret"), "no password in the message: {err}");
+
+    let worker = tokio::process::Command::new(crate::helpers::WORKER_BIN)
+        .args(["--step", "x"])
+        .env("WARREN_AMQP_URL", &bad)
+        .env("WARREN_NAMESPACE", &ns)
+        .env("RUST_LOG", "warn,lapin=off")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), worker)
+        .await
+        .expect("the worker stops by itself")
+        .expect("run the worker");
+    let err = crate::helpers::strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("refused the credentials") && !err.contains("not-the-s3cret"), "{err}");
+    assert!(!err.contains("lost the broker"), "{err}");
+}

@@ -153,12 +153,15 @@ fn main() -> ExitCode {
 
 /// Connects, with a message that says how to start a broker.
 pub async fn connect(config: &warren::Config) -> Result<warren::Client, Fail> {
-    warren::Client::connect(config).await.map_err(|e| Fail {
-        code: 1,
-        message: format!(
-            "{e}. Start RabbitMQ with `rabbitmq-server -detached` (Debian package rabbitmq-server) or \
+    warren::Client::connect(config).await.map_err(|e| match e {
+        e if e.is_access_refused() => Fail { code: 1, message: e.to_string() },
+        e => Fail {
+            code: 1,
+            message: format!(
+                "{e}. Start RabbitMQ with `rabbitmq-server -detached` (Debian package rabbitmq-server) or \
              `docker compose up -d rabbitmq`, or point WARREN_AMQP_URL / --amqp-url at one"
-        ),
+            ),
+        },
     })
 }
 

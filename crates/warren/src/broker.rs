@@ -53,6 +53,16 @@ pub enum BrokerError {
     /// No publishing channel could be had from the pool.
     #[error("no publishing channel available: {0}")]
     Pool(String),
+    /// The broker refused the credentials (ACCESS_REFUSED): retrying will not help until they change.
+    #[error(
+        "RabbitMQ at {url} refused the credentials of user {user:?} (ACCESS_REFUSED): check the user and password in the broker URL"
+    )]
+    AccessRefused {
+        /// The URL, password redacted.
+        url: String,
+        /// The user name.
+        user: String,
+    },
 }
 
 impl BrokerError {
@@ -64,6 +74,10 @@ impl BrokerError {
     /// message's own. A nack or a lost confirm is the broker's trouble and worth publishing again.
     pub fn is_unroutable(&self) -> bool {
         matches!(self, BrokerError::Unroutable { .. })
+    }
+    /// The broker refused the credentials.
+    pub fn is_access_refused(&self) -> bool {
+        matches!(self, BrokerError::AccessRefused { .. })
     }
     pub(crate) fn amqp(context: &'static str) -> impl FnOnce(lapin::Error) -> Self {
         move |source| BrokerError::Amqp { context, source }
@@ -107,6 +121,7 @@ impl Broker {
     pub async fn connect(config: &Config, role: &str) -> Result<Self, BrokerError> {
         let name = connection_name(&config.namespace, role);
         let mut last = String::from("no broker URL configured");
+        let mut refused = None;
         for url in &config.amqp_urls {
             let props = ConnectionProperties::default().with_connection_name(name.clone().into());
             match tokio::time::timeout(Duration::from_secs(10), Connection::connect(url, props)).await {
@@ -119,9 +134,22 @@ impl Broker {
                     tracing::debug!(url = %redact_url(url), %name, "connected");
                     return Ok(Self { conn, publishers, name });
                 }
+                Ok(Err(e)) if e.to_string().contains("ACCESS_REFUSED") => {
+                    let user = url
+                        .split_once("://")
+                        .and_then(|(_, rest)| rest.split_once('@'))
+                        .map(|(auth, _)| auth.split(':').next().unwrap_or_default().to_owned())
+                        .unwrap_or_else(|| "guest".to_owned());
+                    refused = Some(BrokerError::AccessRefused { url: redact_url(url), user });
+                    last = format!("{}: {e}", redact_url(url));
+                }
                 Ok(Err(e)) => last = format!("{}: {e}", redact_url(url)),
                 Err(_) => last = format!("{}: timed out after 10s", redact_url(url)),
             }
+        }
+        // Every URL refused the credentials: say so, rather than "cannot connect".
+        if let Some(e) = refused.filter(|_| config.amqp_urls.len() == 1 || last.contains("ACCESS_REFUSED")) {
+            return Err(e);
         }
         let urls = config.amqp_urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(", ");
         Err(BrokerError::Connect { urls, reason: last })

@@ -68,6 +68,9 @@ pub enum WorkerError {
     /// The broker holds a conflicting definition of this step's topology; retrying cannot help.
     #[error(transparent)]
     Topology(#[from] TopologyError),
+    /// The broker refused the worker's credentials several times in a row.
+    #[error(transparent)]
+    AccessRefused(BrokerError),
 }
 
 /// Liveness and readiness of a worker, for health endpoints and supervisors.
@@ -237,6 +240,7 @@ impl Worker {
         });
         let mut shutdown = std::pin::pin!(shutdown);
         let mut failures = 0u32;
+        let mut refusals = 0u32;
         loop {
             let result = shared.session(shutdown.as_mut()).await;
             if shared.consumed.swap(false, Ordering::Relaxed) {
@@ -249,8 +253,23 @@ impl Worker {
                     shared.worker.health.set_ready(false);
                     return Err(WorkerError::Topology(e));
                 }
+                Err(SessionError::Broker(e)) if e.is_access_refused() => {
+                    // Not the broker being away: a wrong user or password. A few tries cover a
+                    // broker still loading its users; then stop, so the supervisor shows it.
+                    shared.worker.health.set_ready(false);
+                    refusals += 1;
+                    tracing::error!(step = %shared.worker.step, error = %e, attempt = refusals, of = ACCESS_TRIES, "credentials refused");
+                    if refusals >= ACCESS_TRIES {
+                        return Err(WorkerError::AccessRefused(e));
+                    }
+                    tokio::select! {
+                        _ = shutdown.as_mut() => return Ok(()),
+                        _ = tokio::time::sleep(backoff(refusals, 2_000, 10_000)) => {}
+                    }
+                }
                 Err(e) => {
                     shared.worker.health.set_ready(false);
+                    refusals = 0;
                     failures += 1;
                     let backoff = reconnect_delay(failures);
                     tracing::warn!(step = %shared.worker.step, error = %e, retry_in_ms = backoff.as_millis() as u64,
@@ -264,6 +283,9 @@ impl Worker {
         }
     }
 }
+
+/// Consecutive credential refusals before a worker gives up.
+const ACCESS_TRIES: u32 = 3;
 
 fn reconnect_delay(failures: u32) -> Duration {
     backoff(failures, 100, 10_000)
