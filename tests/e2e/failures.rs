@@ -265,19 +265,17 @@ async fn a_nacked_hand_off_is_published_again_and_never_dead_lettered() {
     t.submit(&slip, 0..5).await;
     // A publish whose confirm was lost with its channel goes out again with the same message id:
     // at least once, and a repeat is the same message (the next step drops it by id).
-    let mut ids: std::collections::BTreeMap<u64, std::collections::BTreeSet<uuid::Uuid>> = Default::default();
-    let end = std::time::Instant::now() + Duration::from_secs(60);
-    while ids.len() < 5 {
-        assert!(std::time::Instant::now() < end, "only {ids:?} arrived within 60 s");
-        match ch.basic_get(full.as_str().into(), BasicGetOptions::default()).await.expect("basic.get") {
-            Some(m) => {
-                let env = warren::Envelope::<warren_e2e::Probe>::decode(&m.delivery.data).expect("a probe");
-                m.delivery.acker.ack(BasicAckOptions::default()).await.expect("ack");
-                ids.entry(env.payload.seq).or_default().insert(env.message_id);
-            }
-            None => tokio::time::sleep(Duration::from_millis(100)).await, // polling interval
+    let ids = std::sync::Mutex::new(std::collections::BTreeMap::<u64, std::collections::BTreeSet<uuid::Uuid>>::new());
+    crate::helpers::wait_for("five jobs through the narrow queue", Duration::from_secs(60), || async {
+        while let Some(m) = ch.basic_get(full.as_str().into(), BasicGetOptions::default()).await.expect("basic.get") {
+            let env = warren::Envelope::<warren_e2e::Probe>::decode(&m.delivery.data).expect("a probe");
+            m.delivery.acker.ack(BasicAckOptions::default()).await.expect("ack");
+            ids.lock().expect("ids").entry(env.payload.seq).or_default().insert(env.message_id);
         }
-    }
+        (ids.lock().expect("ids").len() >= 5).then_some(())
+    })
+    .await;
+    let ids = ids.into_inner().expect("ids");
     assert_eq!(ids.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
     assert!(ids.values().all(|i| i.len() == 1), "never two message ids for one job: {ids:?}");
     assert!(t.take_dead_letters("pass").await.is_empty(), "a nack dead-lettered nothing");

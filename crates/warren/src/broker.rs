@@ -239,8 +239,7 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), BrokerError> {
-        let confirm = self.send(exchange, routing_key, body, properties).await?;
-        Self::check(confirm.await.map_err(BrokerError::amqp("publisher confirm"))?, exchange, routing_key)
+        self.confirmed(exchange, routing_key, body, properties, true).await
     }
 
     /// Publishes without `mandatory` and waits for the confirm: for destinations that may have
@@ -252,7 +251,18 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), BrokerError> {
-        let confirm = self.send_with(exchange, routing_key, body, properties, false).await?;
+        self.confirmed(exchange, routing_key, body, properties, false).await
+    }
+
+    async fn confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), BrokerError> {
+        let confirm = self.send_with(exchange, routing_key, body, properties, mandatory).await?;
         Self::check(confirm.await.map_err(BrokerError::amqp("publisher confirm"))?, exchange, routing_key)
     }
 
