@@ -49,6 +49,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.config.print_config {
+        print!("{}", config.render());
+        return ExitCode::SUCCESS;
+    }
     tracing_subscriber_init();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -6,6 +6,7 @@ mod helpers;
 
 mod chaos;
 mod cli;
+mod config;
 mod failures;
 mod health;
 mod lifecycle;

@@ -119,27 +119,12 @@ impl Fleet {
 /// The health address is given per worker by [`Fleet::start`].
 fn env(config: &Config) -> Vec<(String, String)> {
     let mut env = vec![
-        ("WARREN_AMQP_URL".to_owned(), config.amqp_urls.join(",")),
-        ("WARREN_NAMESPACE".to_owned(), config.namespace.clone()),
-        ("WARREN_ARTIFACTS".to_owned(), config.artifacts.clone()),
         // Workers stop by themselves if this process dies without stopping them.
         ("WARREN_FLEET_PID".to_owned(), std::process::id().to_string()),
     ];
-    let ms = |d: std::time::Duration| d.as_millis().to_string();
-    let set: [(&str, Option<String>); 9] = [
-        ("concurrency", Some(config.concurrency.to_string())),
-        ("prefetch", config.prefetch.map(|p| p.to_string())),
-        ("max_attempts", Some(config.max_attempts.to_string())),
-        ("retry_base_ms", Some(ms(config.retry_base))),
-        ("retry_max_ms", Some(ms(config.retry_max))),
-        ("delivery_limit", Some(config.delivery_limit.to_string())),
-        ("shutdown_grace_ms", Some(ms(config.shutdown_grace))),
-        ("events", Some(config.events.to_string())),
-        ("dedup_window", Some(config.dedup_window.to_string())),
-    ];
-    for (key, value) in set {
-        if let Some(v) = value.filter(|_| config.is_set(key)) {
-            env.push((format!("WARREN_{}", key.to_uppercase()), v));
+    for (key, value) in config.set_values() {
+        if key != "health_addr" {
+            env.push((format!("WARREN_{}", key.to_uppercase()), value));
         }
     }
     if std::env::var_os("RUST_LOG").is_none() {

@@ -28,7 +28,7 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +116,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cli.config.print_config {
+        print!("{}", config.render());
+        return ExitCode::SUCCESS;
+    }
+    let Some(command) = cli.command else {
+        eprintln!("warren: a command is required (see `warren --help`)");
+        return ExitCode::from(2);
+    };
     if std::env::var_os("RUST_LOG").is_some() {
         warren::telemetry::init();
     }
@@ -128,7 +136,7 @@ fn main() -> ExitCode {
     };
     let json = cli.json;
     let result = runtime.block_on(async move {
-        match cli.command {
+        match command {
             Command::Submit(a) => submit::run(&config, a, json).await,
             Command::Status(a) => jobs::status(&config, a, json).await,
             Command::Jobs(a) => jobs::jobs(&config, a, json).await,

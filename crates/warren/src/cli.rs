@@ -4,13 +4,18 @@ use std::path::PathBuf;
 
 use crate::{Config, ConfigError};
 
-/// The configuration flags every worker and the `warren` command take. Each overrides the
-/// file and the `WARREN_*` environment variable of the same name.
+/// The configuration flags every worker and the `warren` command take: one per key of
+/// [`crate::config::KEYS`], each overriding the file and the `WARREN_*` environment variable of
+/// the same name.
 #[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Configuration (flag > WARREN_* environment > --config file > defaults)")]
 pub struct ConfigArgs {
     /// TOML configuration file (default: $WARREN_CONFIG, if set).
     #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
+    /// Print the effective configuration, each key with where it came from, and exit.
+    #[arg(long, global = true)]
+    pub print_config: bool,
     /// Broker URL(s), comma-separated, tried in turn.
     #[arg(long, value_name = "URL", global = true)]
     pub amqp_url: Option<String>,
@@ -23,32 +28,72 @@ pub struct ConfigArgs {
     /// Messages handled at once.
     #[arg(long, value_name = "N", global = true)]
     pub concurrency: Option<String>,
-    /// Messages the broker sends ahead of acks.
+    /// Messages the broker sends ahead of acks (default: the concurrency).
     #[arg(long, value_name = "N", global = true)]
     pub prefetch: Option<String>,
+    /// Attempts before a retryable error dead-letters a message.
+    #[arg(long, value_name = "N", global = true)]
+    pub max_attempts: Option<String>,
+    /// First retry delay in ms (doubles per attempt).
+    #[arg(long, value_name = "MS", global = true)]
+    pub retry_base_ms: Option<String>,
+    /// Longest retry delay in ms.
+    #[arg(long, value_name = "MS", global = true)]
+    pub retry_max_ms: Option<String>,
+    /// Deliveries without an ack (crashes) before the broker dead-letters a message.
+    #[arg(long, value_name = "N", global = true)]
+    pub delivery_limit: Option<String>,
+    /// How long a stopping worker waits for messages in flight, in ms.
+    #[arg(long, value_name = "MS", global = true)]
+    pub shutdown_grace_ms: Option<String>,
+    /// Publish job events (true or false).
+    #[arg(long, value_name = "BOOL", global = true)]
+    pub events: Option<String>,
+    /// Completed message ids remembered to drop duplicates.
+    #[arg(long, value_name = "N", global = true)]
+    pub dedup_window: Option<String>,
     /// Health and metrics address (host:port).
     #[arg(long, value_name = "ADDR", global = true)]
     pub health_addr: Option<String>,
+    /// Directory workers may read local input files from (default: none, the store only).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_root: Option<String>,
+    /// PEM file of certificate authorities trusted for amqps:// (default: the system's).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub tls_ca_file: Option<String>,
 }
 
 impl ConfigArgs {
-    /// Loads the configuration with these flags on top.
-    pub fn load(&self) -> Result<Config, ConfigError> {
-        let mut overrides = Vec::new();
+    /// The flags given, as `(key, value)` overrides.
+    pub fn overrides(&self) -> Vec<(&'static str, String)> {
         let flags = [
             ("amqp_url", &self.amqp_url),
             ("namespace", &self.namespace),
             ("artifacts", &self.artifacts),
             ("concurrency", &self.concurrency),
             ("prefetch", &self.prefetch),
+            ("max_attempts", &self.max_attempts),
+            ("retry_base_ms", &self.retry_base_ms),
+            ("retry_max_ms", &self.retry_max_ms),
+            ("delivery_limit", &self.delivery_limit),
+            ("shutdown_grace_ms", &self.shutdown_grace_ms),
+            ("events", &self.events),
+            ("dedup_window", &self.dedup_window),
             ("health_addr", &self.health_addr),
+            ("data_root", &self.data_root),
+            ("tls_ca_file", &self.tls_ca_file),
         ];
-        for (key, value) in flags {
-            if let Some(v) = value {
-                overrides.push((key, v.clone()));
-            }
-        }
-        Config::load(self.config.as_deref(), &overrides)
+        flags.into_iter().filter_map(|(k, v)| Some((k, v.clone()?))).collect()
+    }
+
+    /// Loads the configuration with these flags on top.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        self.load_with(&[])
+    }
+
+    /// Loads the configuration over a step's own defaults, with these flags on top.
+    pub fn load_with(&self, step_defaults: &[(&str, String)]) -> Result<Config, ConfigError> {
+        Config::load_layers(step_defaults, self.config.as_deref(), std::env::vars(), &self.overrides())
     }
 }
 
@@ -91,13 +136,19 @@ where
         Ok(a) => a,
         Err(e) => e.exit(),
     };
-    let config = match args.config.load() {
+    let step_defaults: Vec<(&str, String)> =
+        options.concurrency.map(|n| ("concurrency", n.to_string())).into_iter().collect();
+    let config = match args.config.load_with(&step_defaults) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{bin}: {e}");
             return ExitCode::from(2);
         }
     };
+    if args.config.print_config {
+        print!("{}", config.render());
+        return ExitCode::SUCCESS;
+    }
     crate::telemetry::init();
     let store = match crate::artifacts::ArtifactStore::open(&config.artifacts) {
         Ok(s) => s,
@@ -116,10 +167,6 @@ where
     let mut builder = crate::Worker::builder(step, &config).artifacts(store).version(version);
     if let Some(d) = options.max_duration {
         builder = builder.max_duration(d);
-    }
-    // The step's own default, unless a file, the environment or a flag set it.
-    if let Some(n) = options.concurrency.filter(|_| !config.is_set("concurrency")) {
-        builder = builder.concurrency(n);
     }
     let worker = builder.build();
     if let Some(addr) = config.health_addr.clone() {

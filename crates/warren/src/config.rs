@@ -1,5 +1,6 @@
-//! Process configuration: defaults, then an optional TOML file, then `WARREN_*` environment
-//! variables, then command-line overrides; the later layer wins.
+//! Process configuration, in layers where the later one wins: Warren's defaults, the step's own
+//! defaults (say, train's concurrency of 1), an optional TOML file, `WARREN_*` environment
+//! variables, then command-line flags. Every key goes through every layer.
 //!
 //! Every key has the same name everywhere: `prefetch` in the file, `WARREN_PREFETCH` in the
 //! environment, `--prefetch` on the command line. A bad value is a [`ConfigError`] whose one-line
@@ -25,6 +26,20 @@ pub const KEYS: &[&str] = &[
     "events",
     "dedup_window",
     "health_addr",
+    "data_root",
+    "tls_ca_file",
+];
+
+/// The keys whose values are whole numbers.
+const NUMERIC_KEYS: &[&str] = &[
+    "concurrency",
+    "prefetch",
+    "max_attempts",
+    "retry_base_ms",
+    "retry_max_ms",
+    "delivery_limit",
+    "shutdown_grace_ms",
+    "dedup_window",
 ];
 
 /// The configuration of one Warren process.
@@ -61,9 +76,41 @@ pub struct Config {
     pub dedup_window: usize,
     /// Address of the health and metrics endpoint, if any (`127.0.0.1:9000`). Key `health_addr`.
     pub health_addr: Option<String>,
-    /// The keys some layer (file, environment, flag) set, so a step's own default (say, train's
-    /// concurrency of 1) applies only where the operator said nothing.
-    set_keys: Vec<&'static str>,
+    /// The directory a worker may read local input files from (`data:` names and relative paths
+    /// resolve inside it). Unset, workers read inputs only from the artifact store. Key `data_root`.
+    pub data_root: Option<std::path::PathBuf>,
+    /// A PEM file of certificate authorities to trust for `amqps://` (default: the system's).
+    /// Key `tls_ca_file`.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Where each key's value came from, for keys that did not keep Warren's default.
+    origins: BTreeMap<&'static str, Origin>,
+}
+
+/// Where a configuration value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Warren's own default.
+    Default,
+    /// The step's default (from its worker binary).
+    Step,
+    /// The configuration file (its path).
+    File(String),
+    /// A `WARREN_*` environment variable.
+    Env,
+    /// A command-line flag.
+    Flag,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("default"),
+            Origin::Step => f.write_str("step default"),
+            Origin::File(p) => write!(f, "file {p}"),
+            Origin::Env => f.write_str("environment"),
+            Origin::Flag => f.write_str("command line"),
+        }
+    }
 }
 
 fn default_concurrency() -> usize {
@@ -86,7 +133,9 @@ impl Default for Config {
             events: true,
             dedup_window: 10_000,
             health_addr: None,
-            set_keys: Vec::new(),
+            data_root: None,
+            tls_ca_file: None,
+            origins: BTreeMap::new(),
         }
     }
 }
@@ -108,6 +157,8 @@ impl fmt::Debug for Config {
             .field("events", &self.events)
             .field("dedup_window", &self.dedup_window)
             .field("health_addr", &self.health_addr)
+            .field("data_root", &self.data_root)
+            .field("tls_ca_file", &self.tls_ca_file)
             .finish()
     }
 }
@@ -145,37 +196,81 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn invalid(key: &str, source: &Source, reason: impl Into<String>) -> Self {
+    fn invalid(key: &str, source: &Origin, reason: impl Into<String>) -> Self {
         let key = match source {
-            Source::Env => format!("WARREN_{}", key.to_uppercase()),
-            Source::Flag => format!("--{}", key.replace('_', "-")),
-            Source::File(_) => key.to_owned(),
+            Origin::Env => format!("WARREN_{}", key.to_uppercase()),
+            Origin::Flag => format!("--{}", key.replace('_', "-")),
+            Origin::File(_) | Origin::Step | Origin::Default => key.to_owned(),
         };
-        ConfigError::Invalid { key, source_name: source.to_string(), reason: reason.into() }
-    }
-}
-
-#[derive(Clone, Debug)]
-enum Source {
-    File(String),
-    Env,
-    Flag,
-}
-
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Source::File(p) => write!(f, "in {p}"),
-            Source::Env => f.write_str("environment"),
-            Source::Flag => f.write_str("command line"),
-        }
+        let source_name = match source {
+            Origin::File(p) => format!("in {p}"),
+            other => other.to_string(),
+        };
+        ConfigError::Invalid { key, source_name, reason: reason.into() }
     }
 }
 
 impl Config {
-    /// Whether a configuration file, the environment or a flag set `key` (as opposed to its default).
+    /// Whether a configuration file, the environment or a flag set `key` (as opposed to Warren's
+    /// or the step's default).
     pub fn is_set(&self, key: &str) -> bool {
-        self.set_keys.contains(&key)
+        matches!(self.origin(key), Origin::File(_) | Origin::Env | Origin::Flag)
+    }
+
+    /// Where `key`'s value came from.
+    pub fn origin(&self, key: &str) -> Origin {
+        self.origins.get(key).cloned().unwrap_or(Origin::Default)
+    }
+
+    /// `key`'s value as the file, the environment and flags spell it (`None`: unset). Broker URLs
+    /// keep their passwords: use [`Config::render`] to show a configuration.
+    pub fn value(&self, key: &str) -> Option<String> {
+        let ms = |d: Duration| d.as_millis().to_string();
+        let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        Some(match key {
+            "amqp_url" => self.amqp_urls.join(","),
+            "namespace" => self.namespace.clone(),
+            "artifacts" => self.artifacts.clone(),
+            "concurrency" => self.concurrency.to_string(),
+            "prefetch" => return self.prefetch.map(|p| p.to_string()),
+            "max_attempts" => self.max_attempts.to_string(),
+            "retry_base_ms" => ms(self.retry_base),
+            "retry_max_ms" => ms(self.retry_max),
+            "delivery_limit" => self.delivery_limit.to_string(),
+            "shutdown_grace_ms" => ms(self.shutdown_grace),
+            "events" => self.events.to_string(),
+            "dedup_window" => self.dedup_window.to_string(),
+            "health_addr" => return self.health_addr.clone(),
+            "data_root" => return path(&self.data_root),
+            "tls_ca_file" => return path(&self.tls_ca_file),
+            _ => return None,
+        })
+    }
+
+    /// Every key set by a file, the environment or a flag, with its value: what a process hands
+    /// to the processes it starts (`warren up`) so they resolve the same configuration.
+    pub fn set_values(&self) -> Vec<(&'static str, String)> {
+        KEYS.iter().filter(|k| self.is_set(k)).filter_map(|k| Some((*k, self.value(k)?))).collect()
+    }
+
+    /// The effective configuration as TOML, each key with where its value came from, passwords
+    /// redacted (`--print-config`).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for key in KEYS {
+            let origin = self.origin(key);
+            let line = match self.value(key) {
+                None => format!("# {key} (unset)"),
+                Some(_) if *key == "amqp_url" => {
+                    let urls: Vec<String> = self.amqp_urls.iter().map(|u| redact_url(u)).collect();
+                    format!("{key} = {}", toml::Value::from(urls.join(",")))
+                }
+                Some(v) if NUMERIC_KEYS.contains(key) || *key == "events" => format!("{key} = {v}"),
+                Some(v) => format!("{key} = {}", toml::Value::from(v)),
+            };
+            out.push_str(&format!("{line:<60} # {origin}\n"));
+        }
+        out
     }
 
     /// The prefetch a consumer asks for: `prefetch` if set, else `concurrency` (at most 65,535).
@@ -197,8 +292,29 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &[(&str, String)],
     ) -> Result<Self, ConfigError> {
+        Self::load_layers(&[], file, env, overrides)
+    }
+
+    /// Every layer: a step's defaults, then the file (`file`, else `$WARREN_CONFIG`), the
+    /// environment and the overrides (flags).
+    pub fn load_layers(
+        step_defaults: &[(&str, String)],
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(&str, String)],
+    ) -> Result<Self, ConfigError> {
         let env: BTreeMap<String, String> = env.into_iter().collect();
-        let mut layers: BTreeMap<String, (String, Source)> = BTreeMap::new();
+        let mut layers: BTreeMap<String, (String, Origin)> = BTreeMap::new();
+        for (key, value) in step_defaults {
+            if !KEYS.contains(key) {
+                return Err(ConfigError::Invalid {
+                    key: (*key).to_owned(),
+                    source_name: Origin::Step.to_string(),
+                    reason: "unknown key".into(),
+                });
+            }
+            layers.insert((*key).to_owned(), (value.clone(), Origin::Step));
+        }
 
         let file = file.map(|p| p.to_path_buf()).or_else(|| env.get("WARREN_CONFIG").map(Into::into));
         if let Some(path) = file {
@@ -222,37 +338,37 @@ impl Config {
                         .join(","),
                     other => other.to_string(),
                 };
-                layers.insert(key, (value, Source::File(shown.clone())));
+                layers.insert(key, (value, Origin::File(shown.clone())));
             }
         }
         for key in KEYS {
             if let Some(v) = env.get(&format!("WARREN_{}", key.to_uppercase())) {
-                layers.insert((*key).to_owned(), (v.clone(), Source::Env));
+                layers.insert((*key).to_owned(), (v.clone(), Origin::Env));
             }
         }
         for (key, value) in overrides {
             if !KEYS.contains(key) {
                 return Err(ConfigError::Invalid {
                     key: (*key).to_owned(),
-                    source_name: Source::Flag.to_string(),
+                    source_name: Origin::Flag.to_string(),
                     reason: "unknown key".into(),
                 });
             }
-            layers.insert((*key).to_owned(), (value.clone(), Source::Flag));
+            layers.insert((*key).to_owned(), (value.clone(), Origin::Flag));
         }
 
         let mut config = Config::default();
         for (key, (value, source)) in &layers {
             config.set(key, value.trim(), source)?;
             if let Some(k) = KEYS.iter().find(|k| **k == key.as_str()) {
-                config.set_keys.push(k);
+                config.origins.insert(k, source.clone());
             }
         }
         Ok(config)
     }
 
-    fn set(&mut self, key: &str, value: &str, source: &Source) -> Result<(), ConfigError> {
-        fn num<T>(key: &str, v: &str, s: &Source, min: T) -> Result<T, ConfigError>
+    fn set(&mut self, key: &str, value: &str, source: &Origin) -> Result<(), ConfigError> {
+        fn num<T>(key: &str, v: &str, s: &Origin, min: T) -> Result<T, ConfigError>
         where
             T: std::str::FromStr + PartialOrd + fmt::Display,
         {
@@ -334,6 +450,8 @@ impl Config {
                     self.health_addr = Some(value.to_owned());
                 }
             }
+            "data_root" => self.data_root = (!value.is_empty()).then(|| value.into()),
+            "tls_ca_file" => self.tls_ca_file = (!value.is_empty()).then(|| value.into()),
             _ => unreachable!("key list and match arms agree"),
         }
         Ok(())
