@@ -12,8 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use warren::spec::PipelineSpec;
 use warren::{Config, EventKind, Names};
-use warren_schemas::spec::PipelineSpec;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -57,6 +57,7 @@ params = {{ metric = "accuracy", search = [{{ algorithm = "logistic", grid = {{ 
 step = "train"
 [[steps]]
 step = "select"
+gather = true
 [[steps]]
 step = "evaluate"
 [[steps]]

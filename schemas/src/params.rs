@@ -3,16 +3,19 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::Algorithm;
 
 /// `ingest`: where the data comes from. Exactly one of `dataset` and `csv`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(extend("oneOf" = [{ "required": ["dataset"], "not": { "required": ["csv"] } }, { "required": ["csv"], "not": { "required": ["dataset"] } }]))]
 #[serde(deny_unknown_fields)]
 pub struct IngestParams {
     /// A dataset shipped with the workers: `iris`, `winequality` or `diabetes`.
     #[serde(default)]
+    #[schemars(extend("enum" = ["iris", "winequality", "diabetes"]))]
     pub dataset: Option<String>,
     /// A CSV file: a path on the worker's machine, `file://…`, or an artifact URI.
     #[serde(default)]
@@ -26,10 +29,11 @@ pub struct IngestParams {
 }
 
 /// `validate`: what the data must satisfy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ValidateParams {
     /// Fewest rows accepted.
+    #[schemars(range(min = 1))]
     pub min_rows: u64,
     /// Fewest examples of each class (classification).
     pub min_class_count: u64,
@@ -44,10 +48,11 @@ impl Default for ValidateParams {
 }
 
 /// `features`: the split and the scaling.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FeaturesParams {
     /// Share of rows held out for evaluation.
+    #[schemars(extend("exclusiveMinimum" = 0, "exclusiveMaximum" = 1))]
     pub test_fraction: f64,
     /// Seed of the (stratified, for classes) shuffle.
     pub seed: u64,
@@ -62,7 +67,7 @@ impl Default for FeaturesParams {
 }
 
 /// One algorithm and the values to try for each hyperparameter.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchSpace {
     /// The algorithm.
@@ -73,15 +78,18 @@ pub struct SearchSpace {
 }
 
 /// `tune`: the candidates to train, one train message each.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TuneParams {
     /// The metric to pick the best by (`accuracy`, `f1_macro`, `r2`, `neg_rmse`, `neg_mae`).
+    #[schemars(extend("enum" = ["accuracy", "f1_macro", "r2", "neg_rmse", "neg_mae"]))]
     pub metric: String,
     /// Algorithms and their grids.
+    #[schemars(length(min = 1))]
     pub search: Vec<SearchSpace>,
     /// Random search: train this many points drawn from the grids instead of all of them.
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub budget: Option<u32>,
     /// Seed of the random search.
     #[serde(default)]
@@ -89,10 +97,11 @@ pub struct TuneParams {
 }
 
 /// `train`: how trials are scored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainParams {
     /// Share of the training rows kept aside to score the trial.
+    #[schemars(extend("exclusiveMinimum" = 0, "exclusiveMaximum" = 1))]
     pub validation_fraction: f64,
 }
 
@@ -103,10 +112,11 @@ impl Default for TrainParams {
 }
 
 /// `register`: the registry entry and its promotion gate.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterParams {
     /// Model name in the registry.
+    #[schemars(length(min = 1))]
     pub model: String,
     /// Minimum held-out metrics to register at all, e.g. `{ accuracy = 0.9 }` (for error metrics
     /// such as `rmse`, a maximum).
@@ -116,7 +126,7 @@ pub struct RegisterParams {
 
 /// `select`: what happens when trials die (a dead trial is dead-lettered at train; select is
 /// told, see `warren::DeadNotice`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SelectParams {
     /// `fail` (the default): once every trial is in or dead, a dead trial kills the job at
@@ -124,6 +134,7 @@ pub struct SelectParams {
     /// `continue`: the job goes on with the trials that succeeded, if there are `min_trials`.
     pub on_failed_trial: FailedTrials,
     /// With `continue`: how many trials must succeed.
+    #[schemars(range(min = 1))]
     pub min_trials: u32,
 }
 
@@ -134,7 +145,7 @@ impl Default for SelectParams {
 }
 
 /// What `select` does about dead trials.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailedTrials {
     /// The job dies at select, naming the dead trials.
@@ -144,6 +155,6 @@ pub enum FailedTrials {
 }
 
 /// Steps that take no parameters.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoParams {}

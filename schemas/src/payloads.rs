@@ -24,7 +24,7 @@ macro_rules! schema {
 }
 
 /// A claim check: where an artifact is and what it contains.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ArtifactRef {
     /// `file:///…` or `s3://bucket/…`.
     pub uri: String,
@@ -35,7 +35,7 @@ pub struct ArtifactRef {
 }
 
 /// What kind of prediction the data asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Task {
     /// Predict a class label.
@@ -45,7 +45,7 @@ pub enum Task {
 }
 
 /// One column of a dataset.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Column {
     /// Column name.
     pub name: String,
@@ -54,16 +54,16 @@ pub struct Column {
 }
 
 /// A job's first message for pipelines that start from their parameters alone.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Start {
     /// Free text from whoever submitted the job.
     #[serde(default)]
     pub note: Option<String>,
 }
-schema!(Start, "warren.ml.Start/1");
+schema!(Start, "warren.Start/1");
 
 /// A dataset in the artifact store (Arrow IPC file, also known as Feather v2).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Dataset {
     /// The table.
     pub artifact: ArtifactRef,
@@ -85,7 +85,7 @@ pub struct Dataset {
 schema!(Dataset, "warren.ml.Dataset/1");
 
 /// A train/test split, standardised on the training part only.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Features {
     /// Content hash of the dataset it came from (lineage).
     pub dataset_hash: String,
@@ -109,7 +109,7 @@ pub struct Features {
 schema!(Features, "warren.ml.Features/1");
 
 /// Standardisation fitted on the training rows: `(x - mean) / std`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Scaler {
     /// Means, per feature.
     pub means: Vec<f64>,
@@ -118,7 +118,7 @@ pub struct Scaler {
 }
 
 /// A learning algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
     /// (Multinomial) logistic regression; hyperparameters `alpha` (L2), `max_iterations`.
@@ -142,7 +142,7 @@ impl Algorithm {
 }
 
 /// An algorithm with its hyperparameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Candidate {
     /// The algorithm.
     pub algorithm: Algorithm,
@@ -151,7 +151,7 @@ pub struct Candidate {
 }
 
 /// One training run: a candidate on a split, as one trial of a tuning job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TrainTask {
     /// The data.
     pub features: Features,
@@ -167,7 +167,7 @@ pub struct TrainTask {
 schema!(TrainTask, "warren.ml.TrainTask/1");
 
 /// A fitted model in the artifact store.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Model {
     /// The serialised model (MessagePack of the fitted linfa model with its metadata).
     pub artifact: ArtifactRef,
@@ -187,7 +187,7 @@ pub struct Model {
 schema!(Model, "warren.ml.Model/1");
 
 /// Held-out metrics of a model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Evaluation {
     /// The model.
     pub model: Model,
@@ -201,7 +201,7 @@ pub struct Evaluation {
 schema!(Evaluation, "warren.ml.Evaluation/1");
 
 /// What the registry did with a model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Registration {
     /// Model name.
     pub name: String,
@@ -219,7 +219,7 @@ pub struct Registration {
 schema!(Registration, "warren.ml.Registration/1");
 
 /// A request to the predict step: rows to score now (RPC), or a dataset to batch-score.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PredictRequest {
     /// Registered model name.
     pub model: String,
@@ -236,7 +236,7 @@ pub struct PredictRequest {
 schema!(PredictRequest, "warren.ml.PredictRequest/1");
 
 /// Predictions of a registered model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Predictions {
     /// Model name.
     pub model: String,

@@ -10,8 +10,9 @@ use std::{
 
 use tokio::process::Child;
 use uuid::Uuid;
+use warren::spec::PipelineSpec;
 use warren::{EventKind, artifacts::content_hash, envelope::headers};
-use warren_schemas::{PredictRequest, Predictions, spec::PipelineSpec};
+use warren_schemas::{PredictRequest, Predictions};
 
 use crate::helpers::{TestNs, header};
 
@@ -241,7 +242,7 @@ async fn a_redelivered_job_rewrites_nothing_and_a_cached_step_does_not_run_again
         causation_id: None,
         pipeline: spec.name.clone(),
         slip: spec.slip(),
-        schema: "warren.ml.Start/1".to_owned(),
+        schema: "warren.Start/1".to_owned(),
         payload: warren_schemas::Start::default(),
     };
     t.publish_raw("ingest", &env.encode().expect("encode"), crate::helpers::props_for_any(&env)).await;

@@ -226,8 +226,13 @@ fn filter(f: &Filters) -> Result<Filter, Fail> {
     })
 }
 
-fn steps(f: &Filters) -> Vec<String> {
-    if f.step.is_empty() { warren_steps::STEPS.iter().map(|s| (*s).to_owned()).collect() } else { f.step.clone() }
+/// The steps `--step` names, else every step in the registry (steps whose workers announced
+/// themselves in the last 13 hours; name older ones with `--step`).
+async fn steps(client: &warren::Client, config: &Config, f: &Filters) -> Result<Vec<String>, Fail> {
+    if !f.step.is_empty() {
+        return Ok(f.step.clone());
+    }
+    Ok(crate::steps::registry(client, config).await?.steps.into_keys().collect())
 }
 
 /// A step named with `--step` that has no dead-letter queue is a mistake (exit 2); one of the
@@ -275,7 +280,7 @@ async fn collect(config: &Config, f: &Filters) -> Result<Vec<DeadLetter>, Fail> 
     let names = Names::new(&config.namespace);
     let flt = filter(f)?;
     let mut out = Vec::new();
-    for step in steps(f) {
+    for step in steps(&client, config, f).await? {
         match dlq::list(client.broker(), &names, &step, &flt).await {
             Ok(mut d) => out.append(&mut d),
             Err(e) => unknown_step(f, e)?,
@@ -417,6 +422,10 @@ pub async fn run(config: &Config, cmd: DlqCommand, json: bool) -> Outcome {
                 // Count and check first: a large replay needs a reason, and an edit must fit every
                 // letter it touches, before anything moves.
                 let letters = collect(config, &filters).await?;
+                let registry = {
+                    let client = connect(config).await?;
+                    crate::steps::registry(&client, config).await?
+                };
                 let chosen: Vec<&DeadLetter> =
                     letters.iter().filter(|d| flt.matches(d)).take(limit.unwrap_or(usize::MAX)).collect();
                 tracing::debug!(matching = chosen.len(), "counted before replaying");
@@ -424,7 +433,7 @@ pub async fn run(config: &Config, cmd: DlqCommand, json: bool) -> Outcome {
                     audit.check("replaying", chosen.len())?;
                 }
                 for d in &chosen {
-                    check_edit(&edit, d)?;
+                    check_edit(&edit, d, &registry)?;
                 }
             }
             let client = connect(config).await?;
@@ -435,7 +444,7 @@ pub async fn run(config: &Config, cmd: DlqCommand, json: bool) -> Outcome {
                 Some(_) => Some(dlq::Follower::start(client.broker(), &names).await?),
                 None => None,
             };
-            for step in steps(&filters) {
+            for step in steps(&client, config, &filters).await? {
                 let options = ReplayOptions { limit: remaining, dry_run, rate_per_s, edit: edit.clone() };
                 let r = match dlq::replay(client.broker(), &names, &step, &flt, &options).await {
                     Ok(r) => r,
@@ -531,7 +540,7 @@ pub async fn run(config: &Config, cmd: DlqCommand, json: bool) -> Outcome {
             let client = connect(config).await?;
             let names = Names::new(&config.namespace);
             let mut purged = 0;
-            for step in steps(&filters) {
+            for step in steps(&client, config, &filters).await? {
                 match dlq::purge(client.broker(), &names, &step, &flt).await {
                     Ok(n) => purged += n,
                     Err(e) => unknown_step(&filters, e)?,
@@ -642,7 +651,7 @@ pub(crate) fn parse_value(v: &str) -> Result<rmpv::Value, String> {
 
 /// An edit must fit the letter: the step's parameters and the payload's schema, where Warren
 /// knows them. Any misfit is bad usage (exit 2) naming the flag and key, and nothing is replayed.
-fn check_edit(edit: &dlq::Edit, d: &DeadLetter) -> Result<(), Fail> {
+fn check_edit(edit: &dlq::Edit, d: &DeadLetter, registry: &warren::registry::Registry) -> Result<(), Fail> {
     if edit.is_empty() {
         return Ok(());
     }
@@ -652,11 +661,27 @@ fn check_edit(edit: &dlq::Edit, d: &DeadLetter) -> Result<(), Fail> {
         let env = e.apply_value(&d.body)?;
         let params = env.slip.first().map(|h| h.params.clone()).unwrap_or(rmpv::Value::Nil);
         let params = if params.is_nil() { rmpv::Value::Map(Vec::new()) } else { params };
-        warren_schemas::spec::check_step(&step, params).map(|known| known.is_some())
+        let Some(descriptor) = registry.descriptor(&step) else { return Ok(false) };
+        let json = serde_json::to_value(&params).map_err(|e| e.to_string())?;
+        warren::spec::check_params(descriptor, &json).map(|()| true)
     };
     let payload_fits = |e: &dlq::Edit| -> Result<bool, String> {
         let env = e.apply_value(&d.body)?;
-        warren_schemas::payloads::check_payload(&env.schema, &env.payload)
+        let schema = registry
+            .descriptor(&step)
+            .filter(|desc| desc.input == env.schema)
+            .and_then(|desc| desc.input_schema.clone());
+        let Some(schema) = schema else { return Ok(false) };
+        let validator = jsonschema::validator_for(&schema).map_err(|e| e.to_string())?;
+        let json = serde_json::to_value(&env.payload).map_err(|e| e.to_string())?;
+        let problems: Vec<String> = validator
+            .iter_errors(&json)
+            .map(|e| {
+                let at = e.instance_path().to_string();
+                format!("{}: {e}", at.trim_start_matches('/').replace('/', "."))
+            })
+            .collect();
+        if problems.is_empty() { Ok(true) } else { Err(problems.join("; ")) }
     };
     // Which change is to blame: the one whose removal makes the rest fit.
     let culprit = |fits: &dyn Fn(&dlq::Edit) -> Result<bool, String>, error: String| -> Fail {

@@ -13,8 +13,9 @@ use tokio::{
     sync::watch,
     task::JoinHandle,
 };
+use warren::spec::PipelineSpec;
 use warren::{Config, Declarer, Names};
-use warren_schemas::{PredictRequest, Predictions, spec::PipelineSpec};
+use warren_schemas::{PredictRequest, Predictions};
 
 use crate::{Fail, Outcome, connect};
 
@@ -24,6 +25,106 @@ pub struct UpArgs {
     /// Run N copies of a step, e.g. `--scale train=3` (repeatable; default 1 each).
     #[arg(long, value_name = "STEP=N")]
     scale: Vec<String>,
+    /// A fleet file (TOML): `[[workers]]` with `step`, `bin`, `scale` and `env` each. Without
+    /// one, every worker binary in the binary directory (`$WARREN_BIN_DIR`, else beside `warren`).
+    #[arg(long, value_name = "FILE")]
+    fleet: Option<PathBuf>,
+}
+
+/// One kind of worker in a fleet.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetWorker {
+    /// The step it consumes.
+    pub step: String,
+    /// Its binary: a path (relative to the fleet file), or a name in the binary directory.
+    pub bin: PathBuf,
+    /// Copies to run.
+    #[serde(default = "one")]
+    pub scale: usize,
+    /// Environment for it (any `WARREN_*` key among them, under flags given to `warren up`).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FleetFile {
+    workers: Vec<FleetWorker>,
+}
+
+/// Reads a fleet file; errors are one line naming the file.
+pub fn load_fleet(path: &std::path::Path) -> Result<Vec<FleetWorker>, Fail> {
+    let shown = path.display();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Fail::usage(format!("cannot read fleet file {shown}: {e}")))?;
+    let file: FleetFile = parse_fleet(&text).map_err(|e| Fail::usage(format!("fleet file {shown}: {e}")))?;
+    let base = path.parent().map(PathBuf::from).unwrap_or_default();
+    let mut out = Vec::new();
+    for mut w in file.workers {
+        if w.bin.components().count() > 1 {
+            w.bin = base.join(&w.bin);
+        } else {
+            w.bin = bin_dir().join(&w.bin);
+        }
+        if !w.bin.is_file() {
+            return Err(Fail::usage(format!("fleet file {shown}: step {}: no binary {}", w.step, w.bin.display())));
+        }
+        out.push(w);
+    }
+    if out.is_empty() {
+        return Err(Fail::usage(format!("fleet file {shown}: no [[workers]]")));
+    }
+    Ok(out)
+}
+
+fn parse_fleet(text: &str) -> Result<FleetFile, String> {
+    toml::from_str(text).map_err(|e| e.to_string().lines().next().unwrap_or("not TOML").to_owned())
+}
+
+/// Every worker binary in the binary directory: the `warren-*` executables that describe a step
+/// (`--describe`), one copy each.
+pub fn discover() -> Result<Vec<FleetWorker>, Fail> {
+    let dir = bin_dir();
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(&dir).map_err(|e| Fail::from(format!("cannot list {}: {e}", dir.display())))?;
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for path in paths {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let executable = {
+            use std::os::unix::fs::PermissionsExt;
+            path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        };
+        if !name.starts_with("warren-") || name.contains('.') || !executable {
+            continue;
+        }
+        let Ok(out_) = std::process::Command::new(&path)
+            .arg("--describe")
+            .env_remove("WARREN_CONFIG")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+        else {
+            continue;
+        };
+        if !out_.status.success() {
+            continue;
+        }
+        let Ok(d) = serde_json::from_slice::<warren::registry::StepDescriptor>(&out_.stdout) else { continue };
+        out.push(FleetWorker { step: d.step, bin: path, scale: 1, env: BTreeMap::new() });
+    }
+    if out.is_empty() {
+        return Err(Fail::from(format!(
+            "no worker binaries in {}: build them with `cargo build --workspace --bins`, set WARREN_BIN_DIR, or give --fleet FILE",
+            dir.display()
+        )));
+    }
+    Ok(out)
 }
 
 /// Where worker output goes.
@@ -49,20 +150,17 @@ pub fn bin_dir() -> PathBuf {
     })
 }
 
-fn parse_scale(scale: &[String]) -> Result<BTreeMap<String, usize>, Fail> {
-    let mut out = BTreeMap::new();
+fn apply_scale(workers: &mut [FleetWorker], scale: &[String]) -> Result<(), Fail> {
     for s in scale {
         let (step, n) = s.split_once('=').ok_or_else(|| Fail::usage(format!("--scale {s}: expected STEP=N")))?;
-        if !warren_steps::STEPS.contains(&step) {
-            return Err(Fail::usage(format!(
-                "--scale {s}: no step `{step}` (steps: {})",
-                warren_steps::STEPS.join(", ")
-            )));
-        }
         let n: usize = n.parse().map_err(|_| Fail::usage(format!("--scale {s}: `{n}` is not a number")))?;
-        out.insert(step.to_owned(), n);
+        let steps: Vec<String> = workers.iter().map(|w| w.step.clone()).collect();
+        let w = workers.iter_mut().find(|w| w.step == step).ok_or_else(|| {
+            Fail::usage(format!("--scale {s}: no step `{step}` in this fleet (steps: {})", steps.join(", ")))
+        })?;
+        w.scale = n;
     }
-    Ok(out)
+    Ok(())
 }
 
 async fn pump(reader: impl AsyncRead + Unpin, prefix: String) {
@@ -73,33 +171,27 @@ async fn pump(reader: impl AsyncRead + Unpin, prefix: String) {
 }
 
 impl Fleet {
-    /// Starts every worker (`scale` copies where given), restarting any that exits.
-    pub fn start(config: &Config, scale: &BTreeMap<String, usize>, logs: Logs) -> Result<Self, Fail> {
-        let dir = bin_dir();
+    /// Starts every worker (`scale` copies each), restarting any that exits.
+    pub fn start(config: &Config, workers: &[FleetWorker], logs: Logs) -> Result<Self, Fail> {
         let (stop, stopped) = watch::channel(false);
         let mut slots = Vec::new();
         let mut health: Option<std::net::SocketAddr> = match &config.health_addr {
             Some(a) => Some(a.parse().map_err(|_| Fail::usage(format!("--health-addr {a}: expected host:port")))?),
             None => None,
         };
-        for step in warren_steps::STEPS {
-            let bin = dir.join(format!("warren-{step}"));
-            if !bin.exists() {
-                return Err(Fail::from(format!(
-                    "worker binary {} not found: build them with `cargo build --workspace --bins`, or set WARREN_BIN_DIR",
-                    bin.display()
-                )));
-            }
-            for i in 0..scale.get(*step).copied().unwrap_or(1) {
-                let name = format!("{step}#{i}");
-                let mut env = env(config);
+        for w in workers {
+            for i in 0..w.scale {
+                let name = format!("{}#{i}", w.step);
+                let mut env: Vec<(String, String)> = w.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                // The fleet's own configuration (its flags above all) comes last and wins.
+                env.extend(self::env(config));
                 // One health address per worker: the configured one's port, then the next ones.
                 if let Some(addr) = health.as_mut() {
                     println!("[{name}] health and metrics on http://{addr}/");
                     env.push(("WARREN_HEALTH_ADDR".to_owned(), addr.to_string()));
                     addr.set_port(addr.port().saturating_add(1));
                 }
-                slots.push(tokio::spawn(slot(bin.clone(), name, env, logs.clone(), stopped.clone())));
+                slots.push(tokio::spawn(slot(w.bin.clone(), name, env, logs.clone(), stopped.clone())));
             }
         }
         Ok(Self { stop, slots })
@@ -206,9 +298,9 @@ async fn slot(bin: PathBuf, name: String, env: Vec<(String, String)>, logs: Logs
 }
 
 /// Waits until every step's queue has a consumer.
-async fn wait_ready(client: &warren::Client, names: &Names, within: Duration) -> Result<(), Fail> {
+async fn wait_ready(client: &warren::Client, names: &Names, steps: &[String], within: Duration) -> Result<(), Fail> {
     let end = Instant::now() + within;
-    for step in warren_steps::STEPS {
+    for step in steps {
         loop {
             let ch = client.broker().channel().await?;
             let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
@@ -228,8 +320,17 @@ async fn wait_ready(client: &warren::Client, names: &Names, within: Duration) ->
 
 /// `warren up`.
 pub async fn up(config: &Config, args: UpArgs) -> Outcome {
-    let scale = parse_scale(&args.scale)?;
-    let fleet = Fleet::start(config, &scale, Logs::Prefixed)?;
+    let mut workers = match &args.fleet {
+        Some(file) => load_fleet(file)?,
+        None => discover()?,
+    };
+    apply_scale(&mut workers, &args.scale)?;
+    let total: usize = workers.iter().map(|w| w.scale).sum();
+    println!(
+        "starting {total} workers: {}",
+        workers.iter().map(|w| format!("{}×{}", w.step, w.scale)).collect::<Vec<_>>().join(", ")
+    );
+    let fleet = Fleet::start(config, &workers, Logs::Prefixed)?;
     eprintln!("fleet up in namespace {}: Ctrl-C or SIGTERM stops it", config.namespace);
     warren::shutdown_signal().await;
     eprintln!("stopping the fleet");
@@ -243,18 +344,26 @@ const IRIS: &str = include_str!("../../../pipelines/iris.toml");
 pub async fn demo(config: &Config) -> Outcome {
     let client = connect(config).await?;
     let names = Names::new(&config.namespace);
-    let mut d = Declarer::new(client.broker(), &names);
-    d.base().await?;
-    for step in warren_steps::STEPS {
-        d.step(&warren_steps::topology(step, config)).await?;
+    Declarer::new(client.broker(), &names).base().await?;
+    let mut spec = PipelineSpec::parse(IRIS, "pipelines/iris.toml").map_err(|e| Fail::from(e.to_string()))?;
+    let mut steps: Vec<String> = spec.steps.iter().map(|s| s.step.clone()).collect();
+    steps.push("predict".into());
+    let workers: Vec<FleetWorker> = discover()?.into_iter().filter(|w| steps.contains(&w.step)).collect();
+    for step in &steps {
+        if !workers.iter().any(|w| &w.step == step) {
+            return Err(Fail::from(format!(
+                "no `{step}` worker binary in {}: build them with `cargo build --workspace --bins`",
+                bin_dir().display()
+            )));
+        }
     }
     let logs = std::env::temp_dir().join(format!("warren-demo-{}", std::process::id()));
     std::fs::create_dir_all(&logs)?;
-    println!("starting a fleet of {} workers (logs in {})", warren_steps::STEPS.len(), logs.display());
-    let fleet = Fleet::start(config, &BTreeMap::new(), Logs::Dir(logs))?;
+    println!("starting a fleet of {} workers (logs in {})", workers.len(), logs.display());
+    let fleet = Fleet::start(config, &workers, Logs::Dir(logs))?;
     let result = async {
-        wait_ready(&client, &names, Duration::from_secs(60)).await?;
-        let spec = PipelineSpec::parse(IRIS, "pipelines/iris.toml").map_err(|e| Fail::from(e.to_string()))?;
+        wait_ready(&client, &names, &steps, Duration::from_secs(60)).await?;
+        crate::submit::check_and_upload(&client, config, &mut spec).await?;
         let job = client.submit(&spec.job()).await?;
         println!("submitted iris job {job}");
         let steps: Vec<String> = spec.steps.iter().map(|s| s.step.clone()).collect();

@@ -9,6 +9,7 @@ mod fleet;
 mod jobs;
 mod queues;
 mod rerun;
+mod steps;
 mod submit;
 mod topology;
 
@@ -55,6 +56,11 @@ enum Command {
         after_help = "Example:\n  warren rerun 01a21207-8239-7163-bbdd-cbddd44a96d3 --from evaluate --set register.model=iris-b"
     )]
     Rerun(rerun::RerunArgs),
+    /// The registered steps (what their workers announce) and their live workers.
+    #[command(
+        after_help = "Example:\n  warren steps\n  warren steps ingest   # one step's parameters, types and defaults"
+    )]
+    Steps(steps::StepsArgs),
     /// Per step: messages ready and unacked, consumers, dead letters.
     #[command(after_help = "Example:\n  warren queues --json")]
     Queues(queues::QueuesArgs),
@@ -144,6 +150,7 @@ fn main() -> ExitCode {
             Command::Cancel(a) => dlq::cancel(&config, a, json).await,
             Command::Rerun(a) => rerun::run(&config, a, json).await,
             Command::Queues(a) => queues::run(&config, a, json).await,
+            Command::Steps(a) => steps::run(&config, a, json).await,
             Command::Topology(c) => topology::run(&config, c, json).await,
             Command::Up(a) => fleet::up(&config, a).await,
             Command::Demo => fleet::demo(&config).await,

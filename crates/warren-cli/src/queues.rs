@@ -6,27 +6,20 @@
 
 use std::{collections::BTreeMap, process::ExitCode};
 
-use lapin::{options::QueueDeclareOptions, types::FieldTable};
-use warren::{Broker, Config, Names};
+use warren::{Config, Names};
 
-use crate::{Outcome, connect};
+use crate::{Outcome, connect, steps::counts};
 
 /// `warren queues` arguments.
 #[derive(Debug, clap::Args)]
 pub struct QueuesArgs {
-    /// Steps to show besides the ML steps.
+    /// Steps to show besides the registered ones (repeatable).
     #[arg(long)]
     step: Vec<String>,
-}
-
-async fn counts(broker: &Broker, queue: &str) -> Option<(u32, u32)> {
-    let ch = broker.channel().await.ok()?;
-    let q = ch
-        .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
-        .await
-        .ok()?;
-    let _ = ch.close(200, "".into()).await;
-    Some((q.message_count(), q.consumer_count()))
+    /// Print Prometheus text exposition (queue depth, consumers, dead letters per step), for a
+    /// scrape job or an autoscaler.
+    #[arg(long, conflicts_with = "json")]
+    prometheus: bool,
 }
 
 fn unacked() -> BTreeMap<String, u64> {
@@ -49,7 +42,8 @@ pub async fn run(config: &Config, args: QueuesArgs, json: bool) -> Outcome {
     let names = Names::new(&config.namespace);
     let unacked = unacked();
     let mut rows = Vec::new();
-    let steps = warren_steps::STEPS.iter().map(|s| (*s).to_owned()).chain(args.step);
+    let registered = crate::steps::registry(&client, config).await?;
+    let steps: std::collections::BTreeSet<String> = registered.steps.into_keys().chain(args.step).collect();
     for step in steps {
         let queue = names.step_queue(&step);
         let Some((ready, consumers)) = counts(client.broker(), &queue).await else { continue };
@@ -63,6 +57,10 @@ pub async fn run(config: &Config, args: QueuesArgs, json: bool) -> Outcome {
         }));
     }
     client.broker().close().await;
+    if args.prometheus {
+        print!("{}", prometheus(&config.namespace, &rows));
+        return Ok(ExitCode::SUCCESS);
+    }
     if json {
         println!("{}", serde_json::Value::Array(rows));
     } else {
@@ -80,4 +78,25 @@ pub async fn run(config: &Config, args: QueuesArgs, json: bool) -> Outcome {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The rows as Prometheus text exposition.
+fn prometheus(ns: &str, rows: &[serde_json::Value]) -> String {
+    let metrics = [
+        ("warren_queue_ready", "ready", "Messages ready in a step's queue (its backlog)."),
+        ("warren_queue_unacked", "unacked", "Messages delivered to a step's workers and not yet acked."),
+        ("warren_queue_consumers", "consumers", "Workers consuming a step's queue."),
+        ("warren_dead_letters", "dead", "Messages in a step's dead-letter queue."),
+    ];
+    let mut out = String::new();
+    for (name, field, help) in metrics {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for r in rows {
+            if let Some(v) = r[field].as_u64() {
+                let step = r["step"].as_str().unwrap_or("");
+                out.push_str(&format!("{name}{{namespace=\"{ns}\",step=\"{step}\"}} {v}\n"));
+            }
+        }
+    }
+    out
 }

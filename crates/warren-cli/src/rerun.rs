@@ -69,6 +69,10 @@ pub async fn run(config: &Config, args: RerunArgs, json: bool) -> Outcome {
         )));
     }
 
+    let registry = {
+        let client = connect(config).await?;
+        crate::steps::registry(&client, config).await?
+    };
     let new_job = Uuid::now_v7();
     let mut bodies = Vec::with_capacity(keys.len());
     for (i, key) in keys.iter().enumerate() {
@@ -94,8 +98,11 @@ pub async fn run(config: &Config, args: RerunArgs, json: bool) -> Outcome {
             };
             map.retain(|(k, _)| k.as_str() != Some(param.as_str()));
             map.push((param.as_str().into(), value.clone()));
-            if let Err(e) = warren_schemas::spec::check_step(step, rmpv::Value::Map(map.clone())) {
-                return Err(Fail::usage(format!("--set {step}.{param}: {e}")));
+            if let Some(d) = registry.descriptor(step) {
+                let json = serde_json::to_value(rmpv::Value::Map(map.clone()))?;
+                if let Err(e) = warren::spec::check_params(d, &json) {
+                    return Err(Fail::usage(format!("--set {step}.{param}: {e}")));
+                }
             }
             hop.params = rmpv::Value::Map(map);
         }

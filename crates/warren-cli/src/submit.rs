@@ -4,8 +4,8 @@ use std::{collections::BTreeMap, path::PathBuf, process::ExitCode, time::Duratio
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use uuid::Uuid;
+use warren::spec::PipelineSpec;
 use warren::{Config, EventKind, JobEvent, Names};
-use warren_schemas::spec::PipelineSpec;
 
 use crate::{Fail, Outcome, connect, parse_age};
 
@@ -23,6 +23,14 @@ pub struct SubmitArgs {
     /// Give up waiting after this long.
     #[arg(long, default_value = "30m", value_name = "AGE")]
     timeout: String,
+    /// Put a local file into the artifact store and give the job its URI, e.g.
+    /// `--upload ingest.csv=./data.csv` (repeatable).
+    #[arg(long, value_name = "STEP.PARAM=FILE")]
+    upload: Vec<String>,
+    /// Submit without checking the spec against the registered steps (a step no worker has
+    /// announced yet, say). Files named in the spec are then not uploaded either.
+    #[arg(long)]
+    no_check: bool,
 }
 
 /// Loads a spec and applies `--set` overrides; errors are usage errors naming the line or key.
@@ -132,12 +140,77 @@ pub async fn follow(
     }
 }
 
+/// Puts a local file into the artifact store under a content-addressed key; returns its URI.
+async fn upload(config: &Config, path: &std::path::Path) -> Result<String, Fail> {
+    let bytes = std::fs::read(path).map_err(|e| Fail::usage(format!("cannot read {}: {e}", path.display())))?;
+    let store = warren::artifacts::ArtifactStore::open(&config.artifacts)?;
+    let hash = warren::artifacts::content_hash(&bytes);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "upload".into());
+    let key = format!("uploads/{}/{name}", hash.trim_start_matches("sha256:"));
+    let stored = store.put(&key, bytes).await?;
+    eprintln!("uploaded {} -> {}", path.display(), stored.uri);
+    Ok(stored.uri)
+}
+
+/// Whether a file parameter's value names a local file to upload (not a store URI, an object
+/// store URL, or a `data:` name in the workers' data root).
+fn is_local(value: &str, store_base: &str) -> bool {
+    !(value.starts_with(store_base) || value.starts_with("data:") || value.contains("://"))
+}
+
+/// Checks the spec against the registry and uploads the local files its file parameters name.
+pub async fn check_and_upload(client: &warren::Client, config: &Config, spec: &mut PipelineSpec) -> Result<(), Fail> {
+    let registry = crate::steps::registry(client, config).await?;
+    spec.check(&registry).map_err(|e| Fail::usage(e.to_string()))?;
+    let base = warren::artifacts::ArtifactStore::open(&config.artifacts)?.base().to_owned();
+    for i in 0..spec.steps.len() {
+        let step = spec.steps[i].step.clone();
+        let file_params = registry.descriptor(&step).map(|d| d.file_params.clone()).unwrap_or_default();
+        for key in file_params {
+            let Some(value) = spec.steps[i].params.get(&key).and_then(|v| v.as_str()).map(str::to_owned) else {
+                continue;
+            };
+            if !is_local(&value, &base) {
+                continue;
+            }
+            let path = std::path::Path::new(&value);
+            if !path.is_file() {
+                return Err(Fail::usage(
+                    spec.params_error(
+                        i,
+                        format!(
+                            "step `{step}`: {key}: no file {value} here to upload (give a file on this machine, an artifact URI, or `data:NAME` for a file in the workers' data root)"
+                        ),
+                    )
+                    .to_string(),
+                ));
+            }
+            let uri = upload(config, path).await?;
+            spec.set(&format!("{step}.{key}"), &toml_quote(&uri)).map_err(Fail::usage)?;
+        }
+    }
+    Ok(())
+}
+
+fn toml_quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
 /// `warren submit`.
 pub async fn run(config: &Config, args: SubmitArgs, json: bool) -> Outcome {
-    let spec = load_spec(&args.pipeline, &args.set)?;
+    let mut spec = load_spec(&args.pipeline, &args.set)?;
     let within = Duration::from_millis(parse_age(&args.timeout)?);
     let client = connect(config).await?;
     let names = Names::new(&config.namespace);
+    for u in &args.upload {
+        let (key, file) =
+            u.split_once('=').ok_or_else(|| Fail::usage(format!("--upload {u}: expected STEP.PARAM=FILE")))?;
+        let uri = upload(config, std::path::Path::new(file)).await?;
+        spec.set(key, &toml_quote(&uri)).map_err(|e| Fail::usage(format!("--upload {u}: {e}")))?;
+    }
+    if !args.no_check {
+        check_and_upload(&client, config, &mut spec).await?;
+    }
     let job = client.submit(&spec.job()).await?;
     if !args.wait {
         if json {

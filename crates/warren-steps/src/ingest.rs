@@ -4,7 +4,7 @@ use warren::{Context, StepError, artifacts::content_hash};
 use warren_ml::ingest;
 use warren_schemas::{Dataset, Start, params::IngestParams};
 
-use crate::{art, blocking, ml, put};
+use crate::{blocking, ml, put};
 
 /// Loads the source named in the params and stores it as `dataset.arrow`.
 pub async fn handle(ctx: Context, _start: Start) -> Result<Dataset, StepError> {
@@ -16,13 +16,7 @@ pub async fn handle(ctx: Context, _start: Start) -> Result<Dataset, StepError> {
             (blocking(move || ingest::builtin(&name)).await?, source, None)
         }
         (None, Some(csv)) => {
-            let store = ctx.store()?;
-            let bytes = if csv.starts_with(store.base()) {
-                store.fetch(csv, None).await.map_err(art)?
-            } else {
-                let path = csv.strip_prefix("file://").unwrap_or(csv);
-                std::fs::read(path).map_err(|e| StepError::permanent(format!("cannot read CSV {path}: {e}")))?
-            };
+            let bytes = ctx.read_input(csv).await?;
             let hash = content_hash(&bytes);
             (ingest::csv(&bytes, &p).map_err(ml)?, csv.clone(), Some(hash))
         }
@@ -53,8 +47,8 @@ pub(crate) async fn reread_if_changed(
     dataset: &Dataset,
 ) -> Result<Option<(Dataset, ingest::Loaded)>, StepError> {
     let Some(old_hash) = &dataset.source_hash else { return Ok(None) };
-    let path = dataset.source.strip_prefix("file://").unwrap_or(&dataset.source);
-    let Ok(bytes) = std::fs::read(path) else { return Ok(None) };
+    // Read as ingest read it (the store, or the data root); a source gone since is no change.
+    let Ok(bytes) = ctx.read_input(&dataset.source).await else { return Ok(None) };
     let hash = content_hash(&bytes);
     if &hash == old_hash {
         return Ok(None);

@@ -31,14 +31,35 @@ pub struct ReadmeDoctests;
 pub const STEPS: &[&str] =
     &["ingest", "validate", "features", "tune", "train", "select", "evaluate", "register", "predict"];
 
-/// How each step's worker runs: training may take hours and runs one model per process.
+/// How each step's worker runs: its parameters (announced as JSON Schema), its input files,
+/// and for train, hours per model and one model per process.
 pub fn options(step: &str) -> warren::cli::StepOptions {
+    use warren_schemas::{params::*, *};
+    let o = warren::cli::StepOptions::default();
+    let o = match step {
+        "ingest" => o.input_of::<Start>(),
+        "validate" | "features" => o.input_of::<Dataset>(),
+        "tune" => o.input_of::<Features>(),
+        "train" => o.input_of::<TrainTask>(),
+        "select" | "evaluate" => o.input_of::<Model>(),
+        "register" => o.input_of::<Evaluation>(),
+        "predict" => o.input_of::<PredictRequest>(),
+        _ => o,
+    };
     match step {
+        "ingest" => warren::cli::StepOptions { file_params: vec!["csv".into()], ..o }.params_of::<IngestParams>(),
+        "validate" => o.params_of::<ValidateParams>(),
+        "features" => o.params_of::<FeaturesParams>(),
+        "tune" => o.params_of::<TuneParams>(),
         "train" => warren::cli::StepOptions {
             max_duration: Some(std::time::Duration::from_secs(2 * 3600)),
             concurrency: Some(1),
-        },
-        _ => warren::cli::StepOptions::default(),
+            ..o
+        }
+        .params_of::<TrainParams>(),
+        "select" => warren::cli::StepOptions { gather: true, ..o }.params_of::<SelectParams>(),
+        "register" => o.params_of::<RegisterParams>(),
+        _ => o.params_of::<NoParams>(),
     }
 }
 

@@ -102,14 +102,39 @@ impl ConfigArgs {
 pub struct StepOptions {
     /// The longest one message may take (sets the queue's consumer timeout beyond it).
     pub max_duration: Option<std::time::Duration>,
-    /// Messages handled at once, unless configured.
+    /// Messages handled at once, unless configured (the step's default layer).
     pub concurrency: Option<usize>,
+    /// JSON Schema of the step's parameters (see [`StepOptions::params_of`]); unset: any.
+    pub params: Option<serde_json::Value>,
+    /// Parameters naming an input file (uploaded at submit, read from the store or data root).
+    pub file_params: Vec<String>,
+    /// The step gathers a fan-out.
+    pub gather: bool,
+    /// JSON Schema of the step's input payload (see [`StepOptions::input_of`]); unset: not announced.
+    pub input_schema: Option<serde_json::Value>,
+}
+
+impl StepOptions {
+    /// The step's parameters are `P`.
+    pub fn params_of<P: schemars::JsonSchema>(mut self) -> Self {
+        self.params = Some(schemars::schema_for!(P).to_value());
+        self
+    }
+
+    /// The step's input payload is `I` (its JSON Schema is announced).
+    pub fn input_of<I: schemars::JsonSchema>(mut self) -> Self {
+        self.input_schema = Some(schemars::schema_for!(I).to_value());
+        self
+    }
 }
 
 #[derive(Debug, clap::Parser)]
 struct WorkerArgs {
     #[command(flatten)]
     config: ConfigArgs,
+    /// Print the step's descriptor (JSON: schemas, parameters with defaults) and exit.
+    #[arg(long)]
+    describe: bool,
 }
 
 /// The whole `main` of a step's worker binary: flags and configuration (a bad value prints one
@@ -164,7 +189,30 @@ where
             return ExitCode::FAILURE;
         }
     };
-    let mut builder = crate::Worker::builder(step, &config).artifacts(store).version(version);
+    let mut descriptor = crate::registry::StepDescriptor::new(step, version);
+    descriptor.about = about.to_owned();
+    descriptor.input = I::SCHEMA.to_owned();
+    descriptor.output = <O::Payload as crate::Payload>::SCHEMA.to_owned();
+    descriptor.fan_out = <O as crate::StepOutput>::FAN_OUT;
+    descriptor.gather = options.gather;
+    descriptor.input_schema = options.input_schema.clone();
+    descriptor.file_params = options.file_params.clone();
+    descriptor.concurrency = Some(config.concurrency);
+    descriptor.max_duration_ms = options.max_duration.map(|d| d.as_millis() as u64);
+    if let Some(p) = &options.params {
+        descriptor.params = p.clone();
+    }
+    if args.describe {
+        match serde_json::to_string_pretty(&descriptor) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("{bin}: cannot encode the descriptor: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    let mut builder = crate::Worker::builder(step, &config).artifacts(store).version(version).descriptor(descriptor);
     if let Some(d) = options.max_duration {
         builder = builder.max_duration(d);
     }

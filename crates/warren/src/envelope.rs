@@ -46,6 +46,22 @@ pub trait Payload: Serialize + DeserializeOwned + Send + Sync + 'static {
     const SCHEMA: &'static str;
 }
 
+/// The schema id of [`Start`].
+pub const START_SCHEMA: &str = "warren.Start/1";
+
+/// A job's first message for pipelines that start from their parameters alone: what
+/// `warren submit` sends to a pipeline's first step.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Start {
+    /// Free text from whoever submitted the job.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+impl Payload for Start {
+    const SCHEMA: &'static str = START_SCHEMA;
+}
+
 /// A dynamically typed payload: any MessagePack value with the schema id it claims.
 impl Payload for rmpv::Value {
     const SCHEMA: &'static str = "*";

@@ -14,6 +14,8 @@
 //! - [`events`]: job events, batched onto `{ns}.events` and read back from its stream.
 //! - [`client`]: submitting jobs with their routing slip, and RPC calls.
 //! - [`dlq`]: reading and replaying dead letters.
+//! - [`spec`]: pipeline specs (TOML), checked against the registry with errors naming the line.
+//! - [`registry`]: step descriptors and live workers, announced on `{ns}.registry`.
 //! - [`error`]: [`StepError`] (retryable or permanent) and [`DeadKind`].
 //!
 //! # The flow of one message
@@ -39,7 +41,9 @@ pub mod envelope;
 pub mod error;
 pub mod events;
 pub mod names;
+pub mod registry;
 pub mod shutdown;
+pub mod spec;
 #[cfg(feature = "cli")]
 pub mod telemetry;
 pub mod topology;
@@ -48,7 +52,7 @@ pub mod worker;
 pub use broker::{Broker, BrokerError, Publisher};
 pub use client::{CallError, Client, JobSpec, SubmitError};
 pub use config::{Config, ConfigError};
-pub use envelope::{DeadNotice, DecodeError, Envelope, Hop, Payload};
+pub use envelope::{DeadNotice, DecodeError, Envelope, Hop, Payload, START_SCHEMA, Start};
 pub use error::{DeadKind, StepError};
 pub use events::{EventKind, EventSink, JobEvent};
 pub use names::Names;

@@ -39,6 +39,10 @@ impl Names {
     pub fn events(&self) -> String {
         format!("{}.events", self.ns)
     }
+    /// `{ns}.registry`: stream queue of step descriptors and worker heartbeats.
+    pub fn registry(&self) -> String {
+        format!("{}.registry", self.ns)
+    }
     /// `{ns}.control`: stream queue of control records (job cancellations) every worker follows.
     pub fn control(&self) -> String {
         format!("{}.control", self.ns)

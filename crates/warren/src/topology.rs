@@ -156,7 +156,9 @@ impl<'a> Declarer<'a> {
         self.queue(&n.events(), args.clone()).await?;
         self.bind(&n.events(), &n.events(), "#").await?;
         // Control records: few, read by every worker from the first on, kept a week.
-        self.queue(&n.control(), args).await
+        self.queue(&n.control(), args.clone()).await?;
+        // The step registry: descriptors and heartbeats, read back over its last 13 hours.
+        self.queue(&n.registry(), args).await
     }
 
     /// Declares a step: its queue (quorum, delivery limit, dead-letter exchange, consumer timeout),
@@ -196,7 +198,7 @@ impl<'a> Declarer<'a> {
     pub async fn delete(&mut self, steps: &[&str]) -> Result<(), TopologyError> {
         let n = self.names;
         let ch = self.channel().await?;
-        let mut queues: Vec<String> = vec![n.events(), n.control()];
+        let mut queues: Vec<String> = vec![n.events(), n.control(), n.registry()];
         for s in steps {
             queues.push(n.step_queue(s));
             queues.push(n.dead_queue(s));

@@ -33,12 +33,39 @@ pub struct Context {
     pub(super) params: rmpv::Value,
     pub(super) events: EventSink,
     pub(super) artifacts: Option<ArtifactStore>,
+    pub(super) data_root: Option<Arc<std::path::Path>>,
 }
 
 impl Context {
     /// The worker's artifact store; a permanent error if the worker was built without one.
     pub fn store(&self) -> Result<&ArtifactStore, StepError> {
         self.artifacts.as_ref().ok_or_else(|| StepError::permanent(format!("step {} has no artifact store", self.step)))
+    }
+
+    /// Reads an input file a message names: an artifact URI of the worker's store, or a path
+    /// (`data:sub/file.csv`, `sub/file.csv`) inside the configured `data_root`. Anything else —
+    /// a host path outside the data root, or any path when no data root is configured — is a
+    /// permanent error saying why: a message must not make a worker read arbitrary host files.
+    pub async fn read_input(&self, name: &str) -> Result<Vec<u8>, StepError> {
+        if let Some(store) = &self.artifacts
+            && name.starts_with(store.base())
+        {
+            return store.fetch(name, None).await.map_err(|e| match e {
+                crate::artifacts::ArtifactError::NotFound(_) => StepError::permanent(e),
+                other => StepError::retryable(other),
+            });
+        }
+        let root = self.data_root.as_deref().ok_or_else(|| {
+            StepError::permanent(format!(
+                "refused to read `{name}`: this worker reads input files only from the artifact store (no data_root is configured); submit the file with `warren submit`, which uploads it, or set data_root"
+            ))
+        })?;
+        let rel = name.strip_prefix("data:").or_else(|| name.strip_prefix("file://")).unwrap_or(name);
+        let path = resolve_in(root, rel).map_err(StepError::permanent)?;
+        let read = tokio::task::spawn_blocking(move || std::fs::read(&path).map_err(|e| (path, e)))
+            .await
+            .map_err(|e| StepError::retryable(format!("reading `{name}` failed: {e}")))?;
+        read.map_err(|(path, e)| StepError::permanent(format!("cannot read `{name}` ({}): {e}", path.display())))
     }
 
     /// A deterministic artifact key for this job and step: `{pipeline}/{job}/{step}/{name}`. A
@@ -84,10 +111,27 @@ impl Context {
     }
 }
 
+/// `rel` inside `root`, refused when it would leave it (`..`, an absolute path elsewhere, a
+/// symbolic link out).
+pub fn resolve_in(root: &std::path::Path, rel: &str) -> Result<std::path::PathBuf, String> {
+    let root = root.canonicalize().map_err(|e| format!("the data root {} cannot be used: {e}", root.display()))?;
+    let candidate = root.join(rel);
+    let resolved = candidate
+        .canonicalize()
+        .map_err(|e| format!("cannot read `{rel}` in the data root {}: {e}", root.display()))?;
+    if resolved.starts_with(&root) {
+        Ok(resolved)
+    } else {
+        Err(format!("refused to read `{rel}`: it is outside the data root {}", root.display()))
+    }
+}
+
 /// What a handler returns on success: one payload, or a [`FanOut`] of any number.
 pub trait StepOutput: Send + 'static {
     /// The payload type sent to the next step.
     type Payload: Payload;
+    /// Whether one input becomes any number of outputs.
+    const FAN_OUT: bool = false;
     /// The payloads to publish, in order.
     fn into_payloads(self) -> Vec<Self::Payload>;
 }
@@ -105,6 +149,7 @@ pub struct FanOut<P>(pub Vec<P>);
 
 impl<P: Payload> StepOutput for FanOut<P> {
     type Payload = P;
+    const FAN_OUT: bool = true;
     fn into_payloads(self) -> Vec<P> {
         self.0
     }

@@ -140,6 +140,7 @@ impl<H> Shared<H> {
             params: hop.params,
             events: session.events.clone(),
             artifacts: w.artifacts.clone(),
+            data_root: w.data_root.clone(),
         };
         session.events.emit(ctx.event_base(EventKind::Started));
         let started = Instant::now();

@@ -98,9 +98,17 @@ pub struct WorkerBuilder {
     max_duration: Option<Duration>,
     artifacts: Option<ArtifactStore>,
     version: String,
+    descriptor: Option<crate::registry::StepDescriptor>,
 }
 
 impl WorkerBuilder {
+    /// What the worker announces on `{ns}.registry` (its parameter schema, file parameters,
+    /// about line). The step name, version, input and output schema ids, concurrency and maximum
+    /// duration are filled in from the worker. Without one, the step takes any parameters.
+    pub fn descriptor(mut self, descriptor: crate::registry::StepDescriptor) -> Self {
+        self.descriptor = Some(descriptor);
+        self
+    }
     /// Messages handled at once.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.config.concurrency = n.max(1);
@@ -139,7 +147,9 @@ impl WorkerBuilder {
         let host = hostname();
         let worker_id = format!("{}@{host}#{}", self.step, std::process::id());
         let names = Names::new(&self.config.namespace);
+        let data_root = self.config.data_root.as_deref().map(Arc::from);
         Worker {
+            data_root,
             steps_exchange: names.steps_exchange(),
             dead_exchange: names.dead_exchange(),
             names,
@@ -154,6 +164,7 @@ impl WorkerBuilder {
             retry: self.retry,
             health: Health::default(),
             config: self.config,
+            descriptor: self.descriptor,
             artifacts: self.artifacts,
             version: self.version,
         }
@@ -176,6 +187,8 @@ pub struct Worker {
     health: Health,
     artifacts: Option<ArtifactStore>,
     version: String,
+    descriptor: Option<crate::registry::StepDescriptor>,
+    data_root: Option<Arc<std::path::Path>>,
 }
 
 enum SessionEnd {
@@ -207,6 +220,7 @@ impl Worker {
             max_duration: None,
             artifacts: None,
             version: "0".to_owned(),
+            descriptor: None,
         }
     }
 
@@ -229,13 +243,26 @@ impl Worker {
         O: StepOutput,
         H: Handler<I, O>,
     {
+        let mut this = self;
+        let mut d = this
+            .descriptor
+            .take()
+            .unwrap_or_else(|| crate::registry::StepDescriptor::new(this.step.clone(), this.version.clone()));
+        d.step = this.step.clone();
+        d.version = this.version.clone();
+        d.input = I::SCHEMA.to_owned();
+        d.output = <O::Payload as Payload>::SCHEMA.to_owned();
+        d.fan_out = O::FAN_OUT;
+        d.concurrency = Some(this.config.concurrency);
+        d.max_duration_ms = this.topology.max_duration.map(|m| m.as_millis() as u64);
+        this.descriptor = Some(d);
         let shared = Arc::new(Shared {
-            dedup: Mutex::new(Dedup::new(self.config.dedup_window)),
-            semaphore: Arc::new(Semaphore::new(self.config.concurrency)),
-            metrics: Metrics::new(&self.step),
+            dedup: Mutex::new(Dedup::new(this.config.dedup_window)),
+            semaphore: Arc::new(Semaphore::new(this.config.concurrency)),
+            metrics: Metrics::new(&this.step),
             consumed: AtomicBool::new(false),
             cancelled: crate::control::Cancellations::default(),
-            worker: self,
+            worker: this,
             handler,
         });
         let mut shutdown = std::pin::pin!(shutdown);
@@ -440,6 +467,7 @@ impl<H> Shared<H> {
             .map_err(BrokerError::amqp("basic.consume"))?;
         w.health.set_ready(true);
         self.consumed.store(true, Ordering::Relaxed);
+        let announcer = AbortOnDrop(tokio::spawn(announce_loop(broker.clone(), w.names.clone(), w.record_base())));
         tracing::info!(step = %w.step, worker = %w.worker_id, connection = %broker.name(),
             concurrency = w.config.concurrency, prefetch, "consuming");
         let session = Session {
@@ -502,6 +530,15 @@ impl<H> Shared<H> {
         }
         drop(session);
         drop(control);
+        drop(announcer);
+        let mut stopped = w.record_base();
+        stopped.kind = crate::registry::RecordKind::Stopped;
+        stopped.descriptor = None;
+        stopped.at_ms = crate::envelope::now_ms();
+        let bye = crate::registry::announce(&broker, &w.names, &stopped);
+        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), bye).await {
+            tracing::debug!(error = %e, "could not record the stop in the registry");
+        }
         if let Some(task) = events_task {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
@@ -531,6 +568,48 @@ impl<H> Shared<H> {
             this.metrics.in_flight.decrement(1.0);
             drop(permit);
         });
+    }
+}
+
+impl Worker {
+    /// This worker's registry record, with its descriptor.
+    fn record_base(&self) -> crate::registry::Record {
+        crate::registry::Record {
+            v: 1,
+            kind: crate::registry::RecordKind::Descriptor,
+            step: self.step.clone(),
+            worker: self.worker_id.to_string(),
+            host: hostname(),
+            pid: std::process::id(),
+            health_addr: self.config.health_addr.clone(),
+            version: self.version.clone(),
+            at_ms: crate::envelope::now_ms(),
+            descriptor: self.descriptor.clone(),
+        }
+    }
+}
+
+/// Announces the worker's descriptor, then says it is alive every [`registry::HEARTBEAT`]
+/// and repeats the descriptor every [`registry::DESCRIPTOR_EVERY`], until aborted.
+///
+/// [`registry::HEARTBEAT`]: crate::registry::HEARTBEAT
+/// [`registry::DESCRIPTOR_EVERY`]: crate::registry::DESCRIPTOR_EVERY
+async fn announce_loop(broker: Broker, names: Names, base: crate::registry::Record) {
+    use crate::registry::{DESCRIPTOR_EVERY, HEARTBEAT, RecordKind, announce};
+    let mut last_descriptor: Option<Instant> = None;
+    loop {
+        let mut record = base.clone();
+        record.at_ms = crate::envelope::now_ms();
+        if last_descriptor.is_some_and(|t| t.elapsed() < DESCRIPTOR_EVERY) {
+            record.kind = RecordKind::Alive;
+            record.descriptor = None;
+        }
+        match announce(&broker, &names, &record).await {
+            Ok(()) if record.kind == RecordKind::Descriptor => last_descriptor = Some(Instant::now()),
+            Ok(()) => {}
+            Err(e) => tracing::warn!(step = %base.step, error = %e, "could not announce the worker in the registry"),
+        }
+        tokio::time::sleep(HEARTBEAT).await;
     }
 }
 
