@@ -31,7 +31,7 @@ use warren::{Broker, Client, Config, Context, Envelope, FanOut, Hop, JobSpec, Na
 use crate::{Behaviour, Probe};
 
 mod fleet;
-mod node;
+pub mod node;
 
 pub use fleet::{Slot, WorkerSpec};
 pub use node::Node;

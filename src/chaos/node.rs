@@ -23,7 +23,7 @@ pub struct Node {
 }
 
 /// A port nobody listens on now (the kernel's choice, released at once).
-fn free_port() -> Result<u16, ChaosError> {
+pub fn free_port() -> Result<u16, ChaosError> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| ChaosError(format!("no free port: {e}")))?;
     l.local_addr().map(|a| a.port()).map_err(|e| ChaosError(format!("no free port: {e}")))
 }
@@ -46,14 +46,20 @@ async fn run(cmd: &mut Command, what: &str) -> Result<String, ChaosError> {
 impl Node {
     /// Starts a node named `{prefix}-{i}` with its folders under `root`, and waits until it runs.
     pub async fn start(root: &Path, prefix: &str, i: usize) -> Result<Node, ChaosError> {
+        Self::start_with(root, prefix, i, "").await
+    }
+
+    /// Like [`Node::start`], with `extra` appended to the node's `rabbitmq.conf` (a TLS listener).
+    pub async fn start_with(root: &Path, prefix: &str, i: usize, extra: &str) -> Result<Node, ChaosError> {
         let name = format!("{prefix}-{i}@localhost");
         let dir = root.join(format!("node{i}"));
         std::fs::create_dir_all(dir.join("mnesia")).map_err(|e| ChaosError(format!("{}: {e}", dir.display())))?;
         std::fs::create_dir_all(dir.join("log")).map_err(|e| ChaosError(format!("{}: {e}", dir.display())))?;
         let (port, dist_port) = (free_port()?, free_port()?);
+        let extra = extra.to_owned();
         let conf = format!(
             "listeners.tcp.default = 127.0.0.1:{port}\nvm_memory_high_watermark.absolute = 3GB\n\
-             disk_free_limit.absolute = 1GB\nloopback_users = none\n"
+             disk_free_limit.absolute = 1GB\nloopback_users = none\n{extra}"
         );
         let write = |f: &str, text: &str| {
             std::fs::write(dir.join(f), text).map_err(|e| ChaosError(format!("{}: {e}", dir.join(f).display())))

@@ -289,7 +289,8 @@ fn a_spec_error_names_the_line() {
     let dir = std::env::temp_dir().join(format!("warren-spec-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("bad.toml");
-    std::fs::write(&file, "name = \"x\"\n\n[[steps]]\nstep = \"ingest\"\nparams = { dataset = 3 }\n").expect("write");
+    // Read before any broker is asked: a malformed spec never reaches the registry check.
+    std::fs::write(&file, "name = \"x\"\n\n[[steps]]\nstep = \"ingest\"\ncache = maybe\n").expect("write");
     let out = std::process::Command::new(warren_bin()).args(["submit"]).arg(&file).output().expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -303,18 +304,24 @@ async fn topology_declare_then_check_and_a_conflict_fails_the_check() {
     for s in crate::ml::ML_STEPS {
         t.remember(s);
     }
-    let missing = run(&t, &["topology", "check", "--json"]).await;
+    // No worker has announced these steps here: name them.
+    let mut check = vec!["topology", "check", "--json"];
+    let mut declare = vec!["topology", "declare", "--json"];
+    for s in crate::ml::ML_STEPS {
+        check.extend(["--step", s]);
+        declare.extend(["--step", s]);
+    }
+    let missing = run(&t, &check).await;
     assert_eq!(missing.status.code(), Some(1), "nothing declared yet");
     let rows: Value = serde_json::from_slice(&missing.stdout).expect("json");
     assert!(rows.as_array().expect("rows").iter().all(|r| r["state"] == "missing"));
 
-    json(&run(&t, &["topology", "declare", "--json"]).await);
-    let ok = json(&run(&t, &["topology", "check", "--json"]).await);
+    json(&run(&t, &declare).await);
+    let ok = json(&run(&t, &check).await);
     assert!(ok.as_array().expect("rows").iter().all(|r| r["state"] == "ok"), "{ok}");
 
     // The workers run with another delivery limit than the queues were declared with.
-    let conflict =
-        warren(&t, &["topology", "check", "--json"]).env("WARREN_DELIVERY_LIMIT", "9").output().await.expect("run");
+    let conflict = warren(&t, &check).env("WARREN_DELIVERY_LIMIT", "9").output().await.expect("run");
     assert_eq!(conflict.status.code(), Some(1));
     let text = String::from_utf8_lossy(&conflict.stdout);
     assert!(text.contains("x-delivery-limit"), "{text}");
@@ -496,6 +503,7 @@ async fn replay_edits_are_checked_against_the_step_and_the_payload_before_anythi
 
     let mut t = TestNs::new("cliedit").await;
     t.declare_step("train").await;
+    t.register_steps(&["train"]).await;
     let artifact = ArtifactRef { uri: "file:///x".into(), hash: "sha256:00".into(), bytes: 1 };
     let task = TrainTask {
         features: Features {
@@ -607,6 +615,7 @@ async fn every_dead_letter_example_in_operations_md_runs() {
     for step in ["ingest", "validate", "features", "train"] {
         t.declare_step(step).await;
     }
+    t.register_steps(&["ingest", "validate", "features", "train"]).await;
     let publisher = t.broker.publisher().await.expect("publisher");
     let job = uuid::Uuid::now_v7();
     let letter = |step: &str, params: serde_json::Value, payload: serde_json::Value, error: &str| {

@@ -92,7 +92,7 @@ async fn a_fleet_gives_each_worker_its_own_health_port_and_the_configured_concur
     let out = up.wait_with_output().await.expect("up output");
     let text = String::from_utf8_lossy(&out.stdout);
     let plain = crate::helpers::strip_ansi(&text);
-    assert!(plain.contains(&format!("[train#0] health and metrics on http://127.0.0.1:{}/", base + 4)), "{plain}");
+    assert!(plain.contains(&format!("[train#0] health and metrics on http://127.0.0.1:{}/", base + 6)), "{plain}");
     assert!(plain.contains("step=train") && plain.contains("concurrency=3"), "train runs 3 at once as configured");
     assert!(!plain.contains("Address already in use"), "{plain}");
     t.cleanup().await;

@@ -446,3 +446,32 @@ pub fn strip_ansi(text: &str) -> String {
     }
     out
 }
+
+impl TestNs {
+    /// Announces the descriptors of ML steps, as their workers would at start, without running
+    /// them: each binary's `--describe` output goes to the namespace's registry.
+    pub async fn register_steps(&self, steps: &[&str]) {
+        for step in steps {
+            let out = std::process::Command::new(crate::ml::worker_bin(step))
+                .arg("--describe")
+                .output()
+                .expect("run the worker binary with --describe");
+            assert!(out.status.success(), "{step} --describe: {}", String::from_utf8_lossy(&out.stderr));
+            let descriptor: warren::registry::StepDescriptor =
+                serde_json::from_slice(&out.stdout).expect("a descriptor");
+            let record = warren::registry::Record {
+                v: 1,
+                kind: warren::registry::RecordKind::Descriptor,
+                step: (*step).to_owned(),
+                worker: format!("{step}@test#0"),
+                host: "test".into(),
+                pid: std::process::id(),
+                health_addr: None,
+                version: descriptor.version.clone(),
+                at_ms: warren::envelope::now_ms(),
+                descriptor: Some(descriptor),
+            };
+            warren::registry::announce(&self.broker, &self.names, &record).await.expect("announce");
+        }
+    }
+}

@@ -13,4 +13,6 @@ mod lifecycle;
 mod ml;
 mod packaging;
 mod pipeline;
+mod registry;
+mod security;
 mod topology;

@@ -37,7 +37,7 @@ pub fn worker_bin(step: &str) -> PathBuf {
         for s in ML_STEPS {
             cmd.args(["-p", &format!("warren-{s}")]);
         }
-        cmd.args(["-p", "warren-cli"]);
+        cmd.args(["-p", "warren-cli", "-p", "textstats"]);
         let status = cmd.status().expect("run cargo build for the worker binaries");
         assert!(status.success(), "building the worker binaries failed");
         let exe = std::env::current_exe().expect("test path");
@@ -55,7 +55,10 @@ pub struct Fleet {
 impl Fleet {
     pub async fn start(t: &mut TestNs, train_workers: usize) -> Self {
         let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts").join(&t.ns);
-        std::fs::create_dir_all(&artifacts).expect("artifact dir");
+        std::fs::create_dir_all(artifacts.join("data")).expect("artifact dir");
+        // The workers' data root: the specs' `data/example.csv` resolves inside it.
+        std::fs::copy(repo().join("data/example.csv"), artifacts.join("data/example.csv"))
+            .expect("copy the example CSV");
         let mut children = Vec::new();
         for step in ML_STEPS {
             let copies = if *step == "train" { train_workers } else { 1 };
@@ -67,6 +70,8 @@ impl Fleet {
                     .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
                     .env("WARREN_NAMESPACE", &t.ns)
                     .env("WARREN_ARTIFACTS", &artifacts)
+                    // Input files a test writes live beside the store, named `data:FILE`.
+                    .env("WARREN_DATA_ROOT", &artifacts)
                     .env("RUST_LOG", "info,lapin=warn")
                     .stdout(std::process::Stdio::null())
                     .stderr(log)
@@ -293,7 +298,7 @@ async fn a_bad_csv_row_dead_letters_at_validate_and_a_replay_after_the_fix_finis
     std::fs::write(&csv, lines.join("\n") + "\n").expect("write bad csv");
 
     let mut spec = spec("csv-example.toml");
-    spec.set("ingest.csv", &format!("\"{}\"", csv.display())).expect("set csv");
+    spec.set("ingest.csv", "\"data:upload.csv\"").expect("set csv");
     let job = t.client.submit(&spec.job()).await.expect("submit");
     let dead = events
         .wait("validate dead-letters it", Duration::from_secs(60), |e| e.job_id == job && e.kind == EventKind::Dead)

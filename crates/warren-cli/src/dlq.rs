@@ -422,7 +422,9 @@ pub async fn run(config: &Config, cmd: DlqCommand, json: bool) -> Outcome {
                 // Count and check first: a large replay needs a reason, and an edit must fit every
                 // letter it touches, before anything moves.
                 let letters = collect(config, &filters).await?;
-                let registry = {
+                let registry = if edit.is_empty() {
+                    warren::registry::Registry::default()
+                } else {
                     let client = connect(config).await?;
                     crate::steps::registry(&client, config).await?
                 };

@@ -115,6 +115,26 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
+/// Opens a connection: over TLS for `amqps://`, trusting `tls_ca_file` when it is set.
+async fn open(url: &str, props: ConnectionProperties, config: &Config) -> Result<Connection, String> {
+    #[cfg(feature = "tls")]
+    if url.starts_with("amqps://") {
+        if let Some(ca) = &config.tls_ca_file {
+            let pem =
+                std::fs::read_to_string(ca).map_err(|e| format!("cannot read tls_ca_file {}: {e}", ca.display()))?;
+            let tls = lapin::tcp::OwnedTLSConfig { identity: None, cert_chain: Some(pem) };
+            let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+            return Connection::connect_with_config(url, props, tls, runtime).await.map_err(|e| e.to_string());
+        }
+    }
+    #[cfg(not(feature = "tls"))]
+    if url.starts_with("amqps://") {
+        return Err("this build of Warren has no TLS (cargo feature `tls`), so it refuses amqps:// URLs".to_owned());
+    }
+    let _ = config;
+    Connection::connect(url, props).await.map_err(|e| e.to_string())
+}
+
 impl Broker {
     /// Connects to the first broker URL of `config` that answers, naming the connection after
     /// the namespace and `role` (a step name, `client`, `cli`).
@@ -124,7 +144,7 @@ impl Broker {
         let mut refused = None;
         for url in &config.amqp_urls {
             let props = ConnectionProperties::default().with_connection_name(name.clone().into());
-            match tokio::time::timeout(Duration::from_secs(10), Connection::connect(url, props)).await {
+            match tokio::time::timeout(Duration::from_secs(10), open(url, props, config)).await {
                 Ok(Ok(conn)) => {
                     let conn = Arc::new(conn);
                     let publishers = managed::Pool::builder(ChannelManager { conn: conn.clone() })
@@ -134,7 +154,7 @@ impl Broker {
                     tracing::debug!(url = %redact_url(url), %name, "connected");
                     return Ok(Self { conn, publishers, name });
                 }
-                Ok(Err(e)) if e.to_string().contains("ACCESS_REFUSED") => {
+                Ok(Err(e)) if e.contains("ACCESS_REFUSED") => {
                     let user = url
                         .split_once("://")
                         .and_then(|(_, rest)| rest.split_once('@'))
