@@ -118,14 +118,11 @@ pub fn hostname() -> String {
 /// Opens a connection: over TLS for `amqps://`, trusting `tls_ca_file` when it is set.
 async fn open(url: &str, props: ConnectionProperties, config: &Config) -> Result<Connection, String> {
     #[cfg(feature = "tls")]
-    if url.starts_with("amqps://") {
-        if let Some(ca) = &config.tls_ca_file {
-            let pem =
-                std::fs::read_to_string(ca).map_err(|e| format!("cannot read tls_ca_file {}: {e}", ca.display()))?;
-            let tls = lapin::tcp::OwnedTLSConfig { identity: None, cert_chain: Some(pem) };
-            let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
-            return Connection::connect_with_config(url, props, tls, runtime).await.map_err(|e| e.to_string());
-        }
+    if let Some(ca) = config.tls_ca_file.as_ref().filter(|_| url.starts_with("amqps://")) {
+        let pem = std::fs::read_to_string(ca).map_err(|e| format!("cannot read tls_ca_file {}: {e}", ca.display()))?;
+        let tls = lapin::tcp::OwnedTLSConfig { identity: None, cert_chain: Some(pem) };
+        let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+        return Connection::connect_with_config(url, props, tls, runtime).await.map_err(|e| e.to_string());
     }
     #[cfg(not(feature = "tls"))]
     if url.starts_with("amqps://") {
