@@ -34,6 +34,21 @@ pub fn worker_bin(step: &str) -> PathBuf {
     let dir = BUILT.get_or_init(|| {
         let mut cmd = std::process::Command::new(env!("CARGO"));
         cmd.args(["build", "--quiet", "--bins"]).current_dir(repo());
+        // Cargo sets CARGO_PKG_NAME, CARGO_MANIFEST_DIR and more for this test; build scripts
+        // (ring's) rerun when those change, so a nested build would rebuild every time.
+        for (key, _) in std::env::vars() {
+            let per_package = [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_",
+                "CARGO_TARGET_TMPDIR",
+            ];
+            if per_package.iter().any(|p| key.starts_with(p)) {
+                cmd.env_remove(key);
+            }
+        }
         for s in ML_STEPS {
             cmd.args(["-p", &format!("warren-{s}")]);
         }
