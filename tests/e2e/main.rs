@@ -14,5 +14,6 @@ mod ml;
 mod packaging;
 mod pipeline;
 mod registry;
+mod roles;
 mod security;
 mod topology;

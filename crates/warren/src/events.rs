@@ -367,7 +367,7 @@ pub async fn subscribe_from(
     names: &Names,
     from: From,
 ) -> Result<mpsc::UnboundedReceiver<JobEvent>, TopologyError> {
-    crate::Declarer::new(broker, names).base().await?;
+    crate::Declarer::new(broker, names).ensure_base().await?;
     let ch = broker.channel().await?;
     ch.basic_qos(500, BasicQosOptions::default()).await.map_err(BrokerError::amqp("basic.qos"))?;
     let mut args = FieldTable::default();

@@ -267,7 +267,7 @@ impl Registry {
 /// this call appends first. Declares the namespace's base topology, so it works before any
 /// worker has run (the registry is then empty).
 pub async fn read(broker: &Broker, names: &Names) -> Result<Registry, TopologyError> {
-    crate::Declarer::new(broker, names).base().await?;
+    crate::Declarer::new(broker, names).ensure_base().await?;
     let mark = Uuid::now_v7().to_string();
     let started = crate::envelope::now_ms();
     announce(

@@ -143,6 +143,39 @@ impl<'a> Declarer<'a> {
             .map_err(|e| conflict_or(e, "queue.bind"))
     }
 
+    /// Makes sure the namespace's base topology exists: checks it passively first, so a reader
+    /// whose user may not configure (a submitter following its job) works once a worker or an
+    /// operator declared it, and declares it ([`Declarer::base`]) only when something is missing.
+    pub async fn ensure_base(&mut self) -> Result<(), TopologyError> {
+        let n = self.names;
+        let ch = self.broker.channel().await?;
+        let passive_exchange = ExchangeDeclareOptions { passive: true, durable: true, ..Default::default() };
+        let passive_queue = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
+        let mut present = true;
+        for x in [n.steps_exchange(), n.dead_exchange(), n.events()] {
+            if ch
+                .exchange_declare(x.as_str().into(), ExchangeKind::Direct, passive_exchange, FieldTable::default())
+                .await
+                .is_err()
+            {
+                present = false;
+                break;
+            }
+        }
+        if present {
+            for q in [n.events(), n.control(), n.registry()] {
+                if ch.queue_declare(q.as_str().into(), passive_queue, FieldTable::default()).await.is_err() {
+                    present = false;
+                    break;
+                }
+            }
+        }
+        if ch.status().connected() {
+            let _ = ch.close(200, "checked".into()).await;
+        }
+        if present { Ok(()) } else { self.base().await }
+    }
+
     /// Declares the namespace's exchanges and the events stream.
     pub async fn base(&mut self) -> Result<(), TopologyError> {
         let n = self.names;
