@@ -13,19 +13,22 @@ COPY crates/warren-ml/Cargo.toml crates/warren-ml/
 COPY crates/warren-steps/Cargo.toml crates/warren-steps/
 COPY schemas/Cargo.toml schemas/
 COPY workers/ workers/
+COPY examples/textstats/Cargo.toml examples/textstats/
 RUN set -eux; \
     for d in crates/warren crates/warren-ml crates/warren-steps schemas .; do mkdir -p $d/src && echo '' > $d/src/lib.rs; done; \
     mkdir -p crates/warren/benches crates/warren/examples crates/warren-cli/src src/bin benches tests/e2e; \
     echo 'fn main() {}' | tee crates/warren/benches/pipeline.rs crates/warren/examples/quickstart.rs \
         crates/warren-cli/src/main.rs src/bin/warren-test-step.rs benches/fanout.rs tests/e2e/main.rs >/dev/null; \
-    for w in workers/*/; do mkdir -p $w/src && echo 'fn main() {}' > $w/src/main.rs; done
+    for w in workers/*/; do mkdir -p $w/src && echo 'fn main() {}' > $w/src/main.rs; done; \
+    mkdir -p examples/textstats/src/bin && echo '' > examples/textstats/src/lib.rs; \
+    for b in load count report; do echo 'fn main() {}' > examples/textstats/src/bin/$b.rs; done
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    cargo build --release --workspace --bins --exclude warren-e2e || true
+    cargo build --release --workspace --bins --exclude warren-e2e --exclude textstats || true
 # Then the sources.
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     touch crates/*/src/*.rs schemas/src/*.rs workers/*/src/main.rs \
-    && cargo build --release --workspace --bins --exclude warren-e2e \
+    && cargo build --release --workspace --bins --exclude warren-e2e --exclude textstats \
     && mkdir /out \
     && cp target/release/warren target/release/warren-ingest target/release/warren-validate \
           target/release/warren-features target/release/warren-tune target/release/warren-train \
