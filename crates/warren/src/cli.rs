@@ -130,11 +130,11 @@ impl StepOptions {
 
 #[derive(Debug, clap::Parser)]
 struct WorkerArgs {
-    #[command(flatten)]
-    config: ConfigArgs,
     /// Print the step's descriptor (JSON: schemas, parameters with defaults) and exit.
     #[arg(long)]
     describe: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 /// The whole `main` of a step's worker binary: flags and configuration (a bad value prints one
