@@ -127,7 +127,7 @@ async fn amqps_is_tls_for_real_and_plain_amqp_to_the_tls_port_fails_clearly() {
         // Without the test's CA the server's certificate is refused: TLS checks for real.
         let err = Broker::connect(&config(&url, None), "tls-test").await.expect_err("an unknown CA must be refused");
         let text = err.to_string();
-        assert!(text.contains("amqps://guest:***@localhost"), "{text}");
+        assert!(text.contains("amqps://guest:***@localhost") && text.contains("tls_ca_file"), "{text}");
         assert!(!text.contains("guest:guest"), "no password in errors: {text}");
 
         // Plain AMQP to the TLS port fails, quickly and naming the URL.
@@ -137,6 +137,7 @@ async fn amqps_is_tls_for_real_and_plain_amqp_to_the_tls_port_fails_clearly() {
         assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
         let text = err.to_string();
         assert!(text.contains(&format!("127.0.0.1:{tls_port}")) && text.contains("cannot connect"), "{text}");
+        assert!(text.contains("use amqps://"), "says what to do: {text}");
     };
     let result = tokio::time::timeout(Duration::from_secs(120), outcome).await;
     node.shutdown().await;

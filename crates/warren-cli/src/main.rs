@@ -170,6 +170,10 @@ fn main() -> ExitCode {
 pub async fn connect(config: &warren::Config) -> Result<warren::Client, Fail> {
     warren::Client::connect(config).await.map_err(|e| match e {
         e if e.is_access_refused() => Fail { code: 1, message: e.to_string() },
+        // Something answered, but not as asked (TLS on one side only, a certificate): the message says what.
+        e if !["refused", "timed out", "No route", "resolve", "lookup"].iter().any(|s| e.to_string().contains(s)) => {
+            Fail { code: 1, message: e.to_string() }
+        }
         e => Fail {
             code: 1,
             message: format!(

@@ -115,6 +115,20 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
+/// What a TLS mismatch looks like from here, said plainly.
+fn tls_hint(url: &str, error: &str) -> &'static str {
+    let tls = url.starts_with("amqps://");
+    if tls && (error.contains("InvalidContentType") || error.contains("corrupt message")) {
+        " (no TLS answered at this address: is it the plain AMQP port? RabbitMQ's TLS port is usually 5671)"
+    } else if tls && (error.contains("UnknownIssuer") || error.contains("invalid peer certificate")) {
+        " (the broker's certificate is not trusted here: set tls_ca_file to the PEM of its certificate authority)"
+    } else if !tls && ["failed to parse", "EOF", "reset", "closed"].iter().any(|s| error.contains(s)) {
+        " (what answered was not plain AMQP: if this is a TLS port, use amqps://)"
+    } else {
+        ""
+    }
+}
+
 /// Opens a connection: over TLS for `amqps://`, trusting `tls_ca_file` when it is set.
 async fn open(url: &str, props: ConnectionProperties, config: &Config) -> Result<Connection, String> {
     #[cfg(feature = "tls")]
@@ -160,7 +174,7 @@ impl Broker {
                     refused = Some(BrokerError::AccessRefused { url: redact_url(url), user });
                     last = format!("{}: {e}", redact_url(url));
                 }
-                Ok(Err(e)) => last = format!("{}: {e}", redact_url(url)),
+                Ok(Err(e)) => last = format!("{}: {e}{}", redact_url(url), tls_hint(url, &e)),
                 Err(_) => last = format!("{}: timed out after 10s", redact_url(url)),
             }
         }
