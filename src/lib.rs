@@ -31,4 +31,6 @@ pub struct Behaviour {
     pub abort_on: Option<u64>,
     /// Take this long (simulated work).
     pub sleep_ms: u64,
+    /// Send this many copies on (a fan-out, as tune sends trials); 0 or 1: one.
+    pub fan_out: u32,
 }

@@ -4,7 +4,7 @@
 use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
-use warren::{Context, StepError, Worker, cli::ConfigArgs};
+use warren::{Context, FanOut, StepError, Worker, cli::ConfigArgs};
 use warren_e2e::{Behaviour, Probe};
 
 /// Runs one test step against RabbitMQ.
@@ -21,7 +21,7 @@ struct Args {
     config: ConfigArgs,
 }
 
-async fn handle(ctx: Context, mut probe: Probe) -> Result<Probe, StepError> {
+async fn handle(ctx: Context, mut probe: Probe) -> Result<FanOut<Probe>, StepError> {
     let behaviour: Behaviour = ctx.params()?;
     if behaviour.abort_on == Some(probe.seq) {
         eprintln!("aborting on probe {} as asked", probe.seq);
@@ -37,7 +37,7 @@ async fn handle(ctx: Context, mut probe: Probe) -> Result<Probe, StepError> {
         tokio::time::sleep(Duration::from_millis(behaviour.sleep_ms)).await;
     }
     probe.hops += 1;
-    Ok(probe)
+    Ok(FanOut(vec![probe; behaviour.fan_out.max(1) as usize]))
 }
 
 fn main() -> ExitCode {

@@ -9,6 +9,7 @@ mod cli;
 mod config;
 mod failures;
 mod health;
+mod history;
 mod lifecycle;
 mod ml;
 mod packaging;

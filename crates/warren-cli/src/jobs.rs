@@ -1,9 +1,14 @@
-//! `warren status JOB` and `warren jobs`: history rebuilt from the events stream alone.
+//! `warren status JOB` and `warren jobs`: history rebuilt from the events stream alone, through
+//! the runtime's read model (`warren::history`).
 
-use std::{collections::BTreeMap, process::ExitCode, time::Duration};
+use std::{process::ExitCode, time::Duration};
 
 use uuid::Uuid;
-use warren::{Config, EventKind, JobEvent, Names};
+use warren::{
+    Config, EventKind, JobEvent, Names,
+    events::format_time,
+    history::{JobState, JobView},
+};
 
 use crate::{Fail, Outcome, connect, parse_age};
 
@@ -20,132 +25,248 @@ pub struct JobsArgs {
     /// Only jobs of this pipeline.
     #[arg(long)]
     pipeline: Option<String>,
-    /// Only jobs with events in this recent window (90s, 30m, 2h, 7d).
-    #[arg(long, value_name = "AGE")]
+    /// Only jobs in this state: running, done, dead or cancelled.
+    #[arg(long)]
+    state: Option<String>,
+    /// Only jobs submitted in this recent window (90s, 30m, 2h, 7d) or since this job id / time
+    /// in milliseconds since the epoch (default: 1h).
+    #[arg(long, value_name = "AGE|MS")]
     since: Option<String>,
+    /// Only jobs submitted before this time in milliseconds since the epoch.
+    #[arg(long, value_name = "MS")]
+    until: Option<u64>,
+    /// At most this many jobs (newest first).
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    /// Include RPC calls (`warren::Client::call`), listed as pipeline `rpc`.
+    #[arg(long)]
+    rpc: bool,
+    /// Keep listing jobs as their events arrive (Ctrl-C stops).
+    #[arg(long)]
+    follow: bool,
 }
 
-/// The events in the namespace's stream from `from` on, read until it has been quiet a moment.
+/// The events from `from` up to the stream's tail when the read began.
 pub async fn read_all(config: &Config, from: warren::events::From) -> Result<Vec<JobEvent>, Fail> {
     let client = connect(config).await?;
-    let mut rx = warren::events::subscribe_from(client.broker(), &Names::new(&config.namespace), from).await?;
-    let mut events = Vec::new();
-    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(800), rx.recv()).await {
-        events.push(e);
-    }
+    let events = warren::events::read_to_now(client.broker(), &Names::new(&config.namespace), from).await?;
     client.broker().close().await;
     Ok(events)
 }
 
-fn state(events: &[&JobEvent]) -> &'static str {
-    let cancelled = |e: &JobEvent| {
-        e.kind == EventKind::Cancelled
-            || warren::events::OperatorAction::from_event(e).is_some_and(|a| a.action == "cancel")
-    };
-    if events.iter().any(|e| e.kind == EventKind::Succeeded && e.last_step) {
-        "done"
-    } else if events.iter().any(|e| cancelled(e)) {
-        "cancelled"
-    } else if events.iter().any(|e| e.kind == EventKind::Dead) {
-        "dead"
-    } else {
-        "running"
+/// `1.2 s`, `340 ms`, `2 min 5 s`.
+pub fn duration(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..60_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        _ => format!("{} min {} s", ms / 60_000, (ms % 60_000) / 1000),
     }
 }
 
-fn time(ms: u64) -> String {
-    let s = ms / 1000;
-    format!("{:02}:{:02}:{:02}.{:03}", (s / 3600) % 24, (s / 60) % 60, s % 60, ms % 1000)
+/// The command that shows or repairs a dead job.
+pub fn next_command(job: &JobView) -> Option<String> {
+    let d = job.dead.first()?;
+    Some(format!(
+        "warren dlq show {}    then, once the cause is fixed:  warren dlq replay --step {} --job {} --reason \"…\"",
+        d.message_id, d.step, job.job
+    ))
 }
 
 /// `warren status`.
 pub async fn status(config: &Config, args: StatusArgs, json: bool) -> Outcome {
     let job: Uuid = args.job.parse().map_err(|_| Fail::usage(format!("`{}` is not a job id (a UUID)", args.job)))?;
     // The job id (UUIDv7) says when it was made: read from a minute before.
-    let made_ms = job.get_timestamp().map(|t| t.to_unix()).map_or(0, |(s, n)| s * 1000 + u64::from(n) / 1_000_000);
+    let made_ms = warren::history::uuid_time_ms(&job).unwrap_or(0);
     let all = read_all(config, warren::events::From::Time(made_ms.saturating_sub(60_000))).await?;
-    let events: Vec<&JobEvent> = all.iter().filter(|e| e.job_id == job).collect();
-    if events.is_empty() {
+    let mine: Vec<JobEvent> = all.iter().filter(|e| e.job_id == job).cloned().collect();
+    let Some(view) = warren::history::fold(&all, true).into_iter().find(|j| j.job == job) else {
         return Err(Fail::from(format!("no events for job {job} in namespace {}", config.namespace)));
-    }
+    };
     if json {
-        let out = serde_json::json!({
-            "job": job.to_string(),
-            "pipeline": events[0].pipeline.to_string(),
-            "state": state(&events),
-            "events": events,
-        });
-        println!("{out}");
+        let mut v = serde_json::to_value(&view)?;
+        v["events"] = serde_json::to_value(&mine)?;
+        v["next"] = serde_json::json!(next_command(&view));
+        println!("{v}");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("job {job}  pipeline {}  {}", events[0].pipeline, state(&events));
-    for e in &events {
-        let detail = match e.kind {
-            EventKind::Succeeded => format!(
-                "{} ms, {} out{}",
-                e.duration_ms.unwrap_or(0),
-                e.outputs,
-                if e.last_step { ", job complete" } else { "" }
-            ),
-            EventKind::Retrying => {
-                format!("retry in {} ms: {}", e.delay_ms.unwrap_or(0), e.error.clone().unwrap_or_default())
+    let took = view.duration_ms.map(|d| format!(" in {}", duration(d))).unwrap_or_default();
+    println!("job {job}");
+    println!(
+        "  pipeline {}  {}{took}  submitted {}",
+        view.pipeline,
+        view.state.as_str(),
+        format_time(view.submitted_ms)
+    );
+    for s in &view.steps {
+        let n = s.branches.len();
+        let times: Vec<u64> = s.branches.iter().filter_map(|b| b.duration_ms).collect();
+        let longest = times.iter().max().copied().unwrap_or(0);
+        let summary = if n > 1 {
+            format!("{n} messages: {} succeeded, {} dead, longest {}", s.succeeded(), s.dead(), duration(longest))
+        } else {
+            match s.branches.first() {
+                Some(b) => format!(
+                    "{}{}{}",
+                    b.outcome,
+                    b.duration_ms.map(|d| format!(" in {}", duration(d))).unwrap_or_default(),
+                    if b.attempts > 1 { format!(" (attempt {})", b.attempts) } else { String::new() }
+                ),
+                None => "reported".to_owned(),
             }
-            EventKind::Dead => {
-                format!("{}: {}", e.error_kind.clone().unwrap_or_default(), e.error.clone().unwrap_or_default())
-            }
-            EventKind::Report => {
-                e.detail.as_ref().map(|d| serde_json::to_string(d).unwrap_or_default()).unwrap_or_default()
-            }
-            _ => String::new(),
         };
-        println!("  {}  {:<9} {:<10} attempt {}  {}  {}", time(e.at_ms), e.step, e.kind, e.attempt, e.worker, detail);
+        println!("  {}  {:<10} {summary}", format_time(s.first_ms), s.step);
+        if n > 1 {
+            for (i, b) in s.branches.iter().enumerate() {
+                let at = b.started_ms.map(format_time).unwrap_or_else(|| "-".into());
+                let err = b.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+                println!(
+                    "      #{i:<3} {at}  {:<9} {:>9}  {}{err}",
+                    b.outcome,
+                    b.duration_ms.map(duration).unwrap_or_default(),
+                    b.message_id
+                );
+            }
+        } else if let Some(err) = s.branches.first().and_then(|b| b.error.as_deref()) {
+            println!("      {err}");
+        }
+        for r in &s.reports {
+            println!("      report: {r}");
+        }
+    }
+    for a in &view.actions {
+        let why = a.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+        println!("  {} by {}{why}", a.action, a.actor);
+    }
+    for r in &view.reruns {
+        println!("  re-run as job {r}");
+    }
+    if let Some(next) = next_command(&view) {
+        println!("  dead at {}: {}", view.dead[0].step, view.dead[0].error);
+        println!("  next: {next}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
+fn window(args: &JobsArgs) -> Result<(u64, Option<u64>), Fail> {
+    let now = warren::envelope::now_ms();
+    let since = match args.since.as_deref() {
+        None => now.saturating_sub(3_600_000),
+        Some(s) if s.chars().all(|c| c.is_ascii_digit()) && s.len() >= 12 => {
+            s.parse().map_err(|_| Fail::usage(format!("--since {s}: not a time")))?
+        }
+        Some(s) => match s.parse::<Uuid>() {
+            Ok(id) => {
+                warren::history::uuid_time_ms(&id).ok_or_else(|| Fail::usage(format!("--since {s}: not a UUIDv7")))?
+            }
+            Err(_) => now.saturating_sub(parse_age(s)?),
+        },
+    };
+    Ok((since, args.until))
+}
+
+fn select(jobs: Vec<JobView>, args: &JobsArgs, since: u64, until: Option<u64>) -> Result<Vec<JobView>, Fail> {
+    let state = match args.state.as_deref() {
+        Some(s) => Some(
+            JobState::parse(s)
+                .ok_or_else(|| Fail::usage(format!("--state {s}: expected running, done, dead or cancelled")))?,
+        ),
+        None => None,
+    };
+    Ok(jobs
+        .into_iter()
+        .filter(|j| j.submitted_ms >= since && until.is_none_or(|u| j.submitted_ms < u))
+        .filter(|j| args.pipeline.as_deref().is_none_or(|p| p == j.pipeline))
+        .filter(|j| state.is_none_or(|s| s == j.state))
+        .take(args.limit)
+        .collect())
+}
+
+fn row(j: &JobView) -> serde_json::Value {
+    serde_json::json!({
+        "job": j.job.to_string(),
+        "pipeline": j.pipeline,
+        "state": j.state.as_str(),
+        "step": j.step,
+        "submitted": format_time(j.submitted_ms),
+        "submitted_ms": j.submitted_ms,
+        "duration_ms": j.duration_ms,
+        "error": j.dead.first().map(|d| d.error.clone()),
+    })
+}
+
+fn print_rows(jobs: &[JobView], header: bool) {
+    if header {
+        println!("{:<36}  {:<19}  {:<14} {:<9} {:<10} {:>10}", "job", "submitted", "pipeline", "state", "step", "took");
+    }
+    for j in jobs {
+        println!(
+            "{:<36}  {:<19}  {:<14} {:<9} {:<10} {:>10}",
+            j.job,
+            format_time(j.submitted_ms),
+            j.pipeline,
+            j.state.as_str(),
+            j.step,
+            j.duration_ms.map(duration).unwrap_or_else(|| "-".into())
+        );
+    }
+}
+
 /// `warren jobs`.
 pub async fn jobs(config: &Config, args: JobsArgs, json: bool) -> Outcome {
-    let since =
-        args.since.as_deref().map(parse_age).transpose()?.map(|age| warren::envelope::now_ms().saturating_sub(age));
-    let from = since.map_or(warren::events::From::First, |s| warren::events::From::Time(s.saturating_sub(60_000)));
-    let all = read_all(config, from).await?;
-    let mut by_job: BTreeMap<Uuid, Vec<&JobEvent>> = BTreeMap::new();
-    for e in &all {
-        if e.job_id.is_nil()
-            || e.kind == EventKind::Operator
-            || args.pipeline.as_deref().is_some_and(|p| p != &*e.pipeline)
-        {
+    let (since, until) = window(&args)?;
+    // Events of a job come after it was submitted; a minute before the window covers clock skew.
+    let all = read_all(config, warren::events::From::Time(since.saturating_sub(60_000))).await?;
+    let jobs = select(warren::history::fold(&all, args.rpc), &args, since, until)?;
+    if json && !args.follow {
+        println!("{}", serde_json::Value::Array(jobs.iter().map(row).collect()));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.follow {
+        if jobs.is_empty() {
+            eprintln!("no jobs in the window (try --since 1d)");
+        }
+        print_rows(&jobs, true);
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Follow: print each job again whenever its state changes.
+    let client = connect(config).await?;
+    let names = Names::new(&config.namespace);
+    let mut rx = warren::events::subscribe_from(client.broker(), &names, warren::events::From::Next).await?;
+    let mut events = all;
+    let mut shown: std::collections::BTreeMap<Uuid, JobState> = std::collections::BTreeMap::new();
+    for j in jobs.iter().rev() {
+        shown.insert(j.job, j.state);
+    }
+    if !json {
+        print_rows(&jobs.iter().rev().cloned().collect::<Vec<_>>(), true);
+    }
+    let stop = warren::shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let e = tokio::select! {
+            _ = &mut stop => return Ok(ExitCode::SUCCESS),
+            e = rx.recv() => match e { Some(e) => e, None => return Err(Fail::from("the events stream closed")) },
+        };
+        let job = e.job_id;
+        let relevant = e.kind != EventKind::Report && !job.is_nil();
+        events.push(e);
+        if !relevant {
             continue;
         }
-        by_job.entry(e.job_id).or_default().push(e);
-    }
-    by_job.retain(|_, evs| since.is_none_or(|s| evs.iter().any(|e| e.at_ms >= s)));
-    let rows: Vec<serde_json::Value> = by_job
-        .iter()
-        .map(|(job, evs)| {
-            serde_json::json!({
-                "job": job.to_string(),
-                "pipeline": evs[0].pipeline.to_string(),
-                "state": state(evs),
-                "first_ms": evs.iter().map(|e| e.at_ms).min(),
-                "last_ms": evs.iter().map(|e| e.at_ms).max(),
-                "last_step": evs.iter().max_by_key(|e| e.at_ms).map(|e| e.step.to_string()),
-            })
-        })
-        .collect();
-    if json {
-        println!("{}", serde_json::Value::Array(rows));
-    } else {
-        println!("{:<38} {:<14} {:<8} last step", "job", "pipeline", "state");
-        for r in rows {
-            println!(
-                "{:<38} {:<14} {:<8} {}",
-                r["job"].as_str().unwrap_or(""),
-                r["pipeline"].as_str().unwrap_or(""),
-                r["state"].as_str().unwrap_or(""),
-                r["last_step"].as_str().unwrap_or("")
-            );
+        let Some(view) = warren::history::fold(&events, args.rpc).into_iter().find(|j| j.job == job) else { continue };
+        if select(vec![view.clone()], &args, since, None)?.is_empty() || shown.get(&job) == Some(&view.state) {
+            continue;
+        }
+        shown.insert(job, view.state);
+        if json {
+            println!("{}", row(&view));
+        } else {
+            print_rows(&[view], false);
+        }
+        // Keep memory bounded on a long follow: drop events of jobs that ended long ago.
+        if events.len() > 200_000 {
+            let cutoff = warren::envelope::now_ms().saturating_sub(Duration::from_secs(3600).as_millis() as u64);
+            events.retain(|e| e.at_ms >= cutoff);
         }
     }
-    Ok(ExitCode::SUCCESS)
 }

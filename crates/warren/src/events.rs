@@ -123,6 +123,9 @@ pub struct EventBatch {
     pub v: u16,
     /// The events, in the order they happened in one worker.
     pub events: Vec<JobEvent>,
+    /// A reader's end marker (no events): see [`read_to_now`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mark: Option<Uuid>,
 }
 
 /// What an operator did, recorded in the events stream for `warren dlq history`: who, why, to
@@ -185,7 +188,7 @@ impl OperatorAction {
 /// Publishes `action` to `{ns}.events` and waits for the broker's confirm, so a tool knows the
 /// record is kept before it says it is done.
 pub async fn record(broker: &Broker, names: &Names, action: &OperatorAction) -> Result<(), BrokerError> {
-    let batch = EventBatch { v: 1, events: vec![action.to_event()] };
+    let batch = EventBatch { v: 1, events: vec![action.to_event()], mark: None };
     let body = rmp_serde::to_vec_named(&batch).map_err(|e| BrokerError::Pool(format!("cannot encode: {e}")))?;
     let props = BasicProperties::default()
         .with_delivery_mode(2)
@@ -250,7 +253,7 @@ async fn batcher(
             }
         }
         coalesce(&mut events);
-        let batch = EventBatch { v: 1, events: std::mem::take(&mut events) };
+        let batch = EventBatch { v: 1, events: std::mem::take(&mut events), mark: None };
         let body = match rmp_serde::to_vec_named(&batch) {
             Ok(b) => b,
             Err(e) => {
@@ -395,6 +398,58 @@ pub async fn subscribe_from(
         }
     });
     Ok(rx)
+}
+
+/// Reads the events from `from` up to the stream's tail as it was when the read began: it first
+/// appends an empty batch carrying a mark of its own (with a confirm), then reads until it meets
+/// it. Under any load the read ends; it never waits for the stream to go quiet.
+pub async fn read_to_now(broker: &Broker, names: &Names, from: From) -> Result<Vec<JobEvent>, TopologyError> {
+    crate::Declarer::new(broker, names).ensure_base().await?;
+    let mark = Uuid::now_v7();
+    let batch = EventBatch { v: 1, events: Vec::new(), mark: Some(mark) };
+    let body = rmp_serde::to_vec_named(&batch).map_err(|e| BrokerError::Pool(format!("cannot encode: {e}")))?;
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(CONTENT_TYPE.into())
+        .with_type(EVENTS_SCHEMA.into());
+    broker.publisher().await?.publish(&names.events(), "mark", &body, props).await?;
+    let ch = broker.channel().await?;
+    ch.basic_qos(1000, BasicQosOptions::default()).await.map_err(BrokerError::amqp("basic.qos"))?;
+    let mut args = FieldTable::default();
+    let since_ms = match from {
+        From::Time(ms) => Some(ms),
+        _ => None,
+    };
+    let offset = match from {
+        From::First | From::Next => AMQPValue::LongString("first".into()),
+        From::Time(ms) => AMQPValue::Timestamp(ms / 1000),
+    };
+    args.insert("x-stream-offset".into(), offset);
+    let mut consumer = ch
+        .basic_consume(names.events().as_str().into(), "".into(), BasicConsumeOptions::default(), args)
+        .await
+        .map_err(BrokerError::amqp("basic.consume events"))?;
+    let mut events = Vec::new();
+    let read = async {
+        while let Some(delivery) = consumer.next().await {
+            let delivery = delivery.map_err(BrokerError::amqp("events delivery"))?;
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            let Ok(batch) = rmp_serde::from_slice::<EventBatch>(&delivery.data) else { continue };
+            if batch.mark == Some(mark) {
+                return Ok(());
+            }
+            // A time offset starts at the chunk holding that time: drop what came before it.
+            events.extend(batch.events.into_iter().filter(|e| since_ms.is_none_or(|s| e.at_ms >= s)));
+        }
+        Err(BrokerError::Pool("the events stream ended before this reader's mark".into()))
+    };
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(120), read).await;
+    let _ = ch.close(200, "read".into()).await;
+    match outcome {
+        Ok(Ok(())) => Ok(events),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(BrokerError::Pool("reading the events stream took longer than 2 minutes".into()).into()),
+    }
 }
 
 #[cfg(test)]
