@@ -138,3 +138,86 @@ async fn status_groups_a_fan_out_in_time_order() {
     assert!(text.contains("#15"), "each trial on its own line: {text}");
     t.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_wait_exits_by_how_the_job_ended() {
+    use tokio::io::AsyncBufReadExt;
+    let mut t = TestNs::new("waitcodes").await;
+    for s in ["load", "count", "report"] {
+        t.remember(s);
+    }
+    t.declare_step("nobody").await;
+    let artifacts = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts").join(&t.ns);
+    let with_store = |args: &[&str]| {
+        let mut cmd = warren(&t, args);
+        cmd.env("WARREN_ARTIFACTS", &artifacts).current_dir(env!("CARGO_MANIFEST_DIR"));
+        cmd
+    };
+    let mut up = with_store(&["up", "--fleet", "examples/textstats/fleet.toml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("warren up");
+    for s in ["load", "count", "report"] {
+        t.wait_consumers(s, 1).await;
+    }
+    let spec = "examples/textstats/pipeline.toml";
+
+    // Done: 0, with the steps' reports and the time it took.
+    let out = with_store(&["submit", spec, "--wait"]).output().await.expect("submit");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("report") && text.contains("words") && text.contains(" done in "), "{text}");
+    // Without a terminal, one plain line per step.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.lines().any(|l| l.contains("count") && l.contains("done")), "{err}");
+
+    // Dead: 1, naming the dead letter and the next command.
+    let out = with_store(&["submit", spec, "--no-check", "--set", "load.file=/etc/passwd", "--wait"])
+        .output()
+        .await
+        .expect("submit");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("dead letter") && text.contains("warren dlq show"), "{text}");
+
+    // Timed out: 4, after warning that no worker consumes the first step.
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("wait-{}", t.ns));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let nobody = dir.join("nobody.toml");
+    std::fs::write(&nobody, "name = \"nobody\"\n\n[[steps]]\nstep = \"nobody\"\n").expect("spec");
+    let nobody = nobody.to_str().expect("utf-8");
+    let out =
+        with_store(&["submit", nobody, "--no-check", "--wait", "--timeout", "2s"]).output().await.expect("submit");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("no worker consumes step `nobody`"), "{err}");
+
+    // Cancelled: 3, while it waits.
+    let mut waiting = with_store(&["submit", nobody, "--no-check", "--wait", "--timeout", "60s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("submit");
+    let mut lines = tokio::io::BufReader::new(waiting.stderr.take().expect("stderr")).lines();
+    let first = lines.next_line().await.expect("read").expect("the job line");
+    let job = first.split_whitespace().nth(1).expect("job id").to_owned();
+    let out = warren(&t, &["cancel", &job, "--reason", "not needed after all"]).output().await.expect("cancel");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = tokio::time::timeout(Duration::from_secs(30), waiting.wait()).await.expect("returns").expect("wait");
+    assert_eq!(status.code(), Some(3));
+
+    // Broker unreachable: 5.
+    let out = warren(&t, &["submit", spec, "--wait"])
+        .env("WARREN_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+        .output()
+        .await
+        .expect("submit");
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+
+    crate::helpers::signal(&up, "TERM").await;
+    let _ = tokio::time::timeout(Duration::from_secs(60), up.wait()).await;
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(&artifacts).ok();
+    t.cleanup().await;
+}

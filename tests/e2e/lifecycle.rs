@@ -120,7 +120,7 @@ async fn refused_credentials_are_named_and_stop_a_worker() {
         .await
         .expect("warren queues");
     let err = String::from_utf8_lossy(&cli.stderr);
-    assert_eq!(cli.status.code(), Some(1), "{err}");
+    assert_eq!(cli.status.code(), Some(5), "refused credentials exit 5: {err}");
     assert!(err.contains("refused the credentials") && !err.contains("rabbitmq-server -detached"), "{err}");
     assert!(!err.contains("not-the-s3cret"), "no password in the message: {err}");
 

@@ -373,6 +373,7 @@ pub async fn demo(config: &Config) -> Outcome {
                 crate::submit::End::Dead(e) => {
                     return Err(Fail::from(format!("the job died at {}: {}", e.step, e.error.unwrap_or_default())));
                 }
+                crate::submit::End::Cancelled(_) => return Err(Fail::from("the job was cancelled")),
             };
         // Each worker publishes its events in its own batches, so the last step's success can
         // arrive before an earlier step's report: read the job's events once more if one is missing.

@@ -114,7 +114,8 @@ pub async fn status(config: &Config, args: StatusArgs, json: bool) -> Outcome {
                 None => "reported".to_owned(),
             }
         };
-        println!("  {}  {:<10} {summary}", format_time(s.first_ms), s.step);
+        let offset = s.first_ms.saturating_sub(view.submitted_ms);
+        println!("  {}  {:>9}  {:<10} {summary}", format_time(s.first_ms), format!("+{}", duration(offset)), s.step);
         if n > 1 {
             for (i, b) in s.branches.iter().enumerate() {
                 let at = b.started_ms.map(format_time).unwrap_or_else(|| "-".into());

@@ -2,7 +2,8 @@
 //!
 //! Every command takes the configuration flags (`--amqp-url`, `--namespace`, `--artifacts`,
 //! `--config`), has `--help` with an example, prints JSON with `--json` where a script would want
-//! it, and exits 2 with a one-line reason on bad usage.
+//! it, and exits 2 with a one-line reason on bad usage, 5 when the broker cannot be reached or
+//! refuses the credentials. `submit --wait` adds 1 (dead), 3 (cancelled) and 4 (timed out).
 
 mod dlq;
 mod fleet;
@@ -35,7 +36,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Publish a job of a pipeline spec.
-    #[command(after_help = "Example:\n  warren submit pipelines/iris.toml --set features.seed=7 --wait")]
+    #[command(
+        after_help = "Example:\n  warren submit pipelines/iris.toml --set features.seed=7 --wait\n\nExit codes with --wait: 0 done, 1 dead, 3 cancelled, 4 timed out, 2 bad usage or a refused spec, 5 broker unreachable."
+    )]
     Submit(submit::SubmitArgs),
     /// A job's step-by-step history, rebuilt from the events stream.
     #[command(after_help = "Example:\n  warren status 01a21207-8239-7163-bbdd-cbddd44a96d3")]
@@ -84,8 +87,8 @@ enum Command {
 /// A failure with the exit code it deserves.
 #[derive(Debug)]
 pub struct Fail {
-    code: u8,
-    message: String,
+    pub(crate) code: u8,
+    pub(crate) message: String,
 }
 
 impl Fail {
@@ -168,14 +171,15 @@ fn main() -> ExitCode {
 
 /// Connects, with a message that says how to start a broker.
 pub async fn connect(config: &warren::Config) -> Result<warren::Client, Fail> {
+    const BROKER: u8 = submit::exit::BROKER;
     warren::Client::connect(config).await.map_err(|e| match e {
-        e if e.is_access_refused() => Fail { code: 1, message: e.to_string() },
+        e if e.is_access_refused() => Fail { code: BROKER, message: e.to_string() },
         // Something answered, but not as asked (TLS on one side only, a certificate): the message says what.
         e if !["refused", "timed out", "No route", "resolve", "lookup"].iter().any(|s| e.to_string().contains(s)) => {
-            Fail { code: 1, message: e.to_string() }
+            Fail { code: BROKER, message: e.to_string() }
         }
         e => Fail {
-            code: 1,
+            code: BROKER,
             message: format!(
                 "{e}. Start RabbitMQ with `rabbitmq-server -detached` (Debian package rabbitmq-server) or \
              `docker compose up -d rabbitmq`, or point WARREN_AMQP_URL / --amqp-url at one"

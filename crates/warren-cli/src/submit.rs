@@ -47,13 +47,30 @@ pub fn load_spec(path: &std::path::Path, set: &[String]) -> Result<PipelineSpec,
 /// How a followed job ended.
 #[derive(Debug)]
 pub enum End {
-    /// Its last step succeeded.
+    /// Its last step succeeded: every event of it seen.
     Done(Vec<JobEvent>),
     /// A message of it went to a dead-letter queue.
     Dead(JobEvent),
+    /// It was cancelled.
+    Cancelled(JobEvent),
 }
 
-/// Follows `job` through the events stream, drawing a line per step unless `quiet`.
+/// Exit codes of `warren submit --wait` (and of every command for the broker).
+pub mod exit {
+    /// The job finished.
+    pub const DONE: u8 = 0;
+    /// A message of the job went to a dead-letter queue.
+    pub const DEAD: u8 = 1;
+    /// The job was cancelled.
+    pub const CANCELLED: u8 = 3;
+    /// The job did not finish within `--timeout`.
+    pub const TIMED_OUT: u8 = 4;
+    /// The broker could not be reached, or refused the credentials (every command).
+    pub const BROKER: u8 = 5;
+}
+
+/// Follows `job` through the events stream: bars on a terminal, one plain line per step event
+/// otherwise, nothing when `quiet`. A timeout is an error with exit code 4.
 pub async fn follow(
     client: &warren::Client,
     names: &Names,
@@ -62,13 +79,16 @@ pub async fn follow(
     quiet: bool,
     within: Duration,
 ) -> Result<End, Fail> {
+    use std::io::IsTerminal;
     // A job's events all come after its id was made (UUIDv7 holds that time): read from a little
     // before it rather than from the start of the stream.
-    let made_ms = job.get_timestamp().map(|t| t.to_unix()).map_or(0, |(s, n)| s * 1000 + u64::from(n) / 1_000_000);
+    let made_ms = warren::history::uuid_time_ms(&job).unwrap_or(0);
     let from = warren::events::From::Time(made_ms.saturating_sub(60_000));
     let mut rx = warren::events::subscribe_from(client.broker(), names, from).await?;
+    let live = !quiet && std::io::stderr().is_terminal();
+    let plain = !quiet && !live;
     let multi = MultiProgress::new();
-    if quiet {
+    if !live {
         multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let style = ProgressStyle::with_template("{spinner} {prefix:<9} {msg}")
@@ -78,10 +98,17 @@ pub async fn follow(
         .map(|s| {
             let bar = multi.add(ProgressBar::new_spinner().with_style(style.clone()).with_prefix(s.clone()));
             bar.set_message("waiting");
-            bar.enable_steady_tick(Duration::from_millis(120));
+            if live {
+                bar.enable_steady_tick(Duration::from_millis(120));
+            }
             (s.as_str(), bar)
         })
         .collect();
+    let line = |e: &JobEvent, what: String| {
+        if plain {
+            eprintln!("{}  {:<10} {what}", warren::events::format_time(e.at_ms), e.step);
+        }
+    };
     let mut counts: BTreeMap<String, (u32, u32)> = BTreeMap::new();
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + within;
@@ -89,9 +116,21 @@ pub async fn follow(
         let event = match tokio::time::timeout_at(deadline, rx.recv()).await {
             Ok(Some(e)) => e,
             Ok(None) => return Err(Fail::from("the events stream closed")),
-            Err(_) => return Err(Fail::from(format!("job {job} did not finish within {within:?}"))),
+            Err(_) => {
+                for b in bars.values() {
+                    b.abandon();
+                }
+                return Err(Fail {
+                    code: exit::TIMED_OUT,
+                    message: format!(
+                        "job {job} did not finish within {within:?}; it goes on: `warren status {job}` shows where it is"
+                    ),
+                });
+            }
         };
-        if event.job_id != job {
+        let cancel_action = warren::events::OperatorAction::from_event(&event)
+            .is_some_and(|a| a.action == "cancel" && a.job == Some(job));
+        if event.job_id != job && !cancel_action {
             continue;
         }
         seen.push(event.clone());
@@ -105,10 +144,12 @@ pub async fn follow(
             }
             EventKind::Succeeded => {
                 c.0 += 1;
+                let n = if c.0 > 1 { format!(" ×{}", c.0) } else { String::new() };
+                let what = format!("done{n} ({} ms)", event.duration_ms.unwrap_or(0));
                 if let Some(b) = bar {
-                    let n = if c.0 > 1 { format!(" ×{}", c.0) } else { String::new() };
-                    b.set_message(format!("done{n} ({} ms)", event.duration_ms.unwrap_or(0)));
+                    b.set_message(what.clone());
                 }
+                line(&event, what);
                 if event.last_step {
                     for b in bars.values() {
                         b.finish();
@@ -118,26 +159,51 @@ pub async fn follow(
             }
             EventKind::Retrying => {
                 c.1 += 1;
+                let what = format!("retrying (attempt {}): {}", event.attempt, event.error.clone().unwrap_or_default());
                 if let Some(b) = bar {
-                    b.set_message(format!(
-                        "retrying (attempt {}): {}",
-                        event.attempt,
-                        event.error.clone().unwrap_or_default()
-                    ));
+                    b.set_message(what.clone());
                 }
+                line(&event, what);
             }
             EventKind::Dead => {
+                let what = format!("dead: {}", event.error.clone().unwrap_or_default());
                 if let Some(b) = bar {
-                    b.abandon_with_message(format!("dead: {}", event.error.clone().unwrap_or_default()));
+                    b.abandon_with_message(what.clone());
                 }
+                line(&event, what);
                 for b in bars.values() {
                     b.finish();
                 }
                 return Ok(End::Dead(event));
             }
+            EventKind::Cancelled | EventKind::Operator if cancel_action || event.kind == EventKind::Cancelled => {
+                for b in bars.values() {
+                    b.abandon();
+                }
+                line(&event, "cancelled".into());
+                return Ok(End::Cancelled(event));
+            }
+            EventKind::Report => {
+                if let Some(d) = event.detail.as_ref().and_then(|d| serde_json::to_value(d).ok()) {
+                    line(&event, format!("report {d}"));
+                }
+            }
             _ => {}
         }
     }
+}
+
+/// Steps of the slip with no consumer now: the job would wait at them.
+async fn idle_steps(client: &warren::Client, names: &Names, steps: &[String]) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for s in steps {
+        if let Some((ready, 0)) = crate::steps::counts(client.broker(), &names.step_queue(s)).await {
+            out.push((s.clone(), ready));
+        } else if crate::steps::counts(client.broker(), &names.step_queue(s)).await.is_none() {
+            out.push((s.clone(), 0));
+        }
+    }
+    out
 }
 
 /// Puts a local file into the artifact store under a content-addressed key; returns its URI.
@@ -224,25 +290,65 @@ pub async fn run(config: &Config, args: SubmitArgs, json: bool) -> Outcome {
         eprintln!("job {job} ({})", spec.name);
     }
     let steps: Vec<String> = spec.steps.iter().map(|s| s.step.clone()).collect();
-    match follow(&client, &names, job, &steps, json, within).await? {
+    let mut unique = steps.clone();
+    unique.dedup();
+    for (step, ready) in idle_steps(&client, &names, &unique).await {
+        eprintln!(
+            "warning: no worker consumes step `{step}` now ({ready} message(s) waiting there); the job will wait at it \
+             until one starts (`warren steps`, `warren up`)"
+        );
+    }
+    let started = std::time::Instant::now();
+    let end = follow(&client, &names, job, &steps, json, within).await?;
+    let took = started.elapsed().as_millis() as u64;
+    match end {
         End::Done(events) => {
-            if json {
-                println!("{}", serde_json::json!({ "job": job.to_string(), "state": "done", "events": events.len() }));
-            } else {
-                println!("{job} done");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        End::Dead(e) => {
+            let view = warren::history::fold(&events, true).into_iter().find(|j| j.job == job);
+            let reports: Vec<serde_json::Value> = view
+                .iter()
+                .flat_map(|v| v.steps.iter())
+                .flat_map(|s| s.reports.iter().map(move |r| serde_json::json!({ "step": s.step, "report": r })))
+                .collect();
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({ "job": job.to_string(), "state": "dead", "step": e.step.to_string(), "error": e.error })
+                    serde_json::json!({ "job": job.to_string(), "state": "done", "duration_ms": took, "reports": reports })
+                );
+            } else {
+                for r in &reports {
+                    println!("  {:<10} {}", r["step"].as_str().unwrap_or(""), r["report"]);
+                }
+                println!("{job} done in {}", crate::jobs::duration(took));
+            }
+            Ok(ExitCode::from(exit::DONE))
+        }
+        End::Dead(e) => {
+            let next = format!(
+                "warren dlq show {}    then, once the cause is fixed:  warren dlq replay --step {} --job {job} --reason \"…\"",
+                e.message_id, e.step
+            );
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "job": job.to_string(), "state": "dead", "step": e.step.to_string(),
+                        "error": e.error, "dead_letter": e.message_id.to_string(), "next": next })
                 );
             } else {
                 println!("{job} dead at {}: {}", e.step, e.error.unwrap_or_default());
+                println!("  dead letter {}; next: {next}", e.message_id);
             }
-            Ok(ExitCode::FAILURE)
+            Ok(ExitCode::from(exit::DEAD))
+        }
+        End::Cancelled(e) => {
+            let why = warren::events::OperatorAction::from_event(&e)
+                .map(|a| format!(" by {}{}", a.actor, a.reason.map(|r| format!(": {r}")).unwrap_or_default()))
+                .unwrap_or_default();
+            if json {
+                println!("{}", serde_json::json!({ "job": job.to_string(), "state": "cancelled" }));
+            } else {
+                println!("{job} cancelled{why}");
+            }
+            Ok(ExitCode::from(exit::CANCELLED))
         }
     }
 }

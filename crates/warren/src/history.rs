@@ -251,7 +251,11 @@ fn fold_one(job: Uuid, evs: &[&JobEvent], actions: Vec<OperatorAction>) -> JobVi
     }
     for s in &mut steps {
         s.branches.sort_by_key(|b| (b.started_ms.unwrap_or(u64::MAX), b.message_id));
+        s.first_ms = s.branches.iter().filter_map(|b| b.started_ms).min().unwrap_or(s.first_ms).min(s.first_ms);
     }
+    // In the order they started: a step's `succeeded` is stamped after its outputs are confirmed,
+    // so the next step may report first.
+    steps.sort_by_key(|s| s.first_ms);
     let mut dead = Vec::new();
     for s in &steps {
         for b in s.branches.iter().filter(|b| b.outcome == "dead") {
