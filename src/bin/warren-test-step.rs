@@ -53,7 +53,7 @@ fn main() -> ExitCode {
         print!("{}", config.render());
         return ExitCode::SUCCESS;
     }
-    tracing_subscriber_init();
+    tracing_subscriber_init(&config.log_format);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -74,6 +74,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn tracing_subscriber_init() {
-    warren::telemetry::init();
+fn tracing_subscriber_init(format: &str) {
+    warren::telemetry::init_with(format);
 }

@@ -17,6 +17,7 @@ fn values(key: &str) -> [&'static str; 3] {
         "health_addr" => ["127.0.0.1:9101", "127.0.0.1:9102", "127.0.0.1:9103"],
         "data_root" => ["/srv/file-data", "/srv/env-data", "/srv/flag-data"],
         "tls_ca_file" => ["/srv/file-ca.pem", "/srv/env-ca.pem", "/srv/flag-ca.pem"],
+        "log_format" => ["json", "text", "json"],
         "concurrency" => ["11", "12", "13"],
         "prefetch" => ["21", "22", "23"],
         "max_attempts" => ["31", "32", "33"],

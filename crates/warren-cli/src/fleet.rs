@@ -172,7 +172,7 @@ async fn pump(reader: impl AsyncRead + Unpin, prefix: String) {
 
 impl Fleet {
     /// Starts every worker (`scale` copies each), restarting any that exits.
-    pub fn start(config: &Config, workers: &[FleetWorker], logs: Logs) -> Result<Self, Fail> {
+    pub fn start(config: &Config, workers: &[FleetWorker], logs: Logs, json: bool) -> Result<Self, Fail> {
         let (stop, stopped) = watch::channel(false);
         let mut slots = Vec::new();
         let mut health: Option<std::net::SocketAddr> = match &config.health_addr {
@@ -187,7 +187,14 @@ impl Fleet {
                 env.extend(self::env(config));
                 // One health address per worker: the configured one's port, then the next ones.
                 if let Some(addr) = health.as_mut() {
-                    println!("[{name}] health and metrics on http://{addr}/");
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({ "worker": name, "step": w.step, "health": format!("http://{addr}/") })
+                        );
+                    } else {
+                        println!("[{name}] health and metrics on http://{addr}/");
+                    }
                     env.push(("WARREN_HEALTH_ADDR".to_owned(), addr.to_string()));
                     addr.set_port(addr.port().saturating_add(1));
                 }
@@ -319,18 +326,18 @@ async fn wait_ready(client: &warren::Client, names: &Names, steps: &[String], wi
 }
 
 /// `warren up`.
-pub async fn up(config: &Config, args: UpArgs) -> Outcome {
+pub async fn up(config: &Config, args: UpArgs, json: bool) -> Outcome {
     let mut workers = match &args.fleet {
         Some(file) => load_fleet(file)?,
         None => discover()?,
     };
     apply_scale(&mut workers, &args.scale)?;
     let total: usize = workers.iter().map(|w| w.scale).sum();
-    println!(
+    eprintln!(
         "starting {total} workers: {}",
         workers.iter().map(|w| format!("{}×{}", w.step, w.scale)).collect::<Vec<_>>().join(", ")
     );
-    let fleet = Fleet::start(config, &workers, Logs::Prefixed)?;
+    let fleet = Fleet::start(config, &workers, Logs::Prefixed, json)?;
     eprintln!("fleet up in namespace {}: Ctrl-C or SIGTERM stops it", config.namespace);
     warren::shutdown_signal().await;
     eprintln!("stopping the fleet");
@@ -360,7 +367,7 @@ pub async fn demo(config: &Config) -> Outcome {
     let logs = std::env::temp_dir().join(format!("warren-demo-{}", std::process::id()));
     std::fs::create_dir_all(&logs)?;
     println!("starting a fleet of {} workers (logs in {})", workers.len(), logs.display());
-    let fleet = Fleet::start(config, &workers, Logs::Dir(logs))?;
+    let fleet = Fleet::start(config, &workers, Logs::Dir(logs), false)?;
     let result = async {
         wait_ready(&client, &names, &steps, Duration::from_secs(60)).await?;
         crate::submit::check_and_upload(&client, config, &mut spec).await?;

@@ -111,9 +111,18 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) if e.use_stderr() => {
+            // clap's message up to its usage block, on one line: what is wrong, what is missing,
+            // and its "a similar … exists" tip.
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("bad usage").trim_start_matches("error: ");
-            eprintln!("warren: {first} (see `warren --help`)");
+            let parts: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:"))
+                .map(|l| l.trim())
+                .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+                .collect();
+            let line = parts.join(" ");
+            let line = line.trim_start_matches("error: ");
+            eprintln!("warren: {} (see `warren --help`)", if line.is_empty() { "bad usage" } else { line });
             return ExitCode::from(2);
         }
         Err(e) => e.exit(),
@@ -134,7 +143,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     if std::env::var_os("RUST_LOG").is_some() {
-        warren::telemetry::init();
+        warren::telemetry::init_with(&config.log_format);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
@@ -155,9 +164,9 @@ fn main() -> ExitCode {
             Command::Queues(a) => queues::run(&config, a, json).await,
             Command::Steps(a) => steps::run(&config, a, json).await,
             Command::Topology(c) => topology::run(&config, c, json).await,
-            Command::Up(a) => fleet::up(&config, a).await,
+            Command::Up(a) => fleet::up(&config, a, json).await,
             Command::Demo => fleet::demo(&config).await,
-            Command::Health { url } => health(&url),
+            Command::Health { url } => health(&url, json),
         }
     });
     match result {
@@ -202,15 +211,22 @@ pub fn parse_age(text: &str) -> Result<u64, Fail> {
     Ok(n * ms)
 }
 
-fn health(url: &str) -> Outcome {
+fn health(url: &str, json: bool) -> Outcome {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").ok_or_else(|| Fail::usage(format!("{url} is not an http:// URL")))?;
     let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
-    let mut stream = std::net::TcpStream::connect(host)?;
+    let mut stream = std::net::TcpStream::connect(host).map_err(|e| Fail::from(format!("cannot reach {url}: {e}")))?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    let ok = response.lines().next().is_some_and(|status| status.contains(" 200 "));
+    let status = response.lines().next().unwrap_or_default().to_owned();
+    let ok = status.contains(" 200 ");
+    if json {
+        let code: Option<u16> = status.split_whitespace().nth(1).and_then(|c| c.parse().ok());
+        println!("{}", serde_json::json!({ "url": url, "ok": ok, "status": code }));
+    } else if !ok {
+        eprintln!("warren: {url} answered {}", if status.is_empty() { "nothing" } else { status.as_str() });
+    }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -70,10 +70,10 @@ pub async fn run(config: &Config, args: QueuesArgs, json: bool) -> Outcome {
             println!(
                 "{:<12} {:>8} {:>8} {:>10} {:>6}",
                 r["step"].as_str().unwrap_or(""),
-                r["ready"],
+                r["ready"].to_string(),
                 unacked,
-                r["consumers"],
-                r["dead"]
+                r["consumers"].to_string(),
+                r["dead"].to_string()
             );
         }
     }

@@ -61,6 +61,9 @@ pub struct ConfigArgs {
     /// PEM file of certificate authorities trusted for amqps:// (default: the system's).
     #[arg(long, value_name = "FILE", global = true)]
     pub tls_ca_file: Option<String>,
+    /// Log lines as text (colour on a terminal only) or json.
+    #[arg(long, value_name = "text|json", global = true)]
+    pub log_format: Option<String>,
 }
 
 impl ConfigArgs {
@@ -82,6 +85,7 @@ impl ConfigArgs {
             ("health_addr", &self.health_addr),
             ("data_root", &self.data_root),
             ("tls_ca_file", &self.tls_ca_file),
+            ("log_format", &self.log_format),
         ];
         flags.into_iter().filter_map(|(k, v)| Some((k, v.clone()?))).collect()
     }
@@ -174,7 +178,7 @@ where
         print!("{}", config.render());
         return ExitCode::SUCCESS;
     }
-    crate::telemetry::init();
+    crate::telemetry::init_with(&config.log_format);
     let store = match crate::artifacts::ArtifactStore::open(&config.artifacts) {
         Ok(s) => s,
         Err(e) => {

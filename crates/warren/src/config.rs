@@ -28,6 +28,7 @@ pub const KEYS: &[&str] = &[
     "health_addr",
     "data_root",
     "tls_ca_file",
+    "log_format",
 ];
 
 /// The keys whose values are whole numbers.
@@ -82,6 +83,8 @@ pub struct Config {
     /// A PEM file of certificate authorities to trust for `amqps://` (default: the system's).
     /// Key `tls_ca_file`.
     pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Log lines as `text` (colour on a terminal only) or `json`. Key `log_format`.
+    pub log_format: String,
     /// Where each key's value came from, for keys that did not keep Warren's default.
     origins: BTreeMap<&'static str, Origin>,
 }
@@ -135,6 +138,7 @@ impl Default for Config {
             health_addr: None,
             data_root: None,
             tls_ca_file: None,
+            log_format: "text".to_owned(),
             origins: BTreeMap::new(),
         }
     }
@@ -159,6 +163,7 @@ impl fmt::Debug for Config {
             .field("health_addr", &self.health_addr)
             .field("data_root", &self.data_root)
             .field("tls_ca_file", &self.tls_ca_file)
+            .field("log_format", &self.log_format)
             .finish()
     }
 }
@@ -243,6 +248,7 @@ impl Config {
             "health_addr" => return self.health_addr.clone(),
             "data_root" => return path(&self.data_root),
             "tls_ca_file" => return path(&self.tls_ca_file),
+            "log_format" => self.log_format.clone(),
             _ => return None,
         })
     }
@@ -417,7 +423,13 @@ impl Config {
                 self.artifacts = value.to_owned();
             }
             "concurrency" => self.concurrency = num(key, value, source, 1usize)?,
-            "prefetch" => self.prefetch = Some(num(key, value, source, 1u16)?),
+            "prefetch" => {
+                let n = num(key, value, source, 1u64)?;
+                let n = u16::try_from(n).map_err(|_| {
+                    ConfigError::invalid(key, source, format!("must be at most 65535 (the AMQP limit), got {n}"))
+                })?;
+                self.prefetch = Some(n);
+            }
             "max_attempts" => self.max_attempts = num(key, value, source, 1u32)?,
             "retry_base_ms" => self.retry_base = Duration::from_millis(num(key, value, source, 1u64)?),
             "retry_max_ms" => self.retry_max = Duration::from_millis(num(key, value, source, 1u64)?),
@@ -452,6 +464,12 @@ impl Config {
             }
             "data_root" => self.data_root = (!value.is_empty()).then(|| value.into()),
             "tls_ca_file" => self.tls_ca_file = (!value.is_empty()).then(|| value.into()),
+            "log_format" => {
+                if !["text", "json"].contains(&value) {
+                    return Err(ConfigError::invalid(key, source, format!("expected text or json, got {value:?}")));
+                }
+                self.log_format = value.to_owned();
+            }
             _ => unreachable!("key list and match arms agree"),
         }
         Ok(())

@@ -13,9 +13,21 @@ use crate::Health;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init() {
+    init_with("text");
+}
+
+/// Logging to stderr as `format` says: `text` (colour only on a terminal) or `json` (one object
+/// per line, for a log shipper). `RUST_LOG` filters, default `info,lapin=warn`.
+pub fn init_with(format: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,lapin=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().with_current_span(false).try_init()
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).try_init()
+    };
 }
 
 /// Installs the Prometheus recorder for this process (once) and returns its handle.
