@@ -97,3 +97,102 @@ async fn a_fleet_gives_each_worker_its_own_health_port_and_the_configured_concur
     assert!(!plain.contains("Address already in use"), "{plain}");
     t.cleanup().await;
 }
+
+/// Metric families in Prometheus text, and whether each has a `# HELP` line.
+fn families(text: &str) -> std::collections::BTreeMap<String, bool> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            out.entry(rest.split_whitespace().next().unwrap_or_default().to_owned()).or_insert(false);
+        }
+    }
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            out.insert(rest.split_whitespace().next().unwrap_or_default().to_owned(), true);
+        }
+    }
+    out
+}
+
+/// The `warren_*` metric names an expression uses (histogram series folded to their family).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("warren_") {
+        let tail = &rest[i..];
+        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        let name = &tail[..end];
+        let family = ["_bucket", "_sum", "_count"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+        names.push(family.to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Every metric a worker or the exporter exports is described, and the shipped alert rules and
+/// Grafana dashboard use only metrics that exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_and_the_dashboard_use_only_metrics_that_exist_and_every_metric_is_described() {
+    use serde::Deserialize;
+    let mut t = TestNs::new("metricsdoc").await;
+    t.remember("validate");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    let addr = format!("127.0.0.1:{port}");
+    let _worker = tokio::process::Command::new(worker_bin("validate"))
+        .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
+        .env("WARREN_NAMESPACE", &t.ns)
+        .env("WARREN_HEALTH_ADDR", &addr)
+        .env("WARREN_ARTIFACTS", std::env::temp_dir().join(&t.ns))
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    t.wait_consumers("validate", 1).await;
+    let env = envelope_for("validate", 1);
+    t.publish_raw("validate", b"\xc1 not an envelope", props_for(&env)).await;
+    let body = wait_for("dead-letter metrics", Duration::from_secs(20), || async {
+        get(&addr, "/metrics").map(|(_, b)| b).filter(|b| b.contains("warren_dead_letters_total"))
+    })
+    .await;
+    let mut exported = families(&body);
+    let out = tokio::process::Command::new(crate::ml::warren_bin())
+        .args(["queues", "--prometheus", "--step", "validate"])
+        .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
+        .env("WARREN_NAMESPACE", &t.ns)
+        .output()
+        .await
+        .expect("warren queues --prometheus");
+    exported.extend(families(&String::from_utf8_lossy(&out.stdout)));
+    for (name, described) in &exported {
+        assert!(described, "{name} has no # HELP description");
+    }
+    assert!(exported.contains_key("warren_worker_ready") && exported.contains_key("warren_queue_ready"));
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/monitoring");
+    let alerts_text = std::fs::read_to_string(root.join("alerts.yml")).expect("alerts.yml");
+    let alerts = serde_json::Value::deserialize(serde_yaml_ng::Deserializer::from_str(&alerts_text)).expect("YAML");
+    let mut exprs: Vec<String> = Vec::new();
+    for group in alerts["groups"].as_array().expect("groups") {
+        for rule in group["rules"].as_array().expect("rules") {
+            assert!(rule["alert"].is_string() && rule["annotations"]["summary"].is_string(), "{rule}");
+            exprs.push(rule["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("grafana-dashboard.json")).expect("dashboard"))
+            .expect("dashboard JSON");
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            exprs.push(target["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    assert!(exprs.len() >= 10);
+    for expr in &exprs {
+        let names = metric_names(expr);
+        assert!(!names.is_empty(), "{expr} uses no Warren metric");
+        for name in names {
+            assert!(exported.contains_key(&name), "`{expr}` uses {name}, which nothing exports");
+        }
+    }
+    t.cleanup().await;
+}

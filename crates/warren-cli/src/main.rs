@@ -59,6 +59,9 @@ enum Command {
         after_help = "Example:\n  warren rerun 01a21207-8239-7163-bbdd-cbddd44a96d3 --from evaluate --set register.model=iris-b"
     )]
     Rerun(rerun::RerunArgs),
+    /// Serve the queue gauges (ready, unacked, consumers, dead letters per step) for Prometheus.
+    #[command(after_help = "Example:\n  warren exporter --listen 0.0.0.0:9419")]
+    Exporter(queues::ExporterArgs),
     /// The registered steps (what their workers announce) and their live workers.
     #[command(
         after_help = "Example:\n  warren steps\n  warren steps ingest   # one step's parameters, types and defaults"
@@ -163,6 +166,7 @@ fn main() -> ExitCode {
             Command::Rerun(a) => rerun::run(&config, a, json).await,
             Command::Queues(a) => queues::run(&config, a, json).await,
             Command::Steps(a) => steps::run(&config, a, json).await,
+            Command::Exporter(a) => queues::exporter(&config, a).await,
             Command::Topology(c) => topology::run(&config, c, json).await,
             Command::Up(a) => fleet::up(&config, a, json).await,
             Command::Demo => fleet::demo(&config).await,

@@ -39,11 +39,28 @@ fn unacked() -> BTreeMap<String, u64> {
 /// `warren queues`.
 pub async fn run(config: &Config, args: QueuesArgs, json: bool) -> Outcome {
     let client = connect(config).await?;
+    let rows = rows(&client, config, &args.step).await?;
+    client.broker().close().await;
+    if args.prometheus {
+        print!("{}", prometheus(&config.namespace, &rows));
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_rows(rows, json);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Per registered step (and each of `extra`): ready, unacked (where rabbitmqctl answers here),
+/// consumers, dead letters.
+pub async fn rows(
+    client: &warren::Client,
+    config: &Config,
+    extra: &[String],
+) -> Result<Vec<serde_json::Value>, crate::Fail> {
     let names = Names::new(&config.namespace);
     let unacked = unacked();
     let mut rows = Vec::new();
-    let registered = crate::steps::registry(&client, config).await?;
-    let steps: std::collections::BTreeSet<String> = registered.steps.into_keys().chain(args.step).collect();
+    let registered = crate::steps::registry(client, config).await?;
+    let steps: std::collections::BTreeSet<String> = registered.steps.into_keys().chain(extra.iter().cloned()).collect();
     for step in steps {
         let queue = names.step_queue(&step);
         let Some((ready, consumers)) = counts(client.broker(), &queue).await else { continue };
@@ -56,11 +73,10 @@ pub async fn run(config: &Config, args: QueuesArgs, json: bool) -> Outcome {
             "dead": dead,
         }));
     }
-    client.broker().close().await;
-    if args.prometheus {
-        print!("{}", prometheus(&config.namespace, &rows));
-        return Ok(ExitCode::SUCCESS);
-    }
+    Ok(rows)
+}
+
+fn print_rows(rows: Vec<serde_json::Value>, json: bool) {
     if json {
         println!("{}", serde_json::Value::Array(rows));
     } else {
@@ -77,11 +93,10 @@ pub async fn run(config: &Config, args: QueuesArgs, json: bool) -> Outcome {
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// The rows as Prometheus text exposition.
-fn prometheus(ns: &str, rows: &[serde_json::Value]) -> String {
+pub fn prometheus(ns: &str, rows: &[serde_json::Value]) -> String {
     let metrics = [
         ("warren_queue_ready", "ready", "Messages ready in a step's queue (its backlog)."),
         ("warren_queue_unacked", "unacked", "Messages delivered to a step's workers and not yet acked."),
@@ -99,4 +114,40 @@ fn prometheus(ns: &str, rows: &[serde_json::Value]) -> String {
         }
     }
     out
+}
+
+/// `warren exporter` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ExporterArgs {
+    /// Where to serve `/metrics`.
+    #[arg(long, default_value = "127.0.0.1:9419", value_name = "ADDR")]
+    listen: String,
+    /// Steps to cover besides the registered ones (repeatable).
+    #[arg(long)]
+    step: Vec<String>,
+}
+
+/// `warren exporter`: serves the queue gauges of `warren queues --prometheus` on `/metrics`,
+/// read from the broker at each scrape, until SIGTERM or Ctrl-C.
+pub async fn exporter(config: &Config, args: ExporterArgs) -> Outcome {
+    let client = std::sync::Arc::new(connect(config).await?);
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| crate::Fail::usage(format!("--listen {}: {e}", args.listen)))?;
+    eprintln!("queue metrics of namespace {} on http://{}/metrics", config.namespace, args.listen);
+    let (config, extra) = (config.clone(), args.step);
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (client, config, extra) = (client.clone(), config.clone(), extra.clone());
+            async move {
+                match rows(&client, &config, &extra).await {
+                    Ok(rows) => (axum::http::StatusCode::OK, prometheus(&config.namespace, &rows)),
+                    Err(e) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("# broker: {}\n", e.message)),
+                }
+            }
+        }),
+    );
+    axum::serve(listener, app).with_graceful_shutdown(warren::shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
 }

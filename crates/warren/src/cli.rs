@@ -220,9 +220,12 @@ where
     if let Some(d) = options.max_duration {
         builder = builder.max_duration(d);
     }
+    // The recorder first: the worker's metric handles are made when it is built.
+    if config.health_addr.is_some() {
+        crate::telemetry::metrics_recorder();
+    }
     let worker = builder.build();
     if let Some(addr) = config.health_addr.clone() {
-        crate::telemetry::metrics_recorder();
         let health = worker.health();
         runtime.spawn(async move {
             if let Err(e) = crate::telemetry::serve(&addr, health).await {

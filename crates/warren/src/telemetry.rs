@@ -40,6 +40,7 @@ pub fn metrics_recorder() -> Option<PrometheusHandle> {
                 .ok()?
                 .install_recorder()
                 .ok()
+                .inspect(|_| crate::worker::describe_metrics())
         })
         .clone()
 }

@@ -457,7 +457,7 @@ impl<H> Shared<H> {
         }
         tracing::info!(step = %w.step, job = %ctx.job_id, attempt = ctx.attempt, delay_ms, error = %error, "retrying later");
         self.metrics.retried.increment(1);
-        metrics::counter!("warren_retries_total", "step" => w.step.clone()).increment(1);
+        self.metrics.retries.increment(1);
         let mut event = ctx.event_base(EventKind::Retrying);
         event.delay_ms = Some(delay_ms);
         event.error = Some(error.message().to_owned());

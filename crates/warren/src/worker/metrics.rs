@@ -11,10 +11,36 @@ pub(super) struct Metrics {
     pub(super) cancelled: metrics::Counter,
     /// Publishes sent again after a nack or a lost confirm (broker trouble, not the message's).
     pub(super) republished: metrics::Counter,
+    /// `warren_retries_total`: sends to a delay queue.
+    pub(super) retries: metrics::Counter,
     dead: metrics::Counter,
     pub(super) handler_seconds: metrics::Histogram,
     pub(super) in_flight: metrics::Gauge,
     step: String,
+}
+
+/// Every metric a worker exports, with its unit and what it means (`# HELP` on /metrics).
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "warren_messages_total",
+        Unit::Count,
+        "Messages handled, by step and outcome (succeeded, retried, dead, duplicate, cancelled)."
+    );
+    describe_counter!(
+        "warren_republished_total",
+        Unit::Count,
+        "Outputs published again after a nack or a lost confirm (broker trouble, not the message's)."
+    );
+    describe_counter!("warren_retries_total", Unit::Count, "Messages sent to a delay queue to be tried again.");
+    describe_counter!(
+        "warren_dead_letters_total",
+        Unit::Count,
+        "Messages sent to the step's dead-letter queue, by kind (permanent, exhausted, crash, poison, ...)."
+    );
+    describe_histogram!("warren_handler_seconds", Unit::Seconds, "Time the step's handler took per message.");
+    describe_gauge!("warren_in_flight", Unit::Count, "Messages the worker is handling now.");
+    describe_gauge!("warren_worker_ready", "1 while the worker holds a consumer on its step's queue, else 0.");
 }
 
 impl Metrics {
@@ -27,6 +53,7 @@ impl Metrics {
             duplicate: outcome("duplicate"),
             cancelled: outcome("cancelled"),
             republished: metrics::counter!("warren_republished_total", "step" => s.clone()),
+            retries: metrics::counter!("warren_retries_total", "step" => s.clone()),
             dead: outcome("dead"),
             handler_seconds: metrics::histogram!("warren_handler_seconds", "step" => s.clone()),
             in_flight: metrics::gauge!("warren_in_flight", "step" => s.clone()),

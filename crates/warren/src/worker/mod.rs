@@ -53,6 +53,7 @@ mod handle;
 
 pub use handle::{RecordedInput, inputs_key, inputs_prefix};
 mod metrics;
+pub use metrics::describe as describe_metrics;
 mod retry;
 
 pub use context::{Context, FanOut, Handler, StepOutput};
@@ -77,6 +78,8 @@ pub enum WorkerError {
 #[derive(Debug, Clone, Default)]
 pub struct Health {
     ready: Arc<AtomicBool>,
+    /// `warren_worker_ready{step}`: 1 while ready.
+    gauge: Option<::metrics::Gauge>,
 }
 
 impl Health {
@@ -86,6 +89,9 @@ impl Health {
     }
     fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+        if let Some(g) = &self.gauge {
+            g.set(if ready { 1.0 } else { 0.0 });
+        }
     }
 }
 
@@ -148,6 +154,7 @@ impl WorkerBuilder {
         let worker_id = format!("{}@{host}#{}", self.step, std::process::id());
         let names = Names::new(&self.config.namespace);
         let data_root = self.config.data_root.as_deref().map(Arc::from);
+        let ready_gauge = ::metrics::gauge!("warren_worker_ready", "step" => self.step.clone());
         Worker {
             data_root,
             steps_exchange: names.steps_exchange(),
@@ -162,7 +169,7 @@ impl WorkerBuilder {
             step: self.step,
             worker_id: worker_id.into(),
             retry: self.retry,
-            health: Health::default(),
+            health: Health { ready: Arc::default(), gauge: Some(ready_gauge) },
             config: self.config,
             descriptor: self.descriptor,
             artifacts: self.artifacts,
