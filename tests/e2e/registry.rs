@@ -72,7 +72,12 @@ async fn textstats_runs_under_a_fleet_file_and_submit_refuses_what_cannot_work()
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stderr.contains("uploaded examples/textstats/data/sample.txt"), "{stderr}");
-    let job = stdout.split_whitespace().next().expect("job id").to_owned();
+    let job = stdout
+        .lines()
+        .find(|l| l.contains(" done in "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the job's done line")
+        .to_owned();
     let report = std::fs::read_to_string(artifacts.join("textstats").join(&job).join("report").join("report.md"))
         .expect("the report is in the store");
     let text = std::fs::read_to_string(repo().join("examples/textstats/data/sample.txt")).expect("sample");
