@@ -7,6 +7,7 @@ mod helpers;
 mod chaos;
 mod cli;
 mod config;
+mod console;
 mod failures;
 mod health;
 mod history;

@@ -5,6 +5,7 @@
 //! it, and exits 2 with a one-line reason on bad usage, 5 when the broker cannot be reached or
 //! refuses the credentials. `submit --wait` adds 1 (dead), 3 (cancelled) and 4 (timed out).
 
+mod console;
 mod dlq;
 mod fleet;
 mod jobs;
@@ -59,6 +60,9 @@ enum Command {
         after_help = "Example:\n  warren rerun 01a21207-8239-7163-bbdd-cbddd44a96d3 --from evaluate --set register.model=iris-b"
     )]
     Rerun(rerun::RerunArgs),
+    /// A web console: jobs, timelines, failure groups with replay, queues and steps.
+    #[command(after_help = "Example:\n  WARREN_CONSOLE_OPERATOR_TOKEN=… warren console --listen 127.0.0.1:8080")]
+    Console(console::ConsoleArgs),
     /// Serve the queue gauges (ready, unacked, consumers, dead letters per step) for Prometheus.
     #[command(after_help = "Example:\n  warren exporter --listen 0.0.0.0:9419")]
     Exporter(queues::ExporterArgs),
@@ -167,6 +171,7 @@ fn main() -> ExitCode {
             Command::Queues(a) => queues::run(&config, a, json).await,
             Command::Steps(a) => steps::run(&config, a, json).await,
             Command::Exporter(a) => queues::exporter(&config, a).await,
+            Command::Console(a) => console::run(&config, a).await,
             Command::Topology(c) => topology::run(&config, c, json).await,
             Command::Up(a) => fleet::up(&config, a, json).await,
             Command::Demo => fleet::demo(&config).await,

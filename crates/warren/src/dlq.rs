@@ -440,6 +440,7 @@ where
         .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await
         .map_err(BrokerError::amqp("consume dead letters"))?;
+    let mut acked = 0usize;
     for _ in 0..expected {
         // Another client may hold some of them (a listing in progress): those are not waited for long.
         let next = tokio::time::timeout(std::time::Duration::from_secs(5), consumer.next()).await;
@@ -452,10 +453,31 @@ where
         }
         if act(d).await? {
             acker.ack(BasicAckOptions::default()).await.map_err(BrokerError::amqp("ack dead letter"))?;
+            acked += 1;
         }
     }
-    // Closing the channel returns every dead letter not acked to the queue.
+    // Closing the channel returns every dead letter not acked to the queue. A quorum queue takes
+    // them back a moment later: wait (briefly) until they are ready again, so that a command run
+    // right after this one (a replay after a listing) sees them.
     let _ = ch.close(200, "done".into()).await;
+    let back = expected.saturating_sub(acked);
+    if back > 0 {
+        let end = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        while tokio::time::Instant::now() < end {
+            let Ok(ch) = broker.channel().await else { break };
+            let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+            let ready = ch
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .await
+                .map(|q| q.message_count());
+            let _ = ch.close(200, "counted".into()).await;
+            match ready {
+                Ok(n) if n as usize >= back => break,
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                Err(_) => break,
+            }
+        }
+    }
     Ok(())
 }
 

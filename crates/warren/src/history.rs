@@ -152,12 +152,20 @@ fn report_json(e: &JobEvent) -> Option<serde_json::Value> {
 pub fn fold(events: &[JobEvent], include_rpc: bool) -> Vec<JobView> {
     let mut by_job: BTreeMap<Uuid, Vec<&JobEvent>> = BTreeMap::new();
     let mut actions: BTreeMap<Uuid, Vec<OperatorAction>> = BTreeMap::new();
+    // Which job each message belongs to: an action on dead letters names their message ids.
+    let job_of: std::collections::HashMap<String, Uuid> = events
+        .iter()
+        .filter(|e| e.kind != EventKind::Operator && !e.job_id.is_nil())
+        .map(|e| (e.message_id.to_string(), e.job_id))
+        .collect();
     for e in events {
         if e.kind == EventKind::Operator {
-            if let Some(a) = OperatorAction::from_event(e)
-                && let Some(job) = a.job
-            {
-                actions.entry(job).or_default().push(a);
+            if let Some(a) = OperatorAction::from_event(e) {
+                let mut jobs: std::collections::BTreeSet<Uuid> = a.job.into_iter().collect();
+                jobs.extend(a.ids.iter().filter_map(|id| job_of.get(id)));
+                for job in jobs {
+                    actions.entry(job).or_default().push(a.clone());
+                }
             }
             continue;
         }
