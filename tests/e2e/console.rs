@@ -15,8 +15,8 @@ use crate::{
     ml::warren_bin,
 };
 
-const VIEWER: &str = "viewer-token-for-the-test";
-const OPERATOR: &str = "operator-token-for-the-test";
+pub const VIEWER: &str = "viewer-token-for-the-test";
+pub const OPERATOR: &str = "operator-token-for-the-test";
 
 struct Reply {
     status: u16,
@@ -78,7 +78,7 @@ fn value_after(text: &str, marker: &str) -> Option<String> {
     Some(text[i..].split('"').next()?.to_owned())
 }
 
-fn fleet(t: &TestNs, artifacts: &std::path::Path, data_root: Option<&std::path::Path>) -> Child {
+pub fn fleet(t: &TestNs, artifacts: &std::path::Path, data_root: Option<&std::path::Path>) -> Child {
     let mut cmd = Command::new(warren_bin());
     cmd.args(["up", "--fleet", "examples/textstats/fleet.toml"])
         .env("WARREN_AMQP_URL", crate::helpers::amqp_url())

@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod browser;
 mod chaos;
 mod cli;
 mod config;

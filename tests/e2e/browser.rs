@@ -1,0 +1,172 @@
+//! The console in a real browser (Debian's chromium through chromedriver): an operator signs
+//! in, finds a dead job's failure group, replays it once the cause is fixed and sees the job turn
+//! done; a viewer gets no replay button. With WARREN_SCREENSHOTS=DIR it also saves the jobs page
+//! and the job's timeline as PNGs (the README's screenshots).
+
+use std::{process::Stdio, time::Duration};
+
+use fantoccini::{ClientBuilder, Locator};
+use tokio::process::Command;
+
+use crate::{
+    console::{OPERATOR, VIEWER, fleet},
+    helpers::{TestNs, wait_for},
+    ml::warren_bin,
+};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+async fn browser(driver_port: u16, profile: &std::path::Path) -> fantoccini::Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                     "--disable-sync", "--window-size=1400,900", format!("--user-data-dir={}", profile.display())],
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{driver_port}"))
+        .await
+        .expect("a chromium session through chromedriver")
+}
+
+async fn sign_in(c: &fantoccini::Client, base: &str, token: &str) {
+    c.goto(&format!("{base}/login")).await.expect("login page");
+    c.find(Locator::Id("token")).await.expect("token field").send_keys(token).await.expect("type");
+    c.find(Locator::Id("sign-in")).await.expect("button").click().await.expect("sign in");
+    c.wait().for_element(Locator::Id("jobs")).await.expect("the jobs page after signing in");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_browser_an_operator_replays_a_fixed_failure_and_a_viewer_cannot() {
+    for bin in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
+        assert!(
+            std::path::Path::new(bin).exists(),
+            "{bin} is missing: `apt-get install -y chromium chromium-driver` (.ci/run does it)"
+        );
+    }
+    let mut t = TestNs::new("browser").await;
+    for s in ["load", "count", "report"] {
+        t.remember(s);
+    }
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let scratch = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("browser-{}", t.ns));
+    let artifacts = scratch.join("artifacts");
+    let mut up = fleet(&t, &artifacts, None);
+    for s in ["load", "count", "report"] {
+        t.wait_consumers(s, 1).await;
+    }
+    let out = Command::new(warren_bin())
+        .args([
+            "submit",
+            "examples/textstats/pipeline.toml",
+            "--no-check",
+            "--set",
+            "load.file=data:sample.txt",
+            "--wait",
+            "--json",
+        ])
+        .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
+        .env("WARREN_NAMESPACE", &t.ns)
+        .env("WARREN_ARTIFACTS", &artifacts)
+        .current_dir(&repo)
+        .output()
+        .await
+        .expect("submit");
+    let dead: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let job = dead["job"].as_str().expect("job").to_owned();
+    assert_eq!(dead["state"], "dead");
+
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _console = Command::new(warren_bin())
+        .args(["console", "--listen", &format!("127.0.0.1:{port}")])
+        .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
+        .env("WARREN_NAMESPACE", &t.ns)
+        .env("WARREN_CONSOLE_VIEWER_TOKEN", VIEWER)
+        .env("WARREN_CONSOLE_OPERATOR_TOKEN", OPERATOR)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("console");
+    let driver_port = free_port();
+    let _driver = Command::new("/usr/bin/chromedriver")
+        .arg(format!("--port={driver_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("chromedriver");
+    wait_for("the console and chromedriver", Duration::from_secs(20), || async {
+        let up = |p: u16| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok();
+        (up(port) && up(driver_port)).then_some(())
+    })
+    .await;
+
+    // A viewer sees the failure group but no replay button.
+    let viewer = browser(driver_port, &scratch.join("viewer-profile")).await;
+    sign_in(&viewer, &base, VIEWER).await;
+    viewer.goto(&format!("{base}/failures")).await.expect("failures");
+    viewer.wait().for_element(Locator::Css("section.group")).await.expect("a failure group");
+    let buttons = viewer.find_all(Locator::Css("form[action='/actions/replay']")).await.expect("query");
+    assert!(buttons.is_empty(), "a viewer has no replay button");
+    viewer.close().await.expect("close");
+
+    // Fix the cause: the workers get a data root.
+    crate::helpers::signal(&up, "TERM").await;
+    let _ = tokio::time::timeout(Duration::from_secs(60), up.wait()).await;
+    up = fleet(&t, &artifacts, Some(&repo.join("examples/textstats/data")));
+    for s in ["load", "count", "report"] {
+        t.wait_consumers(s, 1).await;
+    }
+
+    // The operator finds the group of the dead job and replays it with a reason.
+    let c = browser(driver_port, &scratch.join("operator-profile")).await;
+    sign_in(&c, &base, OPERATOR).await;
+    if let Ok(dir) = std::env::var("WARREN_SCREENSHOTS") {
+        std::fs::create_dir_all(&dir).expect("screenshot dir");
+        std::fs::write(format!("{dir}/console-jobs.png"), c.screenshot().await.expect("screenshot")).expect("save");
+    }
+    c.goto(&format!("{base}/failures")).await.expect("failures");
+    let group = c.wait().for_element(Locator::Css("section.group")).await.expect("a failure group");
+    let text = group.text().await.expect("text");
+    assert!(text.contains(&job[..13]) && text.contains("refused to read"), "{text}");
+    let form = group.find(Locator::Css("form[action='/actions/replay']")).await.expect("the replay form");
+    form.find(Locator::Css("input[name='reason']"))
+        .await
+        .expect("reason")
+        .send_keys("the workers have a data root now")
+        .await
+        .expect("type");
+    form.find(Locator::Css("button")).await.expect("button").click().await.expect("replay");
+    let result = c.wait().for_element(Locator::Id("result")).await.expect("the replay's result");
+    assert!(result.text().await.expect("text").contains("replayed 1 dead letter(s)"));
+
+    // The job turns done on its page.
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        c.goto(&format!("{base}/jobs/{job}")).await.expect("job page");
+        let state = c.find(Locator::Id("job-state")).await.expect("state").text().await.expect("text");
+        if state == "done" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < end, "the job did not turn done: {state}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if let Ok(dir) = std::env::var("WARREN_SCREENSHOTS") {
+        std::fs::write(format!("{dir}/console-job.png"), c.screenshot().await.expect("screenshot")).expect("save");
+    }
+    c.close().await.expect("close");
+
+    crate::helpers::signal(&up, "TERM").await;
+    let _ = tokio::time::timeout(Duration::from_secs(60), up.wait()).await;
+    std::fs::remove_dir_all(&scratch).ok();
+    t.cleanup().await;
+}
