@@ -54,13 +54,14 @@ pub async fn read_all(config: &Config, from: warren::events::From) -> Result<Vec
     Ok(events)
 }
 
-/// `1.2 s`, `340 ms`, `2 min 5 s`.
+/// `340ms`, `4s 200ms`, `2m 5s` (humantime), rounded to what a person reads.
 pub fn duration(ms: u64) -> String {
-    match ms {
-        0..1_000 => format!("{ms} ms"),
-        1_000..60_000 => format!("{:.1} s", ms as f64 / 1000.0),
-        _ => format!("{} min {} s", ms / 60_000, (ms % 60_000) / 1000),
-    }
+    let rounded = match ms {
+        0..1_000 => ms,
+        1_000..60_000 => ms / 100 * 100,
+        _ => ms / 1000 * 1000,
+    };
+    humantime::format_duration(Duration::from_millis(rounded)).to_string()
 }
 
 /// The command that shows or repairs a dead job.
@@ -196,20 +197,21 @@ fn row(j: &JobView) -> serde_json::Value {
 }
 
 fn print_rows(jobs: &[JobView], header: bool) {
-    if header {
-        println!("{:<36}  {:<19}  {:<14} {:<9} {:<10} {:>10}", "job", "submitted", "pipeline", "state", "step", "took");
-    }
-    for j in jobs {
-        println!(
-            "{:<36}  {:<19}  {:<14} {:<9} {:<10} {:>10}",
-            j.job,
-            format_time(j.submitted_ms),
-            j.pipeline,
-            j.state.as_str(),
-            j.step,
-            j.duration_ms.map(duration).unwrap_or_else(|| "-".into())
-        );
-    }
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.job.to_string(),
+                format_time(j.submitted_ms),
+                j.pipeline.clone(),
+                j.state.as_str().to_owned(),
+                j.step.clone(),
+                j.duration_ms.map(duration).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let header = if header { &["job", "submitted", "pipeline", "state", "step", "took"][..] } else { &[][..] };
+    print!("{}", crate::table(header, rows, &[5]));
 }
 
 /// `warren jobs`.

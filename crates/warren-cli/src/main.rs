@@ -206,6 +206,32 @@ pub async fn connect(config: &warren::Config) -> Result<warren::Client, Fail> {
     })
 }
 
+/// Rows as an aligned plain-text table (comfy-table), `right` the columns aligned right.
+pub fn table(header: &[&str], rows: Vec<Vec<String>>, right: &[usize]) -> String {
+    use comfy_table::{CellAlignment, Table, presets::NOTHING};
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    if !header.is_empty() {
+        t.set_header(header.iter().copied());
+    }
+    for r in rows {
+        t.add_row(r);
+    }
+    for c in t.column_iter_mut() {
+        c.set_padding((0, 2));
+    }
+    for i in right {
+        if let Some(c) = t.column_mut(*i) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    let mut text = t.to_string().lines().map(|l| l.trim_end().to_owned()).collect::<Vec<_>>().join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    text
+}
+
 /// Parses `90s`, `30m`, `2h`, `7d` into milliseconds.
 pub fn parse_age(text: &str) -> Result<u64, Fail> {
     let (n, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));

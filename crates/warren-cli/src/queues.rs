@@ -79,20 +79,21 @@ pub async fn rows(
 fn print_rows(rows: Vec<serde_json::Value>, json: bool) {
     if json {
         println!("{}", serde_json::Value::Array(rows));
-    } else {
-        println!("{:<12} {:>8} {:>8} {:>10} {:>6}", "step", "ready", "unacked", "consumers", "dead");
-        for r in rows {
-            let unacked = r["unacked"].as_u64().map_or("-".to_owned(), |n| n.to_string());
-            println!(
-                "{:<12} {:>8} {:>8} {:>10} {:>6}",
-                r["step"].as_str().unwrap_or(""),
-                r["ready"].to_string(),
-                unacked,
-                r["consumers"].to_string(),
-                r["dead"].to_string()
-            );
-        }
+        return;
     }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r["step"].as_str().unwrap_or("").to_owned(),
+                r["ready"].to_string(),
+                r["unacked"].as_u64().map_or("-".to_owned(), |n| n.to_string()),
+                r["consumers"].to_string(),
+                r["dead"].to_string(),
+            ]
+        })
+        .collect();
+    print!("{}", crate::table(&["step", "ready", "unacked", "consumers", "dead"], cells, &[1, 2, 3, 4]));
 }
 
 /// The rows as Prometheus text exposition.

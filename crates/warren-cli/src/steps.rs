@@ -75,7 +75,7 @@ pub async fn run(config: &Config, args: StepsArgs, json: bool) -> Outcome {
         println!("no steps registered in namespace {} (workers announce their step when they start)", config.namespace);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<12} {:<8} {:>9} {:>6}  {:<44} workers", "step", "version", "consumers", "ready", "takes -> sends");
+    let mut cells = Vec::new();
     for r in &rows {
         let s = |k: &str| r[k].as_str().unwrap_or("").to_owned();
         let flow = format!("{} -> {}{}", s("input"), s("output"), if r["fan_out"] == true { " (many)" } else { "" });
@@ -90,15 +90,18 @@ pub async fn run(config: &Config, args: StepsArgs, json: bool) -> Outcome {
                     .collect()
             })
             .unwrap_or_default();
-        println!(
-            "{:<12} {:<8} {:>9} {:>6}  {:<44} {}",
+        cells.push(vec![
             s("step"),
             s("version"),
             r["consumers"].to_string(),
             r["ready"].to_string(),
             flow,
-            if workers.is_empty() { "-".to_owned() } else { workers.join(", ") }
-        );
+            if workers.is_empty() { "-".to_owned() } else { workers.join(", ") },
+        ]);
     }
+    print!(
+        "{}",
+        crate::table(&["step", "version", "consumers", "ready", "takes -> sends", "live workers"], cells, &[2, 3])
+    );
     Ok(ExitCode::SUCCESS)
 }

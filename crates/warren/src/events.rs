@@ -325,21 +325,10 @@ impl JobEvent {
     }
 }
 
-/// `YYYY-MM-DD HH:MM:SS` in UTC (Howard Hinnant's civil-from-days).
+/// `YYYY-MM-DD HH:MM:SS` in UTC, from milliseconds since the Unix epoch (humantime's RFC 3339).
 pub fn format_time(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let t = secs % 86_400;
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", t / 3600, (t / 60) % 60, t % 60)
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(at).to_string().replacen('T', " ", 1).trim_end_matches('Z').to_owned()
 }
 
 /// Where reading the events stream starts.
