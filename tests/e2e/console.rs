@@ -165,6 +165,18 @@ async fn an_operator_replays_a_fixed_failure_from_the_console_and_a_viewer_canno
     let forged = format!("step=load&group={group}&csrf=forged&reason={}", enc("a forged request here"));
     assert_eq!(http(&addr, "POST", "/actions/replay", Some(&operator), Some(&forged)).expect("post").status, 403);
 
+    // An edit the step does not take is refused before anything moves.
+    let bad = format!(
+        "step=load&group={group}&csrf={csrf}&set={}&reason={}",
+        enc("bogus=1"),
+        enc("trying a parameter that is not there")
+    );
+    let r = http(&addr, "POST", "/actions/replay", Some(&operator), Some(&bad)).expect("edit");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("nothing replayed") && r.body.contains("bogus"), "{}", r.body);
+    let failures = http(&addr, "GET", "/failures", Some(&operator), None).expect("failures");
+    assert!(failures.body.contains("<span class=\"count\">1</span>"), "the letter is still there");
+
     // Fix the cause (a data root for the workers), then replay from the console.
     crate::helpers::signal(&up, "TERM").await;
     let _ = tokio::time::timeout(Duration::from_secs(60), up.wait()).await;

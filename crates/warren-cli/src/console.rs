@@ -410,6 +410,19 @@ async fn job_page(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<
     page(&format!("Job {job}"), Some(&s), &body).into_response()
 }
 
+/// Edit-and-replay: parameters to change (checked against the step), then replay.
+fn edit_form(s: &Session, fields: &[(&str, &str)], count: usize) -> String {
+    let hidden: String =
+        fields.iter().map(|(k, v)| format!("<input type=\"hidden\" name=\"{k}\" value=\"{}\">", esc(v))).collect();
+    format!(
+        "<details><summary>Edit and replay</summary><form method=\"post\" action=\"/actions/replay\" class=\"action edit\">{hidden}\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\"><textarea name=\"set\" rows=\"3\" cols=\"40\" \
+         placeholder=\"param=value, one per line\" required></textarea><br><input name=\"reason\" placeholder=\"why (recorded)\" \
+         required minlength=\"10\" size=\"40\"> <button>Edit and replay {count}</button></form></details>",
+        esc(&s.csrf)
+    )
+}
+
 fn action_form(action: &str, s: &Session, fields: &[(&str, &str)], label: &str) -> String {
     let hidden: String =
         fields.iter().map(|(k, v)| format!("<input type=\"hidden\" name=\"{k}\" value=\"{}\">", esc(v))).collect();
@@ -481,6 +494,7 @@ async fn failures_page(State(app): State<Shared>, headers: HeaderMap) -> Respons
         if s.role == Role::Operator {
             let fields = [("step", step.as_str()), ("group", group.as_str())];
             body.push_str(&action_form("/actions/replay", &s, &fields, &format!("Replay {count}")));
+            body.push_str(&edit_form(&s, &fields, *count));
             body.push_str(&action_form("/actions/purge", &s, &fields, &format!("Purge {count} for good")));
         }
         body.push_str("</section>");
@@ -562,6 +576,9 @@ struct ActionForm {
     group: Option<String>,
     #[serde(default)]
     job: Option<String>,
+    /// Parameters to change before replaying, one `name=value` per line.
+    #[serde(default)]
+    set: Option<String>,
 }
 
 /// The operator behind a state-changing request, after the CSRF and reason checks.
@@ -597,13 +614,38 @@ async fn replay(State(app): State<Shared>, headers: HeaderMap, Form(form): Form<
     let Some(step) = form.step.clone() else { return error_page(StatusCode::BAD_REQUEST, Some(&s), "no step") };
     let names = Names::new(&app.config.namespace);
     let filter = Filter { group: form.group.clone(), job: form.job.clone(), ..Default::default() };
-    let report = match warren::dlq::replay(app.client.broker(), &names, &step, &filter, &ReplayOptions::default()).await
-    {
+    // Edit and replay: every change is checked against the step's announced parameters, on
+    // every letter it touches, before anything moves.
+    let mut edit = warren::dlq::Edit::default();
+    for line in form.set.as_deref().unwrap_or("").lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let Some((k, v)) = line.split_once('=') else {
+            return error_page(StatusCode::BAD_REQUEST, Some(&s), &format!("`{line}`: expected name=value"));
+        };
+        match crate::dlq::parse_value(v) {
+            Ok(v) => edit.set.push((k.trim().to_owned(), v)),
+            Err(e) => return error_page(StatusCode::BAD_REQUEST, Some(&s), &format!("{k}: {e}")),
+        }
+    }
+    if !edit.is_empty() {
+        let registry = warren::registry::read(app.client.broker(), &names).await.unwrap_or_default();
+        let letters = match warren::dlq::list(app.client.broker(), &names, &step, &filter).await {
+            Ok(l) => l,
+            Err(e) => return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&s), &e.to_string()),
+        };
+        for d in &letters {
+            if let Err(f) = crate::dlq::check_edit(&edit, d, &registry) {
+                return error_page(StatusCode::BAD_REQUEST, Some(&s), &format!("nothing replayed: {}", f.message));
+            }
+        }
+    }
+    let options = ReplayOptions { edit: edit.clone(), ..Default::default() };
+    let report = match warren::dlq::replay(app.client.broker(), &names, &step, &filter, &options).await {
         Ok(r) => r,
         Err(e) => return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&s), &e.to_string()),
     };
     let action = OperatorAction {
-        action: "replay".into(),
+        action: if edit.is_empty() { "replay" } else { "edit" }.into(),
+        changes: edit.describe(),
         actor: actor(),
         reason: Some(form.reason.clone()),
         step: step.clone(),

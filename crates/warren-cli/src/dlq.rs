@@ -653,7 +653,7 @@ pub(crate) fn parse_value(v: &str) -> Result<rmpv::Value, String> {
 
 /// An edit must fit the letter: the step's parameters and the payload's schema, where Warren
 /// knows them. Any misfit is bad usage (exit 2) naming the flag and key, and nothing is replayed.
-fn check_edit(edit: &dlq::Edit, d: &DeadLetter, registry: &warren::registry::Registry) -> Result<(), Fail> {
+pub(crate) fn check_edit(edit: &dlq::Edit, d: &DeadLetter, registry: &warren::registry::Registry) -> Result<(), Fail> {
     if edit.is_empty() {
         return Ok(());
     }
