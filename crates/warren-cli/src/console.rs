@@ -656,7 +656,6 @@ async fn replay(State(app): State<Shared>, headers: HeaderMap, Form(form): Form<
         ),
         count: report.replayed,
         ids: report.ids.clone(),
-        ..Default::default()
     };
     if let Err(e) = warren::events::record(app.client.broker(), &names, &action).await {
         tracing::warn!(error = %e, "the replay is done, but its record failed");
