@@ -200,6 +200,11 @@ async fn an_operator_replays_a_fixed_failure_from_the_console_and_a_viewer_canno
         page.body
     );
 
+    // Queues and steps: counts, rates and the registered steps with their workers.
+    let queues = http(&addr, "GET", "/queues", Some(&viewer), None).expect("queues");
+    assert_eq!(queues.status, 200);
+    assert!(queues.body.contains("done/min") && queues.body.contains("textstats.Document/1"), "{}", queues.body);
+
     crate::helpers::signal(&up, "TERM").await;
     let _ = tokio::time::timeout(Duration::from_secs(60), up.wait()).await;
     std::fs::remove_dir_all(&artifacts).ok();

@@ -513,17 +513,30 @@ async fn queues_page(State(app): State<Shared>, headers: HeaderMap) -> Response 
     };
     let names = Names::new(&app.config.namespace);
     let registry = warren::registry::read(app.client.broker(), &names).await.unwrap_or_default();
+    // Rates over the last five minutes, from the events stream.
+    let since = warren::envelope::now_ms().saturating_sub(300_000);
+    let events = warren::events::read_to_now(app.client.broker(), &names, warren::events::From::Time(since))
+        .await
+        .unwrap_or_default();
+    let per_min = |step: &str, kind: warren::EventKind| {
+        let n = events.iter().filter(|e| &*e.step == step && e.kind == kind).count();
+        format!("{:.1}", n as f64 / 5.0)
+    };
     let mut body = String::from(
-        "<h2>Queues</h2><table><thead><tr><th>step</th><th>ready</th><th>unacked</th><th>consumers</th><th>dead</th></tr></thead><tbody>",
+        "<h2>Queues</h2><table id=\"queues\"><thead><tr><th>step</th><th>ready</th><th>unacked</th><th>consumers</th>\
+         <th>dead letters</th><th>done/min</th><th>died/min</th></tr></thead><tbody>",
     );
     for r in &rows {
+        let step = r["step"].as_str().unwrap_or("");
         body.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(r["step"].as_str().unwrap_or("")),
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(step),
             r["ready"],
             r["unacked"].as_u64().map_or("-".to_owned(), |n| n.to_string()),
             r["consumers"],
-            r["dead"]
+            r["dead"],
+            per_min(step, warren::EventKind::Succeeded),
+            per_min(step, warren::EventKind::Dead),
         ));
     }
     body.push_str("</tbody></table><h2>Steps</h2><table><thead><tr><th>step</th><th>version</th><th>takes → sends</th><th>live workers</th></tr></thead><tbody>");
