@@ -137,6 +137,7 @@ async fn an_operator_replays_a_fixed_failure_from_the_console_and_a_viewer_canno
         .env("WARREN_NAMESPACE", &t.ns)
         .env("WARREN_CONSOLE_VIEWER_TOKEN", VIEWER)
         .env("WARREN_CONSOLE_OPERATOR_TOKEN", OPERATOR)
+        .env("WARREN_ARTIFACTS", &artifacts)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -199,6 +200,32 @@ async fn an_operator_replays_a_fixed_failure_from_the_console_and_a_viewer_canno
         "{}",
         page.body
     );
+
+    // Re-run the finished job from `count` with another parameter: a new job, linked both ways.
+    let form = format!(
+        "job={job}&from=count&csrf={csrf}&set={}&reason={}",
+        enc("count.top=2"),
+        enc("fewer words in the report")
+    );
+    let r = http(&addr, "POST", "/actions/rerun", Some(&operator), Some(&form)).expect("rerun");
+    assert_eq!(r.status, 303, "{}", r.body);
+    let location = r
+        .headers
+        .lines()
+        .find_map(|l| l.strip_prefix("location: ").or_else(|| l.strip_prefix("Location: ")))
+        .expect("the new job's page")
+        .trim()
+        .to_owned();
+    assert!(location.starts_with("/jobs/") && !location.ends_with(&job), "{location}");
+    wait_for("the re-run done", Duration::from_secs(60), || async {
+        let page = http(&addr, "GET", &location, Some(&operator), None)?;
+        (page.body.contains("id=\"job-state\">done<")
+            && page.body.contains(&format!("a re-run of <a href=\"/jobs/{job}\"")))
+        .then_some(())
+    })
+    .await;
+    let old = http(&addr, "GET", &format!("/jobs/{job}"), Some(&operator), None).expect("old job");
+    assert!(old.body.contains(&format!("re-run as <a href=\"{location}\"")), "{}", old.body);
 
     // Queues and steps: counts, rates and the registered steps with their workers.
     let queues = http(&addr, "GET", "/queues", Some(&viewer), None).expect("queues");

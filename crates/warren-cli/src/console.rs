@@ -151,6 +151,7 @@ fn router(app: Shared) -> Router {
         .route("/actions/replay", post(replay))
         .route("/actions/purge", post(purge))
         .route("/actions/cancel", post(cancel))
+        .route("/actions/rerun", post(rerun))
         .route("/assets/style.css", get(|| async { ([(header::CONTENT_TYPE, "text/css")], STYLE) }))
         .route("/assets/app.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], SCRIPT) }))
         .with_state(app)
@@ -404,8 +405,26 @@ async fn job_page(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<
             ));
         }
     }
+    for r in &j.reruns {
+        body.push_str(&format!("<p>re-run as <a href=\"/jobs/{r}\">{r}</a></p>"));
+    }
+    if let Some(old) = j.rerun_of {
+        body.push_str(&format!("<p>a re-run of <a href=\"/jobs/{old}\">{old}</a></p>"));
+    }
     if s.role == Role::Operator && j.state == JobState::Running {
         body.push_str(&action_form("/actions/cancel", &s, &[("job", &job.to_string())], "Cancel the job"));
+    }
+    if s.role == Role::Operator && j.state != JobState::Running && j.steps.len() > 1 {
+        let options: String =
+            j.steps[1..].iter().map(|st| format!("<option>{}</option>", esc(&st.step))).collect::<Vec<_>>().join("");
+        body.push_str(&format!(
+            "<details><summary>Re-run from a step</summary><form method=\"post\" action=\"/actions/rerun\" class=\"action rerun\">\
+             <input type=\"hidden\" name=\"job\" value=\"{job}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             from <select name=\"from\">{options}</select> <textarea name=\"set\" rows=\"2\" cols=\"40\" \
+             placeholder=\"step.param=value, one per line (optional)\"></textarea><br><input name=\"reason\" \
+             placeholder=\"why (recorded)\" required minlength=\"10\" size=\"40\"> <button>Re-run</button></form></details>",
+            esc(&s.csrf)
+        ));
     }
     page(&format!("Job {job}"), Some(&s), &body).into_response()
 }
@@ -592,6 +611,9 @@ struct ActionForm {
     /// Parameters to change before replaying, one `name=value` per line.
     #[serde(default)]
     set: Option<String>,
+    /// The step a rerun starts at.
+    #[serde(default)]
+    from: Option<String>,
 }
 
 /// The operator behind a state-changing request, after the CSRF and reason checks.
@@ -742,4 +764,21 @@ async fn cancel(State(app): State<Shared>, headers: HeaderMap, Form(form): Form<
         tracing::warn!(error = %e, "the cancel is done, but its record failed");
     }
     Redirect::to(&format!("/jobs/{job}")).into_response()
+}
+
+async fn rerun(State(app): State<Shared>, headers: HeaderMap, Form(form): Form<ActionForm>) -> Response {
+    let s = match operator(&app, &headers, &form) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let (Some(job), Some(from)) = (form.job.as_deref().and_then(|j| j.parse::<Uuid>().ok()), form.from.as_deref())
+    else {
+        return error_page(StatusCode::BAD_REQUEST, Some(&s), "a rerun needs a job and a step");
+    };
+    let sets: Vec<String> =
+        form.set.as_deref().unwrap_or("").lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
+    match crate::rerun::rerun(&app.config, job, from, &sets, actor(), Some(form.reason.clone())).await {
+        Ok((new_job, _)) => Redirect::to(&format!("/jobs/{new_job}")).into_response(),
+        Err(f) => error_page(StatusCode::BAD_REQUEST, Some(&s), &f.message),
+    }
 }

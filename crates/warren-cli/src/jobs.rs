@@ -142,6 +142,9 @@ pub async fn status(config: &Config, args: StatusArgs, json: bool) -> Outcome {
     for r in &view.reruns {
         println!("  re-run as job {r}");
     }
+    if let Some(old) = view.rerun_of {
+        println!("  a re-run of job {old}");
+    }
     if let Some(next) = next_command(&view) {
         println!("  dead at {}: {}", view.dead[0].step, view.dead[0].error);
         println!("  next: {next}");

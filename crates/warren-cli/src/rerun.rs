@@ -39,8 +39,36 @@ pub struct RerunArgs {
 /// `warren rerun`.
 pub async fn run(config: &Config, args: RerunArgs, json: bool) -> Outcome {
     let old: Uuid = args.job.parse().map_err(|_| Fail::usage(format!("`{}` is not a job id (a UUID)", args.job)))?;
+    let (new_job, messages) =
+        rerun(config, old, &args.from, &args.set, args.audit.actor(), args.audit.reason.clone()).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "job": new_job.to_string(), "rerun_of": old.to_string(), "from": args.from, "messages": messages })
+        );
+    } else {
+        println!("{new_job}");
+        eprintln!(
+            "rerun of {old} from {}: new job {new_job} ({messages} message(s)); follow it with `warren status {new_job}`",
+            args.from
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A new job that starts at `from` from what job `old` handed to it, with `set`
+/// (`step.param=value`) applied and checked; recorded with `actor` and `reason`. Returns the new
+/// job's id and how many messages it started with.
+pub async fn rerun(
+    config: &Config,
+    old: Uuid,
+    from: &str,
+    set: &[String],
+    actor: String,
+    reason: Option<String>,
+) -> Result<(Uuid, usize), Fail> {
     let mut sets = Vec::new();
-    for item in &args.set {
+    for item in set {
         let (path, v) =
             item.split_once('=').ok_or_else(|| Fail::usage(format!("--set {item}: expected STEP.PARAM=VALUE")))?;
         let (step, param) =
@@ -57,13 +85,13 @@ pub async fn run(config: &Config, args: RerunArgs, json: bool) -> Outcome {
         .map(|e| e.pipeline.to_string())
         .ok_or_else(|| Fail::from(format!("no events for job {old} in namespace {}", config.namespace)))?;
     let store = ArtifactStore::open(&config.artifacts).map_err(|e| Fail::usage(format!("--artifacts: {e}")))?;
-    let keys = store.list(&inputs_prefix(&pipeline, old, &args.from)).await?;
+    let keys = store.list(&inputs_prefix(&pipeline, old, from)).await?;
     if keys.is_empty() {
         let ran: std::collections::BTreeSet<&str> =
             events.iter().filter(|e| e.job_id == old).map(|e| &*e.step).collect();
         return Err(Fail::usage(format!(
             "job {old} recorded no input for step {} in {} (its steps: {}; the first step has none: submit its spec again)",
-            args.from,
+            from,
             config.artifacts,
             ran.into_iter().collect::<Vec<_>>().join(", ")
         )));
@@ -90,7 +118,7 @@ pub async fn run(config: &Config, args: RerunArgs, json: bool) -> Outcome {
         };
         for (step, param, value) in &sets {
             let hop = env.slip.iter_mut().find(|h| &h.step == step).ok_or_else(|| {
-                Fail::usage(format!("--set {step}.{param}: step {step} does not come at or after {}", args.from))
+                Fail::usage(format!("--set {step}.{param}: step {step} does not come at or after {}", from))
             })?;
             let mut map = match std::mem::replace(&mut hop.params, rmpv::Value::Nil) {
                 rmpv::Value::Map(m) => m,
@@ -109,7 +137,7 @@ pub async fn run(config: &Config, args: RerunArgs, json: bool) -> Outcome {
         env.job_id = new_job;
         env.message_id = envelope::derive_message_id(new_job, "rerun", i);
         let body = env.encode().map_err(|e| Fail::from(format!("cannot encode: {e}")))?;
-        let meta = EnvelopeMeta { job_id: new_job, message_id: env.message_id, step: &args.from, schema: &env.schema };
+        let meta = EnvelopeMeta { job_id: new_job, message_id: env.message_id, step: from, schema: &env.schema };
         bodies.push((body, envelope::properties(&meta, 1)));
     }
 
@@ -117,34 +145,21 @@ pub async fn run(config: &Config, args: RerunArgs, json: bool) -> Outcome {
     let names = Names::new(&config.namespace);
     let publisher = client.broker().publisher().await?;
     for (body, props) in bodies {
-        publisher.publish(&names.steps_exchange(), &args.from, &body, props).await?;
+        publisher.publish(&names.steps_exchange(), from, &body, props).await?;
     }
     drop(publisher);
     client.broker().close().await;
     let action = warren::events::OperatorAction {
         action: "rerun".into(),
-        actor: args.audit.actor(),
-        reason: args.audit.reason.clone(),
-        step: args.from.clone(),
+        actor: actor,
+        reason: reason,
+        step: from.to_owned(),
         job: Some(new_job),
-        filter: format!("rerun of {old} from {}", args.from),
+        filter: format!("rerun of {old} from {}", from),
         count: keys.len(),
         ids: vec![old.to_string()],
-        changes: args.set.clone(),
+        changes: set.to_vec(),
     };
     crate::dlq::record(config, action).await?;
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({ "job": new_job.to_string(), "rerun_of": old.to_string(), "from": args.from, "messages": keys.len() })
-        );
-    } else {
-        println!("{new_job}");
-        eprintln!(
-            "rerun of {old} from {}: new job {new_job} ({} message(s)); follow it with `warren status {new_job}`",
-            args.from,
-            keys.len()
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok((new_job, keys.len()))
 }

@@ -135,6 +135,8 @@ pub struct JobView {
     pub actions: Vec<OperatorAction>,
     /// Jobs re-run from this one (from `rerun` actions).
     pub reruns: Vec<Uuid>,
+    /// The job this one re-runs, if it is a rerun.
+    pub rerun_of: Option<Uuid>,
 }
 
 /// A UUIDv7's time in milliseconds, if it has one.
@@ -163,6 +165,10 @@ pub fn fold(events: &[JobEvent], include_rpc: bool) -> Vec<JobView> {
             if let Some(a) = OperatorAction::from_event(e) {
                 let mut jobs: std::collections::BTreeSet<Uuid> = a.job.into_iter().collect();
                 jobs.extend(a.ids.iter().filter_map(|id| job_of.get(id)));
+                // A rerun names the job it was made from.
+                if a.action == "rerun" {
+                    jobs.extend(a.ids.iter().filter_map(|id| id.parse::<Uuid>().ok()));
+                }
                 for job in jobs {
                     actions.entry(job).or_default().push(a.clone());
                 }
@@ -299,12 +305,18 @@ fn fold_one(job: Uuid, evs: &[&JobEvent], actions: Vec<OperatorAction>) -> JobVi
     }
     .unwrap_or_default();
     let submitted_ms = uuid_time_ms(&job).unwrap_or(first_ms);
+    let job_text = job.to_string();
     let reruns = actions
         .iter()
-        .filter(|a| a.action == "rerun")
-        .flat_map(|a| a.ids.iter().filter_map(|id| id.parse().ok()))
+        .filter(|a| a.action == "rerun" && a.ids.contains(&job_text))
+        .filter_map(|a| a.job)
         .filter(|id| *id != job)
         .collect();
+    let rerun_of = actions
+        .iter()
+        .find(|a| a.action == "rerun" && a.job == Some(job))
+        .and_then(|a| a.ids.first())
+        .and_then(|id| id.parse().ok());
     JobView {
         job,
         pipeline: evs.first().map(|e| e.pipeline.to_string()).unwrap_or_default(),
@@ -318,6 +330,7 @@ fn fold_one(job: Uuid, evs: &[&JobEvent], actions: Vec<OperatorAction>) -> JobVi
         dead,
         actions,
         reruns,
+        rerun_of,
     }
 }
 
