@@ -151,8 +151,8 @@ pub async fn rerun(
     client.broker().close().await;
     let action = warren::events::OperatorAction {
         action: "rerun".into(),
-        actor: actor,
-        reason: reason,
+        actor,
+        reason,
         step: from.to_owned(),
         job: Some(new_job),
         filter: format!("rerun of {old} from {}", from),
