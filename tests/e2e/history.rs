@@ -85,6 +85,7 @@ async fn jobs_returns_while_jobs_keep_coming_and_lists_exactly_its_window() {
     .expect("run");
     let took = started.elapsed();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("warren jobs under 10 jobs/s took {took:?}");
     assert!(took < Duration::from_secs(5), "warren jobs took {took:?} under 10 jobs/s");
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let listed: std::collections::BTreeSet<String> =

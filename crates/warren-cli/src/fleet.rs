@@ -348,7 +348,7 @@ pub async fn up(config: &Config, args: UpArgs, json: bool) -> Outcome {
 const IRIS: &str = include_str!("../../../pipelines/iris.toml");
 
 /// `warren demo`.
-pub async fn demo(config: &Config) -> Outcome {
+pub async fn demo(config: &Config, json: bool) -> Outcome {
     let client = connect(config).await?;
     let names = Names::new(&config.namespace);
     Declarer::new(client.broker(), &names).base().await?;
@@ -366,13 +366,13 @@ pub async fn demo(config: &Config) -> Outcome {
     }
     let logs = std::env::temp_dir().join(format!("warren-demo-{}", std::process::id()));
     std::fs::create_dir_all(&logs)?;
-    println!("starting a fleet of {} workers (logs in {})", workers.len(), logs.display());
+    eprintln!("starting a fleet of {} workers (logs in {})", workers.len(), logs.display());
     let fleet = Fleet::start(config, &workers, Logs::Dir(logs), false)?;
     let result = async {
         wait_ready(&client, &names, &steps, Duration::from_secs(60)).await?;
         crate::submit::check_and_upload(&client, config, &mut spec).await?;
         let job = client.submit(&spec.job()).await?;
-        println!("submitted iris job {job}");
+        eprintln!("submitted iris job {job}");
         let steps: Vec<String> = spec.steps.iter().map(|s| s.step.clone()).collect();
         let mut events =
             match crate::submit::follow(&client, &names, job, &steps, false, Duration::from_secs(600)).await? {
@@ -402,20 +402,25 @@ pub async fn demo(config: &Config) -> Outcome {
                 .next_back()
                 .unwrap_or_default()
         };
-        println!("evaluation on held-out rows: {}", report("evaluate"));
-        println!("registered: {}", report("register"));
         let row = vec![5.1, 3.5, 1.4, 0.2];
         let request = PredictRequest { model: "iris".into(), version: None, rows: vec![row.clone()], dataset: None };
         let p: Predictions = client.call("predict", rmpv::Value::Nil, request, Duration::from_secs(30)).await?;
-        println!(
-            "prediction for {row:?}: {} (model iris, version {})",
-            p.labels.first().map_or("?", String::as_str),
-            p.version
-        );
+        let label = p.labels.first().map_or("?", String::as_str);
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({ "job": job.to_string(), "evaluation": report("evaluate"), "registered": report("register"),
+                    "prediction": { "row": row, "label": label, "model": "iris", "version": p.version } })
+            );
+        } else {
+            println!("evaluation on held-out rows: {}", report("evaluate"));
+            println!("registered: {}", report("register"));
+            println!("prediction for {row:?}: {label} (model iris, version {})", p.version);
+        }
         Ok::<_, Fail>(())
     }
     .await;
-    println!("stopping the fleet");
+    eprintln!("stopping the fleet");
     fleet.stop().await;
     result.map(|()| ExitCode::SUCCESS)
 }

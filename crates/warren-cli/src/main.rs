@@ -174,7 +174,7 @@ fn main() -> ExitCode {
             Command::Console(a) => console::run(&config, a).await,
             Command::Topology(c) => topology::run(&config, c, json).await,
             Command::Up(a) => fleet::up(&config, a, json).await,
-            Command::Demo => fleet::demo(&config).await,
+            Command::Demo => fleet::demo(&config, json).await,
             Command::Health { url } => health(&url, json),
         }
     });
