@@ -23,9 +23,15 @@ pub struct IngestParams {
     /// The target column of a CSV file (default: its last column).
     #[serde(default)]
     pub target: Option<String>,
-    /// Treat the target as classes even if it is numeric (default: numeric = regression).
+    /// Older form of `task`: `true` is classification, `false` regression.
     #[serde(default)]
     pub classification: Option<bool>,
+    /// `classification` or `regression`; unset, the target decides (text, or whole numbers with
+    /// few distinct values: classes; other numbers: regression), as scikit-learn's
+    /// `type_of_target` does.
+    #[serde(default)]
+    #[schemars(extend("enum" = ["classification", "regression"]))]
+    pub task: Option<String>,
 }
 
 /// `validate`: what the data must satisfy.

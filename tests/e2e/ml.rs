@@ -633,3 +633,44 @@ async fn a_dead_trial_goes_on_or_fails_by_policy_and_a_replay_still_selects_once
     fleet.stop().await;
     t.cleanup().await;
 }
+
+/// A CSV whose target is whole-number class ids, with no flag saying so, runs as classification
+/// (as scikit-learn's `type_of_target` reads it), and the job's events say why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_integer_class_csv_runs_as_classification_without_flags() {
+    let mut t = TestNs::new("mlintclass").await;
+    let mut events = t.events().await;
+    let fleet = Fleet::start(&mut t, 1).await;
+    let text = std::fs::read_to_string(repo().join("data/example.csv")).expect("example csv");
+    let mut ids: Vec<String> = Vec::new();
+    let numbered: String = text
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            if i == 0 {
+                return format!("{line}\n");
+            }
+            let (features, species) = line.rsplit_once(',').expect("a row");
+            let id = ids.iter().position(|s| s == species).unwrap_or_else(|| {
+                ids.push(species.to_owned());
+                ids.len() - 1
+            });
+            format!("{features},{id}\n")
+        })
+        .collect();
+    std::fs::write(fleet.artifacts.join("intclass.csv"), numbered).expect("write csv");
+    let mut spec = spec("csv-example.toml");
+    spec.set("ingest.csv", "\"data:intclass.csv\"").expect("csv");
+    let job = t.client.submit(&spec.job()).await.expect("submit");
+    wait_done(&mut events, job, Duration::from_secs(120)).await;
+    let report = events
+        .wait("ingest's task report", Duration::from_secs(10), |e| {
+            e.job_id == job && &*e.step == "ingest" && e.kind == EventKind::Report
+        })
+        .await;
+    let detail = serde_json::to_value(report.detail.expect("detail")).expect("json");
+    assert_eq!(detail["task"], "classification", "{detail}");
+    assert!(detail["because"].as_str().unwrap_or_default().contains("whole numbers"), "{detail}");
+    fleet.stop().await;
+    t.cleanup().await;
+}

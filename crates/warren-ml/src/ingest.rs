@@ -16,6 +16,8 @@ pub struct Loaded {
     pub target: String,
     /// Classification or regression.
     pub task: Task,
+    /// Why that task: the override, or what the target column looks like.
+    pub task_reason: String,
 }
 
 /// The datasets that ship inside the workers.
@@ -34,21 +36,36 @@ pub fn builtin(name: &str) -> Result<Loaded> {
             let labels = ["setosa", "versicolor", "virginica"];
             names.push("species".into());
             columns.push(Values::Str(d.targets().iter().map(|&c| labels.get(c).map(|s| (*s).to_owned())).collect()));
-            Ok(Loaded { table: Table { names, columns }, target: "species".into(), task: Task::Classification })
+            Ok(Loaded {
+                table: Table { names, columns },
+                target: "species".into(),
+                task: Task::Classification,
+                task_reason: "shipped dataset".into(),
+            })
         }
         "winequality" => {
             let d = linfa_datasets::winequality();
             let (mut names, mut columns) = features(d.feature_names(), d.records());
             names.push("quality".into());
             columns.push(Values::Str(d.targets().iter().map(|c| Some(c.to_string())).collect()));
-            Ok(Loaded { table: Table { names, columns }, target: "quality".into(), task: Task::Classification })
+            Ok(Loaded {
+                table: Table { names, columns },
+                target: "quality".into(),
+                task: Task::Classification,
+                task_reason: "shipped dataset".into(),
+            })
         }
         "diabetes" => {
             let d = linfa_datasets::diabetes();
             let (mut names, mut columns) = features(d.feature_names(), d.records());
             names.push("progression".into());
             columns.push(Values::F64(d.targets().iter().map(|v| Some(*v)).collect()));
-            Ok(Loaded { table: Table { names, columns }, target: "progression".into(), task: Task::Regression })
+            Ok(Loaded {
+                table: Table { names, columns },
+                target: "progression".into(),
+                task: Task::Regression,
+                task_reason: "shipped dataset".into(),
+            })
         }
         other => Err(MlError::invalid(format!("unknown dataset `{other}` (shipped: {})", BUILTIN.join(", ")))),
     }
@@ -88,16 +105,59 @@ pub fn csv(text: &[u8], params: &IngestParams) -> Result<Loaded> {
         )));
     };
     let mut table = Table { names, columns };
-    let task = match (&table.columns[t], params.classification) {
-        (Values::Str(_), _) | (_, Some(true)) => Task::Classification,
-        _ => Task::Regression,
-    };
+    let (task, task_reason) = target_task(&table.columns[t], params)?;
     if task == Task::Classification
         && let Values::F64(v) = &table.columns[t]
     {
         table.columns[t] = Values::Str(v.iter().map(|x| x.map(|x| format!("{x}"))).collect());
     }
-    Ok(Loaded { table, target, task })
+    Ok(Loaded { table, target, task, task_reason })
+}
+
+/// Most distinct values an integer target may have and still be read as classes.
+pub const MAX_CLASSES: usize = 20;
+
+/// The task a target asks for, as scikit-learn's `type_of_target` reads it: text is classes;
+/// whole numbers with few distinct values (at most [`MAX_CLASSES`], and at most half the rows) are
+/// classes; other numbers are a regression. `task` (or the older `classification`) overrides.
+pub fn target_task(column: &Values, params: &IngestParams) -> Result<(Task, String)> {
+    match params.task.as_deref() {
+        Some("classification") => return Ok((Task::Classification, "task = \"classification\" in the spec".into())),
+        Some("regression") => {
+            if matches!(column, Values::Str(_)) {
+                return Err(MlError::invalid("task = \"regression\" but the target column is text"));
+            }
+            return Ok((Task::Regression, "task = \"regression\" in the spec".into()));
+        }
+        Some(other) => return Err(MlError::invalid(format!("task `{other}`: expected classification or regression"))),
+        None => {}
+    }
+    if params.classification == Some(true) {
+        return Ok((Task::Classification, "classification = true in the spec".into()));
+    }
+    match column {
+        Values::Str(_) => Ok((Task::Classification, "the target is text".into())),
+        Values::F64(v) => {
+            let present: Vec<f64> = v.iter().flatten().copied().collect();
+            let whole = present.iter().all(|x| x.fract() == 0.0);
+            let mut distinct: Vec<i64> = present.iter().map(|x| *x as i64).collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            let few = distinct.len() <= MAX_CLASSES.min((present.len() / 2).max(2));
+            if params.classification == Some(false) {
+                Ok((Task::Regression, "classification = false in the spec".into()))
+            } else if whole && few {
+                Ok((Task::Classification, format!("whole numbers with {} distinct values", distinct.len())))
+            } else if whole {
+                Ok((
+                    Task::Regression,
+                    format!("whole numbers with {} distinct values (more than classes)", distinct.len()),
+                ))
+            } else {
+                Ok((Task::Regression, "the target has fractional numbers".into()))
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -111,6 +171,33 @@ mod tests {
         assert_eq!(iris.task, Task::Classification);
         assert_eq!(builtin("diabetes").unwrap().task, Task::Regression);
         assert!(builtin("mnist").is_err());
+    }
+
+    #[test]
+    fn the_task_follows_the_target_as_scikit_learn_reads_it() {
+        let ints = b"x,y\n1,0\n2,1\n3,2\n4,0\n5,1\n6,2\n";
+        let l = csv(ints, &IngestParams::default()).unwrap();
+        assert_eq!(l.task, Task::Classification, "{}", l.task_reason);
+        assert_eq!(
+            l.table.columns[1],
+            Values::Str(vec![
+                Some("0".into()),
+                Some("1".into()),
+                Some("2".into()),
+                Some("0".into()),
+                Some("1".into()),
+                Some("2".into())
+            ])
+        );
+        let many: String =
+            std::iter::once("x,y\n".to_owned()).chain((0..100).map(|i| format!("{i},{}\n", i * 3))).collect();
+        assert_eq!(csv(many.as_bytes(), &IngestParams::default()).unwrap().task, Task::Regression);
+        let floats = b"x,y\n1,0.5\n2,1.5\n3,0.5\n4,1.5\n";
+        assert_eq!(csv(floats, &IngestParams::default()).unwrap().task, Task::Regression);
+        let forced = IngestParams { task: Some("regression".into()), ..Default::default() };
+        assert_eq!(csv(ints, &forced).unwrap().task, Task::Regression);
+        let bad = IngestParams { task: Some("clustering".into()), ..Default::default() };
+        assert!(csv(ints, &bad).is_err());
     }
 
     #[test]

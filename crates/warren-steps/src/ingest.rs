@@ -22,6 +22,14 @@ pub async fn handle(ctx: Context, _start: Start) -> Result<Dataset, StepError> {
         }
         _ => return Err(StepError::permanent("ingest takes exactly one of `dataset` and `csv`")),
     };
+    // The task and why, in the job's events (`warren status` shows it).
+    let task = if loaded.task == warren_schemas::Task::Classification { "classification" } else { "regression" };
+    ctx.report(rmpv::Value::Map(vec![
+        ("task".into(), task.into()),
+        ("because".into(), loaded.task_reason.as_str().into()),
+        ("target".into(), loaded.target.as_str().into()),
+        ("rows".into(), (loaded.table.rows() as u64).into()),
+    ]));
     let bytes = loaded.table.to_ipc().map_err(ml)?;
     let artifact = put(&ctx, &format!("dataset-{}.arrow", short(&content_hash(&bytes))), bytes).await?;
     Ok(Dataset {
@@ -56,7 +64,10 @@ pub(crate) async fn reread_if_changed(
     let p = IngestParams {
         csv: Some(dataset.source.clone()),
         target: Some(dataset.target.clone()),
-        classification: Some(dataset.task == warren_schemas::Task::Classification),
+        classification: None,
+        task: Some(
+            if dataset.task == warren_schemas::Task::Classification { "classification" } else { "regression" }.into(),
+        ),
         dataset: None,
     };
     let loaded = ingest::csv(&bytes, &p).map_err(ml)?;
