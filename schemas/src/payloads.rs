@@ -23,6 +23,20 @@ macro_rules! schema {
     };
 }
 
+/// A version given as a number or as text (an alias, or digits), read as text.
+fn number_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Number(u64),
+        Text(String),
+    }
+    Ok(Option::<Either>::deserialize(d)?.map(|v| match v {
+        Either::Number(n) => n.to_string(),
+        Either::Text(t) => t,
+    }))
+}
+
 /// A claim check: where an artifact is and what it contains.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ArtifactRef {
@@ -223,8 +237,9 @@ schema!(Registration, "warren.ml.Registration/1");
 pub struct PredictRequest {
     /// Registered model name.
     pub model: String,
-    /// A version number or alias; `latest` when absent.
-    #[serde(default)]
+    /// A version number (`1` or `"1"`) or alias; `latest` when absent.
+    #[serde(default, deserialize_with = "number_or_text")]
+    #[schemars(extend("type" = ["string", "integer", "null"]))]
     pub version: Option<String>,
     /// Feature rows, raw (the model's scaler is applied).
     #[serde(default)]

@@ -237,6 +237,41 @@ async fn iris_and_diabetes_train_to_registered_models_reproducibly_and_predict_s
     let out = scored.artifact.expect("predictions artifact");
     assert!(std::path::Path::new(out.uri.trim_start_matches("file://")).exists(), "{}", out.uri);
 
+    // `version` as a number, as PROTOCOL.md shows it, answers.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct NumberedRequest {
+        model: String,
+        version: u64,
+        rows: Vec<Vec<f64>>,
+    }
+    impl warren::Payload for NumberedRequest {
+        const SCHEMA: &'static str = "warren.ml.PredictRequest/1";
+    }
+    let numbered = NumberedRequest { model: "iris".into(), version: 1, rows: vec![vec![5.1, 3.5, 1.4, 0.2]] };
+    let reply: Predictions = t
+        .client
+        .call("predict", rmpv::Value::Nil, numbered, Duration::from_secs(30))
+        .await
+        .expect("a numbered version");
+    assert_eq!((reply.version, reply.labels[0].as_str()), (1, "setosa"));
+
+    // A row of the wrong width gets an error reply naming the columns, at once, not silence.
+    let narrow = PredictRequest { model: "iris".into(), version: None, rows: vec![vec![1.0, 2.0]], dataset: None };
+    let started = std::time::Instant::now();
+    let err = t
+        .client
+        .call::<_, Predictions>("predict", rmpv::Value::Nil, narrow, Duration::from_secs(30))
+        .await
+        .expect_err("a bad row is refused");
+    assert!(started.elapsed() < Duration::from_secs(10), "answered, not timed out: {err}");
+    match &err {
+        warren::CallError::Remote(e) => {
+            assert_eq!(e.step, "predict");
+            assert!(e.message.contains("the model takes 4") && e.message.contains("petal"), "{e:?}");
+        }
+        other => panic!("expected an error reply, got {other}"),
+    }
+
     fleet.stop().await;
     t.cleanup().await;
 }

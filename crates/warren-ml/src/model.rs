@@ -80,7 +80,11 @@ impl SavedModel {
     pub fn predict_rows(&self, rows: &[Vec<f64>]) -> Result<Predicted> {
         let n = self.feature_names.len();
         if let Some((i, r)) = rows.iter().enumerate().find(|(_, r)| r.len() != n) {
-            return Err(MlError::invalid(format!("row {i} has {} values, the model takes {n}", r.len())));
+            return Err(MlError::invalid(format!(
+                "row {i} has {} values; the model takes {n}: {}",
+                r.len(),
+                self.feature_names.join(", ")
+            )));
         }
         let mut x = Array2::from_shape_fn((rows.len(), n), |(i, j)| rows[i][j]);
         if let Some(s) = &self.scaler {

@@ -64,6 +64,9 @@ pub enum CallError {
     /// The reply channel closed.
     #[error("the reply channel closed")]
     NoReply,
+    /// The step refused the request and said why (the request is in its dead-letter queue).
+    #[error("{} refused the request ({}): {}", .0.step, .0.kind, .0.message)]
+    Remote(envelope::RemoteError),
 }
 
 /// Publishes jobs. One connection; publishes are confirmed.
@@ -156,6 +159,13 @@ impl Client {
         let wait = async {
             while let Some(delivery) = replies.next().await {
                 let delivery = delivery.map_err(BrokerError::amqp("reply"))?;
+                if delivery.properties.kind().as_ref().map(|k| k.as_str()) == Some(envelope::ERROR_SCHEMA) {
+                    let env = envelope::Envelope::<envelope::RemoteError>::decode(&delivery.data)?;
+                    if env.job_id == job_id {
+                        return Err(CallError::Remote(env.payload));
+                    }
+                    continue;
+                }
                 let env = envelope::Envelope::<Resp>::decode(&delivery.data)?;
                 if env.job_id == job_id {
                     return Ok(env.payload);

@@ -46,6 +46,26 @@ pub trait Payload: Serialize + DeserializeOwned + Send + Sync + 'static {
     const SCHEMA: &'static str;
 }
 
+/// The schema id of [`RemoteError`].
+pub const ERROR_SCHEMA: &str = "warren.Error/1";
+
+/// What an RPC caller gets back when its request failed at the step: the kind of failure
+/// (`permanent`, `poison`, `exhausted`, ...), the step and the reason. The request itself goes
+/// to the step's dead-letter queue as any failed message does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RemoteError {
+    /// The kind of failure.
+    pub kind: String,
+    /// The step that refused the request.
+    pub step: String,
+    /// Why.
+    pub message: String,
+}
+
+impl Payload for RemoteError {
+    const SCHEMA: &'static str = ERROR_SCHEMA;
+}
+
 /// The schema id of [`Start`].
 pub const START_SCHEMA: &str = "warren.Start/1";
 

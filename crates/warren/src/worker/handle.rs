@@ -422,6 +422,38 @@ impl<H> Shared<H> {
         }
     }
 
+    /// Tells an RPC caller its request failed, with the request's correlation id.
+    async fn reply_error(
+        &self,
+        session: &Session,
+        delivery: &Delivery,
+        ids: &Ids,
+        reply_to: &str,
+        error: &envelope::RemoteError,
+    ) {
+        let out = envelope::EnvelopeRef {
+            v: envelope::ENVELOPE_VERSION,
+            job_id: ids.job_id,
+            message_id: envelope::derive_message_id(ids.message_id, "error", 0),
+            causation_id: Some(ids.message_id),
+            pipeline: &ids.pipeline,
+            slip: &[],
+            schema: envelope::ERROR_SCHEMA,
+            payload: error,
+        };
+        let Ok(body) = out.encode() else { return };
+        let meta =
+            EnvelopeMeta { job_id: ids.job_id, message_id: out.message_id, step: "", schema: envelope::ERROR_SCHEMA };
+        let mut props = envelope::properties(&meta, 1);
+        if let Some(c) = delivery.properties.correlation_id() {
+            props = props.with_correlation_id(c.clone());
+        }
+        let publisher = session.publisher.get().await;
+        if let Err(e) = publisher.publish_optional("", reply_to, &body, props).await {
+            tracing::debug!(step = %self.worker.step, error = %e, "cannot deliver the RPC error reply (caller gone?)");
+        }
+    }
+
     async fn retry(&self, session: &Session, delivery: &Delivery, ctx: &Context, error: &StepError) {
         let w = &self.worker;
         let delay = w.retry.delay(ctx.attempt);
@@ -488,6 +520,15 @@ impl<H> Shared<H> {
                 (headers::FAILED_AT, AMQPValue::LongLongInt(envelope::now_ms() as i64)),
             ],
         );
+        // An RPC caller is told at once, not left to time out.
+        if let Some(reply_to) = delivery.properties.reply_to() {
+            let error = envelope::RemoteError {
+                kind: kind.as_str().to_owned(),
+                step: w.step.clone(),
+                message: reason.to_owned(),
+            };
+            self.reply_error(session, delivery, ids, reply_to.as_str(), &error).await;
+        }
         let mut published = self.publish(session, &w.dead_exchange, &w.step, &delivery.data, props.clone()).await;
         if let Err(Unsettled::Unroutable(_)) = published {
             let mut declarer = Declarer::new(&session.broker, &w.names);
