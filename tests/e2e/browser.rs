@@ -9,7 +9,7 @@ use fantoccini::{ClientBuilder, Locator};
 use tokio::process::Command;
 
 use crate::{
-    console::{OPERATOR, VIEWER, fleet},
+    console::{OPERATOR, VIEWER, dead_job, fleet},
     helpers::{TestNs, wait_for},
     ml::warren_bin,
 };
@@ -58,30 +58,7 @@ async fn in_a_browser_an_operator_replays_a_fixed_failure_and_a_viewer_cannot() 
     let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let scratch = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("browser-{}", t.ns));
     let artifacts = scratch.join("artifacts");
-    let mut up = fleet(&t, &artifacts, None);
-    for s in ["load", "count", "report"] {
-        t.wait_consumers(s, 1).await;
-    }
-    let out = Command::new(warren_bin())
-        .args([
-            "submit",
-            "examples/textstats/pipeline.toml",
-            "--no-check",
-            "--set",
-            "load.file=data:sample.txt",
-            "--wait",
-            "--json",
-        ])
-        .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
-        .env("WARREN_NAMESPACE", &t.ns)
-        .env("WARREN_ARTIFACTS", &artifacts)
-        .current_dir(&repo)
-        .output()
-        .await
-        .expect("submit");
-    let dead: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let job = dead["job"].as_str().expect("job").to_owned();
-    assert_eq!(dead["state"], "dead");
+    let (mut up, job) = dead_job(&t, &artifacts).await;
 
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");

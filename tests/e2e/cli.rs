@@ -15,7 +15,8 @@ use crate::{
     ml::warren_bin,
 };
 
-fn warren(t: &TestNs, args: &[&str]) -> Command {
+/// The `warren` command in `t`'s namespace, run from the repository root.
+pub fn warren(t: &TestNs, args: &[&str]) -> Command {
     let mut cmd = Command::new(warren_bin());
     cmd.args(args)
         .env("WARREN_AMQP_URL", crate::helpers::amqp_url())

@@ -78,6 +78,29 @@ fn value_after(text: &str, marker: &str) -> Option<String> {
     Some(text[i..].split('"').next()?.to_owned())
 }
 
+/// The textstats fleet without a data root, and a job of it that died at load because it named a
+/// file there (the cause a test then fixes).
+pub async fn dead_job(t: &TestNs, artifacts: &std::path::Path) -> (Child, String) {
+    let up = fleet(t, artifacts, None);
+    for s in ["load", "count", "report"] {
+        t.wait_consumers(s, 1).await;
+    }
+    let out = Command::new(warren_bin())
+        .args(["submit", "examples/textstats/pipeline.toml", "--no-check", "--set", "load.file=data:sample.txt"])
+        .args(["--wait", "--json"])
+        .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
+        .env("WARREN_NAMESPACE", &t.ns)
+        .env("WARREN_ARTIFACTS", artifacts)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .await
+        .expect("submit");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    let dead: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(dead["state"], "dead");
+    (up, dead["job"].as_str().expect("job").to_owned())
+}
+
 pub fn fleet(t: &TestNs, artifacts: &std::path::Path, data_root: Option<&std::path::Path>) -> Child {
     let mut cmd = Command::new(warren_bin());
     cmd.args(["up", "--fleet", "examples/textstats/fleet.toml"])
@@ -103,31 +126,8 @@ async fn an_operator_replays_a_fixed_failure_from_the_console_and_a_viewer_canno
     }
     let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let artifacts = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts").join(&t.ns);
-    let mut up = fleet(&t, &artifacts, None);
-    for s in ["load", "count", "report"] {
-        t.wait_consumers(s, 1).await;
-    }
     // The workers have no data root yet: a job naming a file there dies at load.
-    let out = Command::new(warren_bin())
-        .args([
-            "submit",
-            "examples/textstats/pipeline.toml",
-            "--no-check",
-            "--set",
-            "load.file=data:sample.txt",
-            "--wait",
-            "--json",
-        ])
-        .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
-        .env("WARREN_NAMESPACE", &t.ns)
-        .env("WARREN_ARTIFACTS", &artifacts)
-        .current_dir(&repo)
-        .output()
-        .await
-        .expect("submit");
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
-    let dead: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let job = dead["job"].as_str().expect("job").to_owned();
+    let (mut up, job) = dead_job(&t, &artifacts).await;
 
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
     let addr = format!("127.0.0.1:{port}");

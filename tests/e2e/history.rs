@@ -3,7 +3,6 @@
 
 use std::{process::Stdio, time::Duration};
 
-use tokio::process::Command;
 use uuid::Uuid;
 use warren::EventKind;
 use warren_e2e::Behaviour;
@@ -13,16 +12,7 @@ use crate::{
     ml::warren_bin,
 };
 
-fn warren(t: &TestNs, args: &[&str]) -> Command {
-    let mut cmd = Command::new(warren_bin());
-    cmd.args(args)
-        .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
-        .env("WARREN_NAMESPACE", &t.ns)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    cmd
-}
+use crate::cli::warren;
 
 fn time_ms(id: &Uuid) -> u64 {
     warren::history::uuid_time_ms(id).expect("a UUIDv7")

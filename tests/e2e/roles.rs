@@ -19,6 +19,15 @@ async fn ctl(args: &[&str]) {
     assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Messages ready in `queue` (a passive declare), if it exists.
+async fn ready(broker: &warren::Broker, queue: &str) -> Option<u32> {
+    let ch = broker.channel().await.ok()?;
+    let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+    let q = ch.queue_declare(queue.into(), passive, Default::default()).await.ok()?;
+    let _ = ch.close(200, "counted".into()).await;
+    Some(q.message_count())
+}
+
 fn url(user: &str, password: &str, vhost: &str) -> String {
     format!("amqp://{user}:{password}@127.0.0.1:5672/{vhost}")
 }
@@ -106,16 +115,7 @@ async fn each_role_can_do_its_work_and_no_more() {
         ];
         submitter.submit(&JobSpec::new("roles", slip, Probe { seq: 1, hops: 0 })).await.expect("the submitter submits");
         wait_for("the job at the sink", Duration::from_secs(30), || async {
-            let ch = guest.broker().channel().await.ok()?;
-            let q = ch
-                .queue_declare(
-                    "warren.step.sink".into(),
-                    lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
-                    Default::default(),
-                )
-                .await
-                .ok()?;
-            (q.message_count() == 1).then_some(())
+            (ready(guest.broker(), "warren.step.sink").await? == 1).then_some(())
         })
         .await;
         // A job that dies at echo leaves a dead letter.
@@ -123,16 +123,7 @@ async fn each_role_can_do_its_work_and_no_more() {
             vec![Hop::with_params("echo", &Behaviour { permanent_on: Some(2), ..Default::default() }).expect("hop")];
         submitter.submit(&JobSpec::new("roles", doomed, Probe { seq: 2, hops: 0 })).await.expect("submit");
         wait_for("a dead letter at echo", Duration::from_secs(30), || async {
-            let ch = guest.broker().channel().await.ok()?;
-            let q = ch
-                .queue_declare(
-                    "warren.dead.echo".into(),
-                    lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
-                    Default::default(),
-                )
-                .await
-                .ok()?;
-            (q.message_count() == 1).then_some(())
+            (ready(guest.broker(), "warren.dead.echo").await? == 1).then_some(())
         })
         .await;
         // It reads the registry (warren steps) ...
