@@ -362,17 +362,7 @@ pub async fn subscribe_from(
     crate::Declarer::new(broker, names).ensure_base().await?;
     let ch = broker.channel().await?;
     ch.basic_qos(500, BasicQosOptions::default()).await.map_err(BrokerError::amqp("basic.qos"))?;
-    let mut args = FieldTable::default();
-    let offset = match from {
-        From::First => AMQPValue::LongString("first".into()),
-        From::Next => AMQPValue::LongString("next".into()),
-        From::Time(ms) => AMQPValue::Timestamp(ms / 1000),
-    };
-    args.insert("x-stream-offset".into(), offset);
-    let mut consumer = ch
-        .basic_consume(names.events().as_str().into(), "".into(), BasicConsumeOptions::default(), args)
-        .await
-        .map_err(BrokerError::amqp("basic.consume events"))?;
+    let mut consumer = consume_events(&ch, names, from).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(Ok(delivery)) = consumer.next().await {
@@ -387,6 +377,20 @@ pub async fn subscribe_from(
         }
     });
     Ok(rx)
+}
+
+/// A consumer of `{ns}.events` from `from` on `ch`.
+async fn consume_events(ch: &lapin::Channel, names: &Names, from: From) -> Result<lapin::Consumer, BrokerError> {
+    let offset = match from {
+        From::First => AMQPValue::LongString("first".into()),
+        From::Next => AMQPValue::LongString("next".into()),
+        From::Time(ms) => AMQPValue::Timestamp(ms / 1000),
+    };
+    let mut args = FieldTable::default();
+    args.insert("x-stream-offset".into(), offset);
+    ch.basic_consume(names.events().as_str().into(), "".into(), BasicConsumeOptions::default(), args)
+        .await
+        .map_err(BrokerError::amqp("basic.consume events"))
 }
 
 /// Reads the events from `from` up to the stream's tail as it was when the read began: it first
@@ -404,20 +408,12 @@ pub async fn read_to_now(broker: &Broker, names: &Names, from: From) -> Result<V
     broker.publisher().await?.publish(&names.events(), "mark", &body, props).await?;
     let ch = broker.channel().await?;
     ch.basic_qos(1000, BasicQosOptions::default()).await.map_err(BrokerError::amqp("basic.qos"))?;
-    let mut args = FieldTable::default();
     let since_ms = match from {
         From::Time(ms) => Some(ms),
         _ => None,
     };
-    let offset = match from {
-        From::First | From::Next => AMQPValue::LongString("first".into()),
-        From::Time(ms) => AMQPValue::Timestamp(ms / 1000),
-    };
-    args.insert("x-stream-offset".into(), offset);
-    let mut consumer = ch
-        .basic_consume(names.events().as_str().into(), "".into(), BasicConsumeOptions::default(), args)
-        .await
-        .map_err(BrokerError::amqp("basic.consume events"))?;
+    let from = if matches!(from, From::Next) { From::First } else { from };
+    let mut consumer = consume_events(&ch, names, from).await?;
     let mut events = Vec::new();
     let read = async {
         while let Some(delivery) = consumer.next().await {
