@@ -57,6 +57,7 @@ async fn each_role_can_do_its_work_and_no_more() {
     let suffix = &Uuid::now_v7().simple().to_string()[20..];
     let vhost = format!("t-roles-{suffix}");
     ctl(&["add_vhost", &vhost]).await;
+    let mut cleanup = Cleanup { vhost: vhost.clone(), users: Vec::new() };
     // The test itself inspects as guest.
     ctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]).await;
     let mut users = std::collections::BTreeMap::new();
@@ -67,6 +68,7 @@ async fn each_role_can_do_its_work_and_no_more() {
         }
         let (user, password) = (format!("{role}-{suffix}"), format!("pw-{}", Uuid::now_v7().simple()));
         ctl(&["add_user", &user, &password]).await;
+        cleanup.users.push(user.clone());
         let perm = |k: &str| p[k].as_str().expect("regex").to_owned();
         ctl(&["set_permissions", "-p", &vhost, &user, &perm("configure"), &perm("write"), &perm("read")]).await;
         users.insert(role.to_owned(), (user, password));
@@ -156,9 +158,27 @@ async fn each_role_can_do_its_work_and_no_more() {
         guest.broker().close().await;
     };
     let result = tokio::time::timeout(Duration::from_secs(120), outcome).await;
-    ctl(&["delete_vhost", &vhost]).await;
-    for (user, _) in users.values() {
-        ctl(&["delete_user", user]).await;
-    }
+    drop(cleanup);
     result.expect("the roles check finished within 2 minutes");
+}
+
+/// Deletes the test's vhost and users when dropped, so a failing assertion leaves nothing behind.
+struct Cleanup {
+    vhost: String,
+    users: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let ctl = |args: &[&str]| {
+            let line = std::env::var("WARREN_TEST_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".to_owned());
+            let mut words = line.split_whitespace();
+            let mut cmd = std::process::Command::new(words.next().unwrap_or("rabbitmqctl"));
+            let _ = cmd.args(words).args(args).output();
+        };
+        ctl(&["delete_vhost", &self.vhost]);
+        for user in &self.users {
+            ctl(&["delete_user", user]);
+        }
+    }
 }

@@ -103,11 +103,12 @@ async fn amqps_is_tls_for_real_and_plain_amqp_to_the_tls_port_fails_clearly() {
         panic!("cannot start a RabbitMQ node with a TLS listener (run as root, with rabbitmq-server installed): {e}")
     });
 
-    let outcome = async {
+    let ca = certs.join("ca.pem");
+    // On a task of its own, so a failed assertion still lets the node below be stopped.
+    let outcome = tokio::spawn(async move {
         // A round trip over TLS: declare, publish with a confirm, read it back.
         let url = format!("amqps://guest:guest@localhost:{tls_port}/%2f");
-        let broker =
-            Broker::connect(&config(&url, Some(&certs.join("ca.pem"))), "tls-test").await.expect("TLS connect");
+        let broker = Broker::connect(&config(&url, Some(&ca)), "tls-test").await.expect("TLS connect");
         let ch = broker.channel().await.expect("channel");
         ch.queue_declare("t-tls.q".into(), QueueDeclareOptions::default(), FieldTable::default())
             .await
@@ -138,9 +139,16 @@ async fn amqps_is_tls_for_real_and_plain_amqp_to_the_tls_port_fails_clearly() {
         let text = err.to_string();
         assert!(text.contains(&format!("127.0.0.1:{tls_port}")) && text.contains("cannot connect"), "{text}");
         assert!(text.contains("use amqps://"), "says what to do: {text}");
-    };
+    });
     let result = tokio::time::timeout(Duration::from_secs(120), outcome).await;
     node.shutdown().await;
+    if let Ok(Err(e)) = &result
+        && e.is_panic()
+    {
+        let _ = std::fs::remove_dir_all(&root);
+        panic!("the TLS checks failed (see above); the node was stopped");
+    }
     let _ = std::fs::remove_dir_all(&root);
-    result.expect("the TLS checks finished within 2 minutes");
+    let joined = result.expect("the TLS checks finished within 2 minutes");
+    joined.expect("the TLS checks ran");
 }
