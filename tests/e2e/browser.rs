@@ -127,16 +127,12 @@ async fn in_a_browser_an_operator_replays_a_fixed_failure_and_a_viewer_cannot() 
     assert!(result.text().await.expect("text").contains("replayed 1 dead letter(s)"));
 
     // The job turns done on its page.
-    let end = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        c.goto(&format!("{base}/jobs/{job}")).await.expect("job page");
-        let state = c.find(Locator::Id("job-state")).await.expect("state").text().await.expect("text");
-        if state == "done" {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < end, "the job did not turn done: {state}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_for("the job's page to say done", Duration::from_secs(60), || async {
+        c.goto(&format!("{base}/jobs/{job}")).await.ok()?;
+        let state = c.find(Locator::Id("job-state")).await.ok()?.text().await.ok()?;
+        (state == "done").then_some(())
+    })
+    .await;
     if let Ok(dir) = std::env::var("WARREN_SCREENSHOTS") {
         std::fs::write(format!("{dir}/console-job.png"), c.screenshot().await.expect("screenshot")).expect("save");
     }

@@ -641,14 +641,25 @@ fn actor() -> String {
     format!("console-operator@{}", warren::broker::hostname())
 }
 
+/// The operator, step, names and selection of an action on dead letters.
+fn dead_letter_action(
+    app: &App,
+    headers: &HeaderMap,
+    form: &ActionForm,
+) -> Result<(Session, String, Names, Filter), Box<Response>> {
+    let s = operator(app, headers, form)?;
+    let Some(step) = form.step.clone() else {
+        return Err(Box::new(error_page(StatusCode::BAD_REQUEST, Some(&s), "no step")));
+    };
+    let filter = Filter { group: form.group.clone(), job: form.job.clone(), ..Default::default() };
+    Ok((s, step, Names::new(&app.config.namespace), filter))
+}
+
 async fn replay(State(app): State<Shared>, headers: HeaderMap, Form(form): Form<ActionForm>) -> Response {
-    let s = match operator(&app, &headers, &form) {
-        Ok(s) => s,
+    let (s, step, names, filter) = match dead_letter_action(&app, &headers, &form) {
+        Ok(t) => t,
         Err(r) => return *r,
     };
-    let Some(step) = form.step.clone() else { return error_page(StatusCode::BAD_REQUEST, Some(&s), "no step") };
-    let names = Names::new(&app.config.namespace);
-    let filter = Filter { group: form.group.clone(), job: form.job.clone(), ..Default::default() };
     // Edit and replay: every change is checked against the step's announced parameters, on
     // every letter it touches, before anything moves.
     let mut edit = warren::dlq::Edit::default();
@@ -704,13 +715,10 @@ async fn replay(State(app): State<Shared>, headers: HeaderMap, Form(form): Form<
 }
 
 async fn purge(State(app): State<Shared>, headers: HeaderMap, Form(form): Form<ActionForm>) -> Response {
-    let s = match operator(&app, &headers, &form) {
-        Ok(s) => s,
+    let (s, step, names, filter) = match dead_letter_action(&app, &headers, &form) {
+        Ok(t) => t,
         Err(r) => return *r,
     };
-    let Some(step) = form.step.clone() else { return error_page(StatusCode::BAD_REQUEST, Some(&s), "no step") };
-    let names = Names::new(&app.config.namespace);
-    let filter = Filter { group: form.group.clone(), job: form.job.clone(), ..Default::default() };
     let purged = match warren::dlq::purge(app.client.broker(), &names, &step, &filter).await {
         Ok(n) => n,
         Err(e) => return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&s), &e.to_string()),

@@ -197,10 +197,10 @@ pub async fn follow(
 async fn idle_steps(client: &warren::Client, names: &Names, steps: &[String]) -> Vec<(String, u32)> {
     let mut out = Vec::new();
     for s in steps {
-        if let Some((ready, 0)) = crate::steps::counts(client.broker(), &names.step_queue(s)).await {
-            out.push((s.clone(), ready));
-        } else if crate::steps::counts(client.broker(), &names.step_queue(s)).await.is_none() {
-            out.push((s.clone(), 0));
+        match crate::steps::counts(client.broker(), &names.step_queue(s)).await {
+            Some((ready, 0)) => out.push((s.clone(), ready)),
+            None => out.push((s.clone(), 0)),
+            Some(_) => {}
         }
     }
     out

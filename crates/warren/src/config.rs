@@ -311,16 +311,21 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let env: BTreeMap<String, String> = env.into_iter().collect();
         let mut layers: BTreeMap<String, (String, Origin)> = BTreeMap::new();
-        for (key, value) in step_defaults {
-            if !KEYS.contains(key) {
-                return Err(ConfigError::Invalid {
-                    key: (*key).to_owned(),
-                    source_name: Origin::Step.to_string(),
-                    reason: "unknown key".into(),
-                });
+        // Step defaults and flags name keys in code: an unknown one is a mistake there.
+        let add = |layers: &mut BTreeMap<String, (String, Origin)>, pairs: &[(&str, String)], origin: Origin| {
+            for (key, value) in pairs {
+                if !KEYS.contains(key) {
+                    return Err(ConfigError::Invalid {
+                        key: (*key).to_owned(),
+                        source_name: origin.to_string(),
+                        reason: "unknown key".into(),
+                    });
+                }
+                layers.insert((*key).to_owned(), (value.clone(), origin.clone()));
             }
-            layers.insert((*key).to_owned(), (value.clone(), Origin::Step));
-        }
+            Ok(())
+        };
+        add(&mut layers, step_defaults, Origin::Step)?;
 
         let file = file.map(|p| p.to_path_buf()).or_else(|| env.get("WARREN_CONFIG").map(Into::into));
         if let Some(path) = file {
@@ -352,16 +357,7 @@ impl Config {
                 layers.insert((*key).to_owned(), (v.clone(), Origin::Env));
             }
         }
-        for (key, value) in overrides {
-            if !KEYS.contains(key) {
-                return Err(ConfigError::Invalid {
-                    key: (*key).to_owned(),
-                    source_name: Origin::Flag.to_string(),
-                    reason: "unknown key".into(),
-                });
-            }
-            layers.insert((*key).to_owned(), (value.clone(), Origin::Flag));
-        }
+        add(&mut layers, overrides, Origin::Flag)?;
 
         let mut config = Config::default();
         for (key, (value, source)) in &layers {
