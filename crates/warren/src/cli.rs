@@ -193,16 +193,16 @@ where
             return ExitCode::FAILURE;
         }
     };
-    let mut descriptor = crate::registry::StepDescriptor::new(step, version);
+    let mut descriptor = crate::registry::StepDescriptor::new(step, version).completed::<I, O>(
+        step,
+        version,
+        config.concurrency,
+        options.max_duration,
+    );
     descriptor.about = about.to_owned();
-    descriptor.input = I::SCHEMA.to_owned();
-    descriptor.output = <O::Payload as crate::Payload>::SCHEMA.to_owned();
-    descriptor.fan_out = <O as crate::StepOutput>::FAN_OUT;
     descriptor.gather = options.gather;
     descriptor.input_schema = options.input_schema.clone();
     descriptor.file_params = options.file_params.clone();
-    descriptor.concurrency = Some(config.concurrency);
-    descriptor.max_duration_ms = options.max_duration.map(|d| d.as_millis() as u64);
     if let Some(p) = &options.params {
         descriptor.params = p.clone();
     }

@@ -100,6 +100,25 @@ impl StepDescriptor {
         self
     }
 
+    /// Fills in what a worker knows of its step: name, version, the handler's input and output
+    /// schema ids and fan-out, its concurrency and maximum duration.
+    pub fn completed<I: crate::Payload, O: crate::StepOutput>(
+        mut self,
+        step: &str,
+        version: &str,
+        concurrency: usize,
+        max_duration: Option<Duration>,
+    ) -> Self {
+        self.step = step.to_owned();
+        self.version = version.to_owned();
+        self.input = I::SCHEMA.to_owned();
+        self.output = <O::Payload as crate::Payload>::SCHEMA.to_owned();
+        self.fan_out = O::FAN_OUT;
+        self.concurrency = Some(concurrency);
+        self.max_duration_ms = max_duration.map(|d| d.as_millis() as u64);
+        self
+    }
+
     /// The queue arguments this step's workers declare.
     pub fn topology(&self, delivery_limit: u32) -> crate::StepTopology {
         crate::StepTopology {

@@ -251,17 +251,11 @@ impl Worker {
         H: Handler<I, O>,
     {
         let mut this = self;
-        let mut d = this
+        let d = this
             .descriptor
             .take()
             .unwrap_or_else(|| crate::registry::StepDescriptor::new(this.step.clone(), this.version.clone()));
-        d.step = this.step.clone();
-        d.version = this.version.clone();
-        d.input = I::SCHEMA.to_owned();
-        d.output = <O::Payload as Payload>::SCHEMA.to_owned();
-        d.fan_out = O::FAN_OUT;
-        d.concurrency = Some(this.config.concurrency);
-        d.max_duration_ms = this.topology.max_duration.map(|m| m.as_millis() as u64);
+        let d = d.completed::<I, O>(&this.step, &this.version, this.config.concurrency, this.topology.max_duration);
         this.descriptor = Some(d);
         let shared = Arc::new(Shared {
             dedup: Mutex::new(Dedup::new(this.config.dedup_window)),
