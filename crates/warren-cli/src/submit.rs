@@ -112,10 +112,24 @@ pub async fn follow(
     let mut counts: BTreeMap<String, (u32, u32)> = BTreeMap::new();
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + within;
+    // Workers publish their events in batches of their own, so the last step's success can come
+    // before an earlier step's: once done, wait briefly for the steps not yet seen.
+    let mut done_at: Option<tokio::time::Instant> = None;
     loop {
-        let event = match tokio::time::timeout_at(deadline, rx.recv()).await {
+        let all_seen = steps.iter().all(|s| counts.get(s).is_some_and(|c| c.0 > 0));
+        if let Some(at) = done_at
+            && (all_seen || tokio::time::Instant::now() >= at)
+        {
+            for b in bars.values() {
+                b.finish();
+            }
+            return Ok(End::Done(seen));
+        }
+        let until = done_at.map_or(deadline, |at| at.min(deadline));
+        let event = match tokio::time::timeout_at(until, rx.recv()).await {
             Ok(Some(e)) => e,
             Ok(None) => return Err(Fail::from("the events stream closed")),
+            Err(_) if done_at.is_some() => continue,
             Err(_) => {
                 for b in bars.values() {
                     b.abandon();
@@ -151,10 +165,7 @@ pub async fn follow(
                 }
                 line(&event, what);
                 if event.last_step {
-                    for b in bars.values() {
-                        b.finish();
-                    }
-                    return Ok(End::Done(seen));
+                    done_at = Some(tokio::time::Instant::now() + Duration::from_secs(2));
                 }
             }
             EventKind::Retrying => {
