@@ -554,6 +554,12 @@ async fn rerun_from_a_step_reuses_the_upstream_results_and_links_the_jobs() {
     let new: Uuid = reply["job"].as_str().and_then(|j| j.parse().ok()).expect("new job id");
     assert_ne!(new, old);
     wait_done(&mut events, new, Duration::from_secs(120)).await;
+    // Each worker batches its own events: evaluate's success may arrive after register's.
+    events
+        .wait("evaluate's success in the new job", Duration::from_secs(10), |e| {
+            e.job_id == new && &*e.step == "evaluate" && e.kind == EventKind::Succeeded
+        })
+        .await;
 
     let ran: std::collections::BTreeSet<String> = events
         .seen
