@@ -34,7 +34,7 @@ mod tests {
     }
 
     fn candidate() -> Candidate {
-        Candidate { algorithm: Algorithm::Logistic, hyperparams: [("alpha".to_owned(), 0.1)].into() }
+        Candidate { algorithm: Algorithm::Logistic, hyperparams: [("alpha".to_owned(), 0.1.into())].into() }
     }
 
     fn model() -> Model {

@@ -80,7 +80,7 @@ pub struct SearchSpace {
     pub algorithm: Algorithm,
     /// Values per hyperparameter; the grid is their product.
     #[serde(default)]
-    pub grid: BTreeMap<String, Vec<f64>>,
+    pub grid: BTreeMap<String, Vec<crate::Hyper>>,
 }
 
 /// `tune`: the candidates to train, one train message each.

@@ -137,8 +137,17 @@ pub struct Scaler {
 pub enum Algorithm {
     /// (Multinomial) logistic regression; hyperparameters `alpha` (L2), `max_iterations`.
     Logistic,
-    /// CART decision tree; hyperparameters `max_depth`, `min_samples_split`.
+    /// CART decision tree (classification or regression) with scikit-learn's split rule;
+    /// hyperparameters `max_depth`, `min_samples_split`, `min_samples_leaf`, `max_features`,
+    /// `criterion` (`gini`, `entropy`; `squared_error`, `friedman_mse`), `seed`.
     DecisionTree,
+    /// Random forest of CART trees on bootstrap samples; the tree's hyperparameters plus
+    /// `n_estimators` (100) and `bootstrap` (1); `max_features` defaults to `sqrt` for classes.
+    RandomForest,
+    /// Gradient-boosted trees (log loss or squared error); `n_estimators` (100),
+    /// `learning_rate` (0.1), `max_depth` (3), `min_samples_split`, `min_samples_leaf`,
+    /// `max_features`, `seed`.
+    GradientBoosting,
     /// Ordinary least squares.
     Linear,
     /// Elastic net; hyperparameters `penalty`, `l1_ratio`.
@@ -146,11 +155,53 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
-    /// Whether it predicts classes.
-    pub fn task(self) -> Task {
+    /// Whether it can do `task`.
+    pub fn supports(self, task: Task) -> bool {
         match self {
-            Algorithm::Logistic | Algorithm::DecisionTree => Task::Classification,
-            Algorithm::Linear | Algorithm::ElasticNet => Task::Regression,
+            Algorithm::Logistic => task == Task::Classification,
+            Algorithm::Linear | Algorithm::ElasticNet => task == Task::Regression,
+            Algorithm::DecisionTree | Algorithm::RandomForest | Algorithm::GradientBoosting => true,
+        }
+    }
+}
+
+/// A hyperparameter's value: a number, or a name (`criterion = "entropy"`, `max_features = "sqrt"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum Hyper {
+    /// A number.
+    Number(f64),
+    /// A name.
+    Text(String),
+}
+
+impl Hyper {
+    /// The number, if it is one.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Hyper::Number(n) => Some(*n),
+            Hyper::Text(_) => None,
+        }
+    }
+}
+
+impl From<f64> for Hyper {
+    fn from(v: f64) -> Self {
+        Hyper::Number(v)
+    }
+}
+
+impl From<&str> for Hyper {
+    fn from(v: &str) -> Self {
+        Hyper::Text(v.to_owned())
+    }
+}
+
+impl std::fmt::Display for Hyper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hyper::Number(n) => write!(f, "{n}"),
+            Hyper::Text(t) => write!(f, "{t}"),
         }
     }
 }
@@ -161,7 +212,7 @@ pub struct Candidate {
     /// The algorithm.
     pub algorithm: Algorithm,
     /// Hyperparameters by name.
-    pub hyperparams: BTreeMap<String, f64>,
+    pub hyperparams: BTreeMap<String, Hyper>,
 }
 
 /// One training run: a candidate on a split, as one trial of a tuning job.

@@ -526,7 +526,7 @@ async fn replay_edits_are_checked_against_the_step_and_the_payload_before_anythi
         },
         candidate: Candidate {
             algorithm: Algorithm::Logistic,
-            hyperparams: [("max_iterations".to_owned(), 0.0)].into(),
+            hyperparams: [("max_iterations".to_owned(), 0.0.into())].into(),
         },
         trial: 0,
         trials: 1,
@@ -600,7 +600,7 @@ async fn replay_edits_are_checked_against_the_step_and_the_payload_before_anythi
         .expect("the edited message is in the step queue");
     let edited = warren::Envelope::<TrainTask>::decode(&got.delivery.data).expect("still a TrainTask");
     assert_eq!(edited.message_id, env.message_id, "it keeps its id");
-    assert_eq!(edited.payload.candidate.hyperparams.get("max_iterations"), Some(&500.0));
+    assert_eq!(edited.payload.candidate.hyperparams.get("max_iterations"), Some(&500.0.into()));
     let mark = crate::helpers::header(&got.delivery.properties, warren::dlq::EDITED).unwrap_or_default();
     assert!(mark.contains("set validation_fraction=0.25") && mark.contains("max_iterations=500"), "{mark}");
     let history = json(&run(&t, &["dlq", "history", "--json"]).await);

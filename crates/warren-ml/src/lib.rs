@@ -9,9 +9,11 @@
 //! - [`validate`]: the checks a dataset must pass, with errors naming column and row.
 //! - [`features`]: seeded, stratified train/test split and standardisation fitted on train only.
 //! - [`tune`]: expanding search spaces into candidates (grid or seeded random search).
-//! - [`model`]: fitting candidates (logistic regression, decision tree, linear, elastic net),
+//! - [`model`]: fitting candidates (logistic regression, decision tree, random forest,
+//!   gradient boosting, linear, elastic net),
 //!   the saved model format, and prediction.
-//! - [`tree`]: a deterministic CART classification tree.
+//! - [`tree`]: CART trees with scikit-learn's split rule, random forests and gradient boosting.
+//! - [`parity`]: the runs compared with scikit-learn (benchmark and test).
 //! - [`metrics`]: accuracy, macro F1, confusion matrix; RMSE, MAE, R².
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -20,6 +22,7 @@ pub mod features;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
+pub mod parity;
 pub mod table;
 pub mod tree;
 pub mod tune;
@@ -35,6 +38,33 @@ pub enum MlError {
     /// Something that may work another time (reading a file that is being written, say).
     #[error("{0}")]
     Transient(String),
+    /// Training was told to stop (its step's maximum duration ran out).
+    #[error("{0}")]
+    Stopped(String),
+}
+
+/// Tells long-running work (training) to stop: checked between tree nodes, trees and boosting
+/// stages, so it ends within milliseconds of [`Stop::set`].
+#[derive(Debug, Clone, Default)]
+pub struct Stop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Stop {
+    /// A stop driven by a shared flag (a worker's cancellation flag, say).
+    pub fn from_flag(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Stop {
+        Stop(flag)
+    }
+    /// Asks the work to stop.
+    pub fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    /// Whether stop was asked for.
+    pub fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    /// `Err(Stopped)` once stop was asked for.
+    pub fn check(&self) -> Result<()> {
+        if self.is_set() { Err(MlError::Stopped("training stopped: it was told to stop".into())) } else { Ok(()) }
+    }
 }
 
 impl MlError {

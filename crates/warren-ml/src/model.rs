@@ -11,11 +11,12 @@ use linfa_linear::{FittedLinearRegression, LinearRegression};
 use linfa_logistic::{MultiFittedLogisticRegression, MultiLogisticRegression};
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
-use warren_schemas::{Algorithm, Candidate, Scaler, Task};
+use warren_schemas::{Algorithm, Candidate, Hyper, Scaler, Task};
 
 use crate::{
-    MlError, Result, features, metrics,
+    MlError, Result, Stop, features, metrics,
     table::{Table, Values},
+    tree::{BoostParams, Boosted, Criterion, Forest, ForestParams, Target, Tree, TreeParams},
 };
 
 /// A fitted model of one of the supported algorithms.
@@ -24,8 +25,12 @@ use crate::{
 pub enum Fitted {
     /// Multinomial logistic regression.
     Logistic(MultiFittedLogisticRegression<f64, usize>),
-    /// A decision tree.
+    /// A decision tree (classification or regression).
     Tree(crate::tree::Tree),
+    /// A random forest.
+    Forest(crate::tree::Forest),
+    /// Gradient-boosted trees.
+    Boosted(crate::tree::Boosted),
     /// Ordinary least squares.
     Linear(FittedLinearRegression<f64>),
     /// Elastic net.
@@ -70,7 +75,12 @@ impl SavedModel {
     pub fn predict_scaled(&self, x: &Array2<f64>) -> Predicted {
         match &self.fitted {
             Fitted::Logistic(m) => Predicted::Classes(m.predict(x).to_vec()),
+            Fitted::Tree(m) if m.classes == 0 => Predicted::Values(m.predict_values(x)),
             Fitted::Tree(m) => Predicted::Classes(m.predict(x)),
+            Fitted::Forest(m) if m.classes == 0 => Predicted::Values(m.predict_values(x)),
+            Fitted::Forest(m) => Predicted::Classes(m.predict(x)),
+            Fitted::Boosted(m) if m.classes == 0 => Predicted::Values(m.predict_values(x)),
+            Fitted::Boosted(m) => Predicted::Classes(m.predict(x)),
             Fitted::Linear(m) => Predicted::Values(m.predict(x).to_vec()),
             Fitted::ElasticNet(m) => Predicted::Values(m.predict(x).to_vec()),
         }
@@ -140,31 +150,162 @@ pub fn xy(table: &Table, classes: &[String]) -> Result<Xy> {
     Ok(Xy { x, classes: c, values: v })
 }
 
-fn hp(c: &Candidate, name: &str, default: f64) -> f64 {
-    c.hyperparams.get(name).copied().unwrap_or(default)
+/// The hyperparameters each algorithm takes.
+pub fn hyperparameters(a: Algorithm) -> &'static [&'static str] {
+    const TREE: &[&str] = &["max_depth", "min_samples_split", "min_samples_leaf", "max_features", "criterion", "seed"];
+    match a {
+        Algorithm::Logistic => &["alpha", "max_iterations"],
+        Algorithm::DecisionTree => TREE,
+        Algorithm::RandomForest => &[
+            "n_estimators",
+            "bootstrap",
+            "max_depth",
+            "min_samples_split",
+            "min_samples_leaf",
+            "max_features",
+            "criterion",
+            "seed",
+        ],
+        Algorithm::GradientBoosting => &[
+            "n_estimators",
+            "learning_rate",
+            "max_depth",
+            "min_samples_split",
+            "min_samples_leaf",
+            "max_features",
+            "seed",
+        ],
+        Algorithm::Linear => &[],
+        Algorithm::ElasticNet => &["penalty", "l1_ratio"],
+    }
 }
 
-/// Fits `candidate` on `data`.
-pub fn fit(candidate: &Candidate, data: &Xy) -> Result<Fitted> {
+/// Reads a candidate's hyperparameters, refusing names the algorithm does not take.
+struct Hp<'a>(&'a Candidate);
+
+impl Hp<'_> {
+    fn check(&self) -> Result<()> {
+        let known = hyperparameters(self.0.algorithm);
+        match self.0.hyperparams.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(k) => Err(MlError::invalid(format!(
+                "{:?} has no hyperparameter `{k}` (it takes: {})",
+                self.0.algorithm,
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            ))),
+            None => Ok(()),
+        }
+    }
+    fn num(&self, name: &str, default: f64) -> Result<f64> {
+        match self.0.hyperparams.get(name) {
+            None => Ok(default),
+            Some(Hyper::Number(n)) if n.is_finite() => Ok(*n),
+            Some(other) => Err(MlError::invalid(format!("hyperparameter `{name}` must be a number, got `{other}`"))),
+        }
+    }
+    fn count(&self, name: &str, default: usize, min: usize) -> Result<usize> {
+        let v = self.num(name, default as f64)?;
+        if v < min as f64 || v.fract() != 0.0 {
+            return Err(MlError::invalid(format!(
+                "hyperparameter `{name}` must be a whole number of at least {min}, got {v}"
+            )));
+        }
+        Ok(v as usize)
+    }
+    fn text(&self, name: &str, default: &str) -> String {
+        self.0.hyperparams.get(name).map_or_else(|| default.to_owned(), |v| v.to_string())
+    }
+    /// `max_features`: a count (> 1), a share (0, 1], `sqrt`, `log2`, or all.
+    fn max_features(&self, n: usize, default: &str) -> Result<Option<usize>> {
+        let n = n.max(1);
+        let resolve = |v: &Hyper| -> Result<Option<usize>> {
+            Ok(match v {
+                Hyper::Text(t) if t == "sqrt" => Some(((n as f64).sqrt() as usize).max(1)),
+                Hyper::Text(t) if t == "log2" => Some(((n as f64).log2() as usize).max(1)),
+                Hyper::Text(t) if t == "all" || t == "none" => None,
+                Hyper::Number(f) if *f > 0.0 && *f <= 1.0 => Some(((f * n as f64) as usize).max(1)),
+                Hyper::Number(c) if *c > 1.0 && c.fract() == 0.0 => Some((*c as usize).min(n)),
+                other => {
+                    return Err(MlError::invalid(format!(
+                        "max_features `{other}`: give a count, a share in (0, 1], sqrt, log2 or all"
+                    )));
+                }
+            })
+        };
+        match self.0.hyperparams.get("max_features") {
+            Some(v) => resolve(v),
+            None => resolve(&Hyper::Text(default.to_owned())),
+        }
+    }
+    fn tree(
+        &self,
+        data: &Xy,
+        classes: bool,
+        default_criterion: &str,
+        max_features: &str,
+        depth: Option<usize>,
+    ) -> Result<TreeParams> {
+        let depth = self.num("max_depth", depth.map_or(0.0, |d| d as f64))?;
+        let criterion = Criterion::parse(&self.text("criterion", default_criterion))?;
+        let classifying = matches!(criterion, Criterion::Gini | Criterion::Entropy);
+        if classifying != classes {
+            let task = if classes { "classification" } else { "regression" };
+            return Err(MlError::invalid(format!(
+                "criterion `{}` does not fit a {task} task",
+                self.text("criterion", "")
+            )));
+        }
+        Ok(TreeParams {
+            max_depth: (depth >= 1.0).then_some(depth as usize),
+            min_samples_split: self.count("min_samples_split", 2, 2)?,
+            min_samples_leaf: self.count("min_samples_leaf", 1, 1)?,
+            max_features: self.max_features(data.x.ncols(), max_features)?,
+            criterion,
+            seed: self.num("seed", 0.0)? as u64,
+        })
+    }
+}
+
+/// Fits `candidate` on `data` for `task`; `stop` ends tree training early.
+pub fn fit(candidate: &Candidate, data: &Xy, task: Task, stop: &Stop) -> Result<Fitted> {
     let fail = |e: &dyn std::fmt::Display| MlError::invalid(format!("{:?} failed to fit: {e}", candidate.algorithm));
+    let hp = Hp(candidate);
+    hp.check()?;
+    let classes = task == Task::Classification;
+    let n_classes = data.classes.iter().max().map_or(1, |m| m + 1);
+    let target = if classes {
+        Target::Classes { y: data.classes.as_slice().unwrap_or(&[]), k: n_classes }
+    } else {
+        Target::Values(data.values.as_slice().unwrap_or(&[]))
+    };
+    let criterion = if classes { "gini" } else { "squared_error" };
     Ok(match candidate.algorithm {
         Algorithm::Logistic => {
             let ds = Dataset::new(data.x.clone(), data.classes.clone());
             let m = MultiLogisticRegression::default()
-                .alpha(hp(candidate, "alpha", 1.0))
-                .max_iterations(hp(candidate, "max_iterations", 100.0) as u64)
+                .alpha(hp.num("alpha", 1.0)?)
+                .max_iterations(hp.num("max_iterations", 100.0)? as u64)
                 .fit(&ds)
                 .map_err(|e| fail(&e))?;
             Fitted::Logistic(m)
         }
         Algorithm::DecisionTree => {
-            let depth = hp(candidate, "max_depth", 0.0);
-            let n_classes = data.classes.iter().max().map_or(1, |m| m + 1);
-            let params = crate::tree::TreeParams {
-                max_depth: (depth >= 1.0).then_some(depth as usize),
-                min_samples_split: hp(candidate, "min_samples_split", 2.0).max(2.0) as usize,
+            Fitted::Tree(Tree::fit(&data.x, target, None, hp.tree(data, classes, criterion, "all", None)?, stop)?)
+        }
+        Algorithm::RandomForest => {
+            let p = ForestParams {
+                n_estimators: hp.count("n_estimators", 100, 1)?,
+                bootstrap: hp.num("bootstrap", 1.0)? != 0.0,
+                tree: hp.tree(data, classes, criterion, if classes { "sqrt" } else { "all" }, None)?,
             };
-            Fitted::Tree(crate::tree::Tree::fit(&data.x, data.classes.as_slice().unwrap_or(&[]), n_classes, params))
+            Fitted::Forest(Forest::fit(&data.x, target, p, stop)?)
+        }
+        Algorithm::GradientBoosting => {
+            let p = BoostParams {
+                n_estimators: hp.count("n_estimators", 100, 1)?,
+                learning_rate: hp.num("learning_rate", 0.1)?,
+                tree: hp.tree(data, false, "friedman_mse", "all", Some(3))?,
+            };
+            Fitted::Boosted(Boosted::fit(&data.x, target, p, stop)?)
         }
         Algorithm::Linear => {
             let ds = Dataset::new(data.x.clone(), data.values.clone());
@@ -173,8 +314,8 @@ pub fn fit(candidate: &Candidate, data: &Xy) -> Result<Fitted> {
         Algorithm::ElasticNet => {
             let ds = Dataset::new(data.x.clone(), data.values.clone());
             let m = ElasticNet::params()
-                .penalty(hp(candidate, "penalty", 0.1))
-                .l1_ratio(hp(candidate, "l1_ratio", 0.5))
+                .penalty(hp.num("penalty", 0.1)?)
+                .l1_ratio(hp.num("l1_ratio", 0.5)?)
                 .fit(&ds)
                 .map_err(|e| fail(&e))?;
             Fitted::ElasticNet(m)
@@ -215,8 +356,9 @@ pub fn train(
     metric: &str,
     validation_fraction: f64,
     seed: u64,
+    stop: &Stop,
 ) -> Result<Trained> {
-    if candidate.algorithm.task() != task {
+    if !candidate.algorithm.supports(task) {
         return Err(MlError::invalid(format!("{:?} cannot do {task:?}", candidate.algorithm)));
     }
     let all = xy(train_table, classes)?;
@@ -237,10 +379,10 @@ pub fn train(
         classes: classes.to_vec(),
         fitted,
     };
-    let probe = saved(fit(candidate, &part(&fit_idx))?);
+    let probe = saved(fit(candidate, &part(&fit_idx), task, stop)?);
     let (val_metrics, _) = evaluate(&probe, &part(&val_idx), task);
     let validation_score = metrics::score(&val_metrics, metric)?;
-    let model = saved(fit(candidate, &all)?);
+    let model = saved(fit(candidate, &all, task, stop)?);
     Ok(Trained { model, validation_score })
 }
 
@@ -255,8 +397,19 @@ mod tests {
         let iris = ingest::builtin("iris").unwrap();
         let s = split_and_scale(&iris.table, &iris.target, iris.task, &FeaturesParams::default()).unwrap();
         for candidate in [
-            Candidate { algorithm: Algorithm::Logistic, hyperparams: [("alpha".to_owned(), 0.1)].into() },
-            Candidate { algorithm: Algorithm::DecisionTree, hyperparams: [("max_depth".to_owned(), 4.0)].into() },
+            Candidate { algorithm: Algorithm::Logistic, hyperparams: [("alpha".to_owned(), 0.1.into())].into() },
+            Candidate {
+                algorithm: Algorithm::DecisionTree,
+                hyperparams: [("max_depth".to_owned(), 4.0.into())].into(),
+            },
+            Candidate {
+                algorithm: Algorithm::RandomForest,
+                hyperparams: [("n_estimators".to_owned(), 20.0.into())].into(),
+            },
+            Candidate {
+                algorithm: Algorithm::GradientBoosting,
+                hyperparams: [("n_estimators".to_owned(), 20.0.into())].into(),
+            },
         ] {
             let t = train(
                 &candidate,
@@ -268,6 +421,7 @@ mod tests {
                 "accuracy",
                 0.2,
                 1,
+                &Stop::default(),
             )
             .unwrap();
             let test = xy(&s.test, &s.classes).unwrap();
@@ -284,7 +438,9 @@ mod tests {
         let d = ingest::builtin("diabetes").unwrap();
         let s = split_and_scale(&d.table, &d.target, d.task, &FeaturesParams::default()).unwrap();
         let c = Candidate { algorithm: Algorithm::Linear, hyperparams: BTreeMap::new() };
-        let t = train(&c, &s.train, &s.feature_names, &s.classes, s.scaler.clone(), d.task, "r2", 0.2, 1).unwrap();
+        let t =
+            train(&c, &s.train, &s.feature_names, &s.classes, s.scaler.clone(), d.task, "r2", 0.2, 1, &Stop::default())
+                .unwrap();
         let (m, _) = evaluate(&t.model, &xy(&s.test, &s.classes).unwrap(), d.task);
         assert!(m["r2"] > 0.3, "{m:?}");
         let raw: Vec<Vec<f64>> = vec![vec![0.0; s.feature_names.len()]];

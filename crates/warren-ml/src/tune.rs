@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use warren_schemas::{Candidate, params::TuneParams};
+use warren_schemas::{Candidate, Hyper, params::TuneParams};
 
 use crate::{MlError, Result};
 
@@ -10,7 +10,7 @@ use crate::{MlError, Result};
 pub fn candidates(p: &TuneParams) -> Result<Vec<Candidate>> {
     let mut all = Vec::new();
     for space in &p.search {
-        let mut points: Vec<BTreeMap<String, f64>> = vec![BTreeMap::new()];
+        let mut points: Vec<BTreeMap<String, Hyper>> = vec![BTreeMap::new()];
         for (name, values) in &space.grid {
             if values.is_empty() {
                 return Err(MlError::invalid(format!("hyperparameter `{name}` has no values to try")));
@@ -20,7 +20,7 @@ pub fn candidates(p: &TuneParams) -> Result<Vec<Candidate>> {
                 .flat_map(|pt| {
                     values.iter().map(move |v| {
                         let mut pt = pt.clone();
-                        pt.insert(name.clone(), *v);
+                        pt.insert(name.clone(), v.clone());
                         pt
                     })
                 })
@@ -51,12 +51,15 @@ mod tests {
             search: vec![
                 SearchSpace {
                     algorithm: Algorithm::Logistic,
-                    grid: [("alpha".to_owned(), vec![0.1, 1.0]), ("max_iterations".to_owned(), vec![50.0, 100.0])]
-                        .into(),
+                    grid: [
+                        ("alpha".to_owned(), vec![0.1.into(), 1.0.into()]),
+                        ("max_iterations".to_owned(), vec![50.0.into(), 100.0.into()]),
+                    ]
+                    .into(),
                 },
                 SearchSpace {
                     algorithm: Algorithm::DecisionTree,
-                    grid: [("max_depth".to_owned(), vec![2.0, 4.0])].into(),
+                    grid: [("criterion".to_owned(), vec!["gini".into(), "entropy".into()])].into(),
                 },
             ],
             budget: None,

@@ -77,7 +77,7 @@ pub const STEP_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub(crate) fn ml(e: MlError) -> StepError {
     match e {
-        MlError::Transient(m) => StepError::Retryable(m),
+        MlError::Transient(m) | MlError::Stopped(m) => StepError::Retryable(m),
         other => StepError::Permanent(other.to_string()),
     }
 }

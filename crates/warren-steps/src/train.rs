@@ -11,6 +11,8 @@ pub async fn handle(ctx: Context, task: TrainTask) -> Result<Model, StepError> {
     let p: TrainParams = ctx.params()?;
     let bytes = fetch(&ctx, &task.features.train).await?;
     let t = task.clone();
+    let stop = warren_ml::Stop::from_flag(ctx.stop_flag());
+    let started = std::time::Instant::now();
     let (trained, model_bytes) = blocking(move || {
         let table = Table::from_ipc(&bytes)?;
         let f = &t.features;
@@ -24,7 +26,18 @@ pub async fn handle(ctx: Context, task: TrainTask) -> Result<Model, StepError> {
             &t.metric,
             p.validation_fraction,
             f.seed,
-        )?;
+            &stop,
+        )
+        .inspect_err(|e| {
+            if matches!(e, warren_ml::MlError::Stopped(_)) {
+                tracing::warn!(
+                    trial = t.trial,
+                    algorithm = ?t.candidate.algorithm,
+                    after_ms = started.elapsed().as_millis() as u64,
+                    "training stopped: the step's maximum duration ran out"
+                );
+            }
+        })?;
         let bytes = trained.model.to_bytes()?;
         Ok((trained, bytes))
     })

@@ -10,7 +10,7 @@ use crate::ml;
 pub async fn handle(ctx: Context, features: Features) -> Result<FanOut<TrainTask>, StepError> {
     let p: TuneParams = ctx.params()?;
     let candidates = tune::candidates(&p).map_err(ml)?;
-    if let Some(c) = candidates.iter().find(|c| c.algorithm.task() != features.task) {
+    if let Some(c) = candidates.iter().find(|c| !c.algorithm.supports(features.task)) {
         return Err(StepError::permanent(format!("{:?} cannot do a {:?} task", c.algorithm, features.task)));
     }
     let trials = candidates.len() as u32;

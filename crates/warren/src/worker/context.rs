@@ -34,9 +34,17 @@ pub struct Context {
     pub(super) events: EventSink,
     pub(super) artifacts: Option<ArtifactStore>,
     pub(super) data_root: Option<Arc<std::path::Path>>,
+    pub(super) stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Context {
+    /// A flag the worker sets once this handler's run is over: when the step's maximum duration
+    /// runs out, or the handler has returned. Work on a blocking thread (training, say) checks
+    /// it and stops, so a timed-out run does not go on beside its retry.
+    pub fn stop_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.stop.clone()
+    }
+
     /// The worker's artifact store; a permanent error if the worker was built without one.
     pub fn store(&self) -> Result<&ArtifactStore, StepError> {
         self.artifacts.as_ref().ok_or_else(|| StepError::permanent(format!("step {} has no artifact store", self.step)))

@@ -141,6 +141,7 @@ impl<H> Shared<H> {
             events: session.events.clone(),
             artifacts: w.artifacts.clone(),
             data_root: w.data_root.clone(),
+            stop: Arc::default(),
         };
         session.events.emit(ctx.event_base(EventKind::Started));
         let started = Instant::now();
@@ -173,6 +174,8 @@ impl<H> Shared<H> {
             }),
             None => call.await,
         };
+        // The run is over (or out of time): blocking work it started stops now.
+        ctx.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         match result {
             Ok(output) => {
                 let payloads = output.map(StepOutput::into_payloads).unwrap_or_default();
