@@ -129,6 +129,7 @@ mod tests {
             model: "iris".into(),
             version: Some("latest".into()),
             rows: vec![vec![5.1, 3.5, 1.4, 0.2]],
+            columns: None,
             dataset: None,
         });
     }
@@ -140,6 +141,8 @@ mod tests {
             labels: vec!["setosa".into()],
             values: vec![],
             artifact: None,
+            scored: 1,
+            refused: vec![],
         });
     }
 

@@ -6,12 +6,16 @@
 //! - [`payloads`]: the step inputs and outputs, each with a versioned schema id.
 //! - [`params`]: what each step takes from its hop on the routing slip.
 //! - [`spec`]: pipeline specs (TOML), checked step by step with errors that name the line.
+//! - [`models`] (feature `warren`): the model registry's layout in the artifact store, with
+//!   create-only writes so versions and aliases never lose an update.
 //!
 //! With the `warren` feature every payload implements `warren::Payload`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod fixtures;
+#[cfg(feature = "warren")]
+pub mod models;
 pub mod params;
 pub mod payloads;
 pub mod spec;

@@ -128,6 +128,23 @@ pub struct RegisterParams {
     /// such as `rmse`, a maximum).
     #[serde(default)]
     pub min_metrics: BTreeMap<String, f64>,
+    /// The alias a registered version is promoted to when it beats the alias's model.
+    #[serde(default = "default_alias")]
+    #[schemars(length(min = 1), regex(pattern = r"^[a-z][a-z0-9_-]*$"))]
+    pub alias: String,
+    /// How much better (on `metric`) a version must score to be promoted.
+    #[serde(default)]
+    #[schemars(range(min = 0.0))]
+    pub margin: f64,
+    /// The metric promotion compares on (`accuracy`, `f1_macro`, `r2`, `neg_rmse`, `neg_mae`);
+    /// the one trials were compared on when absent.
+    #[serde(default)]
+    #[schemars(extend("enum" = ["accuracy", "f1_macro", "r2", "neg_rmse", "neg_mae", null]))]
+    pub metric: Option<String>,
+}
+
+fn default_alias() -> String {
+    "latest".into()
 }
 
 /// `select`: what happens when trials die (a dead trial is dead-lettered at train; select is

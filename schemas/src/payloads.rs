@@ -295,11 +295,24 @@ pub struct PredictRequest {
     /// Feature rows, raw (the model's scaler is applied).
     #[serde(default)]
     pub rows: Vec<Vec<f64>>,
+    /// The feature each value of a row is, when rows do not give them in the model's order;
+    /// checked against the model's signature.
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
     /// A dataset to score instead, written back as an artifact.
     #[serde(default)]
     pub dataset: Option<ArtifactRef>,
 }
 schema!(PredictRequest, "warren.ml.PredictRequest/1");
+
+/// A row a batch prediction did not score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RefusedRow {
+    /// Row number, from 1.
+    pub row: u64,
+    /// Why.
+    pub reason: String,
+}
 
 /// Predictions of a registered model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -314,6 +327,12 @@ pub struct Predictions {
     pub values: Vec<f64>,
     /// The scored dataset, for batch requests.
     pub artifact: Option<ArtifactRef>,
+    /// Rows scored.
+    #[serde(default)]
+    pub scored: u64,
+    /// Rows refused (a batch scores the rest), with why.
+    #[serde(default)]
+    pub refused: Vec<RefusedRow>,
 }
 schema!(Predictions, "warren.ml.Predictions/1");
 

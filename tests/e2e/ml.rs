@@ -69,6 +69,11 @@ pub struct Fleet {
 
 impl Fleet {
     pub async fn start(t: &mut TestNs, train_workers: usize) -> Self {
+        Self::start_with(t, train_workers, &[]).await
+    }
+
+    /// Every ML worker, with `train_env` set for the train workers.
+    pub async fn start_with(t: &mut TestNs, train_workers: usize, train_env: &[(&str, &str)]) -> Self {
         let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts").join(&t.ns);
         std::fs::create_dir_all(artifacts.join("data")).expect("artifact dir");
         // The workers' data root: the specs' `data/example.csv` resolves inside it.
@@ -80,7 +85,9 @@ impl Fleet {
             for i in 0..copies {
                 t.remember(step);
                 let log = std::fs::File::create(t.log_dir().join(format!("{step}-{i}.log"))).expect("log");
+                let extra: &[(&str, &str)] = if *step == "train" { train_env } else { &[] };
                 let child = tokio::process::Command::new(worker_bin(step))
+                    .envs(extra.iter().copied())
                     .current_dir(repo())
                     .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
                     .env("WARREN_NAMESPACE", &t.ns)
@@ -164,9 +171,16 @@ async fn wait_done(events: &mut crate::helpers::Events, job: Uuid, within: Durat
         .await;
 }
 
+/// Where `alias` of `model` points: the version of its highest move file.
+pub fn alias_version(store: &Path, model: &str, alias: &str) -> Option<u64> {
+    let dir = store.join(format!("registry/{model}/aliases/{alias}"));
+    let last = std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).max()?;
+    let text = std::fs::read_to_string(last).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).ok()?["version"].as_u64()
+}
+
 fn entry(fleet: &Fleet, model: &str) -> serde_json::Value {
-    let latest = fleet.read_json(&format!("registry/{model}/latest.json"));
-    let v = latest["version"].as_u64().expect("version");
+    let v = alias_version(&fleet.artifacts, model, "latest").expect("`latest` points at a version");
     fleet.read_json(&format!("registry/{model}/versions/{v:06}.json"))
 }
 
@@ -194,6 +208,7 @@ async fn iris_and_diabetes_train_to_registered_models_reproducibly_and_predict_s
         model: "iris".into(),
         version: None,
         rows: vec![vec![5.1, 3.5, 1.4, 0.2], vec![6.7, 3.0, 5.2, 2.3]],
+        columns: None,
         dataset: None,
     };
     let reply: Predictions = t
@@ -204,20 +219,51 @@ async fn iris_and_diabetes_train_to_registered_models_reproducibly_and_predict_s
     assert_eq!(reply.version, 1);
     assert_eq!(reply.labels, vec!["setosa".to_owned(), "virginica".to_owned()]);
 
-    // Same spec, same seed: same split, same metrics, same content hashes.
+    // Same spec, same seed: same split, same metrics, same content hashes. Version 2 does not
+    // beat version 1, so `latest` stays at 1 and the entry's decision says why.
     let again = t.client.submit(&spec("iris.toml").job()).await.expect("submit iris again");
     wait_done(&mut events, again, Duration::from_secs(180)).await;
-    let second = entry(&fleet, "iris");
-    assert_eq!(second["version"], 2);
+    let second = fleet.read_json("registry/iris/versions/000002.json");
     assert_eq!(second["metrics"], first["metrics"]);
     assert_eq!(second["dataset_hash"], first["dataset_hash"]);
     assert_eq!(second["model"]["hash"], first["model"]["hash"], "the same model bytes");
+    assert_eq!(second["signature"]["features"].as_array().map(Vec::len), Some(4), "{second}");
+    assert_eq!(alias_version(&fleet.artifacts, "iris", "latest"), Some(1), "an equal model is not promoted");
+    let decision = fleet.read_json("registry/iris/versions/000002.decision.json");
+    assert_eq!(decision["promoted"], false);
+    assert!(decision["reason"].as_str().unwrap_or_default().contains("does not beat version 1"), "{decision}");
 
-    // The same predict worker now answers from version 2: `latest` is resolved per request.
+    // An operator promotes version 2 to production (nothing there yet), then is refused
+    // moving version 1 over it without --force, forces it, and rolls back.
+    let store = Some(fleet.artifacts.as_path());
+    let out = warren_in(&t, store, &["models", "promote", "iris", "2", "--to", "production"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("`production` now points at version 2"));
+    let out = warren_in(&t, store, &["models", "promote", "iris", "1", "--to", "production"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not beat version 2"), "{out:?}");
+    let out = warren_in(&t, store, &["models", "promote", "iris", "1", "--to", "production", "--force"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = warren_in(&t, store, &["models", "rollback", "iris", "--alias", "production"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(alias_version(&fleet.artifacts, "iris", "production"), Some(2));
+    let listed = warren_in(&t, store, &["models", "list", "iris"]).await;
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(text.contains("production") && text.contains("latest") && text.contains("kept out"), "{text}");
+    let shown = warren_in(&t, store, &["models", "show", "iris", "production", "--json"]).await;
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("models show --json");
+    assert_eq!((shown["version"].as_u64(), shown["job"].as_str()), (Some(2), Some(again.to_string().as_str())));
+    assert!(shown["dataset_hash"].as_str().is_some_and(|h| h.starts_with("sha256:")), "{shown}");
+
+    // The same predict worker answers from the alias as it is now, without a restart.
+    let production = PredictRequest { version: Some("production".into()), ..request.clone() };
+    let reply: Predictions =
+        t.client.call("predict", rmpv::Value::Nil, production, Duration::from_secs(30)).await.expect("predict");
+    assert_eq!(reply.version, 2, "the alias is resolved per request");
+    assert_eq!(reply.labels, vec!["setosa".to_owned(), "virginica".to_owned()]);
     let reply: Predictions =
         t.client.call("predict", rmpv::Value::Nil, request, Duration::from_secs(30)).await.expect("predict replies");
-    assert_eq!(reply.version, 2, "a newly registered version answers without a restart");
-    assert_eq!(reply.labels, vec!["setosa".to_owned(), "virginica".to_owned()]);
+    assert_eq!(reply.version, 1, "`latest` is still version 1");
 
     // Batch scoring: the whole ingested iris dataset, predictions written as an artifact.
     let dir = fleet.artifacts.join("iris").join(iris.to_string()).join("ingest");
@@ -228,11 +274,16 @@ async fn iris_and_diabetes_train_to_registered_models_reproducibly_and_predict_s
         hash: content_hash(&bytes),
         bytes: bytes.len() as u64,
     };
-    let batch =
-        PredictRequest { model: "iris".into(), version: Some("1".into()), rows: vec![], dataset: Some(dataset) };
+    let batch = PredictRequest {
+        model: "iris".into(),
+        version: Some("1".into()),
+        rows: vec![],
+        columns: None,
+        dataset: Some(dataset),
+    };
     let scored: Predictions =
         t.client.call("predict", rmpv::Value::Nil, batch, Duration::from_secs(30)).await.expect("batch predict");
-    assert_eq!((scored.version, scored.labels.len()), (1, 150));
+    assert_eq!((scored.version, scored.labels.len(), scored.scored, scored.refused.len()), (1, 150, 150, 0));
     assert_eq!(scored.labels.iter().filter(|l| *l == "setosa").count(), 50, "setosa is separable");
     let out = scored.artifact.expect("predictions artifact");
     assert!(std::path::Path::new(out.uri.trim_start_matches("file://")).exists(), "{}", out.uri);
@@ -256,7 +307,13 @@ async fn iris_and_diabetes_train_to_registered_models_reproducibly_and_predict_s
     assert_eq!((reply.version, reply.labels[0].as_str()), (1, "setosa"));
 
     // A row of the wrong width gets an error reply naming the columns, at once, not silence.
-    let narrow = PredictRequest { model: "iris".into(), version: None, rows: vec![vec![1.0, 2.0]], dataset: None };
+    let narrow = PredictRequest {
+        model: "iris".into(),
+        version: None,
+        rows: vec![vec![1.0, 2.0]],
+        columns: None,
+        dataset: None,
+    };
     let started = std::time::Instant::now();
     let err = t
         .client
@@ -267,9 +324,21 @@ async fn iris_and_diabetes_train_to_registered_models_reproducibly_and_predict_s
     match &err {
         warren::CallError::Remote(e) => {
             assert_eq!(e.step, "predict");
+            assert!(e.message.starts_with("wrong_shape:"), "{e:?}");
             assert!(e.message.contains("the model takes 4") && e.message.contains("petal"), "{e:?}");
         }
         other => panic!("expected an error reply, got {other}"),
+    }
+    let unknown = PredictRequest {
+        model: "iris".into(),
+        version: Some("9".into()),
+        rows: vec![vec![5.1, 3.5, 1.4, 0.2]],
+        columns: None,
+        dataset: None,
+    };
+    match t.client.call::<_, Predictions>("predict", rmpv::Value::Nil, unknown, Duration::from_secs(30)).await {
+        Err(warren::CallError::Remote(e)) => assert!(e.message.starts_with("unknown_version:"), "{e:?}"),
+        other => panic!("expected an unknown_version reply, got {other:?}"),
     }
 
     fleet.stop().await;
@@ -391,7 +460,7 @@ async fn the_promotion_gate_refuses_a_model_below_its_minimum_and_says_why() {
     assert_eq!(detail["promoted"], false, "{detail}");
     let reason = detail["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("f1_macro") && reason.contains("1.01"), "{reason}");
-    assert!(!fleet.artifacts.join("registry/csv-example/latest.json").exists(), "nothing registered");
+    assert!(!fleet.artifacts.join("registry/csv-example").exists(), "nothing registered");
     fleet.stop().await;
     t.cleanup().await;
 }
@@ -712,6 +781,191 @@ async fn an_integer_class_csv_runs_as_classification_without_flags() {
     let detail = serde_json::to_value(report.detail.expect("detail")).expect("json");
     assert_eq!(detail["task"], "classification", "{detail}");
     assert!(detail["because"].as_str().unwrap_or_default().contains("whole numbers"), "{detail}");
+    fleet.stop().await;
+    t.cleanup().await;
+}
+
+/// Two register workers take 20 evaluations of one model at once: every evaluation gets its
+/// own version, every alias move follows the one before it (no lost update), each move is to a
+/// better model, and `latest` ends at the best one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_register_workers_racing_keep_latest_consistent_and_never_promote_a_worse_model() {
+    use warren_schemas::{ArtifactRef, Candidate, Evaluation, Features, Model, Scaler, Task};
+    let mut t = TestNs::new("mlrace").await;
+    let mut events = t.events().await;
+    let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts").join(&t.ns);
+    std::fs::create_dir_all(&artifacts).expect("store");
+    let mut children = Vec::new();
+    for i in 0..2 {
+        t.remember("register");
+        let log = std::fs::File::create(t.log_dir().join(format!("register-{i}.log"))).expect("log");
+        children.push(
+            tokio::process::Command::new(worker_bin("register"))
+                .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
+                .env("WARREN_NAMESPACE", &t.ns)
+                .env("WARREN_ARTIFACTS", &artifacts)
+                .env("WARREN_CONCURRENCY", "4")
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .expect("spawn register"),
+        );
+    }
+    t.wait_consumers("register", 2).await;
+
+    let artifact = |name: &str| ArtifactRef { uri: format!("file:///nowhere/{name}"), hash: String::new(), bytes: 0 };
+    // Scores in a scrambled order: 0.70 .. 0.89.
+    let scores: Vec<f64> = (0..20u32).map(|i| 0.70 + f64::from((i * 7) % 20) / 100.0).collect();
+    let hop = warren::envelope::Hop {
+        step: "register".into(),
+        params: rmpv::Value::Map(vec![("model".into(), "race".into())]),
+        cache: false,
+        gather: false,
+    };
+    let jobs: Vec<_> = scores
+        .iter()
+        .enumerate()
+        .map(|(i, &accuracy)| {
+            let features = Features {
+                dataset_hash: "sha256:race".into(),
+                train: artifact("train"),
+                test: artifact("test"),
+                feature_names: vec!["a".into(), "b".into()],
+                target: "y".into(),
+                task: Task::Classification,
+                classes: vec!["no".into(), "yes".into()],
+                scaler: Some(Scaler { means: vec![0.0, 0.0], stds: vec![1.0, 1.0] }),
+                seed: 1,
+            };
+            let model = Model {
+                artifact: artifact(&format!("model-{i}")),
+                candidate: Candidate { algorithm: warren_schemas::Algorithm::Logistic, hyperparams: BTreeMap::new() },
+                features,
+                trial: 0,
+                trials: 1,
+                metric: "accuracy".into(),
+                validation_score: accuracy,
+            };
+            let ev = Evaluation {
+                model,
+                metrics: [("accuracy".to_owned(), accuracy)].into(),
+                confusion: None,
+                report: artifact("report"),
+            };
+            warren::JobSpec::new("race", vec![hop.clone()], ev)
+        })
+        .collect();
+    let ids = t.client.submit_many(&jobs).await.expect("submit 20 evaluations");
+    events
+        .wait_count("20 registrations", Duration::from_secs(60), 20, |e| {
+            ids.contains(&e.job_id) && e.kind == EventKind::Succeeded && &*e.step == "register"
+        })
+        .await;
+
+    let read = |key: String| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(artifacts.join(&key)).unwrap_or_else(|e| panic!("{key}: {e}")))
+            .expect("json")
+    };
+    let mut by_version = BTreeMap::new();
+    for v in 1..=20u64 {
+        let e = read(format!("registry/race/versions/{v:06}.json"));
+        let d = read(format!("registry/race/versions/{v:06}.decision.json"));
+        by_version.insert(v, (e["metrics"]["accuracy"].as_f64().expect("accuracy"), d));
+    }
+    assert!(!artifacts.join("registry/race/versions/000021.json").exists(), "one version per evaluation");
+    let mut moves: Vec<PathBuf> = std::fs::read_dir(artifacts.join("registry/race/aliases/latest"))
+        .expect("latest moves")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    moves.sort();
+    let mut previous: Option<u64> = None;
+    let mut best_so_far = f64::NEG_INFINITY;
+    for (i, path) in moves.iter().enumerate() {
+        let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).expect("move")).expect("json");
+        assert_eq!(m["seq"].as_u64(), Some(i as u64 + 1), "moves are numbered without gaps");
+        assert_eq!(m["previous"].as_u64(), previous, "each move starts where the one before ended: {m}");
+        let v = m["version"].as_u64().expect("version");
+        let score = by_version[&v].0;
+        assert!(score > best_so_far, "move {} promotes version {v} ({score}) over a better one ({best_so_far})", i + 1);
+        best_so_far = score;
+        previous = Some(v);
+    }
+    let best = by_version.iter().max_by(|a, b| a.1.0.total_cmp(&b.1.0)).map(|(v, _)| *v);
+    assert_eq!(alias_version(&artifacts, "race", "latest"), best, "`latest` ends at the best model");
+    for (v, (score, d)) in &by_version {
+        if d["promoted"] == false {
+            let against = d["against_score"].as_f64().expect("a refusal names what it lost to");
+            assert!(against >= *score, "version {v} ({score}) was kept out by a worse one ({against})");
+        }
+    }
+    for c in &children {
+        let _ = crate::helpers::signal(c, "TERM").await;
+    }
+    for mut c in children {
+        let _ = tokio::time::timeout(Duration::from_secs(30), c.wait()).await;
+    }
+    let _ = std::fs::remove_dir_all(&artifacts);
+    t.cleanup().await;
+}
+
+/// Forests and boosting are bit-reproducible: the same candidate trained by two worker
+/// processes gives the same model bytes. And a trial past the step's maximum duration stops
+/// training within a second of it, says so in the worker's log, and dies after its attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ensembles_are_reproducible_across_processes_and_training_stops_at_its_maximum_duration() {
+    let mut t = TestNs::new("mlensemble").await;
+    let mut events = t.events().await;
+    let env = [("WARREN_MAX_DURATION_MS", "1500"), ("WARREN_MAX_ATTEMPTS", "1")];
+    let fleet = Fleet::start_with(&mut t, 2, &env).await;
+    let mut spec = spec("iris.toml");
+    spec.set(
+        "tune.search",
+        r#"[{ algorithm = "random_forest", grid = { n_estimators = [30, 30], seed = [3] } },
+            { algorithm = "gradient_boosting", grid = { n_estimators = [30, 30], seed = [3] } }]"#,
+    )
+    .expect("search");
+    let job = t.client.submit(&spec.job()).await.expect("submit");
+    wait_done(&mut events, job, Duration::from_secs(180)).await;
+    let is_trained = |e: &warren::JobEvent| e.job_id == job && &*e.step == "train" && e.kind == EventKind::Succeeded;
+    events.wait_count("four trained trials", Duration::from_secs(10), 4, is_trained).await;
+    let workers: std::collections::BTreeSet<&str> =
+        events.seen.iter().filter(|e| is_trained(e)).map(|e| &*e.worker).collect();
+    assert_eq!(workers.len(), 2, "both train workers trained trials: {workers:?}");
+    let mut trained: BTreeMap<u64, (String, String)> = BTreeMap::new();
+    for trial in 0..4u64 {
+        let path =
+            fleet.artifacts.join("iris").join(job.to_string()).join("train").join(format!("model-{trial:04}.msgpack"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        trained.insert(trial, (String::new(), content_hash(&bytes)));
+    }
+    assert_eq!(trained[&0].1, trained[&1].1, "two forests of the same seed have the same bytes");
+    assert_eq!(trained[&2].1, trained[&3].1, "two boosted models of the same seed have the same bytes");
+    assert_ne!(trained[&0].1, trained[&2].1);
+
+    // A forest too big for 1.5 s: stopped, not left running beside the retry.
+    spec.set("tune.search", r#"[{ algorithm = "random_forest", grid = { n_estimators = [1000000] } }]"#)
+        .expect("search");
+    let slow = t.client.submit(&spec.job()).await.expect("submit");
+    events
+        .wait("the oversized trial's death", Duration::from_secs(60), |e| {
+            e.job_id == slow && &*e.step == "train" && e.kind == EventKind::Dead
+        })
+        .await;
+    let logs: String = (0..2)
+        .map(|i| std::fs::read_to_string(t.log_dir().join(format!("train-{i}.log"))).unwrap_or_default())
+        .collect();
+    let line = crate::helpers::strip_ansi(
+        logs.lines().find(|l| l.contains("training stopped")).unwrap_or_else(|| panic!("no stop in the logs:\n{logs}")),
+    );
+    let after: u64 = line
+        .split("after_ms=")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no after_ms in {line}"));
+    assert!((1500..2500).contains(&after), "training stopped {after} ms after it started (limit 1500 ms): {line}");
     fleet.stop().await;
     t.cleanup().await;
 }

@@ -403,7 +403,8 @@ pub async fn demo(config: &Config, json: bool) -> Outcome {
                 .unwrap_or_default()
         };
         let row = vec![5.1, 3.5, 1.4, 0.2];
-        let request = PredictRequest { model: "iris".into(), version: None, rows: vec![row.clone()], dataset: None };
+        let request =
+            PredictRequest { model: "iris".into(), version: None, rows: vec![row.clone()], columns: None, dataset: None };
         let p: Predictions = client.call("predict", rmpv::Value::Nil, request, Duration::from_secs(30)).await?;
         let label = p.labels.first().map_or("?", String::as_str);
         if json {

@@ -9,6 +9,7 @@ mod console;
 mod dlq;
 mod fleet;
 mod jobs;
+mod models;
 mod queues;
 mod rerun;
 mod steps;
@@ -50,6 +51,9 @@ enum Command {
     /// Read, count, replay and purge dead letters.
     #[command(subcommand)]
     Dlq(Box<dlq::DlqCommand>),
+    /// The model registry: versions, metrics, lineage; promote and roll back aliases.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
     /// Cancel a job: every worker acks its queued and arriving messages without running them.
     #[command(
         after_help = "Example:\n  warren cancel 01a21207-8239-7163-bbdd-cbddd44a96d3 --reason \"wrong data set\""
@@ -167,6 +171,7 @@ fn main() -> ExitCode {
             Command::Jobs(a) => jobs::jobs(&config, a, json).await,
             Command::Dlq(c) => dlq::run(&config, *c, json).await,
             Command::Cancel(a) => dlq::cancel(&config, a, json).await,
+            Command::Models(c) => models::run(&config, c, json).await,
             Command::Rerun(a) => rerun::run(&config, a, json).await,
             Command::Queues(a) => queues::run(&config, a, json).await,
             Command::Steps(a) => steps::run(&config, a, json).await,

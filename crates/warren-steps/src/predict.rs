@@ -1,6 +1,12 @@
 //! `predict`: serves a registered model, over RPC (rows in, labels or values out) or as a batch
-//! over a dataset artifact. The version alias is resolved on every request, so a newly
-//! registered version answers without a restart; loaded models are kept per version.
+//! over a dataset artifact. The version (a number or an alias, `latest` by default) is resolved
+//! on every request, so a newly promoted version answers without a restart; loaded models are
+//! kept per version.
+//!
+//! Every request is checked against the model's signature. A bad RPC request gets an error
+//! reply whose message starts with its kind: `no_model:`, `unknown_version:`, `wrong_shape:`
+//! (naming the columns the model takes). A batch scores the rows it can and lists the others
+//! (missing or non-finite values) with why.
 
 use std::{
     collections::HashMap,
@@ -12,9 +18,12 @@ use warren_ml::{
     model::{Predicted, SavedModel},
     table::{Table, Values},
 };
-use warren_schemas::{PredictRequest, Predictions};
+use warren_schemas::{
+    PredictRequest, Predictions, RefusedRow,
+    models::{ModelRegistry, RegistryError},
+};
 
-use crate::{art, fetch, ml, put, register};
+use crate::{fetch, ml, put, register::reg};
 
 type Loaded = Arc<SavedModel>;
 
@@ -26,67 +35,150 @@ fn loaded() -> &'static Mutex<HashMap<(String, u32), Loaded>> {
 /// Resolves `version` (a number, or an alias; `latest` by default) of `name`.
 async fn resolve(ctx: &Context, name: &str, version: Option<&str>) -> Result<(u32, Loaded), StepError> {
     let store = ctx.store()?;
-    let version = match version.unwrap_or("latest") {
-        "latest" => {
-            let bytes = store
-                .get_opt(&register::latest_key(name))
-                .await
-                .map_err(art)?
-                .ok_or_else(|| StepError::permanent(format!("no model `{name}` is registered")))?;
-            serde_json::from_slice::<register::Alias>(&bytes).map_err(|e| StepError::permanent(e.to_string()))?.version
+    let registry = ModelRegistry::new(store, name);
+    let version = match registry.resolve(version.unwrap_or("latest")).await {
+        Ok(v) => v,
+        Err(RegistryError::NotFound(m)) if m.starts_with("no model") => {
+            return Err(StepError::permanent(format!("no_model: {m}")));
         }
-        v => v.parse().map_err(|_| StepError::permanent(format!("version `{v}` is neither a number nor `latest`")))?,
+        Err(RegistryError::NotFound(m)) => return Err(StepError::permanent(format!("unknown_version: {m}"))),
+        Err(e) => return Err(reg(e)),
     };
     if let Some(m) = loaded().lock().ok().and_then(|m| m.get(&(name.to_owned(), version)).cloned()) {
         return Ok((version, m));
     }
-    let entry_bytes = store
-        .get_opt(&register::version_key(name, version))
-        .await
-        .map_err(art)?
-        .ok_or_else(|| StepError::permanent(format!("model `{name}` has no version {version}")))?;
-    let entry: register::Entry =
-        serde_json::from_slice(&entry_bytes).map_err(|e| StepError::permanent(e.to_string()))?;
-    let model = Arc::new(SavedModel::from_bytes(&fetch(ctx, &entry.model).await?).map_err(ml)?);
+    let entry = match registry.entry(version).await {
+        Ok(e) => e,
+        Err(RegistryError::NotFound(m)) => return Err(StepError::permanent(format!("unknown_version: {m}"))),
+        Err(e) => return Err(reg(e)),
+    };
+    let model = SavedModel::from_bytes(&fetch(ctx, &entry.model).await?).map_err(ml)?;
+    if let Some(sig) = &entry.signature
+        && (sig.features != model.feature_names || sig.classes != model.classes)
+    {
+        return Err(StepError::permanent(format!(
+            "model `{name}` version {version} does not match its registry signature (features {:?}, classes {:?})",
+            sig.features, sig.classes
+        )));
+    }
+    let model = Arc::new(model);
     if let Ok(mut m) = loaded().lock() {
         m.insert((name.to_owned(), version), model.clone());
     }
     Ok((version, model))
 }
 
+fn wrong_shape(model: &SavedModel, what: String) -> StepError {
+    StepError::permanent(format!(
+        "wrong_shape: {what}; the model takes {}: {}",
+        model.feature_names.len(),
+        model.feature_names.join(", ")
+    ))
+}
+
+/// Puts the request's rows into the model's column order, refusing what does not fit.
+fn rpc_rows(model: &SavedModel, req: &PredictRequest) -> Result<Vec<Vec<f64>>, StepError> {
+    let n = model.feature_names.len();
+    let order: Vec<usize> = match &req.columns {
+        None => (0..n).collect(),
+        Some(cols) => {
+            if let Some(c) = cols.iter().find(|c| !model.feature_names.contains(c)) {
+                return Err(wrong_shape(model, format!("column `{c}` is not a feature of the model")));
+            }
+            let mut order = Vec::with_capacity(n);
+            for f in &model.feature_names {
+                match cols.iter().position(|c| c == f) {
+                    Some(i) => order.push(i),
+                    None => return Err(wrong_shape(model, format!("column `{f}` is missing"))),
+                }
+            }
+            order
+        }
+    };
+    let width = req.columns.as_ref().map_or(n, Vec::len);
+    let mut rows = Vec::with_capacity(req.rows.len());
+    for (i, r) in req.rows.iter().enumerate() {
+        if r.len() != width {
+            return Err(wrong_shape(model, format!("row {} has {} values", i + 1, r.len())));
+        }
+        if let Some(j) = r.iter().position(|v| !v.is_finite()) {
+            return Err(wrong_shape(
+                model,
+                format!(
+                    "row {}, `{}` is not a finite number",
+                    i + 1,
+                    model.feature_names[order.iter().position(|&o| o == j).unwrap_or(0)]
+                ),
+            ));
+        }
+        rows.push(order.iter().map(|&j| r[j]).collect());
+    }
+    Ok(rows)
+}
+
 /// Answers a prediction request.
 pub async fn handle(ctx: Context, req: PredictRequest) -> Result<Predictions, StepError> {
     let (version, model) = resolve(&ctx, &req.model, req.version.as_deref()).await?;
-    let (rows, batch) = match &req.dataset {
+    let (rows, refused, total, batch) = match &req.dataset {
         Some(r) => {
             let table = Table::from_ipc(&fetch(&ctx, r).await?).map_err(ml)?;
             let mut rows = vec![Vec::with_capacity(model.feature_names.len()); table.rows()];
             for name in &model.feature_names {
                 let Some(Values::F64(col)) = table.column(name) else {
-                    return Err(StepError::permanent(format!("dataset has no numeric column `{name}`")));
+                    return Err(wrong_shape(&model, format!("the dataset has no numeric column `{name}`")));
                 };
                 for (row, v) in rows.iter_mut().zip(col) {
                     row.push(v.unwrap_or(f64::NAN));
                 }
             }
-            (rows, true)
+            let total = rows.len();
+            let mut refused = Vec::new();
+            let mut good = Vec::with_capacity(total);
+            for (i, row) in rows.into_iter().enumerate() {
+                match row.iter().position(|v| !v.is_finite()) {
+                    Some(j) => refused.push(RefusedRow {
+                        row: i as u64 + 1,
+                        reason: format!("`{}` is missing or not a finite number", model.feature_names[j]),
+                    }),
+                    None => good.push(row),
+                }
+            }
+            (good, refused, total, true)
         }
-        None => (req.rows.clone(), false),
+        None => {
+            let rows = rpc_rows(&model, &req)?;
+            let total = rows.len();
+            (rows, Vec::new(), total, false)
+        }
     };
     let (labels, values) = match model.predict_rows(&rows).map_err(ml)? {
         Predicted::Classes(c) => (model.labels(&c), Vec::new()),
         Predicted::Values(v) => (Vec::new(), v),
     };
+    let scored = rows.len() as u64;
     let artifact = if batch {
-        let column = if labels.is_empty() {
-            Values::F64(values.iter().map(|v| Some(*v)).collect())
-        } else {
-            Values::Str(labels.iter().map(|l| Some(l.clone())).collect())
-        };
+        // One prediction per dataset row, empty where the row was refused.
+        let skipped: std::collections::HashSet<u64> = refused.iter().map(|r| r.row).collect();
+        let (mut l, mut v) = (labels.iter(), values.iter());
+        let mut labels_out = Vec::with_capacity(total);
+        let mut values_out = Vec::with_capacity(total);
+        for row in 1..=total as u64 {
+            let take = !skipped.contains(&row);
+            labels_out.push(if take { l.next().cloned() } else { None });
+            values_out.push(if take { v.next().copied() } else { None });
+        }
+        let column = if labels.is_empty() { Values::F64(values_out) } else { Values::Str(labels_out) };
         let table = Table { names: vec!["prediction".into()], columns: vec![column] };
-        Some(put(&ctx, &format!("predictions-{}-v{version}.arrow", req.model), table.to_ipc().map_err(ml)?).await?)
+        let name = format!("predictions-{}-v{version}.arrow", req.model);
+        let stored = put(&ctx, &name, table.to_ipc().map_err(ml)?).await?;
+        ctx.report(rmpv::Value::Map(vec![
+            ("scored".into(), scored.into()),
+            ("refused".into(), (refused.len() as u64).into()),
+            ("version".into(), version.into()),
+        ]));
+        Some(stored)
     } else {
         None
     };
-    Ok(Predictions { model: req.model, version, labels, values, artifact })
+    Ok(Predictions { model: req.model, version, labels, values, artifact, scored, refused })
 }

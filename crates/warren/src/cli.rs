@@ -43,6 +43,9 @@ pub struct ConfigArgs {
     /// Deliveries without an ack (crashes) before the broker dead-letters a message.
     #[arg(long, value_name = "N", global = true)]
     pub delivery_limit: Option<String>,
+    /// Longest run of one message in ms (at most the step's own limit).
+    #[arg(long, value_name = "MS", global = true)]
+    pub max_duration_ms: Option<String>,
     /// How long a stopping worker waits for messages in flight, in ms.
     #[arg(long, value_name = "MS", global = true)]
     pub shutdown_grace_ms: Option<String>,
@@ -79,6 +82,7 @@ impl ConfigArgs {
             ("retry_base_ms", &self.retry_base_ms),
             ("retry_max_ms", &self.retry_max_ms),
             ("delivery_limit", &self.delivery_limit),
+            ("max_duration_ms", &self.max_duration_ms),
             ("shutdown_grace_ms", &self.shutdown_grace_ms),
             ("events", &self.events),
             ("dedup_window", &self.dedup_window),
@@ -215,6 +219,16 @@ where
             }
         }
         return ExitCode::SUCCESS;
+    }
+    if let (Some(limit), Some(ceiling)) = (config.max_duration, options.max_duration)
+        && limit > ceiling
+    {
+        eprintln!(
+            "{bin}: max_duration_ms ({}) is above the {step} step's own limit of {}; its queue's consumer timeout is set from that",
+            limit.as_millis(),
+            humantime::format_duration(ceiling)
+        );
+        return ExitCode::from(2);
     }
     let mut builder = crate::Worker::builder(step, &config).artifacts(store).version(version).descriptor(descriptor);
     if let Some(d) = options.max_duration {

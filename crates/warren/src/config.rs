@@ -22,6 +22,7 @@ pub const KEYS: &[&str] = &[
     "retry_base_ms",
     "retry_max_ms",
     "delivery_limit",
+    "max_duration_ms",
     "shutdown_grace_ms",
     "events",
     "dedup_window",
@@ -39,6 +40,7 @@ const NUMERIC_KEYS: &[&str] = &[
     "retry_base_ms",
     "retry_max_ms",
     "delivery_limit",
+    "max_duration_ms",
     "shutdown_grace_ms",
     "dedup_window",
 ];
@@ -69,6 +71,9 @@ pub struct Config {
     /// Deliveries without an ack (worker crashes) before the broker dead-letters a message.
     /// Key `delivery_limit`.
     pub delivery_limit: u32,
+    /// The longest one message may run before the handler is stopped and the message retried;
+    /// unset, the step's own (train: 2 h), and never above it. Key `max_duration_ms`.
+    pub max_duration: Option<Duration>,
     /// How long a stopping worker waits for messages in flight. Key `shutdown_grace_ms`.
     pub shutdown_grace: Duration,
     /// Publish job events to the events exchange. Key `events`.
@@ -132,6 +137,7 @@ impl Default for Config {
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
             delivery_limit: 5,
+            max_duration: None,
             shutdown_grace: Duration::from_secs(30),
             events: true,
             dedup_window: 10_000,
@@ -157,6 +163,7 @@ impl fmt::Debug for Config {
             .field("retry_base", &self.retry_base)
             .field("retry_max", &self.retry_max)
             .field("delivery_limit", &self.delivery_limit)
+            .field("max_duration", &self.max_duration)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("events", &self.events)
             .field("dedup_window", &self.dedup_window)
@@ -242,6 +249,7 @@ impl Config {
             "retry_base_ms" => ms(self.retry_base),
             "retry_max_ms" => ms(self.retry_max),
             "delivery_limit" => self.delivery_limit.to_string(),
+            "max_duration_ms" => return self.max_duration.map(ms),
             "shutdown_grace_ms" => ms(self.shutdown_grace),
             "events" => self.events.to_string(),
             "dedup_window" => self.dedup_window.to_string(),
@@ -430,6 +438,7 @@ impl Config {
             "retry_base_ms" => self.retry_base = Duration::from_millis(num(key, value, source, 1u64)?),
             "retry_max_ms" => self.retry_max = Duration::from_millis(num(key, value, source, 1u64)?),
             "delivery_limit" => self.delivery_limit = num(key, value, source, 1u32)?,
+            "max_duration_ms" => self.max_duration = Some(Duration::from_millis(num(key, value, source, 1u64)?)),
             "shutdown_grace_ms" => self.shutdown_grace = Duration::from_millis(num(key, value, source, 0u64)?),
             "dedup_window" => self.dedup_window = num(key, value, source, 0usize)?,
             "events" => {

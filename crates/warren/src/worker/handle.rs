@@ -168,7 +168,7 @@ impl<H> Shared<H> {
                 }
             }
         };
-        let result = match w.topology.max_duration {
+        let result = match w.handler_limit {
             Some(limit) => tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
                 Err(StepError::retryable(format!("step ran longer than its maximum duration of {limit:?}")))
             }),

@@ -160,6 +160,10 @@ impl WorkerBuilder {
             steps_exchange: names.steps_exchange(),
             dead_exchange: names.dead_exchange(),
             names,
+            handler_limit: match (self.config.max_duration, self.max_duration) {
+                (Some(c), Some(ceiling)) => Some(c.min(ceiling)),
+                (c, d) => c.or(d),
+            },
             topology: StepTopology {
                 step: self.step.clone(),
                 delivery_limit: self.config.delivery_limit,
@@ -189,6 +193,8 @@ pub struct Worker {
     config: Config,
     names: Names,
     topology: StepTopology,
+    /// How long one handler run may take: the configured `max_duration_ms`, at most the step's own.
+    handler_limit: Option<Duration>,
     retry: RetryPolicy,
     worker_id: Arc<str>,
     health: Health,

@@ -1,0 +1,277 @@
+//! `warren models`: the model registry in the artifact store — list, show, promote, rollback.
+//!
+//! Promotion and rollback are alias moves (see `warren_schemas::models`): each is a new move
+//! file created only if nobody moved the alias since it was read, so two operators (or an
+//! operator and a register worker) never overwrite each other; the loser is told and nothing
+//! changes.
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use warren::{Config, artifacts::ArtifactStore};
+use warren_schemas::models::{AliasMove, Entry, ModelRegistry, RegistryError, score};
+
+use crate::{Fail, Outcome, table};
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Registered models, or one model's versions with their metrics and aliases.
+    #[command(after_help = "Example:\n  warren models list\n  warren models list iris")]
+    List {
+        /// A model name: list its versions.
+        model: Option<String>,
+    },
+    /// One version: metrics, signature, lineage (data hash, parameters, code, job) and the
+    /// promotion decision.
+    #[command(after_help = "Example:\n  warren models show iris 3\n  warren models show iris production")]
+    Show {
+        /// Model name.
+        model: String,
+        /// A version number or an alias (`latest` when absent).
+        #[arg(value_name = "VERSION")]
+        at: Option<String>,
+    },
+    /// Point an alias at a version; refused unless it beats the alias's model (`--force` to
+    /// move anyway, say to pin a known-good version).
+    #[command(
+        after_help = "Example:\n  warren models promote iris 3 --to production --reason \"passed the shadow test\""
+    )]
+    Promote(PromoteArgs),
+    /// Point an alias back at the version it pointed at before its last move.
+    #[command(after_help = "Example:\n  warren models rollback iris --alias production --reason \"bad predictions\"")]
+    Rollback(RollbackArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// Model name.
+    model: String,
+    /// A version number or an alias (`staging` to promote what staging holds).
+    #[arg(value_name = "VERSION")]
+    at: String,
+    /// The alias to move.
+    #[arg(long, default_value = "production")]
+    to: String,
+    /// The metric to compare on (the one the version was selected on when absent).
+    #[arg(long)]
+    metric: Option<String>,
+    /// How much better it must score.
+    #[arg(long, default_value_t = 0.0)]
+    margin: f64,
+    /// Move even if it does not score better.
+    #[arg(long)]
+    force: bool,
+    /// Why (recorded in the move).
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Model name.
+    model: String,
+    /// The alias to move back.
+    #[arg(long, default_value = "production")]
+    alias: String,
+    /// Why (recorded in the move).
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+fn store(config: &Config) -> Result<ArtifactStore, Fail> {
+    ArtifactStore::open(&config.artifacts).map_err(|e| Fail::usage(format!("--artifacts: {e}")))
+}
+
+fn fail(e: RegistryError) -> Fail {
+    match e {
+        RegistryError::NotFound(m) | RegistryError::Refused(m) => Fail::usage(m),
+        other => Fail::from(other),
+    }
+}
+
+fn operator(reason: Option<&str>) -> String {
+    let who = std::env::var("USER").unwrap_or_else(|_| "an operator".into());
+    match reason {
+        Some(r) => format!("{who} with warren models: {r}"),
+        None => format!("{who} with warren models"),
+    }
+}
+
+fn when(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+}
+
+fn metrics_text(e: &Entry) -> String {
+    e.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(", ")
+}
+
+fn aliases_of(aliases: &std::collections::BTreeMap<String, AliasMove>, v: u32) -> String {
+    aliases.iter().filter(|(_, m)| m.version == v).map(|(a, _)| a.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+pub async fn run(config: &Config, cmd: ModelsCommand, json: bool) -> Outcome {
+    let store = store(config)?;
+    match cmd {
+        ModelsCommand::List { model: None } => {
+            let names = ModelRegistry::names(&store).await.map_err(fail)?;
+            let mut rows = Vec::new();
+            let mut out = Vec::new();
+            for n in &names {
+                let r = ModelRegistry::new(&store, n);
+                let versions = r.versions().await.map_err(fail)?;
+                let aliases = r.aliases().await.map_err(fail)?;
+                let alias_text =
+                    aliases.iter().map(|(a, m)| format!("{a}→v{}", m.version)).collect::<Vec<_>>().join(", ");
+                rows.push(vec![n.clone(), versions.len().to_string(), alias_text]);
+                out.push(serde_json::json!({
+                    "model": n,
+                    "versions": versions.len(),
+                    "aliases": aliases.iter().map(|(a, m)| (a.clone(), m.version)).collect::<std::collections::BTreeMap<_, _>>(),
+                }));
+            }
+            if json {
+                println!("{}", serde_json::Value::Array(out));
+            } else if rows.is_empty() {
+                println!("no models are registered in {}", store.base());
+            } else {
+                print!("{}", table(&["MODEL", "VERSIONS", "ALIASES"], rows, &[1]));
+            }
+        }
+        ModelsCommand::List { model: Some(name) } => {
+            let r = ModelRegistry::new(&store, &name);
+            let versions = r.versions().await.map_err(fail)?;
+            if versions.is_empty() {
+                return Err(Fail::usage(format!("no model `{name}` is registered in {}", store.base())));
+            }
+            let aliases = r.aliases().await.map_err(fail)?;
+            if json {
+                let out: Vec<_> = versions
+                    .iter()
+                    .map(|e| {
+                        serde_json::json!({
+                            "version": e.version, "metrics": e.metrics, "metric": e.metric,
+                            "candidate": e.candidate, "job": e.job_id, "registered_at_ms": e.registered_at_ms,
+                            "aliases": aliases.iter().filter(|(_, m)| m.version == e.version).map(|(a, _)| a).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(out));
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut rows = Vec::new();
+            for e in &versions {
+                let decision = r.decision(e.version).await.map_err(fail)?;
+                rows.push(vec![
+                    e.version.to_string(),
+                    aliases_of(&aliases, e.version),
+                    metrics_text(e),
+                    e.candidate["algorithm"].as_str().unwrap_or("?").to_owned(),
+                    when(e.registered_at_ms),
+                    decision.map_or(String::new(), |d| if d.promoted { "promoted".into() } else { "kept out".into() }),
+                ]);
+            }
+            print!("{}", table(&["VERSION", "ALIASES", "METRICS", "ALGORITHM", "REGISTERED", "DECISION"], rows, &[0]));
+        }
+        ModelsCommand::Show { model, at } => {
+            let r = ModelRegistry::new(&store, &model);
+            let v = r.resolve(at.as_deref().unwrap_or("latest")).await.map_err(fail)?;
+            let e = r.entry(v).await.map_err(fail)?;
+            let decision = r.decision(v).await.map_err(fail)?;
+            let aliases = r.aliases().await.map_err(fail)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "model": e.name, "version": e.version, "aliases": aliases_of(&aliases, v),
+                        "metrics": e.metrics, "metric": e.metric, "candidate": e.candidate,
+                        "signature": e.signature, "dataset_hash": e.dataset_hash, "seed": e.seed,
+                        "job": e.job_id, "pipeline": e.pipeline, "code_version": e.code_version,
+                        "registered_by": e.registered_by, "registered_at_ms": e.registered_at_ms,
+                        "model_artifact": e.model.uri, "decision": decision,
+                    })
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("{} version {}{}", e.name, e.version, {
+                let a = aliases_of(&aliases, v);
+                if a.is_empty() { String::new() } else { format!("  ({a})") }
+            });
+            println!("  metrics      {}  (compared on {})", metrics_text(&e), e.metric);
+            println!("  algorithm    {}", e.candidate);
+            if let Some(s) = &e.signature {
+                println!("  signature    {:?}: {}", s.task, s.features.join(", "));
+                if !s.classes.is_empty() {
+                    println!("  classes      {}", s.classes.join(", "));
+                }
+            }
+            println!("  data         {} (split seed {})", e.dataset_hash, e.seed);
+            println!("  job          {} of pipeline {}", e.job_id, e.pipeline);
+            println!("  code         {}", e.code_version);
+            println!("  registered   {} by {}", when(e.registered_at_ms), e.registered_by);
+            println!("  artifact     {}", e.model.uri);
+            if let Some(d) = decision {
+                println!("  promotion    {}: {}", d.alias, d.reason);
+            }
+        }
+        ModelsCommand::Promote(a) => {
+            let r = ModelRegistry::new(&store, &a.model);
+            let v = r.resolve(&a.at).await.map_err(fail)?;
+            let entry = r.entry(v).await.map_err(fail)?;
+            let metric = a.metric.clone().unwrap_or_else(|| entry.metric.clone());
+            if score(&entry.metrics, &metric).is_none() {
+                return Err(Fail::usage(format!("version {v} has no metric `{metric}`")));
+            }
+            let by = operator(a.reason.as_deref());
+            let moved = loop {
+                let current = r.alias(&a.to).await.map_err(fail)?;
+                let c = r.compare(&a.to, &entry, &metric, a.margin, current.as_ref()).await.map_err(fail)?;
+                if current.as_ref().is_some_and(|c| c.version == v) {
+                    return Err(Fail::usage(format!("`{}` already points at version {v}", a.to)));
+                }
+                if !c.promoted && !a.force {
+                    return Err(Fail::usage(format!("refused: {} (--force to move it anyway)", c.reason)));
+                }
+                let action = if c.promoted { "promote" } else { "promote --force" };
+                if let Some(m) = r.try_move(&a.to, current.as_ref(), v, action, &by, Some(c)).await.map_err(fail)? {
+                    break m;
+                }
+            };
+            report(&a.model, &moved, json);
+        }
+        ModelsCommand::Rollback(a) => {
+            let r = ModelRegistry::new(&store, &a.model);
+            let Some(current) = r.alias(&a.alias).await.map_err(fail)? else {
+                return Err(Fail::usage(format!("model `{}` has no alias `{}`", a.model, a.alias)));
+            };
+            let Some(previous) = current.previous else {
+                return Err(Fail::usage(format!(
+                    "`{}` has pointed only at version {}: nothing to roll back to",
+                    a.alias, current.version
+                )));
+            };
+            let by = operator(a.reason.as_deref());
+            match r.try_move(&a.alias, Some(&current), previous, "rollback", &by, None).await.map_err(fail)? {
+                Some(m) => report(&a.model, &m, json),
+                None => {
+                    return Err(Fail::from(format!(
+                        "`{}` moved while rolling back (see `warren models show {} {}`); nothing changed",
+                        a.alias, a.model, a.alias
+                    )));
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(model: &str, m: &AliasMove, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(m).unwrap_or_default());
+        return;
+    }
+    let from = m.previous.map_or("nothing".to_owned(), |p| format!("version {p}"));
+    println!("{model}: `{}` now points at version {} (was {from}; move {})", m.alias, m.version, m.seq);
+    if let Some(c) = &m.comparison {
+        println!("  {}", c.reason);
+    }
+}
