@@ -14,9 +14,6 @@ struct Args {
     /// The step this worker consumes.
     #[arg(long, env = "WARREN_STEP")]
     step: String,
-    /// Maximum duration of one message, in milliseconds.
-    #[arg(long)]
-    max_duration_ms: Option<u64>,
     #[command(flatten)]
     config: ConfigArgs,
 }
@@ -61,10 +58,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut builder = Worker::builder(&args.step, &config);
-    if let Some(ms) = args.max_duration_ms {
-        builder = builder.max_duration(Duration::from_millis(ms));
-    }
+    // The maximum duration of one message is the configuration's `max_duration_ms`.
+    let builder = Worker::builder(&args.step, &config);
     match runtime.block_on(builder.build().run(handle, warren::shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -24,6 +24,7 @@ fn values(key: &str) -> [&'static str; 3] {
         "retry_base_ms" => ["41", "42", "43"],
         "retry_max_ms" => ["51", "52", "53"],
         "delivery_limit" => ["61", "62", "63"],
+        "max_duration_ms" => ["91", "92", "93"],
         "shutdown_grace_ms" => ["71", "72", "73"],
         "dedup_window" => ["81", "82", "83"],
         other => panic!("the test has no values for key `{other}`: add them"),

@@ -953,12 +953,19 @@ async fn ensembles_are_reproducible_across_processes_and_training_stops_at_its_m
             e.job_id == slow && &*e.step == "train" && e.kind == EventKind::Dead
         })
         .await;
-    let logs: String = (0..2)
-        .map(|i| std::fs::read_to_string(t.log_dir().join(format!("train-{i}.log"))).unwrap_or_default())
-        .collect();
-    let line = crate::helpers::strip_ansi(
-        logs.lines().find(|l| l.contains("training stopped")).unwrap_or_else(|| panic!("no stop in the logs:\n{logs}")),
-    );
+    // The training thread logs its stop as it notices the flag, just after the death.
+    let log_dir = t.log_dir();
+    let line = crate::helpers::wait_for("train's log of the stop", Duration::from_secs(10), || {
+        let log_dir = log_dir.clone();
+        async move {
+            (0..2)
+                .map(|i| std::fs::read_to_string(log_dir.join(format!("train-{i}.log"))).unwrap_or_default())
+                .flat_map(|text| text.lines().map(str::to_owned).collect::<Vec<_>>())
+                .find(|l| l.contains("training stopped"))
+                .map(|l| crate::helpers::strip_ansi(&l))
+        }
+    })
+    .await;
     let after: u64 = line
         .split("after_ms=")
         .nth(1)
