@@ -175,7 +175,6 @@ impl<'a> ModelRegistry<'a> {
             .iter()
             .filter_map(|k| k.strip_prefix("registry/")?.split('/').next().map(str::to_owned))
             .collect();
-        names.dedup();
         names.sort();
         names.dedup();
         Ok(names)
@@ -244,7 +243,8 @@ impl<'a> ModelRegistry<'a> {
 
     /// Registers `entry` under the next free version number, which it returns.
     pub async fn add(&self, entry: &mut Entry) -> Result<u32> {
-        let mut v = self.versions().await?.iter().map(|e| e.version).max().unwrap_or(0) + 1;
+        let keys = self.store.list(&format!("registry/{}/versions", self.name)).await?;
+        let mut v = keys.iter().filter_map(|k| number(k)).max().unwrap_or(0) + 1;
         loop {
             entry.version = v;
             if self.create(&self.version_key(v), entry).await? {
@@ -387,27 +387,38 @@ impl<'a> ModelRegistry<'a> {
         Ok(c)
     }
 
-    /// Promotes `version` to `alias` only when it beats the alias's model (see [`Self::compare`]),
-    /// however many writers race. Returns the comparison that stood: against the alias as it
-    /// was when the move was made, or when the refusal was decided.
-    pub async fn promote_if_better(
-        &self,
-        alias: &str,
-        version: u32,
-        metric: &str,
-        margin: f64,
-        by: &str,
-    ) -> Result<Comparison> {
+    /// Moves `alias` to `version` when it beats the alias's model (see [`Self::compare`]), or
+    /// whatever it scores with `force`, however many writers race: on a lost race it compares
+    /// again against the winner. Returns the comparison that stood and the move, if one was made
+    /// (none when refused, or when the alias already points there).
+    pub async fn promote(&self, alias: &str, version: u32, p: &Promote<'_>) -> Result<(Comparison, Option<AliasMove>)> {
         let entry = self.entry(version).await?;
         loop {
             let current = self.alias(alias).await?;
-            let c = self.compare(alias, &entry, metric, margin, current.as_ref()).await?;
-            if !c.promoted {
-                return Ok(c);
+            let c = self.compare(alias, &entry, p.metric, p.margin, current.as_ref()).await?;
+            let already = current.as_ref().is_some_and(|m| m.version == version);
+            if already || !(c.promoted || p.force) {
+                return Ok((c, None));
             }
-            if self.try_move(alias, current.as_ref(), version, "register", by, Some(c.clone())).await?.is_some() {
-                return Ok(c);
+            let action = if c.promoted { p.action.to_owned() } else { format!("{} --force", p.action) };
+            if let Some(m) = self.try_move(alias, current.as_ref(), version, &action, p.by, Some(c.clone())).await? {
+                return Ok((c, Some(m)));
             }
         }
     }
+}
+
+/// How [`ModelRegistry::promote`] decides and records a move.
+#[derive(Debug, Clone)]
+pub struct Promote<'a> {
+    /// The metric compared (higher is better).
+    pub metric: &'a str,
+    /// How much better the version must score.
+    pub margin: f64,
+    /// Move even when it does not score better.
+    pub force: bool,
+    /// What the move is recorded as (`register`, `promote`).
+    pub action: &'a str,
+    /// Who moves it.
+    pub by: &'a str,
 }

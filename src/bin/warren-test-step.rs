@@ -59,8 +59,8 @@ fn main() -> ExitCode {
         }
     };
     // The maximum duration of one message is the configuration's `max_duration_ms`.
-    let builder = Worker::builder(&args.step, &config);
-    match runtime.block_on(builder.build().run(handle, warren::shutdown_signal())) {
+    let worker = Worker::builder(&args.step, &config).build();
+    match runtime.block_on(worker.run(handle, warren::shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("warren-test-step: {e}");

@@ -89,7 +89,7 @@ impl TestNs {
                     "RabbitMQ is not reachable ({e}). Start it with `rabbitmq-server -detached` \
                      (or `docker compose up -d rabbitmq`), or set WARREN_AMQP_URL."
                 ),
-                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await, // retry interval of a deadline-bound connect
             }
         };
         let client = Client::connect(&config).await.expect("client connects");

@@ -61,6 +61,9 @@ pub fn worker_bin(step: &str) -> PathBuf {
     dir.join(format!("warren-{step}"))
 }
 
+/// A step's workers in a [`Fleet`]: the step, how many copies, extra environment.
+pub type Copies<'a> = (&'a str, usize, &'a [(&'a str, &'a str)]);
+
 /// Every ML worker, one process each (two for `train` when asked), sharing an artifact store.
 pub struct Fleet {
     pub children: Vec<Child>,
@@ -74,18 +77,25 @@ impl Fleet {
 
     /// Every ML worker, with `train_env` set for the train workers.
     pub async fn start_with(t: &mut TestNs, train_workers: usize, train_env: &[(&str, &str)]) -> Self {
+        let plan: Vec<Copies<'_>> = ML_STEPS
+            .iter()
+            .map(|&s| if s == "train" { (s, train_workers, train_env) } else { (s, 1, &[][..]) })
+            .collect();
+        Self::start_steps(t, &plan).await
+    }
+
+    /// The workers of `plan` (step, copies, extra environment), sharing an artifact store.
+    pub async fn start_steps(t: &mut TestNs, plan: &[Copies<'_>]) -> Self {
         let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts").join(&t.ns);
         std::fs::create_dir_all(artifacts.join("data")).expect("artifact dir");
         // The workers' data root: the specs' `data/example.csv` resolves inside it.
         std::fs::copy(repo().join("data/example.csv"), artifacts.join("data/example.csv"))
             .expect("copy the example CSV");
         let mut children = Vec::new();
-        for step in ML_STEPS {
-            let copies = if *step == "train" { train_workers } else { 1 };
+        for &(step, copies, extra) in plan {
             for i in 0..copies {
                 t.remember(step);
                 let log = std::fs::File::create(t.log_dir().join(format!("{step}-{i}.log"))).expect("log");
-                let extra: &[(&str, &str)] = if *step == "train" { train_env } else { &[] };
                 let child = tokio::process::Command::new(worker_bin(step))
                     .envs(extra.iter().copied())
                     .current_dir(repo())
@@ -103,8 +113,8 @@ impl Fleet {
                 children.push(child);
             }
         }
-        for step in ML_STEPS {
-            t.wait_consumers(step, 1).await;
+        for &(step, copies, _) in plan {
+            t.wait_consumers(step, copies as u32).await;
         }
         Self { children, artifacts }
     }
@@ -793,26 +803,8 @@ async fn two_register_workers_racing_keep_latest_consistent_and_never_promote_a_
     use warren_schemas::{ArtifactRef, Candidate, Evaluation, Features, Model, Scaler, Task};
     let mut t = TestNs::new("mlrace").await;
     let mut events = t.events().await;
-    let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts").join(&t.ns);
-    std::fs::create_dir_all(&artifacts).expect("store");
-    let mut children = Vec::new();
-    for i in 0..2 {
-        t.remember("register");
-        let log = std::fs::File::create(t.log_dir().join(format!("register-{i}.log"))).expect("log");
-        children.push(
-            tokio::process::Command::new(worker_bin("register"))
-                .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
-                .env("WARREN_NAMESPACE", &t.ns)
-                .env("WARREN_ARTIFACTS", &artifacts)
-                .env("WARREN_CONCURRENCY", "4")
-                .stdout(std::process::Stdio::null())
-                .stderr(log)
-                .kill_on_drop(true)
-                .spawn()
-                .expect("spawn register"),
-        );
-    }
-    t.wait_consumers("register", 2).await;
+    let fleet = Fleet::start_steps(&mut t, &[("register", 2, &[("WARREN_CONCURRENCY", "4")])]).await;
+    let artifacts = fleet.artifacts.clone();
 
     let artifact = |name: &str| ArtifactRef { uri: format!("file:///nowhere/{name}"), hash: String::new(), bytes: 0 };
     // Scores in a scrambled order: 0.70 .. 0.89.
@@ -900,13 +892,7 @@ async fn two_register_workers_racing_keep_latest_consistent_and_never_promote_a_
             assert!(against >= *score, "version {v} ({score}) was kept out by a worse one ({against})");
         }
     }
-    for c in &children {
-        let _ = crate::helpers::signal(c, "TERM").await;
-    }
-    for mut c in children {
-        let _ = tokio::time::timeout(Duration::from_secs(30), c.wait()).await;
-    }
-    let _ = std::fs::remove_dir_all(&artifacts);
+    fleet.stop().await;
     t.cleanup().await;
 }
 

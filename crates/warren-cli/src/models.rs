@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use warren::{Config, artifacts::ArtifactStore};
-use warren_schemas::models::{AliasMove, Entry, ModelRegistry, RegistryError, score};
+use warren_schemas::models::{AliasMove, Entry, ModelRegistry, Promote, RegistryError, score};
 
 use crate::{Fail, Outcome, table};
 
@@ -222,19 +222,13 @@ pub async fn run(config: &Config, cmd: ModelsCommand, json: bool) -> Outcome {
                 return Err(Fail::usage(format!("version {v} has no metric `{metric}`")));
             }
             let by = operator(a.reason.as_deref());
-            let moved = loop {
-                let current = r.alias(&a.to).await.map_err(fail)?;
-                let c = r.compare(&a.to, &entry, &metric, a.margin, current.as_ref()).await.map_err(fail)?;
-                if current.as_ref().is_some_and(|c| c.version == v) {
+            let how = Promote { metric: &metric, margin: a.margin, force: a.force, action: "promote", by: &by };
+            let (c, moved) = r.promote(&a.to, v, &how).await.map_err(fail)?;
+            let Some(moved) = moved else {
+                if c.against == Some(v) {
                     return Err(Fail::usage(format!("`{}` already points at version {v}", a.to)));
                 }
-                if !c.promoted && !a.force {
-                    return Err(Fail::usage(format!("refused: {} (--force to move it anyway)", c.reason)));
-                }
-                let action = if c.promoted { "promote" } else { "promote --force" };
-                if let Some(m) = r.try_move(&a.to, current.as_ref(), v, action, &by, Some(c)).await.map_err(fail)? {
-                    break m;
-                }
+                return Err(Fail::usage(format!("refused: {} (--force to move it anyway)", c.reason)));
             };
             report(&a.model, &moved, json);
         }

@@ -15,7 +15,7 @@ use warren::{Context, StepError};
 use warren_ml::metrics::lower_is_better;
 use warren_schemas::{
     ArtifactRef, Evaluation, Registration,
-    models::{Comparison, Entry, ModelRegistry, RegistryError, Signature},
+    models::{Comparison, Entry, ModelRegistry, Promote, RegistryError, Signature},
     params::RegisterParams,
 };
 
@@ -92,7 +92,8 @@ pub async fn handle(ctx: Context, ev: Evaluation) -> Result<Registration, StepEr
         None => {
             let metric = p.metric.clone().unwrap_or_else(|| ev.model.metric.clone());
             let by = format!("register {STEP_VERSION} on {} for job {job}", ctx.worker);
-            let c = registry.promote_if_better(&p.alias, version, &metric, p.margin, &by).await.map_err(reg)?;
+            let how = Promote { metric: &metric, margin: p.margin, force: false, action: "register", by: &by };
+            let (c, _) = registry.promote(&p.alias, version, &how).await.map_err(reg)?;
             registry.decide(version, &c).await.map_err(reg)?;
             // A second decision (a redelivery racing this one) keeps the first on record.
             registry.decision(version).await.map_err(reg)?.unwrap_or(c)
