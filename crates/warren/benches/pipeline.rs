@@ -1,12 +1,22 @@
-//! The runtime against bare lapin, in one process run: a 3-hop pass-through pipeline
-//! (persistent messages, publisher confirms, manual acks, each hop acking its input only after
-//! its output's confirm), first saturated with `BENCH_JOBS` jobs (default 100,000), then open
-//! loop at `BENCH_RATE` jobs/s (default 1,000) for `BENCH_SECS` seconds (default 5) for latency.
-//! Job events are on for the runtime, as in production. Each hop is its own process (this
-//! binary again, with `BENCH_ROLE` set) on a current-thread runtime, as the workers run.
+//! The runtime against bare lapin, in one run: a 3-hop pass-through pipeline (persistent
+//! messages, publisher confirms, manual acks, each hop acking its input only after its output's
+//! confirm), first saturated with `BENCH_JOBS` jobs (default 100,000), then open loop at
+//! `BENCH_RATE` jobs/s (default 1,000) for `BENCH_SECS` seconds (default 5) for latency. Job
+//! events are on for the runtime, as in production. Each hop and the producer are their own
+//! processes (this binary again, with `BENCH_ROLE` set) on a current-thread runtime, as the
+//! workers run; the sink runs in the bench's process.
+//!
+//! The reference is the minimal correct bare pipeline: plain durable quorum queues, the default
+//! exchange, no `mandatory`. Between it and Warren, variants add one thing of Warren's at a time
+//! (`BENCH_VARIANTS`, default all): `+queue-args` (Warren's step queue arguments: delivery limit,
+//! dead-letter exchange), `+exchange` (those, and publishing through a direct exchange with
+//! `mandatory`, as Warren's hand-off does), and `warren-no-events` (the runtime with job events off,
+//! to show what they cost). Each row gives throughput, CPU per hop, broker CPU
+//! per job and the bytes a hop's connection moves per job (from `rabbitmqctl list_connections`).
 //!
 //! ```sh
 //! cargo bench -p warren --bench pipeline
+//! BENCH_VARIANTS=minimal,warren BENCH_JOBS=20000 cargo bench -p warren --bench pipeline
 //! ```
 
 use std::{
@@ -100,14 +110,55 @@ async fn connect(url: &str, name: &str) -> Res<Connection> {
     Ok(Connection::connect(url, ConnectionProperties::default().with_connection_name(name.into())).await?)
 }
 
-/// The bare pipeline's queues get the arguments of Warren's step queues (quorum, delivery limit,
-/// dead-letter exchange), and its hops publish through a direct exchange as Warren's do: the
-/// same pipeline on the broker, without the runtime.
-fn step_queue_args(ns: &str, queue: &str) -> FieldTable {
-    warren::topology::step_queue_args(
-        &Names::new(ns),
-        &StepTopology { step: queue.to_owned(), delivery_limit: 5, max_duration: None },
-    )
+/// One bare pipeline: what each hop publishes through and what its queues carry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Variant {
+    /// Plain durable quorum queues, the default exchange, no `mandatory`.
+    Minimal,
+    /// Warren's step queue arguments (delivery limit, dead-letter exchange).
+    QueueArgs,
+    /// Those, and a direct exchange with `mandatory`, as Warren's hand-off publishes.
+    Exchange,
+    /// The runtime with job events off: what the events cost.
+    WarrenNoEvents,
+    /// The runtime.
+    Warren,
+}
+
+impl Variant {
+    const ALL: [Variant; 5] =
+        [Variant::Minimal, Variant::QueueArgs, Variant::Exchange, Variant::WarrenNoEvents, Variant::Warren];
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Minimal => "minimal",
+            Variant::QueueArgs => "+queue-args",
+            Variant::Exchange => "+exchange",
+            Variant::WarrenNoEvents => "warren-no-events",
+            Variant::Warren => "warren",
+        }
+    }
+    fn runtime(self) -> bool {
+        matches!(self, Variant::Warren | Variant::WarrenNoEvents)
+    }
+    fn parse(name: &str) -> Option<Variant> {
+        Variant::ALL.into_iter().find(|v| v.name().trim_start_matches('+') == name.trim_start_matches('+'))
+    }
+    /// The exchange a bare hop publishes to (`""` is the default exchange).
+    fn exchange(self, ns: &str) -> String {
+        if self == Variant::Exchange { format!("{ns}.bare") } else { String::new() }
+    }
+    fn queue_args(self, ns: &str, queue: &str) -> FieldTable {
+        if self == Variant::Minimal {
+            let mut t = FieldTable::default();
+            t.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("quorum".into()));
+            t
+        } else {
+            warren::topology::step_queue_args(
+                &Names::new(ns),
+                &StepTopology { step: queue.to_owned(), delivery_limit: 5, max_duration: None },
+            )
+        }
+    }
 }
 
 fn persistent() -> BasicProperties {
@@ -115,8 +166,9 @@ fn persistent() -> BasicProperties {
 }
 
 /// One bare hop: consume `from`, publish to `to`, ack after the confirm, many in flight.
-async fn bare_hop(url: String, from: String, to: String) -> Res<()> {
-    let exchange = format!("{}.bare", std::env::var("WARREN_NAMESPACE")?);
+async fn bare_hop(url: String, from: String, to: String, variant: Variant) -> Res<()> {
+    let exchange = variant.exchange(&std::env::var("WARREN_NAMESPACE")?);
+    let options = BasicPublishOptions { mandatory: variant == Variant::Exchange, ..Default::default() };
     let mut stop = std::pin::pin!(warren::shutdown_signal());
     let conn = connect(&url, "bench-bare-hop").await?;
     let cch = conn.create_channel().await?;
@@ -133,7 +185,7 @@ async fn bare_hop(url: String, from: String, to: String) -> Res<()> {
             Some(d) = consumer.next() => {
                 let d = d?;
                 let confirm = pch
-                    .basic_publish(exchange.as_str().into(), to.as_str().into(), BasicPublishOptions { mandatory: true, ..Default::default() }, &d.data, persistent())
+                    .basic_publish(exchange.as_str().into(), to.as_str().into(), options, &d.data, persistent())
                     .await?;
                 inflight.push(async move {
                     confirm.await?;
@@ -207,53 +259,67 @@ async fn produce(n: u64, rate: Option<u64>, mut publish_one: impl AsyncFnMut(u64
     Ok(())
 }
 
-/// A hop process: this same binary started with `BENCH_ROLE` set.
-struct Hops {
+/// Processes of this same binary started with `BENCH_ROLE` set: hops, or a producer.
+struct Procs {
     children: Vec<std::process::Child>,
 }
 
-impl Hops {
-    fn spawn(role: &str, hops: &[(String, String)], url: &str, ns: &str) -> Res<Self> {
+impl Procs {
+    fn spawn(
+        role: &str,
+        variant: Variant,
+        pairs: &[(String, String)],
+        url: &str,
+        ns: &str,
+        env: &[(&str, String)],
+    ) -> Res<Self> {
         let exe = std::env::current_exe()?;
         let mut children = Vec::new();
-        for (from, to) in hops {
+        for (from, to) in pairs {
             children.push(
                 std::process::Command::new(&exe)
                     .env("BENCH_ROLE", role)
+                    .env("BENCH_VARIANT", variant.name())
                     .env("BENCH_FROM", from)
                     .env("BENCH_TO", to)
                     .env("WARREN_AMQP_URL", url)
                     .env("WARREN_NAMESPACE", ns)
                     .env("WARREN_PREFETCH", PREFETCH.to_string())
                     .env("WARREN_CONCURRENCY", PREFETCH.to_string())
+                    .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
                     .spawn()?,
             );
         }
         Ok(Self { children })
     }
 
-    /// CPU time used so far by each hop process.
+    /// CPU time used so far by each process.
     fn cpu(&self) -> Vec<Duration> {
         self.children.iter().map(|c| cpu_time_of(&format!("/proc/{}/stat", c.id()))).collect()
     }
 
-    fn stop(mut self) -> Res<()> {
-        let mut children = std::mem::take(&mut self.children);
-        for c in &children {
-            std::process::Command::new("kill").arg("-TERM").arg(c.id().to_string()).status()?;
-        }
-        for c in &mut children {
+    /// Waits for every process to exit by itself (a producer).
+    fn wait(mut self) -> Res<()> {
+        for c in &mut std::mem::take(&mut self.children) {
             let status = c.wait()?;
             if !status.success() {
-                return Err(format!("hop exited with {status}").into());
+                return Err(format!("bench process exited with {status}").into());
             }
         }
         Ok(())
     }
+
+    /// Stops every process with SIGTERM (hops).
+    fn stop(self) -> Res<()> {
+        for c in &self.children {
+            std::process::Command::new("kill").arg("-TERM").arg(c.id().to_string()).status()?;
+        }
+        self.wait()
+    }
 }
 
-impl Drop for Hops {
-    /// A bench that fails half-way must not leave its hop processes running.
+impl Drop for Procs {
+    /// A bench that fails half-way must not leave its processes running.
     fn drop(&mut self) {
         for c in &mut self.children {
             let _ = c.kill();
@@ -262,16 +328,17 @@ impl Drop for Hops {
     }
 }
 
-/// Runs as one hop process until SIGTERM (see [`Hops`]).
-fn run_hop(role: &str) -> Res<()> {
+/// Runs as one bench process (see [`Procs`]): a hop until SIGTERM, or a producer until done.
+fn run_role(role: &str) -> Res<()> {
     let from = std::env::var("BENCH_FROM")?;
     let to = std::env::var("BENCH_TO")?;
     let url = std::env::var("WARREN_AMQP_URL")?;
+    let ns = std::env::var("WARREN_NAMESPACE")?;
+    let variant = Variant::parse(&std::env::var("BENCH_VARIANT")?).ok_or("unknown BENCH_VARIANT")?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         match role {
-            "bare" => bare_hop(url, from, to).await,
-            _ => {
+            "hop" if variant.runtime() => {
                 let config = Config::load(None, &[])?;
                 Worker::builder(from, &config)
                     .build()
@@ -279,8 +346,79 @@ fn run_hop(role: &str) -> Res<()> {
                     .await?;
                 Ok(())
             }
+            "hop" => bare_hop(url, from, to, variant).await,
+            "produce" => {
+                let n = env_u64("BENCH_N", 0);
+                let rate = Some(env_u64("BENCH_PRODUCE_RATE", 0)).filter(|r| *r > 0);
+                if variant.runtime() {
+                    produce_runtime(&url, &ns, n, rate).await
+                } else {
+                    produce_bare(&url, &ns, &from, variant, n, rate).await
+                }
+            }
+            other => Err(format!("unknown BENCH_ROLE {other}").into()),
         }
     })
+}
+
+async fn produce_bare(url: &str, ns: &str, first: &str, variant: Variant, n: u64, rate: Option<u64>) -> Res<()> {
+    let conn = connect(url, "bench-producer").await?;
+    let pch = conn.create_channel().await?;
+    pch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let exchange = variant.exchange(ns);
+    let options = BasicPublishOptions { mandatory: variant == Variant::Exchange, ..Default::default() };
+    let window = if rate.is_some() { 1 } else { 1000 };
+    let mut pending = FuturesUnordered::new();
+    produce(n, rate, async |seq| {
+        let c =
+            pch.basic_publish(exchange.as_str().into(), first.into(), options, &bare_body(seq), persistent()).await?;
+        pending.push(c);
+        while pending.len() >= window {
+            if let Some(r) = pending.next().await {
+                r?;
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    while let Some(r) = pending.next().await {
+        r?;
+    }
+    let _ = conn.close(200, "bye".into()).await;
+    Ok(())
+}
+
+fn slip() -> Vec<Hop> {
+    vec![Hop::new("h1"), Hop::new("h2"), Hop::new("h3"), Hop::new("sink")]
+}
+
+fn job(seq: u64) -> JobSpec<Tick> {
+    JobSpec::new("bench", slip(), Tick { seq, sent_us: now_us(), pad: vec![0; 150] })
+}
+
+async fn produce_runtime(url: &str, ns: &str, n: u64, rate: Option<u64>) -> Res<()> {
+    let mut config = Config::load_from(None, [("WARREN_AMQP_URL".to_owned(), url.to_owned())], &[])?;
+    config.namespace = ns.to_owned();
+    let client = Client::connect(&config).await?;
+    match rate {
+        None => {
+            let mut seq = 0;
+            while seq < n {
+                let batch: Vec<_> = (seq..(seq + 1000).min(n)).map(job).collect();
+                client.submit_many(&batch).await?;
+                seq += batch.len() as u64;
+            }
+        }
+        Some(rate) => {
+            produce(n, Some(rate), async |seq| {
+                client.submit(&job(seq)).await?;
+                Ok(())
+            })
+            .await?
+        }
+    }
+    client.broker().close().await;
+    Ok(())
 }
 
 /// Waits until each queue has a consumer. A passive declare of a missing queue closes its
@@ -314,155 +452,186 @@ fn broker_cpu() -> Duration {
     if pid.is_empty() { Duration::ZERO } else { cpu_time_of(&format!("/proc/{pid}/stat")) }
 }
 
+/// Bytes the broker received and sent so far on connections whose client properties (with the
+/// connection's name) `is_hop` accepts (`rabbitmqctl list_connections`; `None` where
+/// rabbitmqctl is not at hand).
+fn wire_bytes(is_hop: impl Fn(&str) -> bool) -> Option<u64> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "client_properties", "recv_oct", "send_oct", "-q", "--no-table-headers"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Some(
+        text.lines()
+            .filter_map(|l| {
+                let mut f = l.rsplitn(3, '\t');
+                let sent: u64 = f.next()?.trim().parse().ok()?;
+                let recv: u64 = f.next()?.trim().parse().ok()?;
+                is_hop(f.next()?).then_some(sent + recv)
+            })
+            .sum(),
+    )
+}
+
 struct Figures {
     jobs_per_s: f64,
     hop_cpu_us_per_job: f64,
     broker_cpu_us_per_job: f64,
+    wire_bytes_per_hop_job: f64,
     p50_ms: f64,
     p99_ms: f64,
 }
 
-async fn bench_bare(url: &str, ns: &str, jobs: u64, latency: Option<(u64, u64)>) -> Res<Figures> {
-    let conn = connect(url, "bench-bare-setup").await?;
-    let ch = conn.create_channel().await?;
-    let queues: Vec<String> = (1..=4).map(|i| format!("{ns}.bare.q{i}")).collect();
-    let exchange = format!("{ns}.bare");
-    ch.exchange_declare(
-        exchange.as_str().into(),
-        lapin::ExchangeKind::Direct,
-        lapin::options::ExchangeDeclareOptions { durable: true, ..Default::default() },
-        FieldTable::default(),
-    )
-    .await?;
-    for q in &queues {
-        ch.queue_declare(q.as_str().into(), QueueDeclareOptions::durable(), step_queue_args(ns, q)).await?;
-        ch.queue_bind(
-            q.as_str().into(),
-            exchange.as_str().into(),
-            q.as_str().into(),
-            Default::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    }
-    let (stop_tx, stop) = watch::channel(false);
-    let arrivals = Arc::new(Arrivals::default());
-    let pairs: Vec<(String, String)> = (0..3).map(|i| (queues[i].clone(), queues[i + 1].clone())).collect();
-    let hops = Hops::spawn("bare", &pairs, url, ns)?;
-    wait_consumers(&conn, &queues[..3]).await?;
-    let sink_task = tokio::spawn(sink(url.into(), queues[3].clone(), arrivals.clone(), bare_sent, stop.clone()));
+/// What a run sets up and tears down: its queues, the hops, the sink, and what tells its hop
+/// connections apart.
+struct Pipeline {
+    conn: Connection,
+    hops: Procs,
+    arrivals: Arc<Arrivals>,
+    stop_tx: watch::Sender<bool>,
+    sink: tokio::task::JoinHandle<Res<()>>,
+    first: String,
+    teardown: Teardown,
+    is_hop: Box<dyn Fn(&str) -> bool + Send>,
+    ns: String,
+}
 
-    let pch = conn.create_channel().await?;
-    pch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let first = queues[0].clone();
-    let publish = |window: usize| {
-        let pch = pch.clone();
-        let first = first.clone();
-        let exchange = exchange.clone();
-        let mut pending = FuturesUnordered::new();
-        async move |seq: u64| -> Res<()> {
-            let c = pch
-                .basic_publish(
-                    exchange.as_str().into(),
-                    first.as_str().into(),
-                    BasicPublishOptions { mandatory: true, ..Default::default() },
-                    &bare_body(seq),
-                    persistent(),
-                )
-                .await?;
-            pending.push(c);
-            while pending.len() >= window {
-                if let Some(r) = pending.next().await {
-                    r?;
+/// What a run declared, to delete after it.
+enum Teardown {
+    Bare { ch: lapin::Channel, queues: Vec<String>, exchange: String },
+    Warren { client: Client, names: Names },
+}
+
+impl Teardown {
+    async fn run(self, conn: Connection) -> Res<()> {
+        match self {
+            Teardown::Bare { ch, queues, exchange } => {
+                for q in &queues {
+                    ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await?;
+                }
+                if !exchange.is_empty() {
+                    ch.exchange_delete(exchange.as_str().into(), Default::default()).await?;
                 }
             }
-            Ok(())
+            Teardown::Warren { client, names } => {
+                Declarer::new(client.broker(), &names).delete(&["h1", "h2", "h3", "sink"]).await?;
+                client.broker().close().await;
+            }
         }
-    };
-
-    let (t0, c0, b0) = (Instant::now(), hops.cpu(), broker_cpu());
-    produce(jobs, None, publish(1000)).await?;
-    arrivals.wait_for(jobs, Duration::from_secs(600)).await?;
-    let (elapsed, cpu, broker) = (t0.elapsed(), hop_cpu(&c0, &hops.cpu()), broker_cpu() - b0);
-    arrivals.reset();
-    let (mut p50_ms, mut p99_ms) = (f64::NAN, f64::NAN);
-    if let Some((rate, secs)) = latency {
-        produce(rate * secs, Some(rate), publish(1)).await?;
-        arrivals.wait_for(rate * secs, Duration::from_secs(60)).await?;
-        (p50_ms, p99_ms) = arrivals.percentiles();
+        let _ = conn.close(200, "bye".into()).await;
+        Ok(())
     }
+}
 
-    hops.stop()?;
-    let _ = stop_tx.send(true);
-    sink_task.await??;
+async fn pipeline(url: &str, ns: &str, variant: Variant) -> Res<Pipeline> {
+    let conn = connect(url, "bench-setup").await?;
+    let (stop_tx, stop) = watch::channel(false);
+    let arrivals = Arc::new(Arrivals::default());
+    if variant.runtime() {
+        let ns = format!("{ns}.rt");
+        let names = Names::new(&ns);
+        let mut config = Config::load_from(None, [("WARREN_AMQP_URL".to_owned(), url.to_owned())], &[])?;
+        config.namespace = ns.clone();
+        let client = Client::connect(&config).await?;
+        let mut declarer = Declarer::new(client.broker(), &names);
+        declarer.base().await?;
+        declarer
+            .step(&StepTopology { step: "sink".into(), delivery_limit: config.delivery_limit, max_duration: None })
+            .await?;
+        let pairs: Vec<(String, String)> = ["h1", "h2", "h3"].iter().map(|s| (s.to_string(), String::new())).collect();
+        let events = [("WARREN_EVENTS", (variant == Variant::Warren).to_string())];
+        let hops = Procs::spawn("hop", variant, &pairs, url, &ns, &events)?;
+        wait_consumers(&conn, &["h1", "h2", "h3"].map(|s| names.step_queue(s))).await?;
+        let sink = tokio::spawn(sink(url.into(), names.step_queue("sink"), arrivals.clone(), runtime_sent, stop));
+        let prefix = format!("{ns}/h");
+        return Ok(Pipeline {
+            conn,
+            hops,
+            arrivals,
+            stop_tx,
+            sink,
+            first: String::new(),
+            teardown: Teardown::Warren { client, names },
+            is_hop: Box::new(move |props| props.contains(&prefix)),
+            ns,
+        });
+    }
+    let ch = conn.create_channel().await?;
+    let queues: Vec<String> = (1..=4).map(|i| format!("{ns}.bare.q{i}")).collect();
+    let exchange = variant.exchange(ns);
+    if !exchange.is_empty() {
+        let durable = lapin::options::ExchangeDeclareOptions { durable: true, ..Default::default() };
+        ch.exchange_declare(exchange.as_str().into(), lapin::ExchangeKind::Direct, durable, FieldTable::default())
+            .await?;
+    }
     for q in &queues {
-        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await?;
+        ch.queue_declare(q.as_str().into(), QueueDeclareOptions::durable(), variant.queue_args(ns, q)).await?;
+        if !exchange.is_empty() {
+            ch.queue_bind(
+                q.as_str().into(),
+                exchange.as_str().into(),
+                q.as_str().into(),
+                Default::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        }
     }
-    ch.exchange_delete(exchange.as_str().into(), Default::default()).await?;
-    let _ = conn.close(200, "bye".into()).await;
-    Ok(Figures {
-        jobs_per_s: jobs as f64 / elapsed.as_secs_f64(),
-        hop_cpu_us_per_job: cpu.as_micros() as f64 / jobs as f64,
-        broker_cpu_us_per_job: broker.as_micros() as f64 / jobs as f64,
-        p50_ms,
-        p99_ms,
+    let pairs: Vec<(String, String)> = (0..3).map(|i| (queues[i].clone(), queues[i + 1].clone())).collect();
+    let hops = Procs::spawn("hop", variant, &pairs, url, ns, &[])?;
+    wait_consumers(&conn, &queues[..3]).await?;
+    let sink = tokio::spawn(sink(url.into(), queues[3].clone(), arrivals.clone(), bare_sent, stop));
+    Ok(Pipeline {
+        conn,
+        hops,
+        arrivals,
+        stop_tx,
+        sink,
+        first: queues[0].clone(),
+        teardown: Teardown::Bare { ch, queues, exchange },
+        is_hop: Box::new(|props| props.contains("bench-bare-hop")),
+        ns: ns.to_owned(),
     })
 }
 
-async fn bench_runtime(url: &str, ns: &str, jobs: u64, latency: Option<(u64, u64)>) -> Res<Figures> {
-    let mut config = Config::load_from(None, [("WARREN_AMQP_URL".to_owned(), url.to_owned())], &[])?;
-    config.namespace = format!("{ns}.rt");
-    config.prefetch = Some(PREFETCH);
-    config.concurrency = PREFETCH as usize;
-    let names = Names::new(&config.namespace);
-    let client = Client::connect(&config).await?;
-    let mut declarer = Declarer::new(client.broker(), &names);
-    declarer.base().await?;
-    declarer
-        .step(&StepTopology { step: "sink".into(), delivery_limit: config.delivery_limit, max_duration: None })
-        .await?;
-
-    let (stop_tx, stop) = watch::channel(false);
-    let pairs: Vec<(String, String)> = ["h1", "h2", "h3"].iter().map(|s| (s.to_string(), String::new())).collect();
-    let hops = Hops::spawn("warren", &pairs, url, &config.namespace)?;
-    let conn = connect(url, "bench-runtime-setup").await?;
-    wait_consumers(&conn, &["h1", "h2", "h3"].map(|s| names.step_queue(s))).await?;
-    let arrivals = Arc::new(Arrivals::default());
-    let sink_task =
-        tokio::spawn(sink(url.into(), names.step_queue("sink"), arrivals.clone(), runtime_sent, stop.clone()));
-    let slip = vec![Hop::new("h1"), Hop::new("h2"), Hop::new("h3"), Hop::new("sink")];
-    let job = |seq: u64| JobSpec::new("bench", slip.clone(), Tick { seq, sent_us: now_us(), pad: vec![0; 150] });
-
-    let (t0, c0, b0) = (Instant::now(), hops.cpu(), broker_cpu());
-    let mut seq = 0;
-    while seq < jobs {
-        let batch: Vec<_> = (seq..(seq + 1000).min(jobs)).map(job).collect();
-        client.submit_many(&batch).await?;
-        seq += batch.len() as u64;
-    }
-    arrivals.wait_for(jobs, Duration::from_secs(600)).await?;
-    let (elapsed, cpu, broker) = (t0.elapsed(), hop_cpu(&c0, &hops.cpu()), broker_cpu() - b0);
-    arrivals.reset();
+/// One run of `variant`: `jobs` saturated, or `(rate, secs)` open loop for latency.
+async fn bench(url: &str, ns: &str, variant: Variant, jobs: u64, latency: Option<(u64, u64)>) -> Res<Figures> {
+    let p = pipeline(url, ns, variant).await?;
+    let producer = |n: u64, rate: u64| {
+        let pair = [(p.first.clone(), String::new())];
+        let env = [("BENCH_N", n.to_string()), ("BENCH_PRODUCE_RATE", rate.to_string())];
+        Procs::spawn("produce", variant, &pair, url, &p.ns, &env)
+    };
+    // rabbitmqctl first: its start-up costs CPU that is not the pipeline's.
+    let w0 = wire_bytes(&p.is_hop);
+    let (t0, c0, b0) = (Instant::now(), p.hops.cpu(), broker_cpu());
+    producer(jobs, 0)?.wait()?;
+    p.arrivals.wait_for(jobs, Duration::from_secs(600)).await?;
+    let (elapsed, cpu, broker) = (t0.elapsed(), hop_cpu(&c0, &p.hops.cpu()), broker_cpu() - b0);
+    let wire = match (w0, wire_bytes(&p.is_hop)) {
+        (Some(a), Some(b)) if jobs > 0 => b.saturating_sub(a) as f64 / jobs as f64 / 3.0,
+        _ => f64::NAN,
+    };
+    p.arrivals.reset();
     let (mut p50_ms, mut p99_ms) = (f64::NAN, f64::NAN);
     if let Some((rate, secs)) = latency {
-        produce(rate * secs, Some(rate), async |seq| {
-            client.submit(&job(seq)).await?;
-            Ok(())
-        })
-        .await?;
-        arrivals.wait_for(rate * secs, Duration::from_secs(60)).await?;
-        (p50_ms, p99_ms) = arrivals.percentiles();
+        producer(rate * secs, rate)?.wait()?;
+        p.arrivals.wait_for(rate * secs, Duration::from_secs(60)).await?;
+        (p50_ms, p99_ms) = p.arrivals.percentiles();
     }
-
-    hops.stop()?;
-    let _ = stop_tx.send(true);
-    sink_task.await??;
-    Declarer::new(client.broker(), &names).delete(&["h1", "h2", "h3", "sink"]).await?;
-    client.broker().close().await;
+    p.hops.stop()?;
+    let _ = p.stop_tx.send(true);
+    p.sink.await??;
+    p.teardown.run(p.conn).await?;
+    let per_job = |d: Duration| if jobs > 0 { d.as_micros() as f64 / jobs as f64 } else { f64::NAN };
     Ok(Figures {
         jobs_per_s: jobs as f64 / elapsed.as_secs_f64(),
-        hop_cpu_us_per_job: cpu.as_micros() as f64 / jobs as f64,
-        broker_cpu_us_per_job: broker.as_micros() as f64 / jobs as f64,
+        hop_cpu_us_per_job: per_job(cpu),
+        broker_cpu_us_per_job: per_job(broker),
+        wire_bytes_per_hop_job: wire,
         p50_ms,
         p99_ms,
     })
@@ -485,65 +654,85 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 fn main() -> Res<()> {
     if let Ok(role) = std::env::var("BENCH_ROLE") {
-        return run_hop(&role);
+        return run_role(&role);
     }
     let url = std::env::var("WARREN_AMQP_URL").unwrap_or_else(|_| warren::config::DEFAULT_AMQP_URL.into());
     let jobs = env_u64("BENCH_JOBS", 100_000);
     let rounds = env_u64("BENCH_ROUNDS", 3).max(1);
     let rate = env_u64("BENCH_RATE", 1_000);
     let secs = env_u64("BENCH_SECS", 5);
+    let variants: Vec<Variant> = match std::env::var("BENCH_VARIANTS") {
+        Ok(list) => list
+            .split(',')
+            .map(|v| {
+                Variant::parse(v.trim()).ok_or_else(|| {
+                    format!("BENCH_VARIANTS: unknown variant `{v}` (minimal, queue-args, exchange, warren-no-events, warren)")
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        Err(_) => Variant::ALL.to_vec(),
+    };
+    if !variants.contains(&Variant::Minimal) || !variants.contains(&Variant::Warren) {
+        return Err("BENCH_VARIANTS must include minimal and warren".into());
+    }
     let ns = format!("bench-{}", std::process::id());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
         println!(
-            "3-hop pipeline, one process per hop: persistent, confirms, manual acks, quorum queues, prefetch {PREFETCH}"
+            "3-hop pipeline, one process per hop and for the producer: persistent, confirms, manual acks, quorum queues, prefetch {PREFETCH}"
         );
-        println!(
-            "{rounds} rounds of {jobs} jobs saturated (alternating order), then {rate} jobs/s open loop for {secs} s"
-        );
+        println!("{rounds} rounds of {jobs} jobs saturated (order rotated per round), then {rate} jobs/s open loop for {secs} s");
         println!("job events on for warren\n");
-        println!("{:<12} {:>10} {:>16} {:>18}", "round", "jobs/s", "µs CPU/hop/job*", "µs broker CPU/job");
-        let (mut bare, mut runtime) = (Vec::new(), Vec::new());
-        for round in 0..rounds {
-            let order: [bool; 2] = if round % 2 == 0 { [false, true] } else { [true, false] };
-            for is_runtime in order {
-                let f = if is_runtime {
-                    bench_runtime(&url, &ns, jobs, None).await?
-                } else {
-                    bench_bare(&url, &ns, jobs, None).await?
-                };
-                let name = if is_runtime { "warren" } else { "bare lapin" };
+        println!("{:<16} {:>10} {:>16} {:>18} {:>14}", "round", "jobs/s", "µs CPU/hop/job*", "µs broker CPU/job", "bytes/hop/job");
+        let mut runs: Vec<Vec<Figures>> = variants.iter().map(|_| Vec::new()).collect();
+        for round in 0..rounds as usize {
+            for k in 0..variants.len() {
+                let i = (k + round) % variants.len();
+                let f = bench(&url, &ns, variants[i], jobs, None).await?;
                 println!(
-                    "{:<12} {:>10.0} {:>16.1} {:>18.1}",
-                    format!("{} {name}", round + 1),
+                    "{:<16} {:>10.0} {:>16.1} {:>18.1} {:>14.0}",
+                    format!("{} {}", round + 1, variants[i].name()),
                     f.jobs_per_s,
                     f.hop_cpu_us_per_job,
-                    f.broker_cpu_us_per_job
+                    f.broker_cpu_us_per_job,
+                    f.wire_bytes_per_hop_job
                 );
-                if is_runtime { runtime.push(f) } else { bare.push(f) }
+                runs[i].push(f);
             }
         }
-        let bare_lat = bench_bare(&url, &ns, 0, Some((rate, secs))).await?;
-        let runtime_lat = bench_runtime(&url, &ns, 0, Some((rate, secs))).await?;
+        let minimal_lat = bench(&url, &ns, Variant::Minimal, 0, Some((rate, secs))).await?;
+        let warren_lat = bench(&url, &ns, Variant::Warren, 0, Some((rate, secs))).await?;
         println!(
-            "\n{:<12} {:>10} {:>16} {:>18} {:>10} {:>10}",
-            "median", "jobs/s", "µs CPU/hop/job*", "µs broker CPU/job", "p50 ms", "p99 ms"
+            "\n{:<16} {:>10} {:>16} {:>18} {:>14} {:>8} {:>8}",
+            "median", "jobs/s", "µs CPU/hop/job*", "µs broker CPU/job", "bytes/hop/job", "p50 ms", "p99 ms"
         );
-        let mut ratios = Vec::new();
-        for (name, runs, lat) in [("bare lapin", &bare, &bare_lat), ("warren", &runtime, &runtime_lat)] {
-            let jps = median(runs.iter().map(|f| f.jobs_per_s).collect());
-            ratios.push(jps);
+        let med = |i: usize, f: fn(&Figures) -> f64| median(runs[i].iter().map(f).collect());
+        for (i, v) in variants.iter().enumerate() {
+            let lat = match v {
+                Variant::Minimal => Some(&minimal_lat),
+                Variant::Warren => Some(&warren_lat),
+                _ => None,
+            };
             println!(
-                "{name:<12} {:>10.0} {:>16.1} {:>18.1} {:>10.2} {:>10.2}",
-                jps,
-                median(runs.iter().map(|f| f.hop_cpu_us_per_job).collect()),
-                median(runs.iter().map(|f| f.broker_cpu_us_per_job).collect()),
-                lat.p50_ms,
-                lat.p99_ms
+                "{:<16} {:>10.0} {:>16.1} {:>18.1} {:>14.0} {:>8} {:>8}",
+                v.name(),
+                med(i, |f| f.jobs_per_s),
+                med(i, |f| f.hop_cpu_us_per_job),
+                med(i, |f| f.broker_cpu_us_per_job),
+                med(i, |f| f.wire_bytes_per_hop_job),
+                lat.map_or("-".into(), |l| format!("{:.2}", l.p50_ms)),
+                lat.map_or("-".into(), |l| format!("{:.2}", l.p99_ms)),
             );
         }
-        println!("\nratio warren / bare lapin (median throughput): {:.2} (target >= 0.80)", ratios[1] / ratios[0]);
-        println!("* CPU of one hop process per job (mean of the three), broker excluded");
+        let at = |v: Variant| variants.iter().position(|x| *x == v).unwrap_or(0);
+        let (m, w) = (at(Variant::Minimal), at(Variant::Warren));
+        println!(
+            "\nwarren / minimal bare: throughput {:.2} (target >= 0.90), broker CPU per job {:.2} (target <= 1.15), p99 {:.2} (target <= 1.20)",
+            med(w, |f| f.jobs_per_s) / med(m, |f| f.jobs_per_s),
+            med(w, |f| f.broker_cpu_us_per_job) / med(m, |f| f.broker_cpu_us_per_job),
+            warren_lat.p99_ms / minimal_lat.p99_ms
+        );
+        println!("* CPU of one hop process per job (mean of the three), broker excluded; bytes are what one hop's connection moves per job, both ways");
         Ok(())
     })
 }
