@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use warren::{EventKind, Hop, envelope::headers};
-use warren_e2e::Behaviour;
+use warren::{EventKind, Hop, JobSpec, envelope::headers};
+use warren_e2e::{Behaviour, Probe};
 
 use crate::helpers::{Supervisor, TestNs, envelope_for, header, hop, props_for};
 
@@ -285,5 +285,40 @@ async fn a_nacked_hand_off_is_published_again_and_never_dead_lettered() {
         .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
         .collect::<String>();
     assert!(log.contains("publishing it again"), "the worker said it published again after a nack");
+    t.cleanup().await;
+}
+
+/// Hand-offs go straight to the next step's queue through the default exchange, with
+/// `mandatory`: a next step with no queue dead-letters the input as `unroutable` naming the
+/// queue, and submitting a job whose first step has no queue is refused naming the step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_with_no_queue_is_named_at_hand_off_and_at_submit() {
+    let mut t = TestNs::new("noqueue").await;
+    let _w = t.spawn_worker("first", &[]);
+    t.wait_consumers("first", 1).await;
+
+    let job = JobSpec::new("test", vec![Hop::new("first"), Hop::new("nowhere")], Probe { seq: 1, hops: 0 });
+    let id = t.client.submit(&job).await.expect("the first step has a queue");
+    let dead_queue = t.names.dead_queue("first");
+    crate::helpers::wait_for("a dead letter", Duration::from_secs(20), || async {
+        t.queue_counts(&dead_queue).await.filter(|(n, _)| *n >= 1)
+    })
+    .await;
+    let dead = t.take_dead_letters("first").await;
+    assert_eq!(dead.len(), 1);
+    let (props, _) = &dead[0];
+    assert_eq!(header(props, headers::ERROR_KIND).as_deref(), Some("unroutable"));
+    let error = header(props, headers::ERROR).unwrap_or_default();
+    assert!(error.contains(&t.names.step_queue("nowhere")), "{error:?} should name the missing queue");
+    assert_eq!(props.correlation_id().as_ref().map(|c| c.to_string()), Some(id.to_string()));
+
+    let refused = t.client.submit(&JobSpec::new("test", vec![Hop::new("nowhere")], Probe { seq: 2, hops: 0 })).await;
+    match refused {
+        Err(warren::SubmitError::NoQueue { step, queue }) => {
+            assert_eq!(step, "nowhere");
+            assert_eq!(queue, t.names.step_queue("nowhere"));
+        }
+        other => panic!("submitting to a step with no queue should be refused, got {other:?}"),
+    }
     t.cleanup().await;
 }

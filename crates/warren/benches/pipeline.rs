@@ -9,9 +9,10 @@
 //! The reference is the minimal correct bare pipeline: plain durable quorum queues, the default
 //! exchange, no `mandatory`. Between it and Warren, variants add one thing of Warren's at a time
 //! (`BENCH_VARIANTS`, default all): `+queue-args` (Warren's step queue arguments: delivery limit,
-//! dead-letter exchange), `+exchange` (those, and publishing through a direct exchange with
-//! `mandatory`, as Warren's hand-off does), and `warren-no-events` (the runtime with job events off,
-//! to show what they cost). Each row gives throughput, CPU per hop, broker CPU
+//! dead-letter exchange), `+mandatory` (those, and `mandatory` on the default exchange, as
+//! Warren's hand-off publishes), `+exchange` (through a direct exchange instead, as Warren once
+//! published), `+message` (`+mandatory` carrying Warren's envelope, properties and headers: what
+//! the message format costs, apart from the runtime), and `warren-no-events` (the runtime with job events off, to show what they cost). Each row gives throughput, CPU per hop, broker CPU
 //! per job and the bytes a hop's connection moves per job (from `rabbitmqctl list_connections`).
 //!
 //! ```sh
@@ -117,8 +118,13 @@ enum Variant {
     Minimal,
     /// Warren's step queue arguments (delivery limit, dead-letter exchange).
     QueueArgs,
-    /// Those, and a direct exchange with `mandatory`, as Warren's hand-off publishes.
+    /// Those, and `mandatory` on the default exchange, as Warren's hand-off publishes.
+    Mandatory,
+    /// Those, through a direct exchange (`mandatory` too), as Warren published before.
     Exchange,
+    /// `+mandatory` carrying Warren's message (envelope, properties, headers) instead of a bare
+    /// 200-byte body: what the message format costs the broker, apart from the runtime.
+    Message,
     /// The runtime with job events off: what the events cost.
     WarrenNoEvents,
     /// The runtime.
@@ -126,13 +132,22 @@ enum Variant {
 }
 
 impl Variant {
-    const ALL: [Variant; 5] =
-        [Variant::Minimal, Variant::QueueArgs, Variant::Exchange, Variant::WarrenNoEvents, Variant::Warren];
+    const ALL: [Variant; 7] = [
+        Variant::Minimal,
+        Variant::QueueArgs,
+        Variant::Mandatory,
+        Variant::Exchange,
+        Variant::Message,
+        Variant::WarrenNoEvents,
+        Variant::Warren,
+    ];
     fn name(self) -> &'static str {
         match self {
             Variant::Minimal => "minimal",
             Variant::QueueArgs => "+queue-args",
+            Variant::Mandatory => "+mandatory",
             Variant::Exchange => "+exchange",
+            Variant::Message => "+message",
             Variant::WarrenNoEvents => "warren-no-events",
             Variant::Warren => "warren",
         }
@@ -146,6 +161,9 @@ impl Variant {
     /// The exchange a bare hop publishes to (`""` is the default exchange).
     fn exchange(self, ns: &str) -> String {
         if self == Variant::Exchange { format!("{ns}.bare") } else { String::new() }
+    }
+    fn mandatory(self) -> bool {
+        matches!(self, Variant::Mandatory | Variant::Exchange | Variant::Message)
     }
     fn queue_args(self, ns: &str, queue: &str) -> FieldTable {
         if self == Variant::Minimal {
@@ -161,6 +179,11 @@ impl Variant {
     }
 }
 
+/// What a bare hop publishes with: persistent, or (`+message`) the properties it received.
+fn forwarded(variant: Variant, d: &lapin::message::Delivery) -> BasicProperties {
+    if variant == Variant::Message { d.properties.clone() } else { persistent() }
+}
+
 fn persistent() -> BasicProperties {
     BasicProperties::default().with_delivery_mode(2)
 }
@@ -168,7 +191,7 @@ fn persistent() -> BasicProperties {
 /// One bare hop: consume `from`, publish to `to`, ack after the confirm, many in flight.
 async fn bare_hop(url: String, from: String, to: String, variant: Variant) -> Res<()> {
     let exchange = variant.exchange(&std::env::var("WARREN_NAMESPACE")?);
-    let options = BasicPublishOptions { mandatory: variant == Variant::Exchange, ..Default::default() };
+    let options = BasicPublishOptions { mandatory: variant.mandatory(), ..Default::default() };
     let mut stop = std::pin::pin!(warren::shutdown_signal());
     let conn = connect(&url, "bench-bare-hop").await?;
     let cch = conn.create_channel().await?;
@@ -185,7 +208,7 @@ async fn bare_hop(url: String, from: String, to: String, variant: Variant) -> Re
             Some(d) = consumer.next() => {
                 let d = d?;
                 let confirm = pch
-                    .basic_publish(exchange.as_str().into(), to.as_str().into(), options, &d.data, persistent())
+                    .basic_publish(exchange.as_str().into(), to.as_str().into(), options, &d.data, forwarded(variant, &d))
                     .await?;
                 inflight.push(async move {
                     confirm.await?;
@@ -366,12 +389,13 @@ async fn produce_bare(url: &str, ns: &str, first: &str, variant: Variant, n: u64
     let pch = conn.create_channel().await?;
     pch.confirm_select(ConfirmSelectOptions::default()).await?;
     let exchange = variant.exchange(ns);
-    let options = BasicPublishOptions { mandatory: variant == Variant::Exchange, ..Default::default() };
+    let options = BasicPublishOptions { mandatory: variant.mandatory(), ..Default::default() };
     let window = if rate.is_some() { 1 } else { 1000 };
     let mut pending = FuturesUnordered::new();
     produce(n, rate, async |seq| {
-        let c =
-            pch.basic_publish(exchange.as_str().into(), first.into(), options, &bare_body(seq), persistent()).await?;
+        let (body, props) =
+            if variant == Variant::Message { warren_message(seq)? } else { (bare_body(seq), persistent()) };
+        let c = pch.basic_publish(exchange.as_str().into(), first.into(), options, &body, props).await?;
         pending.push(c);
         while pending.len() >= window {
             if let Some(r) = pending.next().await {
@@ -386,6 +410,28 @@ async fn produce_bare(url: &str, ns: &str, first: &str, variant: Variant, n: u64
     }
     let _ = conn.close(200, "bye".into()).await;
     Ok(())
+}
+
+/// A job's first message exactly as the runtime's client writes it.
+fn warren_message(seq: u64) -> Res<(Vec<u8>, BasicProperties)> {
+    let job = job(seq);
+    let env = warren::envelope::EnvelopeRef {
+        v: warren::envelope::ENVELOPE_VERSION,
+        job_id: uuid::Uuid::now_v7(),
+        message_id: uuid::Uuid::now_v7(),
+        causation_id: None,
+        pipeline: &job.pipeline,
+        slip: &job.slip,
+        schema: &job.schema,
+        payload: &job.payload,
+    };
+    let meta = warren::envelope::EnvelopeMeta {
+        job_id: env.job_id,
+        message_id: env.message_id,
+        step: "h1",
+        schema: &job.schema,
+    };
+    Ok((env.encode()?, warren::envelope::properties(&meta, 1)))
 }
 
 fn slip() -> Vec<Hop> {
@@ -583,7 +629,8 @@ async fn pipeline(url: &str, ns: &str, variant: Variant) -> Res<Pipeline> {
     let pairs: Vec<(String, String)> = (0..3).map(|i| (queues[i].clone(), queues[i + 1].clone())).collect();
     let hops = Procs::spawn("hop", variant, &pairs, url, ns, &[])?;
     wait_consumers(&conn, &queues[..3]).await?;
-    let sink = tokio::spawn(sink(url.into(), queues[3].clone(), arrivals.clone(), bare_sent, stop));
+    let decode = if variant == Variant::Message { runtime_sent } else { bare_sent };
+    let sink = tokio::spawn(sink(url.into(), queues[3].clone(), arrivals.clone(), decode, stop));
     Ok(Pipeline {
         conn,
         hops,
@@ -666,7 +713,7 @@ fn main() -> Res<()> {
             .split(',')
             .map(|v| {
                 Variant::parse(v.trim()).ok_or_else(|| {
-                    format!("BENCH_VARIANTS: unknown variant `{v}` (minimal, queue-args, exchange, warren-no-events, warren)")
+                    format!("BENCH_VARIANTS: unknown variant `{v}` (minimal, queue-args, mandatory, exchange, message, warren-no-events, warren)")
                 })
             })
             .collect::<Result<_, _>>()?,

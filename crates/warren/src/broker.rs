@@ -34,8 +34,9 @@ pub enum BrokerError {
         #[source]
         source: lapin::Error,
     },
-    /// The broker could not route a mandatory message: no queue is bound for it.
-    #[error("unroutable: no queue bound to exchange {exchange:?} with routing key {routing_key:?}")]
+    /// The broker could not route a mandatory message: no queue is bound for it (through the
+    /// default exchange, `exchange` is empty: no queue has the routing key's name).
+    #[error("unroutable: {}", unroutable(exchange, routing_key))]
     Unroutable {
         /// The exchange.
         exchange: String,
@@ -81,6 +82,14 @@ impl BrokerError {
     }
     pub(crate) fn amqp(context: &'static str) -> impl FnOnce(lapin::Error) -> Self {
         move |source| BrokerError::Amqp { context, source }
+    }
+}
+
+fn unroutable(exchange: &str, routing_key: &str) -> String {
+    if exchange.is_empty() {
+        format!("no queue named {routing_key:?}")
+    } else {
+        format!("no queue bound to exchange {exchange:?} with routing key {routing_key:?}")
     }
 }
 

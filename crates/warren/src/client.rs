@@ -40,7 +40,17 @@ pub enum SubmitError {
     /// The payload could not be encoded.
     #[error("cannot encode the job: {0}")]
     Encode(String),
-    /// No worker has declared the first step's queue yet, or the broker failed.
+    /// No worker has declared the first step's queue yet.
+    #[error(
+        "unroutable: no queue for step {step:?} ({queue}): start a worker of the step or run `warren topology declare` first"
+    )]
+    NoQueue {
+        /// The job's first step.
+        step: String,
+        /// The queue the job was published to.
+        queue: String,
+    },
+    /// The broker failed.
     #[error("{0}")]
     Broker(#[from] BrokerError),
 }
@@ -96,7 +106,7 @@ impl Client {
     pub async fn submit<P: Payload>(&self, job: &JobSpec<P>) -> Result<Uuid, SubmitError> {
         let publisher = self.broker.publisher().await?;
         let (id, step, body, props) = self.prepare(job)?;
-        publisher.publish(&self.names.steps_exchange(), &step, &body, props).await.map_err(|e| self.explain(e))?;
+        publisher.publish("", &self.names.step_queue(&step), &body, props).await.map_err(|e| self.explain(e))?;
         Ok(id)
     }
 
@@ -105,17 +115,16 @@ impl Client {
     pub async fn submit_many<P: Payload>(&self, jobs: &[JobSpec<P>]) -> Result<Vec<Uuid>, SubmitError> {
         const WINDOW: usize = 1000;
         let publisher = self.broker.publisher().await?;
-        let exchange = self.names.steps_exchange();
         let mut ids = Vec::with_capacity(jobs.len());
         let mut in_flight = FuturesUnordered::new();
         for job in jobs {
             let (id, step, body, props) = self.prepare(job)?;
             ids.push(id);
-            let confirm = publisher.send(&exchange, &step, &body, props).await?;
-            let exchange = &exchange;
+            let queue = self.names.step_queue(&step);
+            let confirm = publisher.send("", &queue, &body, props).await?;
             in_flight.push(async move {
                 let c = confirm.await.map_err(BrokerError::amqp("publisher confirm"))?;
-                Publisher::check(c, exchange, &step)
+                Publisher::check(c, "", &queue)
             });
             while in_flight.len() >= WINDOW {
                 if let Some(r) = in_flight.next().await {
@@ -155,7 +164,7 @@ impl Client {
         let job = JobSpec::new("rpc", vec![hop], request);
         let (job_id, step, body, props) = self.prepare(&job)?;
         let props = props.with_reply_to(REPLY_TO.into());
-        publisher.publish(&self.names.steps_exchange(), &step, &body, props).await.map_err(|e| self.explain(e))?;
+        publisher.publish("", &self.names.step_queue(&step), &body, props).await.map_err(|e| self.explain(e))?;
         let wait = async {
             while let Some(delivery) = replies.next().await {
                 let delivery = delivery.map_err(BrokerError::amqp("reply"))?;
@@ -201,14 +210,13 @@ impl Client {
     }
 
     fn explain(&self, e: BrokerError) -> SubmitError {
-        SubmitError::Broker(match e {
-            BrokerError::Unroutable { exchange, routing_key } => BrokerError::Unroutable {
-                exchange,
-                routing_key: format!(
-                    "{routing_key}\" (no queue for this step: start a worker of step {routing_key:?} or run `warren topology declare` first; \""
-                ),
-            },
-            other => other,
-        })
+        match e {
+            BrokerError::Unroutable { routing_key, .. } => {
+                let prefix = format!("{}.step.", self.names.namespace());
+                let step = routing_key.strip_prefix(&prefix).unwrap_or(&routing_key).to_owned();
+                SubmitError::NoQueue { step, queue: routing_key }
+            }
+            other => SubmitError::Broker(other),
+        }
     }
 }

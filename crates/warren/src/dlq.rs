@@ -31,7 +31,7 @@ pub struct DeadLetter {
     /// Its failure group: the first 12 hex digits of the SHA-256 of step, kind and the error's
     /// [`fingerprint`].
     pub group: String,
-    /// Job id (`warren-job` header).
+    /// Job id (`warren-job` header, else `correlation_id`).
     pub job: Option<String>,
     /// The error (`warren-error`, or RabbitMQ's `x-death` reason).
     pub error: String,
@@ -380,7 +380,7 @@ fn dead_letter(step: &str, properties: BasicProperties, body: Vec<u8>) -> DeadLe
         message_id,
         id,
         group,
-        job: envelope::header_str(&properties, headers::JOB).map(str::to_owned),
+        job: envelope::job_of(&properties).map(str::to_owned),
         kind,
         failed_at_ms,
         error,

@@ -18,7 +18,7 @@ pub const CONTENT_TYPE: &str = "application/msgpack";
 
 /// Header names. Tools filter on these without decoding the body.
 pub mod headers {
-    /// Job id (UUID string).
+    /// On dead letters: the job id (UUID string); step messages carry it as `correlation_id`.
     pub const JOB: &str = "warren-job";
     /// On dead letters: the step that gave up on the message.
     pub const STEP: &str = "warren-step";
@@ -34,7 +34,7 @@ pub mod headers {
     pub const FAILED_AT: &str = "warren-failed-at";
     /// Set by a replay: how many times this message has been replayed.
     pub const REPLAYED: &str = "warren-replayed";
-    /// W3C trace context.
+    /// W3C trace context. Not sent on step messages: derived from the ids ([`super::traceparent`]).
     pub const TRACEPARENT: &str = "traceparent";
     /// Added by quorum queues on redelivery: deliveries that were not acked.
     pub const DELIVERY_COUNT: &str = "x-delivery-count";
@@ -412,25 +412,34 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// The AMQP properties of a step message: persistent, ids, schema, timestamp, and the headers
-/// `warren-job` and `traceparent`; `warren-attempt` only from the second attempt on (absent
-/// means 1). The step is the routing key and the queue; dead letters name it in `warren-step`.
-/// Every header is broker work on every hop, so step messages carry no more than these.
+/// The AMQP properties of a step message: persistent, ids (`message_id`, and the job id as
+/// `correlation_id`), schema, timestamp; the one header `warren-attempt`, only from the second
+/// attempt on (absent means 1). The step is the routing key and the queue; dead letters name it
+/// in `warren-step` and the job in `warren-job`. The trace context is not sent: it is derived
+/// from the ids ([`traceparent`]). The broker decodes and stores the property table of every
+/// message on every hop — a header table cost it more than the rest of the message (see the
+/// pipeline benchmark) — so a first attempt carries none.
 pub fn properties(head: &EnvelopeMeta<'_>, attempt: u32) -> BasicProperties {
-    let mut h = FieldTable::default();
-    h.insert(headers::JOB.into(), AMQPValue::LongString(head.job_id.to_string().into()));
-    h.insert(headers::TRACEPARENT.into(), AMQPValue::LongString(traceparent(head.job_id, head.message_id).into()));
-    if attempt > 1 {
-        h.insert(headers::ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(attempt)));
-    }
-    BasicProperties::default()
+    let props = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type(CONTENT_TYPE.into())
         .with_message_id(head.message_id.to_string().into())
         .with_correlation_id(head.job_id.to_string().into())
         .with_type(head.schema.into())
-        .with_timestamp(now_ms() / 1000)
-        .with_headers(h)
+        .with_timestamp(now_ms() / 1000);
+    if attempt > 1 {
+        let mut h = FieldTable::default();
+        h.insert(headers::ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(attempt)));
+        props.with_headers(h)
+    } else {
+        props
+    }
+}
+
+/// The job a message belongs to, from its properties: the `warren-job` header (dead letters),
+/// else the `correlation_id` (step messages).
+pub fn job_of(props: &BasicProperties) -> Option<&str> {
+    header_str(props, headers::JOB).or_else(|| props.correlation_id().as_ref().map(|c| c.as_str()))
 }
 
 /// What [`properties`] needs to know of a message.
@@ -448,6 +457,7 @@ pub struct EnvelopeMeta<'a> {
 }
 
 /// `00-{job id}-{first 8 bytes of the message id}-01`: the job is the trace, each message a span.
+/// Derived wherever it is needed rather than sent with every message.
 pub fn traceparent(job_id: Uuid, message_id: Uuid) -> String {
     let span = &message_id.simple().to_string()[..16];
     format!("00-{}-{span}-01", job_id.simple())

@@ -289,7 +289,10 @@ impl<H> Shared<H> {
             self.reply(session, delivery, ctx, reply_to.as_str(), payloads.first()).await;
         }
         if let Some(next) = ctx.next.first() {
-            let exchange = &w.steps_exchange;
+            // Straight to the next step's queue through the default exchange: no routing-table
+            // lookup in the broker; `mandatory` still returns it if the queue does not exist.
+            let queue = w.names.step_queue(&next.step);
+            let queue = queue.as_str();
             let mut bodies = Vec::with_capacity(payloads.len());
             for (i, payload) in payloads.iter().enumerate() {
                 let out = envelope::EnvelopeRef {
@@ -326,7 +329,7 @@ impl<H> Shared<H> {
             }
             let sends = bodies
                 .into_iter()
-                .map(|(body, props)| async move { self.publish(session, exchange, &next.step, &body, props).await });
+                .map(|(body, props)| async move { self.publish(session, "", queue, &body, props).await });
             for result in join_all(sends).await {
                 match result {
                     Ok(()) => {}
@@ -512,17 +515,18 @@ impl<H> Shared<H> {
         facts: DeliveryFacts,
     ) {
         let w = &self.worker;
-        let props = envelope::with_headers(
-            &delivery.properties,
-            vec![
-                (headers::ERROR, envelope::text(reason)),
-                (headers::ERROR_KIND, envelope::text(kind.as_str())),
-                (headers::STEP, envelope::text(w.step.as_str())),
-                (headers::ATTEMPT, AMQPValue::LongLongInt(i64::from(facts.attempt))),
-                (headers::WORKER, envelope::text(&*w.worker_id)),
-                (headers::FAILED_AT, AMQPValue::LongLongInt(envelope::now_ms() as i64)),
-            ],
-        );
+        let mut extra = vec![
+            (headers::ERROR, envelope::text(reason)),
+            (headers::ERROR_KIND, envelope::text(kind.as_str())),
+            (headers::STEP, envelope::text(w.step.as_str())),
+            (headers::ATTEMPT, AMQPValue::LongLongInt(i64::from(facts.attempt))),
+            (headers::WORKER, envelope::text(&*w.worker_id)),
+            (headers::FAILED_AT, AMQPValue::LongLongInt(envelope::now_ms() as i64)),
+        ];
+        if let Some(job) = job_header(ids, delivery) {
+            extra.push((headers::JOB, envelope::text(job)));
+        }
+        let props = envelope::with_headers(&delivery.properties, extra);
         // An RPC caller is told at once, not left to time out.
         if let Some(reply_to) = delivery.properties.reply_to() {
             let error = envelope::RemoteError {
@@ -610,7 +614,8 @@ impl<H> Shared<H> {
             step: &next.step,
             schema: DeadNotice::SCHEMA,
         };
-        match self.publish(session, &w.steps_exchange, &next.step, &body, envelope::properties(&meta, 1)).await {
+        let queue = w.names.step_queue(&next.step);
+        match self.publish(session, "", &queue, &body, envelope::properties(&meta, 1)).await {
             Ok(()) => true,
             Err(Unsettled::Unroutable(e)) => {
                 tracing::error!(step = %w.step, error = %e, "no queue for the gathering step {}; it is not told", next.step);
@@ -619,6 +624,15 @@ impl<H> Shared<H> {
             Err(Unsettled::Lost(_)) => false,
         }
     }
+}
+
+/// The job of a dead letter: from its envelope, else from its properties (a body too broken to
+/// read), if either says.
+fn job_header(ids: &Ids, delivery: &Delivery) -> Option<String> {
+    if !ids.job_id.is_nil() {
+        return Some(ids.job_id.to_string());
+    }
+    envelope::job_of(&delivery.properties).filter(|j| !j.is_empty()).map(str::to_owned)
 }
 
 /// A step input as recorded for reruns: the envelope without its ids.

@@ -157,7 +157,6 @@ impl WorkerBuilder {
         let ready_gauge = ::metrics::gauge!("warren_worker_ready", "step" => self.step.clone());
         Worker {
             data_root,
-            steps_exchange: names.steps_exchange(),
             dead_exchange: names.dead_exchange(),
             names,
             handler_limit: match (self.config.max_duration, self.max_duration) {
@@ -187,8 +186,7 @@ impl WorkerBuilder {
 pub struct Worker {
     step: String,
     step_name: Arc<str>,
-    /// Exchange names, made once: the hand-off uses them on every message.
-    steps_exchange: String,
+    /// Made once: dead-lettering uses it on every dead letter.
     dead_exchange: String,
     config: Config,
     names: Names,
