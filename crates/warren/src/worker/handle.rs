@@ -150,7 +150,7 @@ impl<H> Shared<H> {
             _ => None,
         };
         if let (Some(key), Some(store)) = (&cache_key, &w.artifacts)
-            && let Ok(Some(bytes)) = store.get_opt(key).await
+            && let Ok(Some(bytes)) = Box::pin(store.get_opt(key)).await
             && let Ok(payloads) = rmp_serde::from_slice::<Vec<O::Payload>>(&bytes)
         {
             ctx.report(rmpv::Value::Map(vec![("cache".into(), "hit".into()), ("key".into(), key.as_str().into())]));
@@ -182,7 +182,7 @@ impl<H> Shared<H> {
                 if let (Some(key), Some(store)) = (&cache_key, &w.artifacts) {
                     match rmp_serde::to_vec_named(&payloads) {
                         Ok(bytes) => {
-                            if let Err(e) = store.put(key, bytes).await {
+                            if let Err(e) = Box::pin(store.put(key, bytes)).await {
                                 tracing::warn!(step = %w.step, error = %e, "cannot write the step cache");
                             }
                         }
@@ -196,7 +196,7 @@ impl<H> Shared<H> {
             Err(e) => {
                 let decision = decide(&w.step, facts, body_ok(), limits, Stage::Failed(&e));
                 if let Decision::Retry { .. } = decision {
-                    self.retry(session, &delivery, &ctx, &e).await;
+                    Box::pin(self.retry(session, &delivery, &ctx, &e)).await;
                 } else {
                     self.settle::<O::Payload>(session, &delivery, &ids, facts, decision, None).await;
                 }
@@ -240,12 +240,12 @@ impl<H> Shared<H> {
                     return;
                 }
                 Decision::DeadLetter { kind, reason } => {
-                    self.dead_letter(session, delivery, ids, kind, &reason, facts).await;
+                    Box::pin(self.dead_letter(session, delivery, ids, kind, &reason, facts)).await;
                     return;
                 }
                 Decision::HandOff => {
                     let Some(out) = outputs.take() else { return };
-                    let (unroutable, reason) = match self.hand_off(session, delivery, out).await {
+                    let (unroutable, reason) = match Box::pin(self.hand_off(session, delivery, out)).await {
                         Ok(()) | Err(HandOffError::Lost) => return,
                         Err(HandOffError::Unencodable(e)) => (false, e.to_string()),
                         Err(HandOffError::Unroutable(e)) => (true, e.to_string()),
@@ -286,7 +286,7 @@ impl<H> Shared<H> {
         if ctx.next.is_empty()
             && let Some(reply_to) = delivery.properties.reply_to()
         {
-            self.reply(session, delivery, ctx, reply_to.as_str(), payloads.first()).await;
+            Box::pin(self.reply(session, delivery, ctx, reply_to.as_str(), payloads.first())).await;
         }
         if let Some(next) = ctx.next.first() {
             // Straight to the next step's queue through the default exchange: no routing-table
@@ -322,7 +322,7 @@ impl<H> Shared<H> {
                     let record = RecordedInput { schema: P::SCHEMA, slip: &ctx.next, payload };
                     let Ok(bytes) = rmp_serde::to_vec_named(&record) else { continue };
                     let key = inputs_key(&ctx.pipeline, ctx.job_id, &next.step, &bytes);
-                    if let Err(e) = store.put(&key, bytes).await {
+                    if let Err(e) = Box::pin(store.put(&key, bytes)).await {
                         tracing::warn!(step = %w.step, error = %e, "cannot record the output for reruns");
                     }
                 }

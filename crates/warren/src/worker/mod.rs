@@ -567,12 +567,13 @@ impl<H> Shared<H> {
     {
         let this = Arc::clone(self);
         let session = session.clone();
-        tokio::spawn(async move {
+        let f = async move {
             this.metrics.in_flight.increment(1.0);
             this.handle(&session, delivery).await;
             this.metrics.in_flight.decrement(1.0);
             drop(permit);
-        });
+        };
+        tokio::spawn(f);
     }
 }
 
