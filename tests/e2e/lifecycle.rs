@@ -140,3 +140,28 @@ async fn refused_credentials_are_named_and_stop_a_worker() {
     assert!(err.contains("refused the credentials") && !err.contains("not-the-s3cret"), "{err}");
     assert!(!err.contains("lost the broker"), "{err}");
 }
+
+/// Acks are batched with `multiple`, which settles every delivery up to a tag: a batch must
+/// never cover a message still being handled. One slow message, then forty fast ones behind it;
+/// once the fast ones are through (and acked, in batches) the worker is killed mid-way through
+/// the slow one: the broker must still hold it and give it to the next worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_acks_never_settle_a_message_still_being_handled() {
+    let mut t = TestNs::new("acks").await;
+    t.declare_step("sink").await;
+    let sink = t.sink("sink").await;
+    let first = t.spawn_worker("mixed", &[("WARREN_CONCURRENCY", "16")]);
+    t.wait_consumers("mixed", 1).await;
+
+    let slow = [hop("mixed", &Behaviour { sleep_ms: 6_000, ..Default::default() }), Hop::new("sink")];
+    let fast = [hop("mixed", &Behaviour::default()), Hop::new("sink")];
+    t.submit(&slow, [0]).await;
+    t.submit(&fast, 1..=40).await;
+    let probes = sink.wait_count(40, Duration::from_secs(5)).await;
+    assert!(probes.iter().all(|p| p.seq != 0), "the slow message is still running");
+    signal(&first, "KILL").await;
+    let _second = t.spawn_worker("mixed", &[]);
+    let all = sink.wait_count(41, Duration::from_secs(30)).await;
+    assert!(all.iter().any(|p| p.seq == 0), "the slow message was redelivered and finished");
+    t.cleanup().await;
+}

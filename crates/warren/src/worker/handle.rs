@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Instant};
 
 use futures_util::future::join_all;
-use lapin::{BasicProperties, message::Delivery, options::BasicAckOptions, types::AMQPValue};
+use lapin::{BasicProperties, message::Delivery, types::AMQPValue};
 use uuid::Uuid;
 
 use super::{
@@ -223,16 +223,15 @@ impl<H> Shared<H> {
                 Decision::Drop => {
                     tracing::debug!(step = %w.step, message = %ids.message_id, "duplicate of a completed message; dropped");
                     self.metrics.duplicate.increment(1);
-                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                    session.acks.ack(delivery.delivery_tag, &delivery.acker);
                     return;
                 }
                 Decision::Cancel => {
-                    if delivery.acker.ack(BasicAckOptions::default()).await.is_ok() {
-                        tracing::info!(step = %w.step, job = %ids.job_id, message = %ids.message_id,
-                            "job cancelled; message dropped");
-                        self.metrics.cancelled.increment(1);
-                        session.events.emit(self.event_for(ids, EventKind::Cancelled, facts));
-                    }
+                    session.acks.ack(delivery.delivery_tag, &delivery.acker);
+                    tracing::info!(step = %w.step, job = %ids.job_id, message = %ids.message_id,
+                        "job cancelled; message dropped");
+                    self.metrics.cancelled.increment(1);
+                    session.events.emit(self.event_for(ids, EventKind::Cancelled, facts));
                     return;
                 }
                 Decision::Run | Decision::Retry { .. } => {
@@ -343,9 +342,9 @@ impl<H> Shared<H> {
                 }
             }
         }
-        if delivery.acker.ack(BasicAckOptions::default()).await.is_err() {
-            return Err(HandOffError::Lost); // the broker redelivers; dedup and idempotence absorb it
-        }
+        // Outputs confirmed: the input is done with. Should the ack not arrive (the channel just
+        // went), the broker redelivers it and the same output ids are derived again.
+        session.acks.ack(delivery.delivery_tag, &delivery.acker);
         if let Ok(mut d) = self.dedup.lock() {
             d.insert(ctx.message_id);
         }
@@ -490,9 +489,7 @@ impl<H> Shared<H> {
                 }
             }
         }
-        if delivery.acker.ack(BasicAckOptions::default()).await.is_err() {
-            return;
-        }
+        session.acks.ack(delivery.delivery_tag, &delivery.acker);
         tracing::info!(step = %w.step, job = %ctx.job_id, attempt = ctx.attempt, delay_ms, error = %error, "retrying later");
         self.metrics.retried.increment(1);
         self.metrics.retries.increment(1);
@@ -550,9 +547,7 @@ impl<H> Shared<H> {
         if !self.notify_gatherer(session, delivery, kind, reason).await {
             return; // the input stays with the broker; a redelivery dead-letters and notifies again
         }
-        if delivery.acker.ack(BasicAckOptions::default()).await.is_err() {
-            return;
-        }
+        session.acks.ack(delivery.delivery_tag, &delivery.acker);
         tracing::warn!(step = %w.step, kind = %kind, error = %reason, "message dead-lettered");
         self.metrics.dead_letter(kind);
         session.events.emit(JobEvent {

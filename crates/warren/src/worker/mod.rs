@@ -46,6 +46,7 @@ use crate::{
     topology::{Declarer, StepTopology, TopologyError},
 };
 
+mod acks;
 mod context;
 pub mod decide;
 mod dedup;
@@ -350,6 +351,8 @@ struct Session {
     consumer: Channel,
     publisher: Arc<PublisherSlot>,
     events: EventSink,
+    /// Acks on `consumer`, batched with `multiple` where that is safe.
+    acks: acks::AckBatcher,
     /// Delay queues declared in this session, so a retry publishes without declaring.
     retry_queues: Arc<Mutex<HashSet<String>>>,
 }
@@ -480,6 +483,7 @@ impl<H> Shared<H> {
             consumer: consume_channel.clone(),
             publisher: Arc::new(PublisherSlot { broker: broker.clone(), current: tokio::sync::Mutex::new(publisher) }),
             events,
+            acks: acks::AckBatcher::start(),
             retry_queues: Arc::default(),
         };
 
@@ -533,6 +537,8 @@ impl<H> Shared<H> {
             Err(_) => tracing::warn!(step = %w.step, still_running = all as usize - self.semaphore.available_permits(),
                 "shutdown grace period over; unfinished messages stay unacked for the broker to redeliver"),
         }
+        // The acks of what finished must reach the broker before the channel closes.
+        let _ = tokio::time::timeout(Duration::from_secs(5), session.acks.flush()).await;
         drop(session);
         drop(control);
         drop(announcer);
@@ -567,6 +573,7 @@ impl<H> Shared<H> {
     {
         let this = Arc::clone(self);
         let session = session.clone();
+        session.acks.started(delivery.delivery_tag);
         let f = async move {
             this.metrics.in_flight.increment(1.0);
             this.handle(&session, delivery).await;
