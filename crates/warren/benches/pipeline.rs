@@ -321,6 +321,17 @@ impl Procs {
         self.children.iter().map(|c| cpu_time_of(&format!("/proc/{}/stat", c.id()))).collect()
     }
 
+    /// The largest value of a `/proc/{pid}/status` field (`VmRSS`, `VmHWM`) among the
+    /// processes, in MB.
+    fn memory_mb(&self, field: &str) -> f64 {
+        let kb = |pid: u32| -> Option<u64> {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let line = status.lines().find(|l| l.starts_with(field))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        };
+        self.children.iter().filter_map(|c| kb(c.id())).max().unwrap_or(0) as f64 / 1024.0
+    }
+
     /// Waits for every process to exit by itself (a producer).
     fn wait(mut self) -> Res<()> {
         for c in &mut std::mem::take(&mut self.children) {
@@ -529,6 +540,10 @@ struct Figures {
     wire_bytes_per_hop_job: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Largest resident set of a hop process once consuming, before the first job (MB).
+    idle_rss_mb: f64,
+    /// Largest peak resident set of a hop process over the run (MB).
+    peak_rss_mb: f64,
 }
 
 /// What a run sets up and tears down: its queues, the hops, the sink, and what tells its hop
@@ -652,6 +667,7 @@ async fn bench(url: &str, ns: &str, variant: Variant, jobs: u64, latency: Option
         let env = [("BENCH_N", n.to_string()), ("BENCH_PRODUCE_RATE", rate.to_string())];
         Procs::spawn("produce", variant, &pair, url, &p.ns, &env)
     };
+    let idle_rss_mb = p.hops.memory_mb("VmRSS:");
     // rabbitmqctl first: its start-up costs CPU that is not the pipeline's.
     let w0 = wire_bytes(&p.is_hop);
     let (t0, c0, b0) = (Instant::now(), p.hops.cpu(), broker_cpu());
@@ -669,6 +685,7 @@ async fn bench(url: &str, ns: &str, variant: Variant, jobs: u64, latency: Option
         p.arrivals.wait_for(rate * secs, Duration::from_secs(60)).await?;
         (p50_ms, p99_ms) = p.arrivals.percentiles();
     }
+    let peak_rss_mb = p.hops.memory_mb("VmHWM:");
     p.hops.stop()?;
     let _ = p.stop_tx.send(true);
     p.sink.await??;
@@ -681,6 +698,8 @@ async fn bench(url: &str, ns: &str, variant: Variant, jobs: u64, latency: Option
         wire_bytes_per_hop_job: wire,
         p50_ms,
         p99_ms,
+        idle_rss_mb,
+        peak_rss_mb,
     })
 }
 
@@ -750,8 +769,16 @@ fn main() -> Res<()> {
         let minimal_lat = bench(&url, &ns, Variant::Minimal, 0, Some((rate, secs))).await?;
         let warren_lat = bench(&url, &ns, Variant::Warren, 0, Some((rate, secs))).await?;
         println!(
-            "\n{:<16} {:>10} {:>16} {:>18} {:>14} {:>8} {:>8}",
-            "median", "jobs/s", "µs CPU/hop/job*", "µs broker CPU/job", "bytes/hop/job", "p50 ms", "p99 ms"
+            "\n{:<16} {:>10} {:>16} {:>18} {:>14} {:>8} {:>8} {:>9} {:>9}",
+            "median",
+            "jobs/s",
+            "µs CPU/hop/job*",
+            "µs broker CPU/job",
+            "bytes/hop/job",
+            "p50 ms",
+            "p99 ms",
+            "idle MB†",
+            "peak MB†"
         );
         let med = |i: usize, f: fn(&Figures) -> f64| median(runs[i].iter().map(f).collect());
         for (i, v) in variants.iter().enumerate() {
@@ -761,7 +788,7 @@ fn main() -> Res<()> {
                 _ => None,
             };
             println!(
-                "{:<16} {:>10.0} {:>16.1} {:>18.1} {:>14.0} {:>8} {:>8}",
+                "{:<16} {:>10.0} {:>16.1} {:>18.1} {:>14.0} {:>8} {:>8} {:>9.1} {:>9.1}",
                 v.name(),
                 med(i, |f| f.jobs_per_s),
                 med(i, |f| f.hop_cpu_us_per_job),
@@ -769,6 +796,8 @@ fn main() -> Res<()> {
                 med(i, |f| f.wire_bytes_per_hop_job),
                 lat.map_or("-".into(), |l| format!("{:.2}", l.p50_ms)),
                 lat.map_or("-".into(), |l| format!("{:.2}", l.p99_ms)),
+                med(i, |f| f.idle_rss_mb),
+                med(i, |f| f.peak_rss_mb),
             );
         }
         let at = |v: Variant| variants.iter().position(|x| *x == v).unwrap_or(0);
@@ -780,6 +809,7 @@ fn main() -> Res<()> {
             warren_lat.p99_ms / minimal_lat.p99_ms
         );
         println!("* CPU of one hop process per job (mean of the three), broker excluded; bytes are what one hop's connection moves per job, both ways");
+        println!("† resident memory of the largest hop process: once consuming, before any job (VmRSS), and its peak over the run (VmHWM); the hops are this bench binary, so a worker binary holds less or the same");
         Ok(())
     })
 }
