@@ -3,6 +3,8 @@
 # each worker as its own service from it.
 
 FROM rust:1-bookworm AS build
+# Every RUN below fails on the first failing command of a pipe, not only its last.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
 # Dependencies first: only the manifests, with stub sources, so this layer is rebuilt only when
 # a Cargo.toml or Cargo.lock changes.
@@ -15,13 +17,13 @@ COPY schemas/Cargo.toml schemas/
 COPY workers/ workers/
 COPY examples/textstats/Cargo.toml examples/textstats/
 RUN set -eux; \
-    for d in crates/warren crates/warren-ml crates/warren-steps schemas .; do mkdir -p $d/src && echo '' > $d/src/lib.rs; done; \
+    for d in crates/warren crates/warren-ml crates/warren-steps schemas .; do mkdir -p "$d/src" && echo '' > "$d/src/lib.rs"; done; \
     mkdir -p crates/warren/benches crates/warren/examples crates/warren-cli/src src/bin benches tests/e2e; \
     echo 'fn main() {}' | tee crates/warren/benches/pipeline.rs crates/warren/examples/quickstart.rs \
         crates/warren-cli/src/main.rs src/bin/warren-test-step.rs benches/fanout.rs tests/e2e/main.rs >/dev/null; \
-    for w in workers/*/; do mkdir -p $w/src && echo 'fn main() {}' > $w/src/main.rs; done; \
+    for w in workers/*/; do mkdir -p "$w/src" && echo 'fn main() {}' > "$w/src/main.rs"; done; \
     mkdir -p examples/textstats/src/bin && echo '' > examples/textstats/src/lib.rs; \
-    for b in load count report; do echo 'fn main() {}' > examples/textstats/src/bin/$b.rs; done
+    for b in load count report; do echo 'fn main() {}' > "examples/textstats/src/bin/$b.rs"; done
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --workspace --bins --exclude warren-e2e --exclude textstats || true
 # Then the sources.
@@ -36,6 +38,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
           target/release/warren-predict /out/
 
 FROM debian:bookworm-slim AS runtime
+# ca-certificates is not pinned: bookworm's security and point releases replace its version (an
+# exact pin would stop the image from building once the mirror drops it); the image takes the
+# current one when it is built.
+# hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home /var/lib/warren --create-home warren \
@@ -44,7 +50,8 @@ COPY --from=build /out/ /usr/local/bin/
 COPY pipelines/ /opt/warren/pipelines/
 COPY data/ /opt/warren/data/
 WORKDIR /opt/warren
-USER warren
+# Numeric, so Kubernetes' runAsNonRoot can verify it (the user `warren` of /etc/passwd).
+USER 10001
 ENV WARREN_ARTIFACTS=/var/lib/warren/artifacts \
     WARREN_HEALTH_ADDR=0.0.0.0:9000
 EXPOSE 9000

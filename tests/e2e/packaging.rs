@@ -39,7 +39,7 @@ fn every_worker_has_a_compose_service_and_an_image_binary() {
     }
     assert!(compose.contains("rabbitmq:4-management") && compose.contains("definitions.json"));
     assert!(!compose.contains("guest:guest"), "compose uses its own users, not guest");
-    assert!(docker.contains("USER warren") && docker.contains("AS runtime"), "non-root, multi-stage");
+    assert!(docker.contains("USER 10001") && docker.contains("AS runtime"), "non-root, multi-stage");
     assert!(read(".dockerignore").lines().any(|l| l.trim() == "target/"), "the build context leaves out target/");
 }
 
