@@ -351,6 +351,17 @@ async fn iris_and_diabetes_train_to_registered_models_reproducibly_and_predict_s
         other => panic!("expected an unknown_version reply, got {other:?}"),
     }
 
+    // The same from the command line, as an operator asks after `docker compose up`.
+    let out = warren_in(&t, None, &["predict", "iris", "--row", "5.1,3.5,1.4,0.2", "--row", "6.3,2.9,5.6,1.8"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("[5.1, 3.5, 1.4, 0.2] → setosa") && stdout.contains("→ virginica"), "{stdout}");
+    let out = warren_in(&t, None, &["predict", "iris", "--row", "1,2,3"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong_shape: row 1 has 3 values"));
+    let out = warren_in(&t, None, &["predict", "iris", "--row", "5.1,x"]).await;
+    assert_eq!(out.status.code(), Some(2), "a value that is not a number is bad usage");
+
     fleet.stop().await;
     t.cleanup().await;
 }

@@ -1,6 +1,8 @@
-//! The Dockerfile and docker-compose.yml, checked structurally (no Docker engine needed): every
-//! worker crate has its service and image binary, and every WARREN_* key the compose file sets
-//! is one the configuration knows.
+//! The Dockerfile, docker-compose.yml and the Kubernetes manifests, read as their tools read them
+//! (no Docker engine here): every worker runs a binary the image holds, every WARREN_* key is one
+//! the configuration knows, health checks ask the served port, the broker's permissions cover the
+//! namespace, ingest has a way in for files. .ci/run adds hadolint, `docker-compose config` and a
+//! chroot run of the image's binaries (.ci/image-root).
 
 use std::collections::BTreeSet;
 
@@ -20,45 +22,189 @@ fn worker_crates() -> Vec<String> {
     names
 }
 
+/// docker-compose.yml as Compose reads it: YAML with its anchors and `<<` merge keys applied
+/// (.ci/run also runs `docker-compose config -q`, which checks it against the Compose schema).
+fn compose() -> serde_json::Value {
+    use serde::Deserialize;
+    let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&read("docker-compose.yml")).expect("compose YAML");
+    doc.apply_merge().expect("compose merge keys");
+    serde_json::Value::deserialize(doc).expect("compose as JSON")
+}
+
+/// The binaries the Dockerfile copies into the image.
+fn image_binaries() -> BTreeSet<String> {
+    read("Dockerfile").split_whitespace().filter_map(|w| w.strip_prefix("target/release/")).map(str::to_owned).collect()
+}
+
+/// A service's environment as a map, whether compose wrote it as a map or as `KEY=value` lines.
+fn environment(service: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
+    match &service["environment"] {
+        serde_json::Value::Object(m) => {
+            m.iter().map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))).collect()
+        }
+        serde_json::Value::Array(lines) => lines
+            .iter()
+            .filter_map(|l| l.as_str()?.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        _ => Default::default(),
+    }
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+}
+
 #[test]
-fn every_worker_has_a_compose_service_and_an_image_binary() {
-    let compose = read("docker-compose.yml");
-    let docker = read("Dockerfile");
+fn every_worker_has_a_compose_service_running_a_binary_the_image_holds() {
+    let compose = compose();
+    let services = compose["services"].as_object().expect("services");
+    let image = image_binaries();
     let workers = worker_crates();
     assert_eq!(workers.len(), 9, "{workers:?}");
     for w in &workers {
-        let service = format!("\n  warren-{w}:\n");
-        assert!(compose.contains(&service), "docker-compose.yml has a service warren-{w}");
-        assert!(compose.contains(&format!("command: [\"warren-{w}\"]")), "warren-{w} runs its own binary");
-        assert!(docker.contains(&format!("target/release/warren-{w}")), "the image holds warren-{w}");
+        assert!(image.contains(&format!("warren-{w}")), "the image holds warren-{w}");
+        let s = services.get(&format!("warren-{w}")).unwrap_or_else(|| panic!("a service warren-{w}"));
+        assert_eq!(strings(&s["command"]), [format!("warren-{w}")], "warren-{w} runs its own binary");
+        assert_eq!(s["restart"], "unless-stopped");
+        assert!(s["deploy"]["replicas"].as_u64().is_some_and(|r| r >= 1), "warren-{w}: replicas");
+        assert!(s["deploy"]["resources"]["limits"]["memory"].is_string(), "warren-{w}: a memory limit");
+        assert!(strings(&s["volumes"]).iter().any(|v| v == "artifacts:/var/lib/warren/artifacts"));
     }
-    for key in
-        ["replicas:", "restart: unless-stopped", "healthcheck:", "limits:", "artifacts:/var/lib/warren/artifacts"]
-    {
-        assert!(compose.contains(key), "compose sets {key}");
+    // Every command or entrypoint of the file names a binary the image holds (or RabbitMQ's).
+    for (name, s) in services {
+        for program in [strings(&s["command"]), strings(&s["entrypoint"])].iter().filter_map(|c| c.first()) {
+            if program.starts_with("warren") {
+                assert!(image.contains(program), "service {name} runs {program}, which the image does not hold");
+            }
+        }
     }
-    assert!(compose.contains("rabbitmq:4-management") && compose.contains("definitions.json"));
-    assert!(!compose.contains("guest:guest"), "compose uses its own users, not guest");
-    assert!(docker.contains("USER 10001") && docker.contains("AS runtime"), "non-root, multi-stage");
+    let rabbit = &services["rabbitmq"];
+    assert!(rabbit["image"].as_str().is_some_and(|i| i.starts_with("rabbitmq:4-management")));
+    assert!(strings(&rabbit["volumes"]).iter().any(|v| v.ends_with(":/etc/rabbitmq/definitions.json:ro")));
+    assert!(read("Dockerfile").contains("USER 10001") && read("Dockerfile").contains("AS runtime"));
     assert!(read(".dockerignore").lines().any(|l| l.trim() == "target/"), "the build context leaves out target/");
 }
 
 #[test]
 fn every_environment_key_in_compose_is_one_the_config_knows() {
-    let compose = read("docker-compose.yml");
     let known: BTreeSet<String> = warren::config::KEYS
         .iter()
         .map(|k| format!("WARREN_{}", k.to_uppercase()))
         .chain(["WARREN_CONFIG".to_owned(), "WARREN_BIN_DIR".to_owned()])
         .collect();
-    let used: BTreeSet<String> = compose
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| w.starts_with("WARREN_") && w.len() > "WARREN_".len())
-        .map(str::to_owned)
-        .collect();
-    assert!(!used.is_empty());
-    let unknown: Vec<&String> = used.difference(&known).collect();
-    assert!(unknown.is_empty(), "compose sets keys the config does not read: {unknown:?}");
+    let compose = compose();
+    let mut seen = 0;
+    for (name, s) in compose["services"].as_object().expect("services") {
+        for key in environment(s).keys().filter(|k| k.starts_with("WARREN_")) {
+            seen += 1;
+            assert!(known.contains(key), "service {name} sets {key}, which the configuration does not read");
+        }
+    }
+    assert!(seen > 0);
+}
+
+/// Each worker's health check asks the port its WARREN_HEALTH_ADDR serves, and no two services
+/// publish the same host port.
+#[test]
+fn health_checks_ask_the_port_each_worker_serves_and_host_ports_do_not_collide() {
+    let compose = compose();
+    let mut published = BTreeSet::new();
+    for (name, s) in compose["services"].as_object().expect("services") {
+        for port in strings(&s["ports"]) {
+            let host = port.rsplit_once(':').map_or(port.as_str(), |(h, _)| h).to_owned();
+            assert!(published.insert(host.clone()), "host port {host} is published twice (again by {name})");
+        }
+        let env = environment(s);
+        let Some(addr) = env.get("WARREN_HEALTH_ADDR") else { continue };
+        let port = addr.rsplit(':').next().expect("a port");
+        let test = strings(&s["healthcheck"]["test"]).join(" ");
+        if !test.is_empty() {
+            assert!(
+                test.contains(&format!(":{port}/readyz")),
+                "service {name}: health check {test:?} asks another port"
+            );
+        }
+    }
+}
+
+/// The workers' broker user may configure, write and read every name of the namespace compose
+/// sets, and nothing of another namespace; the submitter only what submitting and following take.
+#[test]
+fn the_broker_users_permissions_cover_the_namespace_compose_sets() {
+    let compose = compose();
+    let defs: serde_json::Value = serde_json::from_str(&read("deploy/rabbitmq-definitions.json")).expect("definitions");
+    let worker_env = environment(&compose["services"]["warren-train"]);
+    let ns = &worker_env["WARREN_NAMESPACE"];
+    let url = &worker_env["WARREN_AMQP_URL"];
+    let (user, vhost) = {
+        let rest = url.split_once("://").expect("url").1;
+        let user = rest.split([':', '@']).next().expect("user").to_owned();
+        (user, rest.rsplit('/').next().expect("vhost").to_owned())
+    };
+    assert!(defs["vhosts"].as_array().expect("vhosts").iter().any(|v| v["name"] == vhost.as_str()));
+    let permission = |who: &str| {
+        defs["permissions"]
+            .as_array()
+            .expect("permissions")
+            .iter()
+            .find(|p| p["user"] == who && p["vhost"] == vhost.as_str())
+            .unwrap_or_else(|| panic!("user {who} has permissions on vhost {vhost}"))
+            .clone()
+    };
+    let matches = |p: &serde_json::Value, what: &str, name: &str| {
+        let re = regex::Regex::new(p[what].as_str().expect("a pattern")).expect("a valid pattern");
+        re.is_match(name)
+    };
+    let names = warren::Names::new(ns.as_str());
+    let own = [
+        names.steps_exchange(),
+        names.step_queue("train"),
+        names.dead_exchange(),
+        names.dead_queue("train"),
+        names.retry_queue("train", 1000),
+        names.events(),
+        names.registry(),
+        names.control(),
+    ];
+    let worker = permission(&user);
+    for name in &own {
+        for what in ["configure", "write", "read"] {
+            assert!(matches(&worker, what, name), "user {user} may not {what} {name} of namespace {ns}");
+        }
+    }
+    assert!(matches(&worker, "write", "amq.default"), "hand-offs publish through the default exchange");
+    let other = warren::Names::new("elsewhere");
+    assert!(!matches(&worker, "configure", &other.step_queue("train")), "user {user} reaches another namespace");
+    let submitter = permission("warren-submitter");
+    assert!(matches(&submitter, "write", "amq.default") && matches(&submitter, "read", &names.events()));
+    assert!(!matches(&submitter, "configure", &names.step_queue("train")), "the submitter declares nothing");
+}
+
+/// Files from the host reach ingest through a read-only bind mount at its data root, and
+/// docs/OPERATIONS.md says how.
+#[test]
+fn ingest_reads_host_files_from_a_documented_mount() {
+    let compose = compose();
+    let ingest = &compose["services"]["warren-ingest"];
+    let root = environment(ingest).get("WARREN_DATA_ROOT").cloned().expect("ingest has a data root");
+    // `HOST:CONTAINER[:MODE]`, where HOST may be `${VAR:-default}`.
+    let split = |v: &str| -> (String, String) {
+        let v = v.strip_suffix(":ro").or_else(|| v.strip_suffix(":rw")).unwrap_or(v);
+        v.rsplit_once(':').map(|(h, c)| (h.to_owned(), c.to_owned())).unwrap_or_default()
+    };
+    let mount = strings(&ingest["volumes"])
+        .into_iter()
+        .find(|v| split(v).1 == root)
+        .unwrap_or_else(|| panic!("a volume mounted at ingest's data root {root}"));
+    assert!(mount.ends_with(":ro"), "read-only: {mount}");
+    let host = split(&mount).0;
+    assert!(host.starts_with("${WARREN_INPUT") || host.starts_with("./"), "a host folder: {mount}");
+    let operations = read("docs/OPERATIONS.md");
+    assert!(
+        operations.contains("WARREN_INPUT") && operations.contains("./input"),
+        "OPERATIONS.md tells how files get in"
+    );
 }
 
 /// Every YAML document of a file.

@@ -10,6 +10,7 @@ mod dlq;
 mod fleet;
 mod jobs;
 mod models;
+mod predict;
 mod queues;
 mod rerun;
 mod steps;
@@ -84,6 +85,11 @@ enum Command {
     /// Run a local fleet: every worker, N copies where asked, restarted when they crash.
     #[command(after_help = "Example:\n  warren up --scale train=3")]
     Up(fleet::UpArgs),
+    /// Ask the predict step for a registered model's predictions (RPC).
+    #[command(
+        after_help = "Example:\n  warren predict iris --row 5.1,3.5,1.4,0.2\n  warren predict iris --row 6.3,2.9,5.6,1.8 --model-version production"
+    )]
+    Predict(predict::PredictArgs),
     /// Start a fleet, train and register an iris model, make a prediction, stop.
     #[command(after_help = "Example:\n  warren demo")]
     Demo,
@@ -172,6 +178,7 @@ fn main() -> ExitCode {
             Command::Dlq(c) => dlq::run(&config, *c, json).await,
             Command::Cancel(a) => dlq::cancel(&config, a, json).await,
             Command::Models(c) => models::run(&config, c, json).await,
+            Command::Predict(a) => predict::run(&config, a, json).await,
             Command::Rerun(a) => rerun::run(&config, a, json).await,
             Command::Queues(a) => queues::run(&config, a, json).await,
             Command::Steps(a) => steps::run(&config, a, json).await,
