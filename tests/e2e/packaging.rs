@@ -220,41 +220,45 @@ fn keys(v: &serde_json::Value) -> Vec<String> {
     v.as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default()
 }
 
+/// The fields KEDA documents for a ScaledObject's spec.
+const SCALED_OBJECT_SPEC: &[&str] = &[
+    "scaleTargetRef",
+    "pollingInterval",
+    "cooldownPeriod",
+    "initialCooldownPeriod",
+    "idleReplicaCount",
+    "minReplicaCount",
+    "maxReplicaCount",
+    "fallback",
+    "advanced",
+    "triggers",
+];
+
+/// The metadata KEDA documents for its RabbitMQ scaler.
+const RABBITMQ_METADATA: &[&str] = &[
+    "host",
+    "hostFromEnv",
+    "protocol",
+    "queueName",
+    "mode",
+    "value",
+    "activationValue",
+    "vhostName",
+    "useRegex",
+    "excludeUnacknowledged",
+    "pageSize",
+    "operation",
+    "timeout",
+    "usernameFromEnv",
+    "passwordFromEnv",
+    "unsafeSsl",
+];
+
 /// The manifests in deploy/k8s/base: per step a Deployment with probes on the worker's health
 /// port and a grace period beyond its shutdown grace, and a KEDA ScaledObject on the step's queue
 /// using only the fields KEDA documents for ScaledObject and its RabbitMQ scaler.
 #[test]
 fn kubernetes_manifests_scale_every_step_on_its_own_queue() {
-    const SCALED_OBJECT_SPEC: &[&str] = &[
-        "scaleTargetRef",
-        "pollingInterval",
-        "cooldownPeriod",
-        "initialCooldownPeriod",
-        "idleReplicaCount",
-        "minReplicaCount",
-        "maxReplicaCount",
-        "fallback",
-        "advanced",
-        "triggers",
-    ];
-    const RABBITMQ_METADATA: &[&str] = &[
-        "host",
-        "hostFromEnv",
-        "protocol",
-        "queueName",
-        "mode",
-        "value",
-        "activationValue",
-        "vhostName",
-        "useRegex",
-        "excludeUnacknowledged",
-        "pageSize",
-        "operation",
-        "timeout",
-        "usernameFromEnv",
-        "passwordFromEnv",
-        "unsafeSsl",
-    ];
     let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s/base");
     let docker = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile")).unwrap();
     let kustomization = yaml_docs(&base.join("kustomization.yaml")).remove(0);
@@ -314,5 +318,57 @@ fn kubernetes_manifests_scale_every_step_on_its_own_queue() {
         assert!(trigger["metadata"]["value"].as_str().is_some_and(|v| v.parse::<f64>().is_ok()), "value is a number");
         let auth = trigger["authenticationRef"]["name"].as_str().expect("authenticationRef");
         assert!(auths.iter().any(|a| a == auth), "{file}: TriggerAuthentication {auth} is in the base");
+    }
+}
+
+/// Every kustomize overlay (and the base) renders with kustomize (`kubectl kustomize`), and what
+/// it renders keeps KEDA's objects to the fields KEDA documents, each ScaledObject aimed at a
+/// Deployment of the same render, on its own step's queue. .ci/run also validates each render
+/// with `kubernetes-validate --strict` against Kubernetes' own schemas.
+#[test]
+fn every_overlay_renders_and_keeps_keda_to_its_documented_fields() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s");
+    let mut dirs = vec![root.join("base")];
+    let overlays = std::fs::read_dir(root.join("overlays")).expect("deploy/k8s/overlays");
+    dirs.extend(overlays.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.join("kustomization.yaml").exists()));
+    assert!(dirs.len() >= 3, "a base and at least two overlays: {dirs:?}");
+    for dir in dirs {
+        let out = std::process::Command::new("kubectl")
+            .args(["kustomize", &dir.display().to_string()])
+            .output()
+            .expect("kubectl runs (kubectl with kustomize 5 is needed for the Kubernetes checks)");
+        assert!(out.status.success(), "{}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+        use serde::Deserialize;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let docs: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_str(&text)
+            .map(|d| serde_json::Value::deserialize(d).expect("rendered YAML"))
+            .collect();
+        let deployments: Vec<&serde_json::Value> = docs.iter().filter(|d| d["kind"] == "Deployment").collect();
+        let scaled: Vec<&serde_json::Value> = docs.iter().filter(|d| d["kind"] == "ScaledObject").collect();
+        assert_eq!(scaled.len(), deployments.len(), "{}: one ScaledObject per Deployment", dir.display());
+        for so in scaled {
+            let name = so["metadata"]["name"].as_str().unwrap_or_default();
+            for k in keys(&so["spec"]) {
+                assert!(SCALED_OBJECT_SPEC.contains(&k.as_str()), "{}: {name} has no field `{k}`", dir.display());
+            }
+            let (min, max) = (so["spec"]["minReplicaCount"].as_u64(), so["spec"]["maxReplicaCount"].as_u64());
+            assert!(
+                min.zip(max).is_some_and(|(a, b)| a <= b && b >= 1),
+                "{}: {name} replicas {min:?}..{max:?}",
+                dir.display()
+            );
+            let target = &so["spec"]["scaleTargetRef"]["name"];
+            assert!(
+                deployments.iter().any(|d| &d["metadata"]["name"] == target),
+                "{}: {name} scales {target}",
+                dir.display()
+            );
+            let trigger = &so["spec"]["triggers"][0];
+            for k in keys(&trigger["metadata"]) {
+                assert!(RABBITMQ_METADATA.contains(&k.as_str()), "{}: the RabbitMQ scaler has no `{k}`", dir.display());
+            }
+            let step = name.trim_start_matches("warren-");
+            assert!(trigger["metadata"]["queueName"].as_str().is_some_and(|q| q.ends_with(&format!(".step.{step}"))));
+        }
     }
 }
