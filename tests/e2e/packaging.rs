@@ -176,6 +176,20 @@ fn the_broker_users_permissions_cover_the_namespace_compose_sets() {
     assert!(matches(&worker, "write", "amq.default"), "hand-offs publish through the default exchange");
     let other = warren::Names::new("elsewhere");
     assert!(!matches(&worker, "configure", &other.step_queue("train")), "user {user} reaches another namespace");
+    // The tools service acts as the operator, whose `monitoring` tag lets `warren queues` read
+    // unacked counts from the management API (the image has no rabbitmqctl).
+    let tools = environment(&compose["services"]["warren"]);
+    let tools_user = tools["WARREN_AMQP_URL"].split_once("://").expect("url").1.split([':', '@']).next().expect("user");
+    let tools_tags =
+        defs["users"].as_array().expect("users").iter().find(|u| u["name"] == tools_user).expect("the tools user");
+    assert!(
+        strings(&tools_tags["tags"]).iter().any(|t| t == "monitoring" || t == "administrator"),
+        "{tools_user} may read queue counts"
+    );
+    assert!(
+        matches(&permission(tools_user), "configure", &names.dead_queue("train")),
+        "{tools_user} may replay and purge"
+    );
     let submitter = permission("warren-submitter");
     assert!(matches(&submitter, "write", "amq.default") && matches(&submitter, "read", &names.events()));
     assert!(!matches(&submitter, "configure", &names.step_queue("train")), "the submitter declares nothing");

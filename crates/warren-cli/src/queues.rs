@@ -1,8 +1,10 @@
 //! `warren queues`: per step, messages ready and unacked, consumers, dead letters.
 //!
 //! Ready messages, consumers and dead letters come over AMQP. Unacked counts are not exposed by
-//! AMQP; they come from `rabbitmqctl` when it works here (the broker's own machine) and show as
-//! `-` otherwise.
+//! AMQP; they come from `rabbitmqctl` when it works here (the broker's own machine), else from
+//! RabbitMQ's management API at the broker's host (port 15672, the AMQP URL's credentials: a user
+//! with the `monitoring` tag, as `warren-operator` in deploy/rabbitmq-definitions.json), as in
+//! the compose image; `-` when neither answers.
 
 use std::{collections::BTreeMap, process::ExitCode};
 
@@ -22,7 +24,19 @@ pub struct QueuesArgs {
     prometheus: bool,
 }
 
-fn unacked() -> BTreeMap<String, u64> {
+/// Unacked counts per queue name: `rabbitmqctl` where it answers, else the management API.
+async fn unacked(config: &Config) -> BTreeMap<String, u64> {
+    let local = from_rabbitmqctl();
+    if !local.is_empty() {
+        return local;
+    }
+    match config.amqp_urls.first() {
+        Some(url) => warren::management::unacked(url).await.unwrap_or_default(),
+        None => BTreeMap::new(),
+    }
+}
+
+fn from_rabbitmqctl() -> BTreeMap<String, u64> {
     let out = std::process::Command::new("rabbitmqctl")
         .args(["list_queues", "-s", "name", "messages_unacknowledged"])
         .output();
@@ -49,7 +63,7 @@ pub async fn run(config: &Config, args: QueuesArgs, json: bool) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Per registered step (and each of `extra`): ready, unacked (where rabbitmqctl answers here),
+/// Per registered step (and each of `extra`): ready, unacked (where rabbitmqctl or the management API answers),
 /// consumers, dead letters.
 pub async fn rows(
     client: &warren::Client,
@@ -57,7 +71,7 @@ pub async fn rows(
     extra: &[String],
 ) -> Result<Vec<serde_json::Value>, crate::Fail> {
     let names = Names::new(&config.namespace);
-    let unacked = unacked();
+    let unacked = unacked(config).await;
     let mut rows = Vec::new();
     let registered = crate::steps::registry(client, config).await?;
     let steps: std::collections::BTreeSet<String> = registered.steps.into_keys().chain(extra.iter().cloned()).collect();

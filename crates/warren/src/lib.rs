@@ -42,6 +42,7 @@ pub mod envelope;
 pub mod error;
 pub mod events;
 pub mod history;
+pub mod management;
 pub mod names;
 pub mod registry;
 pub mod shutdown;
