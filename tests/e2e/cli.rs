@@ -118,10 +118,7 @@ async fn dlq_list_show_stats_replay_and_purge_with_filters() {
     }
     t.publish_raw("picky", b"\xc1 garbage", props_for(&first)).await;
     let dead_queue = t.names.dead_queue("picky");
-    wait_for("three dead letters", Duration::from_secs(20), || async {
-        t.queue_counts(&dead_queue).await.filter(|(n, _)| *n >= 3)
-    })
-    .await;
+    t.wait_dead_letters("picky", 3, Duration::from_secs(20)).await;
 
     let all = json(&run(&t, &["dlq", "list", "--step", "picky", "--json"]).await);
     assert_eq!(all.as_array().expect("rows").len(), 3);
@@ -365,10 +362,7 @@ async fn a_replay_of_a_letter_that_dies_again_returns_with_its_fate() {
     env.slip[0] = hop("doomed", &Behaviour { permanent_on: Some(5), ..Default::default() });
     t.publish_raw("doomed", &env.encode().expect("encode"), props_for(&env)).await;
     let dead_queue = t.names.dead_queue("doomed");
-    wait_for("the dead letter", Duration::from_secs(20), || async {
-        t.queue_counts(&dead_queue).await.filter(|(n, _)| *n >= 1)
-    })
-    .await;
+    t.wait_dead_letters("doomed", 1, Duration::from_secs(20)).await;
 
     warren_bin(); // built before the clock starts
     let started = std::time::Instant::now();

@@ -80,11 +80,7 @@ async fn a_permanent_error_dead_letters_the_original_bytes_and_the_worker_carrie
 
     let probes = sink.wait_count(1, Duration::from_secs(30)).await;
     assert_eq!(probes[0].seq, 2, "the next message is handled");
-    let dead_queue = t.names.dead_queue("picky");
-    crate::helpers::wait_for("a dead letter", Duration::from_secs(10), || async {
-        t.queue_counts(&dead_queue).await.filter(|(n, _)| *n >= 1)
-    })
-    .await;
+    t.wait_dead_letters("picky", 1, Duration::from_secs(10)).await;
     let dead = t.take_dead_letters("picky").await;
     assert_eq!(dead.len(), 1);
     let (props, dead_body) = &dead[0];
@@ -125,11 +121,7 @@ async fn poison_messages_are_dead_lettered_with_the_reason_and_the_worker_stays_
 
     let probes = sink.wait_count(1, Duration::from_secs(30)).await;
     assert_eq!(probes[0].seq, 1, "a good message after three bad ones is handled");
-    let dead_queue = t.names.dead_queue("strict");
-    crate::helpers::wait_for("three dead letters", Duration::from_secs(10), || async {
-        t.queue_counts(&dead_queue).await.filter(|(n, _)| *n >= 3)
-    })
-    .await;
+    t.wait_dead_letters("strict", 3, Duration::from_secs(10)).await;
     let dead = t.take_dead_letters("strict").await;
     assert_eq!(dead.len(), 3);
     for (body, reason) in &cases {
@@ -155,11 +147,7 @@ async fn a_message_that_kills_its_worker_ends_in_the_dead_letter_queue() {
     let behaviour = Behaviour { abort_on: Some(1), ..Default::default() };
     let slip = [hop("crashy", &behaviour), Hop::new("sink")];
     let job = t.submit(&slip, [1]).await[0];
-    let dead_queue = t.names.dead_queue("crashy");
-    crate::helpers::wait_for("the crashing message in the dead-letter queue", Duration::from_secs(60), || async {
-        t.queue_counts(&dead_queue).await.filter(|(n, _)| *n >= 1)
-    })
-    .await;
+    t.wait_dead_letters("crashy", 1, Duration::from_secs(60)).await;
     // The worker was restarted after each crash and still handles good messages.
     t.submit(&slip, [2]).await;
     let probes = sink.wait_count(1, Duration::from_secs(30)).await;
@@ -299,11 +287,7 @@ async fn a_step_with_no_queue_is_named_at_hand_off_and_at_submit() {
 
     let job = JobSpec::new("test", vec![Hop::new("first"), Hop::new("nowhere")], Probe { seq: 1, hops: 0 });
     let id = t.client.submit(&job).await.expect("the first step has a queue");
-    let dead_queue = t.names.dead_queue("first");
-    crate::helpers::wait_for("a dead letter", Duration::from_secs(20), || async {
-        t.queue_counts(&dead_queue).await.filter(|(n, _)| *n >= 1)
-    })
-    .await;
+    t.wait_dead_letters("first", 1, Duration::from_secs(20)).await;
     let dead = t.take_dead_letters("first").await;
     assert_eq!(dead.len(), 1);
     let (props, _) = &dead[0];

@@ -200,6 +200,15 @@ impl TestNs {
         Events { rx, seen: Vec::new() }
     }
 
+    /// Waits until `step`'s dead-letter queue holds at least `n` letters.
+    pub async fn wait_dead_letters(&self, step: &str, n: u32, deadline: Duration) {
+        let queue = self.names.dead_queue(step);
+        wait_for(&format!("{n} dead letter(s) of {step}"), deadline, || async {
+            self.queue_counts(&queue).await.filter(|(count, _)| *count >= n)
+        })
+        .await;
+    }
+
     /// Takes every dead letter of `step` out of its queue.
     pub async fn take_dead_letters(&self, step: &str) -> Vec<(BasicProperties, Vec<u8>)> {
         let ch = self.broker.channel().await.expect("channel");

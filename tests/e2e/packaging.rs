@@ -128,6 +128,12 @@ fn health_checks_ask_the_port_each_worker_serves_and_host_ports_do_not_collide()
     }
 }
 
+/// The user and vhost of a broker URL, read by lapin's own AMQP URI parser.
+fn user_and_vhost(url: &str) -> (String, String) {
+    let uri: lapin::uri::AMQPUri = url.parse().unwrap_or_else(|e| panic!("{url} is not an AMQP URL: {e}"));
+    (uri.authority.userinfo.username, uri.vhost)
+}
+
 /// The workers' broker user may configure, write and read every name of the namespace compose
 /// sets, and nothing of another namespace; the submitter only what submitting and following take.
 #[test]
@@ -137,11 +143,7 @@ fn the_broker_users_permissions_cover_the_namespace_compose_sets() {
     let worker_env = environment(&compose["services"]["warren-train"]);
     let ns = &worker_env["WARREN_NAMESPACE"];
     let url = &worker_env["WARREN_AMQP_URL"];
-    let (user, vhost) = {
-        let rest = url.split_once("://").expect("url").1;
-        let user = rest.split([':', '@']).next().expect("user").to_owned();
-        (user, rest.rsplit('/').next().expect("vhost").to_owned())
-    };
+    let (user, vhost) = user_and_vhost(url);
     assert!(defs["vhosts"].as_array().expect("vhosts").iter().any(|v| v["name"] == vhost.as_str()));
     let permission = |who: &str| {
         defs["permissions"]
@@ -179,7 +181,8 @@ fn the_broker_users_permissions_cover_the_namespace_compose_sets() {
     // The tools service acts as the operator, whose `monitoring` tag lets `warren queues` read
     // unacked counts from the management API (the image has no rabbitmqctl).
     let tools = environment(&compose["services"]["warren"]);
-    let tools_user = tools["WARREN_AMQP_URL"].split_once("://").expect("url").1.split([':', '@']).next().expect("user");
+    let (tools_user, _) = user_and_vhost(&tools["WARREN_AMQP_URL"]);
+    let tools_user = tools_user.as_str();
     let tools_tags =
         defs["users"].as_array().expect("users").iter().find(|u| u["name"] == tools_user).expect("the tools user");
     assert!(

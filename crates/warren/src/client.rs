@@ -106,7 +106,7 @@ impl Client {
     pub async fn submit<P: Payload>(&self, job: &JobSpec<P>) -> Result<Uuid, SubmitError> {
         let publisher = self.broker.publisher().await?;
         let (id, step, body, props) = self.prepare(job)?;
-        publisher.publish("", &self.names.step_queue(&step), &body, props).await.map_err(|e| self.explain(e))?;
+        publisher.publish("", &self.names.step_queue(&step), &body, props).await.map_err(|e| self.explain(e, &step))?;
         Ok(id)
     }
 
@@ -124,16 +124,16 @@ impl Client {
             let confirm = publisher.send("", &queue, &body, props).await?;
             in_flight.push(async move {
                 let c = confirm.await.map_err(BrokerError::amqp("publisher confirm"))?;
-                Publisher::check(c, "", &queue)
+                Publisher::check(c, "", &queue).map_err(|e| self.explain(e, &step))
             });
             while in_flight.len() >= WINDOW {
                 if let Some(r) = in_flight.next().await {
-                    r.map_err(|e| self.explain(e))?;
+                    r?;
                 }
             }
         }
         while let Some(r) = in_flight.next().await {
-            r.map_err(|e| self.explain(e))?;
+            r?;
         }
         Ok(ids)
     }
@@ -164,7 +164,7 @@ impl Client {
         let job = JobSpec::new("rpc", vec![hop], request);
         let (job_id, step, body, props) = self.prepare(&job)?;
         let props = props.with_reply_to(REPLY_TO.into());
-        publisher.publish("", &self.names.step_queue(&step), &body, props).await.map_err(|e| self.explain(e))?;
+        publisher.publish("", &self.names.step_queue(&step), &body, props).await.map_err(|e| self.explain(e, &step))?;
         let wait = async {
             while let Some(delivery) = replies.next().await {
                 let delivery = delivery.map_err(BrokerError::amqp("reply"))?;
@@ -209,12 +209,11 @@ impl Client {
         Ok((job_id, step, body, props))
     }
 
-    fn explain(&self, e: BrokerError) -> SubmitError {
+    /// A publish to `step`'s queue came back unroutable: the step has no queue yet.
+    fn explain(&self, e: BrokerError, step: &str) -> SubmitError {
         match e {
-            BrokerError::Unroutable { routing_key, .. } => {
-                let prefix = format!("{}.step.", self.names.namespace());
-                let step = routing_key.strip_prefix(&prefix).unwrap_or(&routing_key).to_owned();
-                SubmitError::NoQueue { step, queue: routing_key }
+            BrokerError::Unroutable { .. } => {
+                SubmitError::NoQueue { step: step.to_owned(), queue: self.names.step_queue(step) }
             }
             other => SubmitError::Broker(other),
         }

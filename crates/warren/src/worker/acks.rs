@@ -28,16 +28,6 @@ pub(super) struct AckBatcher {
     tx: mpsc::UnboundedSender<Report>,
 }
 
-impl std::fmt::Debug for Report {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Report::Started(t) => write!(f, "Started({t})"),
-            Report::Finished(t, _) => write!(f, "Finished({t})"),
-            Report::Flush(_) => f.write_str("Flush"),
-        }
-    }
-}
-
 impl AckBatcher {
     /// Starts the task acking on behalf of one consumer channel. It ends when every clone is
     /// dropped.
