@@ -12,8 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use warren::spec::PipelineSpec;
 use warren::{Config, EventKind, Names};
+use warren_ops::spec::PipelineSpec;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 

@@ -1,5 +1,5 @@
 //! Typed checks of the ML steps' parameters, for tests and tools that link the contracts.
-//! Pipeline specs themselves are generic (`warren::spec`), checked at submit against the JSON
+//! Pipeline specs themselves are generic (`warren_ops::spec`), checked at submit against the JSON
 //! Schema each step's workers announce (generated from the types here).
 
 use serde::{Serialize, de::DeserializeOwned};
@@ -84,9 +84,9 @@ mod shipped {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
-                let spec = warren::spec::PipelineSpec::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                let spec = warren_ops::spec::PipelineSpec::load(&path).unwrap_or_else(|e| panic!("{e}"));
                 for s in &spec.steps {
-                    let value = warren::spec::to_wire_value(&s.params).unwrap();
+                    let value = warren_ops::spec::to_wire_value(&s.params).unwrap();
                     let checked = check_step(&s.step, value).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                     assert!(checked.is_some(), "{}: unknown step {}", path.display(), s.step);
                 }

@@ -44,6 +44,7 @@ async fn sign_in(c: &fantoccini::Client, base: &str, token: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Debian's chromium and chromium-driver; .ci/run runs it with `cargo test --test e2e -- --ignored`"]
 async fn in_a_browser_an_operator_replays_a_fixed_failure_and_a_viewer_cannot() {
     for bin in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
         assert!(

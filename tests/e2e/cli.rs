@@ -595,7 +595,7 @@ async fn replay_edits_are_checked_against_the_step_and_the_payload_before_anythi
     let edited = warren::Envelope::<TrainTask>::decode(&got.delivery.data).expect("still a TrainTask");
     assert_eq!(edited.message_id, env.message_id, "it keeps its id");
     assert_eq!(edited.payload.candidate.hyperparams.get("max_iterations"), Some(&500.0.into()));
-    let mark = crate::helpers::header(&got.delivery.properties, warren::dlq::EDITED).unwrap_or_default();
+    let mark = crate::helpers::header(&got.delivery.properties, warren_ops::dlq::EDITED).unwrap_or_default();
     assert!(mark.contains("set validation_fraction=0.25") && mark.contains("max_iterations=500"), "{mark}");
     let history = json(&run(&t, &["dlq", "history", "--json"]).await);
     assert_eq!(history[0]["action"], "edit");
@@ -698,4 +698,74 @@ async fn every_dead_letter_example_in_operations_md_runs() {
         );
     }
     t.cleanup().await;
+}
+
+/// What an operator types by mistake is refused or said plainly: a replay no filter narrows needs
+/// `--all`; a `--set` key the step does not take is refused from its descriptor with no letter in
+/// the queue; cancelling a job the namespace never saw fails; a clap error names the
+/// subcommand's help; `warren jobs` says when its limit cut the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_mistakes_are_refused_before_anything_moves_and_said_plainly() {
+    let mut t = TestNs::new("cliops").await;
+    t.declare_step("train").await;
+    t.register_steps(&["train"]).await;
+    let stderr = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
+
+    let bare = run(&t, &["dlq", "replay"]).await;
+    assert_eq!(bare.status.code(), Some(2), "{}", stderr(&bare));
+    assert!(stderr(&bare).contains("--all") && stderr(&bare).contains("--dry-run"), "{}", stderr(&bare));
+    assert_eq!(json(&run(&t, &["dlq", "replay", "--dry-run", "--json"]).await)["replayed"], 0);
+    assert_eq!(json(&run(&t, &["dlq", "replay", "--all", "--json"]).await)["replayed"], 0);
+
+    let unknown = run(&t, &["dlq", "replay", "--step", "train", "--set", "no_such_param=1"]).await;
+    assert_eq!(unknown.status.code(), Some(2), "refused though no letter is selected: {}", stderr(&unknown));
+    assert!(stderr(&unknown).contains("step train has no parameter `no_such_param`"), "{}", stderr(&unknown));
+
+    let never = uuid::Uuid::now_v7().to_string();
+    let cancel = run(&t, &["cancel", &never, "--reason", "no such job"]).await;
+    assert_eq!(cancel.status.code(), Some(1), "{}", stderr(&cancel));
+    assert!(stderr(&cancel).contains(&format!("no job {never} in namespace {}", t.ns)), "{}", stderr(&cancel));
+
+    let clap = run(&t, &["dlq", "replay", "--bogus"]).await;
+    assert_eq!(clap.status.code(), Some(2));
+    assert!(stderr(&clap).contains("(see `warren dlq replay --help`)"), "{}", stderr(&clap));
+
+    // Three jobs through a test step; `jobs --limit 2` says it shows two of them.
+    let mut events = t.events().await;
+    let _w = t.spawn_worker("ops1", &[]);
+    t.wait_consumers("ops1", 1).await;
+    let client = warren::Client::connect(&t.config).await.expect("client");
+    for seq in 0..3 {
+        let job =
+            warren::JobSpec::new("ops", vec![hop("ops1", &Behaviour::default())], warren_e2e::Probe { seq, hops: 0 });
+        let id = client.submit(&job).await.expect("submit");
+        events.wait("the job done", Duration::from_secs(30), |e| e.job_id == id && e.last_step).await;
+    }
+    let listed = run(&t, &["jobs", "--limit", "2", "--json"]).await;
+    assert_eq!(json(&listed).as_array().map(Vec::len), Some(2));
+    assert!(stderr(&listed).contains("showing the newest 2 of 3 jobs"), "{}", stderr(&listed));
+    client.broker().close().await;
+}
+
+/// `warren up` with a wrong password exits 5 at once with one line, instead of restarting
+/// workers that can never connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_with_refused_credentials_fails_fast_with_exit_5() {
+    let t = TestNs::new("cliauth").await;
+    let url = crate::helpers::amqp_url();
+    let wrong = match url.split_once("://").and_then(|(scheme, rest)| Some((scheme, rest.split_once('@')?))) {
+        Some((scheme, (auth, host))) => {
+            format!("{scheme}://{}:not-the-password@{host}", auth.split(':').next().unwrap_or("guest"))
+        }
+        None => panic!("the test broker URL has no credentials: {url}"),
+    };
+    let out =
+        tokio::time::timeout(Duration::from_secs(30), warren(&t, &["up"]).env("WARREN_AMQP_URL", &wrong).output())
+            .await
+            .expect("warren up gives up within 30 s")
+            .expect("run warren up");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("refused the credentials") && !stderr.contains("not-the-password"), "{stderr}");
+    assert!(!stderr.contains("starting"), "no worker was started: {stderr}");
 }

@@ -15,7 +15,7 @@ use crate::{
 use crate::cli::warren;
 
 fn time_ms(id: &Uuid) -> u64 {
-    warren::history::uuid_time_ms(id).expect("a UUIDv7")
+    warren_ops::history::uuid_time_ms(id).expect("a UUIDv7")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

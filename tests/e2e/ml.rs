@@ -10,8 +10,8 @@ use std::{
 
 use tokio::process::Child;
 use uuid::Uuid;
-use warren::spec::PipelineSpec;
 use warren::{EventKind, artifacts::content_hash, envelope::headers};
+use warren_ops::spec::PipelineSpec;
 use warren_schemas::{PredictRequest, Predictions};
 
 use crate::helpers::{TestNs, header};
@@ -444,7 +444,7 @@ async fn a_bad_csv_row_dead_letters_at_validate_and_a_replay_after_the_fix_finis
         .wait("validate dead-letters it", Duration::from_secs(60), |e| e.job_id == job && e.kind == EventKind::Dead)
         .await;
     assert_eq!(&*dead.step, "validate");
-    let letters = warren::dlq::list(&t.broker, &t.names, "validate", &Default::default()).await.expect("list");
+    let letters = warren_ops::dlq::list(&t.broker, &t.names, "validate", &Default::default()).await.expect("list");
     assert_eq!(letters.len(), 1);
     let reason = header(&letters[0].properties, headers::ERROR).unwrap_or_default();
     assert!(reason.contains("row 7") && reason.contains("bill_depth"), "the reason names the row and column: {reason}");
@@ -452,12 +452,14 @@ async fn a_bad_csv_row_dead_letters_at_validate_and_a_replay_after_the_fix_finis
 
     // Fix the file and replay the dead letter: the job finishes.
     std::fs::write(&csv, &good).expect("fix csv");
-    let filter = warren::dlq::Filter { job: Some(job.to_string()), ..Default::default() };
+    let filter = warren_ops::dlq::Filter { job: Some(job.to_string()), ..Default::default() };
     let report =
-        warren::dlq::replay(&t.broker, &t.names, "validate", &filter, &Default::default()).await.expect("replay");
+        warren_ops::dlq::replay(&t.broker, &t.names, "validate", &filter, &Default::default()).await.expect("replay");
     assert_eq!(report.replayed, 1);
     wait_done(&mut events, job, Duration::from_secs(120)).await;
-    assert!(warren::dlq::list(&t.broker, &t.names, "validate", &Default::default()).await.expect("list").is_empty());
+    assert!(
+        warren_ops::dlq::list(&t.broker, &t.names, "validate", &Default::default()).await.expect("list").is_empty()
+    );
 
     fleet.stop().await;
     t.cleanup().await;

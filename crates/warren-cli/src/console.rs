@@ -1,5 +1,5 @@
 //! `warren console`: a web console served by the CLI. No database: the broker's events stream
-//! (through `warren::history`), its queues and dead-letter queues are the source.
+//! (through `warren_ops::history`), its queues and dead-letter queues are the source.
 //!
 //! Login is by token, with two roles: a viewer reads, an operator also replays, purges and
 //! cancels — each action asks for a reason and is recorded in the events stream as the CLI's are.
@@ -24,11 +24,12 @@ use axum::{
 use futures_util::StreamExt;
 use serde::Deserialize;
 use uuid::Uuid;
-use warren::{
-    Config, Names,
-    dlq::{DeadLetter, Filter, ReplayOptions},
-    events::{OperatorAction, format_time},
+use warren::{Config, Names, events::format_time};
+use warren_ops::{
+    Audit, OpsError, Selection,
+    dlq::{DeadLetter, Edit, Filter},
     history::{JobState, JobView},
+    operator::ReplayRequest,
 };
 
 use crate::{Fail, Outcome, connect};
@@ -67,7 +68,7 @@ struct Session {
 
 struct App {
     config: Config,
-    client: warren::Client,
+    op: warren_ops::Operator,
     tokens: Vec<(String, Role)>,
     sessions: Mutex<HashMap<String, Session>>,
     extra_steps: Vec<String>,
@@ -103,6 +104,25 @@ fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Markup whose interpolated values were escaped: the `html!` macro is its only maker.
+struct Markup(String);
+
+/// A value shown in markup: its text, escaped.
+struct Escaped<'a, T: std::fmt::Display>(&'a T);
+
+impl<T: std::fmt::Display> std::fmt::Display for Escaped<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&esc(&self.0.to_string()))
+    }
+}
+
+/// `format!` for markup: the template is trusted, every value is escaped.
+macro_rules! html {
+    ($template:literal $(, $arg:expr)* $(,)?) => {
+        Markup(format!($template $(, Escaped(&$arg))*))
+    };
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
@@ -129,7 +149,7 @@ pub async fn run(config: &Config, args: ConsoleArgs) -> Outcome {
         .map_err(|e| Fail::usage(format!("--listen {}: {e}", args.listen)))?;
     let app = Arc::new(App {
         config: config.clone(),
-        client,
+        op: client,
         tokens,
         sessions: Mutex::new(HashMap::new()),
         extra_steps: args.step,
@@ -256,13 +276,13 @@ fn error_page(status: StatusCode, s: Option<&Session>, message: &str) -> Respons
 async fn read_jobs(app: &App, since_ms: u64) -> Result<Vec<JobView>, String> {
     let names = Names::new(&app.config.namespace);
     let events = warren::events::read_to_now(
-        app.client.broker(),
+        app.op.client().broker(),
         &names,
         warren::events::From::Time(since_ms.saturating_sub(60_000)),
     )
     .await
     .map_err(|e| e.to_string())?;
-    Ok(warren::history::fold(&events, false))
+    Ok(warren_ops::history::fold(&events, false))
 }
 
 #[derive(Deserialize, Default)]
@@ -343,7 +363,7 @@ async fn job_page(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<
         Err(r) => return *r,
     };
     let Ok(job) = id.parse::<Uuid>() else { return error_page(StatusCode::NOT_FOUND, Some(&s), "not a job id") };
-    let made = warren::history::uuid_time_ms(&job).unwrap_or(0);
+    let made = warren_ops::history::uuid_time_ms(&job).unwrap_or(0);
     let jobs = match read_jobs(&app, made).await {
         Ok(j) => j,
         Err(e) => return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&s), &e),
@@ -455,16 +475,16 @@ fn action_form(action: &str, s: &Session, fields: &[(&str, &str)], label: &str) 
 
 async fn dead_letters(app: &App) -> Result<Vec<DeadLetter>, String> {
     let names = Names::new(&app.config.namespace);
-    let registry = warren::registry::read(app.client.broker(), &names).await.map_err(|e| e.to_string())?;
+    let registry = warren::registry::read(app.op.client().broker(), &names).await.map_err(|e| e.to_string())?;
     let mut steps: Vec<String> = registry.steps.into_keys().collect();
     steps.extend(app.extra_steps.iter().cloned());
     steps.sort();
     steps.dedup();
     let mut out = Vec::new();
     for step in steps {
-        match warren::dlq::list(app.client.broker(), &names, &step, &Filter::default()).await {
+        match warren_ops::dlq::list(app.op.client().broker(), &names, &step, &Filter::default()).await {
             Ok(mut d) => out.append(&mut d),
-            Err(warren::dlq::DlqError::UnknownStep { .. }) => {}
+            Err(warren_ops::dlq::DlqError::UnknownStep { .. }) => {}
             Err(e) => return Err(e.to_string()),
         }
     }
@@ -526,15 +546,15 @@ async fn queues_page(State(app): State<Shared>, headers: HeaderMap) -> Response 
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let rows = match crate::queues::rows(&app.client, &app.config, &app.extra_steps).await {
+    let rows = match crate::queues::rows(app.op.client(), &app.config, &app.extra_steps).await {
         Ok(r) => r,
         Err(e) => return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&s), &e.message),
     };
     let names = Names::new(&app.config.namespace);
-    let registry = warren::registry::read(app.client.broker(), &names).await.unwrap_or_default();
+    let registry = warren::registry::read(app.op.client().broker(), &names).await.unwrap_or_default();
     // Rates over the last five minutes, from the events stream.
     let since = warren::envelope::now_ms().saturating_sub(300_000);
-    let events = warren::events::read_to_now(app.client.broker(), &names, warren::events::From::Time(since))
+    let events = warren::events::read_to_now(app.op.client().broker(), &names, warren::events::From::Time(since))
         .await
         .unwrap_or_default();
     let per_min = |step: &str, kind: warren::EventKind| {
@@ -580,7 +600,7 @@ async fn live(State(app): State<Shared>, headers: HeaderMap) -> Response {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     let names = Names::new(&app.config.namespace);
-    let rx = match warren::events::subscribe_from(app.client.broker(), &names, warren::events::From::Next).await {
+    let rx = match warren::events::subscribe_from(app.op.client().broker(), &names, warren::events::From::Next).await {
         Ok(rx) => rx,
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     };
@@ -627,123 +647,87 @@ fn operator(app: &App, headers: &HeaderMap, form: &ActionForm) -> Result<Session
         let message = "viewers cannot change anything: sign in with the operator token";
         return Err(Box::new(error_page(StatusCode::FORBIDDEN, Some(&s), message)));
     }
-    if form.reason.trim().chars().filter(|c| c.is_alphanumeric()).count() < 10 {
-        return Err(Box::new(error_page(
-            StatusCode::BAD_REQUEST,
-            Some(&s),
-            "say why in a few words (recorded in the history)",
-        )));
-    }
     Ok(s)
 }
 
-fn actor() -> String {
-    format!("console-operator@{}", warren::broker::hostname())
+/// Who acts from the console, and why (the reason rule is the operator's, as for the CLI).
+fn audit(form: &ActionForm) -> Audit {
+    Audit::new(Some(format!("console-operator@{}", warren::broker::hostname())), Some(form.reason.clone()))
 }
 
-/// The operator, step, names and selection of an action on dead letters.
-fn dead_letter_action(
-    app: &App,
-    headers: &HeaderMap,
-    form: &ActionForm,
-) -> Result<(Session, String, Names, Filter), Box<Response>> {
-    let s = operator(app, headers, form)?;
-    let Some(step) = form.step.clone() else {
-        return Err(Box::new(error_page(StatusCode::BAD_REQUEST, Some(&s), "no step")));
+/// An operator's refusal or failure as a page: bad requests are the operator's to fix.
+fn ops_error(s: &Session, what: &str, e: &OpsError) -> Response {
+    let status = if e.is_usage() {
+        StatusCode::BAD_REQUEST
+    } else if e.is_not_found() {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
-    let filter = Filter { group: form.group.clone(), job: form.job.clone(), ..Default::default() };
-    Ok((s, step, Names::new(&app.config.namespace), filter))
+    error_page(status, Some(s), &format!("nothing {what}: {e}"))
+}
+
+/// The selection of an action on one step's dead letters (a failure group, a job's).
+fn selection(form: &ActionForm) -> Option<Selection> {
+    let step = form.step.clone().filter(|s| !s.is_empty())?;
+    Some(Selection { steps: vec![step], group: form.group.clone(), job: form.job.clone(), ..Default::default() })
+}
+
+/// The `set` field: `name=value` per line.
+fn set_lines(form: &ActionForm) -> Vec<String> {
+    form.set.as_deref().unwrap_or("").lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect()
 }
 
 async fn replay(State(app): State<Shared>, headers: HeaderMap, Form(form): Form<ActionForm>) -> Response {
-    let (s, step, names, filter) = match dead_letter_action(&app, &headers, &form) {
-        Ok(t) => t,
+    let s = match operator(&app, &headers, &form) {
+        Ok(s) => s,
         Err(r) => return *r,
     };
-    // Edit and replay: every change is checked against the step's announced parameters, on
-    // every letter it touches, before anything moves.
-    let mut edit = warren::dlq::Edit::default();
-    for line in form.set.as_deref().unwrap_or("").lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let Some((k, v)) = line.split_once('=') else {
-            return error_page(StatusCode::BAD_REQUEST, Some(&s), &format!("`{line}`: expected name=value"));
-        };
-        match crate::dlq::parse_value(v) {
-            Ok(v) => edit.set.push((k.trim().to_owned(), v)),
-            Err(e) => return error_page(StatusCode::BAD_REQUEST, Some(&s), &format!("{k}: {e}")),
-        }
-    }
-    if !edit.is_empty() {
-        let registry = warren::registry::read(app.client.broker(), &names).await.unwrap_or_default();
-        let letters = match warren::dlq::list(app.client.broker(), &names, &step, &filter).await {
-            Ok(l) => l,
-            Err(e) => return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&s), &e.to_string()),
-        };
-        for d in &letters {
-            if let Err(f) = crate::dlq::check_edit(&edit, d, &registry) {
-                return error_page(StatusCode::BAD_REQUEST, Some(&s), &format!("nothing replayed: {}", f.message));
-            }
-        }
-    }
-    let options = ReplayOptions { edit: edit.clone(), ..Default::default() };
-    let report = match warren::dlq::replay(app.client.broker(), &names, &step, &filter, &options).await {
-        Ok(r) => r,
-        Err(e) => return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&s), &e.to_string()),
+    let Some(selection) = selection(&form) else { return error_page(StatusCode::BAD_REQUEST, Some(&s), "no step") };
+    let set = match warren_ops::edit::parse_assignments("set", &set_lines(&form)) {
+        Ok(set) => set,
+        Err(e) => return ops_error(&s, "replayed", &e),
     };
-    let action = OperatorAction {
-        action: if edit.is_empty() { "replay" } else { "edit" }.into(),
-        changes: edit.describe(),
-        actor: actor(),
-        reason: Some(form.reason.clone()),
-        step: step.clone(),
-        job: form.job.as_deref().and_then(|j| j.parse().ok()),
-        filter: format!(
-            "console: step {step}{}",
-            form.group.as_deref().map(|g| format!(" group {g}")).unwrap_or_default()
-        ),
-        count: report.replayed,
-        ids: report.ids.clone(),
+    let step = selection.steps.join(",");
+    let req = ReplayRequest {
+        selection,
+        all: false,
+        edit: Edit { set, ..Default::default() },
+        dry_run: false,
+        rate_per_s: None,
+        follow: None,
+        audit: audit(&form),
     };
-    if let Err(e) = warren::events::record(app.client.broker(), &names, &action).await {
-        tracing::warn!(error = %e, "the replay is done, but its record failed");
+    match app.op.replay(&req).await {
+        Ok(out) => {
+            let body = html!(
+                "<h2>Replayed</h2><p id=\"result\">replayed {} dead letter(s) of {}</p><p><a href=\"/failures\">Failures</a> · <a href=\"/\">Jobs</a></p>",
+                out.report.replayed,
+                step
+            );
+            page("Replayed", Some(&s), &body.0).into_response()
+        }
+        Err(e) => ops_error(&s, "replayed", &e),
     }
-    let body = format!(
-        "<h2>Replayed</h2><p id=\"result\">replayed {} dead letter(s) of {}</p><p><a href=\"/failures\">Failures</a> · <a href=\"/\">Jobs</a></p>",
-        report.replayed,
-        esc(&step)
-    );
-    page("Replayed", Some(&s), &body).into_response()
 }
 
 async fn purge(State(app): State<Shared>, headers: HeaderMap, Form(form): Form<ActionForm>) -> Response {
-    let (s, step, names, filter) = match dead_letter_action(&app, &headers, &form) {
-        Ok(t) => t,
+    let s = match operator(&app, &headers, &form) {
+        Ok(s) => s,
         Err(r) => return *r,
     };
-    let purged = match warren::dlq::purge(app.client.broker(), &names, &step, &filter).await {
-        Ok(n) => n,
-        Err(e) => return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&s), &e.to_string()),
-    };
-    let action = OperatorAction {
-        action: "purge".into(),
-        actor: actor(),
-        reason: Some(form.reason.clone()),
-        step: step.clone(),
-        filter: format!(
-            "console: step {step}{}",
-            form.group.as_deref().map(|g| format!(" group {g}")).unwrap_or_default()
-        ),
-        count: purged,
-        ..Default::default()
-    };
-    if let Err(e) = warren::events::record(app.client.broker(), &names, &action).await {
-        tracing::warn!(error = %e, "the purge is done, but its record failed");
+    let Some(selection) = selection(&form) else { return error_page(StatusCode::BAD_REQUEST, Some(&s), "no step") };
+    match app.op.purge(&selection, &audit(&form)).await {
+        Ok(purged) => {
+            let body = html!(
+                "<h2>Purged</h2><p id=\"result\">purged {} dead letter(s) of {}</p>",
+                purged,
+                selection.steps.join(",")
+            );
+            page("Purged", Some(&s), &body.0).into_response()
+        }
+        Err(e) => ops_error(&s, "purged", &e),
     }
-    page(
-        "Purged",
-        Some(&s),
-        &format!("<h2>Purged</h2><p id=\"result\">purged {purged} dead letter(s) of {}</p>", esc(&step)),
-    )
-    .into_response()
 }
 
 async fn cancel(State(app): State<Shared>, headers: HeaderMap, Form(form): Form<ActionForm>) -> Response {
@@ -754,24 +738,10 @@ async fn cancel(State(app): State<Shared>, headers: HeaderMap, Form(form): Form<
     let Some(job) = form.job.as_deref().and_then(|j| j.parse::<Uuid>().ok()) else {
         return error_page(StatusCode::BAD_REQUEST, Some(&s), "no job");
     };
-    let names = Names::new(&app.config.namespace);
-    if let Err(e) = warren::control::cancel(app.client.broker(), &names, job, &actor(), Some(&form.reason)).await {
-        return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&s), &e.to_string());
+    match app.op.cancel(job, &audit(&form)).await {
+        Ok(()) => Redirect::to(&format!("/jobs/{job}")).into_response(),
+        Err(e) => ops_error(&s, "cancelled", &e),
     }
-    let action = OperatorAction {
-        action: "cancel".into(),
-        actor: actor(),
-        reason: Some(form.reason.clone()),
-        job: Some(job),
-        filter: format!("job {job}"),
-        count: 1,
-        ids: vec![job.to_string()],
-        ..Default::default()
-    };
-    if let Err(e) = warren::events::record(app.client.broker(), &names, &action).await {
-        tracing::warn!(error = %e, "the cancel is done, but its record failed");
-    }
-    Redirect::to(&format!("/jobs/{job}")).into_response()
 }
 
 async fn rerun(State(app): State<Shared>, headers: HeaderMap, Form(form): Form<ActionForm>) -> Response {
@@ -783,10 +753,12 @@ async fn rerun(State(app): State<Shared>, headers: HeaderMap, Form(form): Form<A
     else {
         return error_page(StatusCode::BAD_REQUEST, Some(&s), "a rerun needs a job and a step");
     };
-    let sets: Vec<String> =
-        form.set.as_deref().unwrap_or("").lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
-    match crate::rerun::rerun(&app.config, job, from, &sets, actor(), Some(form.reason.clone())).await {
+    let changes = match warren_ops::rerun::parse_changes(&set_lines(&form)) {
+        Ok(c) => c,
+        Err(e) => return ops_error(&s, "rerun", &e),
+    };
+    match app.op.rerun(job, from, &changes, &audit(&form)).await {
         Ok((new_job, _)) => Redirect::to(&format!("/jobs/{new_job}")).into_response(),
-        Err(f) => error_page(StatusCode::BAD_REQUEST, Some(&s), &f.message),
+        Err(e) => ops_error(&s, "rerun", &e),
     }
 }

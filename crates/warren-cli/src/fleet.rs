@@ -13,8 +13,8 @@ use tokio::{
     sync::watch,
     task::JoinHandle,
 };
-use warren::spec::PipelineSpec;
 use warren::{Config, Declarer, Names};
+use warren_ops::spec::PipelineSpec;
 use warren_schemas::{PredictRequest, Predictions};
 
 use crate::{Fail, Outcome, connect};
@@ -82,8 +82,16 @@ pub fn load_fleet(path: &std::path::Path) -> Result<Vec<FleetWorker>, Fail> {
     Ok(out)
 }
 
+/// The fleet file, or one line naming the line of the file and what is wrong there (an unknown
+/// key with the keys that are known, a missing one, a wrong type).
 fn parse_fleet(text: &str) -> Result<FleetFile, String> {
-    toml::from_str(text).map_err(|e| e.to_string().lines().next().unwrap_or("not TOML").to_owned())
+    toml::from_str(text).map_err(|e: toml::de::Error| {
+        let message = e.message().trim().replace('\n', " ");
+        match e.span() {
+            Some(span) => format!("line {}: {message}", text[..span.start.min(text.len())].matches('\n').count() + 1),
+            None => message,
+        }
+    })
 }
 
 /// Every worker binary in the binary directory: the `warren-*` executables that describe a step
@@ -141,6 +149,15 @@ pub enum Logs {
 pub struct Fleet {
     stop: watch::Sender<bool>,
     slots: Vec<JoinHandle<()>>,
+    /// Workers that exited in a way a restart cannot mend (bad usage, refused credentials).
+    fatal: tokio::sync::mpsc::UnboundedReceiver<Fatal>,
+}
+
+/// A worker that will not be restarted: its name and exit code.
+#[derive(Debug)]
+pub struct Fatal {
+    name: String,
+    code: u8,
 }
 
 /// The directory holding the worker binaries: `$WARREN_BIN_DIR`, else beside this executable.
@@ -166,7 +183,7 @@ fn apply_scale(workers: &mut [FleetWorker], scale: &[String]) -> Result<(), Fail
 async fn pump(reader: impl AsyncRead + Unpin, prefix: String) {
     let mut lines = BufReader::new(reader).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        println!("{prefix} {line}");
+        outln!("{prefix} {line}");
     }
 }
 
@@ -174,6 +191,7 @@ impl Fleet {
     /// Starts every worker (`scale` copies each), restarting any that exits.
     pub fn start(config: &Config, workers: &[FleetWorker], logs: Logs, json: bool) -> Result<Self, Fail> {
         let (stop, stopped) = watch::channel(false);
+        let (fatal_tx, fatal) = tokio::sync::mpsc::unbounded_channel();
         let mut slots = Vec::new();
         let mut health: Option<std::net::SocketAddr> = match &config.health_addr {
             Some(a) => Some(a.parse().map_err(|_| Fail::usage(format!("--health-addr {a}: expected host:port")))?),
@@ -188,20 +206,26 @@ impl Fleet {
                 // One health address per worker: the configured one's port, then the next ones.
                 if let Some(addr) = health.as_mut() {
                     if json {
-                        println!(
+                        outln!(
                             "{}",
                             serde_json::json!({ "worker": name, "step": w.step, "health": format!("http://{addr}/") })
                         );
                     } else {
-                        println!("[{name}] health and metrics on http://{addr}/");
+                        outln!("[{name}] health and metrics on http://{addr}/");
                     }
                     env.push(("WARREN_HEALTH_ADDR".to_owned(), addr.to_string()));
                     addr.set_port(addr.port().saturating_add(1));
                 }
-                slots.push(tokio::spawn(slot(w.bin.clone(), name, env, logs.clone(), stopped.clone())));
+                let task = slot(w.bin.clone(), name, env, logs.clone(), stopped.clone(), fatal_tx.clone());
+                slots.push(tokio::spawn(task));
             }
         }
-        Ok(Self { stop, slots })
+        Ok(Self { stop, slots, fatal })
+    }
+
+    /// The first worker that exited for good (bad usage or refused credentials), if any does.
+    pub async fn fatal(&mut self) -> Option<Fatal> {
+        self.fatal.recv().await
     }
 
     /// Stops every worker with SIGTERM and waits for them.
@@ -233,7 +257,14 @@ fn env(config: &Config) -> Vec<(String, String)> {
 }
 
 /// One worker slot: runs the binary, restarts it with backoff when it exits, stops it on request.
-async fn slot(bin: PathBuf, name: String, env: Vec<(String, String)>, logs: Logs, mut stop: watch::Receiver<bool>) {
+async fn slot(
+    bin: PathBuf,
+    name: String,
+    env: Vec<(String, String)>,
+    logs: Logs,
+    mut stop: watch::Receiver<bool>,
+    fatal: tokio::sync::mpsc::UnboundedSender<Fatal>,
+) {
     let mut failures = 0u32;
     loop {
         if *stop.borrow() {
@@ -282,6 +313,11 @@ async fn slot(bin: PathBuf, name: String, env: Vec<(String, String)>, logs: Logs
                 if *stop.borrow() {
                     return;
                 }
+                // Bad usage (2) or refused credentials (5): every restart would end the same way.
+                if let Some(code @ (2 | warren::cli::ACCESS_REFUSED_EXIT)) = status.as_ref().ok().and_then(|s| s.code()).and_then(|c| u8::try_from(c).ok()) {
+                    let _ = fatal.send(Fatal { name, code });
+                    return;
+                }
                 failures = if started.elapsed() > Duration::from_secs(60) { 1 } else { failures + 1 };
                 let backoff = Duration::from_millis((250u64 << failures.min(7)).min(30_000));
                 let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
@@ -325,6 +361,19 @@ async fn wait_ready(client: &warren::Client, names: &Names, steps: &[String], wi
     Ok(())
 }
 
+/// Refused credentials end `warren up` at once (exit 5); a broker that is not up yet does not,
+/// since the workers wait for it.
+async fn preflight(config: &Config) -> Result<(), Fail> {
+    match warren_ops::Operator::connect(config).await {
+        Ok(op) => op.close().await,
+        Err(warren_ops::OpsError::Broker(e)) if e.is_access_refused() => {
+            return Err(warren_ops::OpsError::from(e).into());
+        }
+        Err(e) => eprintln!("warren: {e}; the workers keep trying"),
+    }
+    Ok(())
+}
+
 /// `warren up`.
 pub async fn up(config: &Config, args: UpArgs, json: bool) -> Outcome {
     let mut workers = match &args.fleet {
@@ -332,24 +381,40 @@ pub async fn up(config: &Config, args: UpArgs, json: bool) -> Outcome {
         None => discover()?,
     };
     apply_scale(&mut workers, &args.scale)?;
+    preflight(config).await?;
     let total: usize = workers.iter().map(|w| w.scale).sum();
     eprintln!(
         "starting {total} workers: {}",
         workers.iter().map(|w| format!("{}×{}", w.step, w.scale)).collect::<Vec<_>>().join(", ")
     );
-    let fleet = Fleet::start(config, &workers, Logs::Prefixed, json)?;
+    let mut fleet = Fleet::start(config, &workers, Logs::Prefixed, json)?;
     eprintln!("fleet up in namespace {}: Ctrl-C or SIGTERM stops it", config.namespace);
-    warren::shutdown_signal().await;
+    let fatal = tokio::select! {
+        _ = warren::shutdown_signal() => None,
+        f = fleet.fatal() => f,
+    };
     eprintln!("stopping the fleet");
     fleet.stop().await;
-    Ok(ExitCode::SUCCESS)
+    match fatal {
+        None => Ok(ExitCode::SUCCESS),
+        Some(Fatal { name, code }) => Err(Fail {
+            code,
+            message: if code == warren::cli::ACCESS_REFUSED_EXIT {
+                format!(
+                    "worker {name}: the broker refused the credentials (exit {code}); fix the user and password in the broker URL"
+                )
+            } else {
+                format!("worker {name} exited with {code} (bad usage or configuration; its log above says why)")
+            },
+        }),
+    }
 }
 
 const IRIS: &str = include_str!("../../../pipelines/iris.toml");
 
 /// `warren demo`.
 pub async fn demo(config: &Config, json: bool) -> Outcome {
-    let client = connect(config).await?;
+    let client = connect(config).await?.into_client();
     let names = Names::new(&config.namespace);
     Declarer::new(client.broker(), &names).base().await?;
     let mut spec = PipelineSpec::parse(IRIS, "pipelines/iris.toml").map_err(|e| Fail::from(e.to_string()))?;
@@ -390,7 +455,7 @@ pub async fn demo(config: &Config, json: bool) -> Outcome {
         if !has_report(&events, "evaluate") || !has_report(&events, "register") {
             let made_ms =
                 job.get_timestamp().map(|t| t.to_unix()).map_or(0, |(s, n)| s * 1000 + u64::from(n) / 1_000_000);
-            let all = crate::jobs::read_all(config, warren::events::From::Time(made_ms.saturating_sub(1_000))).await?;
+            let all = warren::events::read_to_now(client.broker(), &names, warren::events::From::Time(made_ms.saturating_sub(1_000))).await?;
             events = all.into_iter().filter(|e| e.job_id == job).collect();
         }
         let report = |step: &str| {
@@ -408,15 +473,15 @@ pub async fn demo(config: &Config, json: bool) -> Outcome {
         let p: Predictions = client.call("predict", rmpv::Value::Nil, request, Duration::from_secs(30)).await?;
         let label = p.labels.first().map_or("?", String::as_str);
         if json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({ "job": job.to_string(), "evaluation": report("evaluate"), "registered": report("register"),
                     "prediction": { "row": row, "label": label, "model": "iris", "version": p.version } })
             );
         } else {
-            println!("evaluation on held-out rows: {}", report("evaluate"));
-            println!("registered: {}", report("register"));
-            println!("prediction for {row:?}: {label} (model iris, version {})", p.version);
+            outln!("evaluation on held-out rows: {}", report("evaluate"));
+            outln!("registered: {}", report("register"));
+            outln!("prediction for {row:?}: {label} (model iris, version {})", p.version);
         }
         Ok::<_, Fail>(())
     }

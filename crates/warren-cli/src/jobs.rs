@@ -1,14 +1,11 @@
 //! `warren status JOB` and `warren jobs`: history rebuilt from the events stream alone, through
-//! the runtime's read model (`warren::history`).
+//! the runtime's read model (`warren_ops::history`).
 
 use std::{process::ExitCode, time::Duration};
 
 use uuid::Uuid;
-use warren::{
-    Config, EventKind, JobEvent, Names,
-    events::format_time,
-    history::{JobState, JobView},
-};
+use warren::{Config, EventKind, JobEvent, Names, events::format_time};
+use warren_ops::history::{JobState, JobView};
 
 use crate::{Fail, Outcome, connect, parse_age};
 
@@ -48,10 +45,10 @@ pub struct JobsArgs {
 
 /// The events from `from` up to the stream's tail when the read began.
 pub async fn read_all(config: &Config, from: warren::events::From) -> Result<Vec<JobEvent>, Fail> {
-    let client = connect(config).await?;
-    let events = warren::events::read_to_now(client.broker(), &Names::new(&config.namespace), from).await?;
-    client.broker().close().await;
-    Ok(events)
+    let op = connect(config).await?;
+    let events = op.events(from).await;
+    op.close().await;
+    Ok(events?)
 }
 
 /// `340ms`, `4s 200ms`, `2m 5s` (humantime), rounded to what a person reads.
@@ -77,27 +74,22 @@ pub fn next_command(job: &JobView) -> Option<String> {
 pub async fn status(config: &Config, args: StatusArgs, json: bool) -> Outcome {
     let job: Uuid = args.job.parse().map_err(|_| Fail::usage(format!("`{}` is not a job id (a UUID)", args.job)))?;
     // The job id (UUIDv7) says when it was made: read from a minute before.
-    let made_ms = warren::history::uuid_time_ms(&job).unwrap_or(0);
+    let made_ms = warren_ops::history::uuid_time_ms(&job).unwrap_or(0);
     let all = read_all(config, warren::events::From::Time(made_ms.saturating_sub(60_000))).await?;
     let mine: Vec<JobEvent> = all.iter().filter(|e| e.job_id == job).cloned().collect();
-    let Some(view) = warren::history::fold(&all, true).into_iter().find(|j| j.job == job) else {
+    let Some(view) = warren_ops::history::fold(&all, true).into_iter().find(|j| j.job == job) else {
         return Err(Fail::from(format!("no events for job {job} in namespace {}", config.namespace)));
     };
     if json {
         let mut v = serde_json::to_value(&view)?;
         v["events"] = serde_json::to_value(&mine)?;
         v["next"] = serde_json::json!(next_command(&view));
-        println!("{v}");
+        outln!("{v}");
         return Ok(ExitCode::SUCCESS);
     }
     let took = view.duration_ms.map(|d| format!(" in {}", duration(d))).unwrap_or_default();
-    println!("job {job}");
-    println!(
-        "  pipeline {}  {}{took}  submitted {}",
-        view.pipeline,
-        view.state.as_str(),
-        format_time(view.submitted_ms)
-    );
+    outln!("job {job}");
+    outln!("  pipeline {}  {}{took}  submitted {}", view.pipeline, view.state.as_str(), format_time(view.submitted_ms));
     for s in &view.steps {
         let n = s.branches.len();
         let times: Vec<u64> = s.branches.iter().filter_map(|b| b.duration_ms).collect();
@@ -116,12 +108,12 @@ pub async fn status(config: &Config, args: StatusArgs, json: bool) -> Outcome {
             }
         };
         let offset = s.first_ms.saturating_sub(view.submitted_ms);
-        println!("  {}  {:>9}  {:<10} {summary}", format_time(s.first_ms), format!("+{}", duration(offset)), s.step);
+        outln!("  {}  {:>9}  {:<10} {summary}", format_time(s.first_ms), format!("+{}", duration(offset)), s.step);
         if n > 1 {
             for (i, b) in s.branches.iter().enumerate() {
                 let at = b.started_ms.map(format_time).unwrap_or_else(|| "-".into());
                 let err = b.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
-                println!(
+                outln!(
                     "      #{i:<3} {at}  {:<9} {:>9}  {}{err}",
                     b.outcome,
                     b.duration_ms.map(duration).unwrap_or_default(),
@@ -129,25 +121,25 @@ pub async fn status(config: &Config, args: StatusArgs, json: bool) -> Outcome {
                 );
             }
         } else if let Some(err) = s.branches.first().and_then(|b| b.error.as_deref()) {
-            println!("      {err}");
+            outln!("      {err}");
         }
         for r in &s.reports {
-            println!("      report: {r}");
+            outln!("      report: {r}");
         }
     }
     for a in &view.actions {
         let why = a.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
-        println!("  {} by {}{why}", a.action, a.actor);
+        outln!("  {} by {}{why}", a.action, a.actor);
     }
     for r in &view.reruns {
-        println!("  re-run as job {r}");
+        outln!("  re-run as job {r}");
     }
     if let Some(old) = view.rerun_of {
-        println!("  a re-run of job {old}");
+        outln!("  a re-run of job {old}");
     }
     if let Some(next) = next_command(&view) {
-        println!("  dead at {}: {}", view.dead[0].step, view.dead[0].error);
-        println!("  next: {next}");
+        outln!("  dead at {}: {}", view.dead[0].step, view.dead[0].error);
+        outln!("  next: {next}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -160,9 +152,8 @@ fn window(args: &JobsArgs) -> Result<(u64, Option<u64>), Fail> {
             s.parse().map_err(|_| Fail::usage(format!("--since {s}: not a time")))?
         }
         Some(s) => match s.parse::<Uuid>() {
-            Ok(id) => {
-                warren::history::uuid_time_ms(&id).ok_or_else(|| Fail::usage(format!("--since {s}: not a UUIDv7")))?
-            }
+            Ok(id) => warren_ops::history::uuid_time_ms(&id)
+                .ok_or_else(|| Fail::usage(format!("--since {s}: not a UUIDv7")))?,
             Err(_) => now.saturating_sub(parse_age(s)?),
         },
     };
@@ -182,7 +173,6 @@ fn select(jobs: Vec<JobView>, args: &JobsArgs, since: u64, until: Option<u64>) -
         .filter(|j| j.submitted_ms >= since && until.is_none_or(|u| j.submitted_ms < u))
         .filter(|j| args.pipeline.as_deref().is_none_or(|p| p == j.pipeline))
         .filter(|j| state.is_none_or(|s| s == j.state))
-        .take(args.limit)
         .collect())
 }
 
@@ -214,17 +204,22 @@ fn print_rows(jobs: &[JobView], header: bool) {
         })
         .collect();
     let header = if header { &["job", "submitted", "pipeline", "state", "step", "took"][..] } else { &[][..] };
-    print!("{}", crate::table(header, rows, &[5]));
+    crate::print_raw(&crate::table(header, rows, &[5]));
 }
 
 /// `warren jobs`.
 pub async fn jobs(config: &Config, args: JobsArgs, json: bool) -> Outcome {
     let (since, until) = window(&args)?;
     // Events of a job come after it was submitted; a minute before the window covers clock skew.
-    let all = read_all(config, warren::events::From::Time(since.saturating_sub(60_000))).await?;
-    let jobs = select(warren::history::fold(&all, args.rpc), &args, since, until)?;
+    let op = connect(config).await?;
+    let all = op.events(warren::events::From::Time(since.saturating_sub(60_000))).await?;
+    let mut jobs = select(warren_ops::history::fold(&all, args.rpc), &args, since, until)?;
+    if jobs.len() > args.limit {
+        eprintln!("showing the newest {} of {} jobs (--limit N shows more)", args.limit, jobs.len());
+        jobs.truncate(args.limit);
+    }
     if json && !args.follow {
-        println!("{}", serde_json::Value::Array(jobs.iter().map(row).collect()));
+        outln!("{}", serde_json::Value::Array(jobs.iter().map(row).collect()));
         return Ok(ExitCode::SUCCESS);
     }
     if !args.follow {
@@ -235,7 +230,7 @@ pub async fn jobs(config: &Config, args: JobsArgs, json: bool) -> Outcome {
         return Ok(ExitCode::SUCCESS);
     }
     // Follow: print each job again whenever its state changes.
-    let client = connect(config).await?;
+    let client = op.into_client();
     let names = Names::new(&config.namespace);
     let mut rx = warren::events::subscribe_from(client.broker(), &names, warren::events::From::Next).await?;
     let mut events = all;
@@ -259,13 +254,15 @@ pub async fn jobs(config: &Config, args: JobsArgs, json: bool) -> Outcome {
         if !relevant {
             continue;
         }
-        let Some(view) = warren::history::fold(&events, args.rpc).into_iter().find(|j| j.job == job) else { continue };
+        let Some(view) = warren_ops::history::fold(&events, args.rpc).into_iter().find(|j| j.job == job) else {
+            continue;
+        };
         if select(vec![view.clone()], &args, since, None)?.is_empty() || shown.get(&job) == Some(&view.state) {
             continue;
         }
         shown.insert(job, view.state);
         if json {
-            println!("{}", row(&view));
+            outln!("{}", row(&view));
         } else {
             print_rows(&[view], false);
         }

@@ -5,6 +5,13 @@
 //! it, and exits 2 with a one-line reason on bad usage, 5 when the broker cannot be reached or
 //! refuses the credentials. `submit --wait` adds 1 (dead), 3 (cancelled) and 4 (timed out).
 
+/// `println!` through [`print()`]: a closed pipe ends the command quietly.
+macro_rules! outln {
+    () => { $crate::print("") };
+    ($($t:tt)*) => { $crate::print(&format!($($t)*)) };
+}
+
+mod cancel;
 mod console;
 mod dlq;
 mod fleet;
@@ -59,7 +66,7 @@ enum Command {
     #[command(
         after_help = "Example:\n  warren cancel 01a21207-8239-7163-bbdd-cbddd44a96d3 --reason \"wrong data set\""
     )]
-    Cancel(dlq::CancelArgs),
+    Cancel(cancel::CancelArgs),
     /// A new job that starts at a step from an earlier job's results (upstream work is reused).
     #[command(
         after_help = "Example:\n  warren rerun 01a21207-8239-7163-bbdd-cbddd44a96d3 --from evaluate --set register.model=iris-b"
@@ -115,10 +122,72 @@ impl Fail {
     }
 }
 
-impl<E: std::fmt::Display> From<E> for Fail {
-    fn from(e: E) -> Self {
-        Self { code: 1, message: e.to_string() }
+/// Errors that are failures of the command (exit 1), said as they are.
+macro_rules! failures {
+    ($($t:ty),* $(,)?) => {$(
+        impl From<$t> for Fail {
+            fn from(e: $t) -> Self {
+                Self { code: 1, message: e.to_string() }
+            }
+        }
+    )*};
+}
+failures!(
+    String,
+    &str,
+    std::io::Error,
+    serde_json::Error,
+    warren::BrokerError,
+    warren::SubmitError,
+    warren::CallError,
+    warren::TopologyError,
+    warren::artifacts::ArtifactError,
+    warren_schemas::models::RegistryError,
+);
+
+/// The one place an operator error becomes an exit code: 2 bad usage, 5 no broker, else 1.
+impl From<warren_ops::OpsError> for Fail {
+    fn from(e: warren_ops::OpsError) -> Self {
+        use warren_ops::OpsError;
+        let code = if e.is_usage() {
+            2
+        } else if e.is_unreachable() {
+            submit::exit::BROKER
+        } else {
+            1
+        };
+        let message = match &e {
+            OpsError::Broker(b) if b.is_unreachable() => format!(
+                "{e}. Start RabbitMQ with `rabbitmq-server -detached` (Debian package rabbitmq-server) or \
+                 `docker compose up -d rabbitmq`, or point WARREN_AMQP_URL / --amqp-url at one"
+            ),
+            _ => e.to_string(),
+        };
+        Self { code, message }
     }
+}
+
+/// Prints a line to stdout. A closed pipe (`warren jobs | head`) ends the command quietly, as
+/// it ends any Unix filter; another write error ends it with exit 1.
+pub fn print(text: &str) {
+    print_raw(&format!("{text}\n"));
+}
+
+/// Prints text to stdout as it is (see [`print()`]).
+pub fn print_raw(text: &str) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_all(text.as_bytes()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("warren: cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+        std::process::exit(0);
+    }
+}
+
+/// Prints a JSON value on one line.
+pub fn print_json(value: &serde_json::Value) {
+    print(&value.to_string());
 }
 
 /// What commands return.
@@ -139,7 +208,11 @@ fn main() -> ExitCode {
                 .collect();
             let line = parts.join(" ");
             let line = line.trim_start_matches("error: ");
-            eprintln!("warren: {} (see `warren --help`)", if line.is_empty() { "bad usage" } else { line });
+            eprintln!(
+                "warren: {} (see `{} --help`)",
+                if line.is_empty() { "bad usage" } else { line },
+                command_path(&text)
+            );
             return ExitCode::from(2);
         }
         Err(e) => e.exit(),
@@ -152,7 +225,7 @@ fn main() -> ExitCode {
         }
     };
     if cli.config.print_config {
-        print!("{}", config.render());
+        crate::print_raw(&config.render());
         return ExitCode::SUCCESS;
     }
     let Some(command) = cli.command else {
@@ -176,7 +249,7 @@ fn main() -> ExitCode {
             Command::Status(a) => jobs::status(&config, a, json).await,
             Command::Jobs(a) => jobs::jobs(&config, a, json).await,
             Command::Dlq(c) => dlq::run(&config, *c, json).await,
-            Command::Cancel(a) => dlq::cancel(&config, a, json).await,
+            Command::Cancel(a) => cancel::run(&config, a, json).await,
             Command::Models(c) => models::run(&config, c, json).await,
             Command::Predict(a) => predict::run(&config, a, json).await,
             Command::Rerun(a) => rerun::run(&config, a, json).await,
@@ -199,23 +272,24 @@ fn main() -> ExitCode {
     }
 }
 
-/// Connects, with a message that says how to start a broker.
-pub async fn connect(config: &warren::Config) -> Result<warren::Client, Fail> {
-    const BROKER: u8 = submit::exit::BROKER;
-    warren::Client::connect(config).await.map_err(|e| match e {
-        e if e.is_access_refused() => Fail { code: BROKER, message: e.to_string() },
-        // Something answered, but not as asked (TLS on one side only, a certificate): the message says what.
-        e if !["refused", "timed out", "No route", "resolve", "lookup"].iter().any(|s| e.to_string().contains(s)) => {
-            Fail { code: BROKER, message: e.to_string() }
-        }
-        e => Fail {
-            code: BROKER,
-            message: format!(
-                "{e}. Start RabbitMQ with `rabbitmq-server -detached` (Debian package rabbitmq-server) or \
-             `docker compose up -d rabbitmq`, or point WARREN_AMQP_URL / --amqp-url at one"
-            ),
-        },
-    })
+/// The command a clap error is about, from its usage line (`warren dlq replay`), for "see
+/// `… --help`".
+fn command_path(clap_text: &str) -> String {
+    clap_text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Usage: "))
+        .map(|usage| {
+            let words: Vec<&str> = usage.split_whitespace().take_while(|w| !w.starts_with(['[', '<', '-'])).collect();
+            words.join(" ")
+        })
+        .filter(|p| p.starts_with("warren"))
+        .unwrap_or_else(|| "warren".to_owned())
+}
+
+/// The command's one connection: an operator, with a message that says how to start a broker
+/// when none answers (exit 5).
+pub async fn connect(config: &warren::Config) -> Result<warren_ops::Operator, Fail> {
+    Ok(warren_ops::Operator::connect(config).await?)
 }
 
 /// Rows as an aligned plain-text table (comfy-table), `right` the columns aligned right.
@@ -271,7 +345,7 @@ fn health(url: &str, json: bool) -> Outcome {
     let ok = status.contains(" 200 ");
     if json {
         let code: Option<u16> = status.split_whitespace().nth(1).and_then(|c| c.parse().ok());
-        println!("{}", serde_json::json!({ "url": url, "ok": ok, "status": code }));
+        outln!("{}", serde_json::json!({ "url": url, "ok": ok, "status": code }));
     } else if !ok {
         eprintln!("warren: {url} answered {}", if status.is_empty() { "nothing" } else { status.as_str() });
     }

@@ -130,11 +130,11 @@ pub async fn run(config: &Config, cmd: ModelsCommand, json: bool) -> Outcome {
                 }));
             }
             if json {
-                println!("{}", serde_json::Value::Array(out));
+                outln!("{}", serde_json::Value::Array(out));
             } else if rows.is_empty() {
-                println!("no models are registered in {}", store.base());
+                outln!("no models are registered in {}", store.base());
             } else {
-                print!("{}", table(&["MODEL", "VERSIONS", "ALIASES"], rows, &[1]));
+                crate::print_raw(&table(&["MODEL", "VERSIONS", "ALIASES"], rows, &[1]));
             }
         }
         ModelsCommand::List { model: Some(name) } => {
@@ -155,7 +155,7 @@ pub async fn run(config: &Config, cmd: ModelsCommand, json: bool) -> Outcome {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::Value::Array(out));
+                outln!("{}", serde_json::Value::Array(out));
                 return Ok(ExitCode::SUCCESS);
             }
             let mut rows = Vec::new();
@@ -170,7 +170,11 @@ pub async fn run(config: &Config, cmd: ModelsCommand, json: bool) -> Outcome {
                     decision.map_or(String::new(), |d| if d.promoted { "promoted".into() } else { "kept out".into() }),
                 ]);
             }
-            print!("{}", table(&["VERSION", "ALIASES", "METRICS", "ALGORITHM", "REGISTERED", "DECISION"], rows, &[0]));
+            crate::print_raw(&table(
+                &["VERSION", "ALIASES", "METRICS", "ALGORITHM", "REGISTERED", "DECISION"],
+                rows,
+                &[0],
+            ));
         }
         ModelsCommand::Show { model, at } => {
             let r = ModelRegistry::new(&store, &model);
@@ -179,7 +183,7 @@ pub async fn run(config: &Config, cmd: ModelsCommand, json: bool) -> Outcome {
             let decision = r.decision(v).await.map_err(fail)?;
             let aliases = r.aliases().await.map_err(fail)?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({
                         "model": e.name, "version": e.version, "aliases": aliases_of(&aliases, v),
@@ -192,25 +196,25 @@ pub async fn run(config: &Config, cmd: ModelsCommand, json: bool) -> Outcome {
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("{} version {}{}", e.name, e.version, {
+            outln!("{} version {}{}", e.name, e.version, {
                 let a = aliases_of(&aliases, v);
                 if a.is_empty() { String::new() } else { format!("  ({a})") }
             });
-            println!("  metrics      {}  (compared on {})", metrics_text(&e), e.metric);
-            println!("  algorithm    {}", e.candidate);
+            outln!("  metrics      {}  (compared on {})", metrics_text(&e), e.metric);
+            outln!("  algorithm    {}", e.candidate);
             if let Some(s) = &e.signature {
-                println!("  signature    {:?}: {}", s.task, s.features.join(", "));
+                outln!("  signature    {:?}: {}", s.task, s.features.join(", "));
                 if !s.classes.is_empty() {
-                    println!("  classes      {}", s.classes.join(", "));
+                    outln!("  classes      {}", s.classes.join(", "));
                 }
             }
-            println!("  data         {} (split seed {})", e.dataset_hash, e.seed);
-            println!("  job          {} of pipeline {}", e.job_id, e.pipeline);
-            println!("  code         {}", e.code_version);
-            println!("  registered   {} by {}", when(e.registered_at_ms), e.registered_by);
-            println!("  artifact     {}", e.model.uri);
+            outln!("  data         {} (split seed {})", e.dataset_hash, e.seed);
+            outln!("  job          {} of pipeline {}", e.job_id, e.pipeline);
+            outln!("  code         {}", e.code_version);
+            outln!("  registered   {} by {}", when(e.registered_at_ms), e.registered_by);
+            outln!("  artifact     {}", e.model.uri);
             if let Some(d) = decision {
-                println!("  promotion    {}: {}", d.alias, d.reason);
+                outln!("  promotion    {}: {}", d.alias, d.reason);
             }
         }
         ModelsCommand::Promote(a) => {
@@ -260,12 +264,12 @@ pub async fn run(config: &Config, cmd: ModelsCommand, json: bool) -> Outcome {
 
 fn report(model: &str, m: &AliasMove, json: bool) {
     if json {
-        println!("{}", serde_json::to_string(m).unwrap_or_default());
+        outln!("{}", serde_json::to_string(m).unwrap_or_default());
         return;
     }
     let from = m.previous.map_or("nothing".to_owned(), |p| format!("version {p}"));
-    println!("{model}: `{}` now points at version {} (was {from}; move {})", m.alias, m.version, m.seq);
+    outln!("{model}: `{}` now points at version {} (was {from}; move {})", m.alias, m.version, m.seq);
     if let Some(c) = &m.comparison {
-        println!("  {}", c.reason);
+        outln!("  {}", c.reason);
     }
 }

@@ -43,7 +43,7 @@ pub async fn run(config: &Config, a: PredictArgs, json: bool) -> Outcome {
     let columns = a.columns.as_deref().map(|c| c.split(',').map(|s| s.trim().to_owned()).collect());
     let request =
         PredictRequest { model: a.model.clone(), version: a.model_version, rows: rows.clone(), columns, dataset: None };
-    let client = crate::connect(config).await?;
+    let client = crate::connect(config).await?.into_client();
     let answer: Result<Predictions, CallError> = client.call("predict", rmpv::Value::Nil, request, a.timeout).await;
     client.broker().close().await;
     let p = match answer {
@@ -57,14 +57,14 @@ pub async fn run(config: &Config, a: PredictArgs, json: bool) -> Outcome {
         Err(e) => return Err(Fail::from(e)),
     };
     if json {
-        println!("{}", serde_json::to_string(&p)?);
+        outln!("{}", serde_json::to_string(&p)?);
     } else {
         let answers: Vec<String> =
             if p.labels.is_empty() { p.values.iter().map(f64::to_string).collect() } else { p.labels.clone() };
         for (row, answer) in rows.iter().zip(&answers) {
-            println!("{row:?} → {answer}");
+            outln!("{row:?} → {answer}");
         }
-        println!("model {} version {}", p.model, p.version);
+        outln!("model {} version {}", p.model, p.version);
     }
     Ok(ExitCode::SUCCESS)
 }

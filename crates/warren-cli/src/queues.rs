@@ -31,7 +31,7 @@ async fn unacked(config: &Config) -> BTreeMap<String, u64> {
         return local;
     }
     match config.amqp_urls.first() {
-        Some(url) => warren::management::unacked(url).await.unwrap_or_default(),
+        Some(url) => warren_ops::management::unacked(url).await.unwrap_or_default(),
         None => BTreeMap::new(),
     }
 }
@@ -52,11 +52,11 @@ fn from_rabbitmqctl() -> BTreeMap<String, u64> {
 
 /// `warren queues`.
 pub async fn run(config: &Config, args: QueuesArgs, json: bool) -> Outcome {
-    let client = connect(config).await?;
+    let client = connect(config).await?.into_client();
     let rows = rows(&client, config, &args.step).await?;
     client.broker().close().await;
     if args.prometheus {
-        print!("{}", prometheus(&config.namespace, &rows));
+        crate::print_raw(&prometheus(&config.namespace, &rows));
         return Ok(ExitCode::SUCCESS);
     }
     print_rows(rows, json);
@@ -92,7 +92,7 @@ pub async fn rows(
 
 fn print_rows(rows: Vec<serde_json::Value>, json: bool) {
     if json {
-        println!("{}", serde_json::Value::Array(rows));
+        outln!("{}", serde_json::Value::Array(rows));
         return;
     }
     let cells: Vec<Vec<String>> = rows
@@ -107,7 +107,7 @@ fn print_rows(rows: Vec<serde_json::Value>, json: bool) {
             ]
         })
         .collect();
-    print!("{}", crate::table(&["step", "ready", "unacked", "consumers", "dead"], cells, &[1, 2, 3, 4]));
+    crate::print_raw(&crate::table(&["step", "ready", "unacked", "consumers", "dead"], cells, &[1, 2, 3, 4]));
 }
 
 /// The rows as Prometheus text exposition.
@@ -145,7 +145,7 @@ pub struct ExporterArgs {
 /// `warren exporter`: serves the queue gauges of `warren queues --prometheus` on `/metrics`,
 /// read from the broker at each scrape, until SIGTERM or Ctrl-C.
 pub async fn exporter(config: &Config, args: ExporterArgs) -> Outcome {
-    let client = std::sync::Arc::new(connect(config).await?);
+    let client = std::sync::Arc::new(connect(config).await?.into_client());
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| crate::Fail::usage(format!("--listen {}: {e}", args.listen)))?;

@@ -35,14 +35,14 @@ pub async fn counts(broker: &warren::Broker, queue: &str) -> Option<(u32, u32)> 
 
 /// `warren steps`.
 pub async fn run(config: &Config, args: StepsArgs, json: bool) -> Outcome {
-    let client = connect(config).await?;
+    let client = connect(config).await?.into_client();
     let names = Names::new(&config.namespace);
     let registry = registry(&client, config).await?;
     if let Some(step) = args.step {
         let entry = registry.steps.get(&step).ok_or_else(|| {
             Fail::usage(format!("no worker has announced step `{step}` in namespace {}", config.namespace))
         })?;
-        println!("{}", serde_json::to_string_pretty(entry)?);
+        outln!("{}", serde_json::to_string_pretty(entry)?);
         return Ok(ExitCode::SUCCESS);
     }
     let mut rows = Vec::new();
@@ -68,11 +68,11 @@ pub async fn run(config: &Config, args: StepsArgs, json: bool) -> Outcome {
     }
     client.broker().close().await;
     if json {
-        println!("{}", serde_json::Value::Array(rows));
+        outln!("{}", serde_json::Value::Array(rows));
         return Ok(ExitCode::SUCCESS);
     }
     if rows.is_empty() {
-        println!("no steps registered in namespace {} (workers announce their step when they start)", config.namespace);
+        outln!("no steps registered in namespace {} (workers announce their step when they start)", config.namespace);
         return Ok(ExitCode::SUCCESS);
     }
     let mut cells = Vec::new();
@@ -99,9 +99,10 @@ pub async fn run(config: &Config, args: StepsArgs, json: bool) -> Outcome {
             if workers.is_empty() { "-".to_owned() } else { workers.join(", ") },
         ]);
     }
-    print!(
-        "{}",
-        crate::table(&["step", "version", "consumers", "ready", "takes -> sends", "live workers"], cells, &[2, 3])
-    );
+    crate::print_raw(&crate::table(
+        &["step", "version", "consumers", "ready", "takes -> sends", "live workers"],
+        cells,
+        &[2, 3],
+    ));
     Ok(ExitCode::SUCCESS)
 }

@@ -4,8 +4,8 @@ use std::{collections::BTreeMap, path::PathBuf, process::ExitCode, time::Duratio
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use uuid::Uuid;
-use warren::spec::PipelineSpec;
 use warren::{Config, EventKind, JobEvent, Names};
+use warren_ops::spec::PipelineSpec;
 
 use crate::{Fail, Outcome, connect, parse_age};
 
@@ -82,7 +82,7 @@ pub async fn follow(
     use std::io::IsTerminal;
     // A job's events all come after its id was made (UUIDv7 holds that time): read from a little
     // before it rather than from the start of the stream.
-    let made_ms = warren::history::uuid_time_ms(&job).unwrap_or(0);
+    let made_ms = warren_ops::history::uuid_time_ms(&job).unwrap_or(0);
     let from = warren::events::From::Time(made_ms.saturating_sub(60_000));
     let mut rx = warren::events::subscribe_from(client.broker(), names, from).await?;
     let live = !quiet && std::io::stderr().is_terminal();
@@ -277,7 +277,8 @@ fn toml_quote(s: &str) -> String {
 pub async fn run(config: &Config, args: SubmitArgs, json: bool) -> Outcome {
     let mut spec = load_spec(&args.pipeline, &args.set)?;
     let within = Duration::from_millis(parse_age(&args.timeout)?);
-    let client = connect(config).await?;
+    let op = connect(config).await?;
+    let client = op.client();
     let names = Names::new(&config.namespace);
     for u in &args.upload {
         let (key, file) =
@@ -286,14 +287,15 @@ pub async fn run(config: &Config, args: SubmitArgs, json: bool) -> Outcome {
         spec.set(key, &toml_quote(&uri)).map_err(|e| Fail::usage(format!("--upload {u}: {e}")))?;
     }
     if !args.no_check {
-        check_and_upload(&client, config, &mut spec).await?;
+        check_and_upload(client, config, &mut spec).await?;
     }
     let job = client.submit(&spec.job()).await?;
+    op.record_submitted(job, &spec.name, &warren_ops::Audit::new(None, None)).await?;
     if !args.wait {
         if json {
-            println!("{}", serde_json::json!({ "job": job.to_string(), "pipeline": spec.name }));
+            outln!("{}", serde_json::json!({ "job": job.to_string(), "pipeline": spec.name }));
         } else {
-            println!("{job}");
+            outln!("{job}");
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -303,33 +305,33 @@ pub async fn run(config: &Config, args: SubmitArgs, json: bool) -> Outcome {
     let steps: Vec<String> = spec.steps.iter().map(|s| s.step.clone()).collect();
     let mut unique = steps.clone();
     unique.dedup();
-    for (step, ready) in idle_steps(&client, &names, &unique).await {
+    for (step, ready) in idle_steps(client, &names, &unique).await {
         eprintln!(
             "warning: no worker consumes step `{step}` now ({ready} message(s) waiting there); the job will wait at it \
              until one starts (`warren steps`, `warren up`)"
         );
     }
     let started = std::time::Instant::now();
-    let end = follow(&client, &names, job, &steps, json, within).await?;
+    let end = follow(client, &names, job, &steps, json, within).await?;
     let took = started.elapsed().as_millis() as u64;
     match end {
         End::Done(events) => {
-            let view = warren::history::fold(&events, true).into_iter().find(|j| j.job == job);
+            let view = warren_ops::history::fold(&events, true).into_iter().find(|j| j.job == job);
             let reports: Vec<serde_json::Value> = view
                 .iter()
                 .flat_map(|v| v.steps.iter())
                 .flat_map(|s| s.reports.iter().map(move |r| serde_json::json!({ "step": s.step, "report": r })))
                 .collect();
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "job": job.to_string(), "state": "done", "duration_ms": took, "reports": reports })
                 );
             } else {
                 for r in &reports {
-                    println!("  {:<10} {}", r["step"].as_str().unwrap_or(""), r["report"]);
+                    outln!("  {:<10} {}", r["step"].as_str().unwrap_or(""), r["report"]);
                 }
-                println!("{job} done in {}", crate::jobs::duration(took));
+                outln!("{job} done in {}", crate::jobs::duration(took));
             }
             Ok(ExitCode::from(exit::DONE))
         }
@@ -339,14 +341,14 @@ pub async fn run(config: &Config, args: SubmitArgs, json: bool) -> Outcome {
                 e.message_id, e.step
             );
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "job": job.to_string(), "state": "dead", "step": e.step.to_string(),
                         "error": e.error, "dead_letter": e.message_id.to_string(), "next": next })
                 );
             } else {
-                println!("{job} dead at {}: {}", e.step, e.error.unwrap_or_default());
-                println!("  dead letter {}; next: {next}", e.message_id);
+                outln!("{job} dead at {}: {}", e.step, e.error.unwrap_or_default());
+                outln!("  dead letter {}; next: {next}", e.message_id);
             }
             Ok(ExitCode::from(exit::DEAD))
         }
@@ -355,9 +357,9 @@ pub async fn run(config: &Config, args: SubmitArgs, json: bool) -> Outcome {
                 .map(|a| format!(" by {}{}", a.actor, a.reason.map(|r| format!(": {r}")).unwrap_or_default()))
                 .unwrap_or_default();
             if json {
-                println!("{}", serde_json::json!({ "job": job.to_string(), "state": "cancelled" }));
+                outln!("{}", serde_json::json!({ "job": job.to_string(), "state": "cancelled" }));
             } else {
-                println!("{job} cancelled{why}");
+                outln!("{job} cancelled{why}");
             }
             Ok(ExitCode::from(exit::CANCELLED))
         }

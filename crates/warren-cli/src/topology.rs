@@ -50,7 +50,7 @@ async fn topologies(
 
 /// `warren topology …`.
 pub async fn run(config: &Config, cmd: TopologyCommand, json: bool) -> Outcome {
-    let client = connect(config).await?;
+    let client = connect(config).await?.into_client();
     let names = Names::new(&config.namespace);
     let mut rows = Vec::new();
     let mut bad = 0;
@@ -91,10 +91,10 @@ pub async fn run(config: &Config, cmd: TopologyCommand, json: bool) -> Outcome {
     }
     client.broker().close().await;
     if json {
-        println!("{}", serde_json::Value::Array(rows));
+        outln!("{}", serde_json::Value::Array(rows));
     } else {
         for r in &rows {
-            println!("{:<28} {}", r["queue"].as_str().unwrap_or(""), r["state"].as_str().unwrap_or(""));
+            outln!("{:<28} {}", r["queue"].as_str().unwrap_or(""), r["state"].as_str().unwrap_or(""));
         }
     }
     Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })

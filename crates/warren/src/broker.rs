@@ -9,6 +9,7 @@ use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions},
+    protocol::{AMQPErrorKind, AMQPSoftError},
 };
 
 use crate::config::{Config, redact_url};
@@ -24,6 +25,9 @@ pub enum BrokerError {
         urls: String,
         /// The last error.
         reason: String,
+        /// Nothing answered at any URL (refused, timed out, no route, no such host), as opposed
+        /// to something answering that was not the broker as configured (TLS, a certificate).
+        unreachable: bool,
     },
     /// An AMQP operation failed.
     #[error("{context}: {source}")]
@@ -80,8 +84,76 @@ impl BrokerError {
     pub fn is_access_refused(&self) -> bool {
         matches!(self, BrokerError::AccessRefused { .. })
     }
-    pub(crate) fn amqp(context: &'static str) -> impl FnOnce(lapin::Error) -> Self {
+    /// No connection could be opened.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, BrokerError::Connect { .. })
+    }
+    /// Nothing answered at any broker URL: start a broker or point the URL at one.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, BrokerError::Connect { unreachable: true, .. })
+    }
+    /// Wraps lapin's error with what was being done (for `map_err`).
+    pub fn amqp(context: &'static str) -> impl FnOnce(lapin::Error) -> Self {
         move |source| BrokerError::Amqp { context, source }
+    }
+}
+
+/// The reply code the broker closed a channel or connection with, from lapin's error kind.
+pub fn reply_kind(e: &lapin::Error) -> Option<&AMQPErrorKind> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.kind()),
+        _ => None,
+    }
+}
+
+/// The broker answered NOT_FOUND (a passive declare of a queue that does not exist).
+pub fn is_not_found(e: &lapin::Error) -> bool {
+    matches!(reply_kind(e), Some(AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
+}
+
+/// The broker answered ACCESS_REFUSED (credentials, or a permission of the user).
+pub fn is_access_refused(e: &lapin::Error) -> bool {
+    matches!(reply_kind(e), Some(AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)))
+}
+
+/// Nothing answered: the connection was refused, timed out, found no route or no such host.
+fn is_unreachable(e: &lapin::Error) -> bool {
+    use std::io::ErrorKind as Io;
+    match e.kind() {
+        lapin::ErrorKind::IOError(io) => {
+            matches!(
+                io.kind(),
+                Io::ConnectionRefused
+                    | Io::TimedOut
+                    | Io::HostUnreachable
+                    | Io::NetworkUnreachable
+                    | Io::AddrNotAvailable
+            ) || is_lookup_failure(io)
+        }
+        _ => false,
+    }
+}
+
+/// A host name that does not resolve. The standard library gives getaddrinfo's failures no
+/// error kind of their own (`Uncategorized`, unnamed on stable), so its message is what tells.
+fn is_lookup_failure(io: &std::io::Error) -> bool {
+    io.raw_os_error().is_none() && io.to_string().starts_with("failed to lookup address")
+}
+
+/// Why one URL gave no connection.
+enum OpenError {
+    /// lapin's error, by kind.
+    Amqp(lapin::Error),
+    /// Before lapin was asked (a certificate file, a build without TLS).
+    Setup(String),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Amqp(e) => e.fmt(f),
+            OpenError::Setup(s) => f.write_str(s),
+        }
     }
 }
 
@@ -139,20 +211,23 @@ fn tls_hint(url: &str, error: &str) -> &'static str {
 }
 
 /// Opens a connection: over TLS for `amqps://`, trusting `tls_ca_file` when it is set.
-async fn open(url: &str, props: ConnectionProperties, config: &Config) -> Result<Connection, String> {
+async fn open(url: &str, props: ConnectionProperties, config: &Config) -> Result<Connection, OpenError> {
     #[cfg(feature = "tls")]
     if let Some(ca) = config.tls_ca_file.as_ref().filter(|_| url.starts_with("amqps://")) {
-        let pem = std::fs::read_to_string(ca).map_err(|e| format!("cannot read tls_ca_file {}: {e}", ca.display()))?;
+        let pem = std::fs::read_to_string(ca)
+            .map_err(|e| OpenError::Setup(format!("cannot read tls_ca_file {}: {e}", ca.display())))?;
         let tls = lapin::tcp::OwnedTLSConfig { identity: None, cert_chain: Some(pem) };
-        let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
-        return Connection::connect_with_config(url, props, tls, runtime).await.map_err(|e| e.to_string());
+        let runtime = lapin::runtime::default_runtime().map_err(OpenError::Amqp)?;
+        return Connection::connect_with_config(url, props, tls, runtime).await.map_err(OpenError::Amqp);
     }
     #[cfg(not(feature = "tls"))]
     if url.starts_with("amqps://") {
-        return Err("this build of Warren has no TLS (cargo feature `tls`), so it refuses amqps:// URLs".to_owned());
+        return Err(OpenError::Setup(
+            "this build of Warren has no TLS (cargo feature `tls`), so it refuses amqps:// URLs".to_owned(),
+        ));
     }
     let _ = config;
-    Connection::connect(url, props).await.map_err(|e| e.to_string())
+    Connection::connect(url, props).await.map_err(OpenError::Amqp)
 }
 
 impl Broker {
@@ -162,6 +237,7 @@ impl Broker {
         let name = connection_name(&config.namespace, role);
         let mut last = String::from("no broker URL configured");
         let mut refused = None;
+        let mut unreachable = true;
         for url in &config.amqp_urls {
             let props = ConnectionProperties::default().with_connection_name(name.clone().into());
             match tokio::time::timeout(Duration::from_secs(10), open(url, props, config)).await {
@@ -174,7 +250,7 @@ impl Broker {
                     tracing::debug!(url = %redact_url(url), %name, "connected");
                     return Ok(Self { conn, publishers, name });
                 }
-                Ok(Err(e)) if e.contains("ACCESS_REFUSED") => {
+                Ok(Err(OpenError::Amqp(e))) if is_access_refused(&e) => {
                     let user = url
                         .split_once("://")
                         .and_then(|(_, rest)| rest.split_once('@'))
@@ -182,17 +258,27 @@ impl Broker {
                         .unwrap_or_else(|| "guest".to_owned());
                     refused = Some(BrokerError::AccessRefused { url: redact_url(url), user });
                     last = format!("{}: {e}", redact_url(url));
+                    unreachable = false;
+                    continue;
                 }
-                Ok(Err(e)) => last = format!("{}: {e}{}", redact_url(url), tls_hint(url, &e)),
+                Ok(Err(e)) => {
+                    unreachable &= matches!(&e, OpenError::Amqp(e) if is_unreachable(e));
+                    let text = e.to_string();
+                    last = format!("{}: {text}{}", redact_url(url), tls_hint(url, &text));
+                }
                 Err(_) => last = format!("{}: timed out after 10s", redact_url(url)),
             }
+            // A later URL that fails otherwise does not hide refused credentials.
+            if refused.is_some() {
+                unreachable = false;
+            }
         }
-        // Every URL refused the credentials: say so, rather than "cannot connect".
-        if let Some(e) = refused.filter(|_| config.amqp_urls.len() == 1 || last.contains("ACCESS_REFUSED")) {
+        // Every URL that answered refused the credentials: say so, rather than "cannot connect".
+        if let Some(e) = refused {
             return Err(e);
         }
         let urls = config.amqp_urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(", ");
-        Err(BrokerError::Connect { urls, reason: last })
+        Err(BrokerError::Connect { urls, reason: last, unreachable })
     }
 
     /// The connection's client-provided name.

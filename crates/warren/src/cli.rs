@@ -249,9 +249,18 @@ where
     }
     match runtime.block_on(worker.run(handler, crate::shutdown::shutdown_signal_or_orphaned())) {
         Ok(()) => ExitCode::SUCCESS,
+        // Refused credentials: exit 5, as the `warren` command does, so a supervisor (`warren
+        // up`) knows that restarting will not help.
+        Err(e @ crate::WorkerError::AccessRefused(_)) => {
+            eprintln!("{bin}: {e}");
+            ExitCode::from(ACCESS_REFUSED_EXIT)
+        }
         Err(e) => {
             eprintln!("{bin}: {e}");
             ExitCode::FAILURE
         }
     }
 }
+
+/// The exit code of a worker whose broker refused its credentials (the `warren` command's 5).
+pub const ACCESS_REFUSED_EXIT: u8 = 5;

@@ -216,7 +216,7 @@ impl EventBatch {
         Self { v: 2, events, mark: None }
     }
 
-    /// Encodes as version 2 (see [`WireBatch`]).
+    /// Encodes as version 2 (see `WireBatch`).
     pub fn encode(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
         let first = self.events.first();
         let common = |f: fn(&JobEvent) -> &Arc<str>| first.map(|e| f(e).clone()).unwrap_or_else(|| "".into());

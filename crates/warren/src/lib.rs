@@ -13,9 +13,6 @@
 //! - [`worker`]: consume, handle, confirmed hand-off, retry, dead-letter, graceful stop, reconnect.
 //! - [`events`]: job events, batched onto `{ns}.events` and read back from its stream.
 //! - [`client`]: submitting jobs with their routing slip, and RPC calls.
-//! - [`dlq`]: reading and replaying dead letters.
-//! - [`history`]: the events stream folded into jobs (state, steps, trials, deaths).
-//! - [`spec`]: pipeline specs (TOML), checked against the registry with errors naming the line.
 //! - [`registry`]: step descriptors and live workers, announced on `{ns}.registry`.
 //! - [`error`]: [`StepError`] (retryable or permanent) and [`DeadKind`].
 //!
@@ -37,16 +34,12 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod control;
-pub mod dlq;
 pub mod envelope;
 pub mod error;
 pub mod events;
-pub mod history;
-pub mod management;
 pub mod names;
 pub mod registry;
 pub mod shutdown;
-pub mod spec;
 #[cfg(feature = "cli")]
 pub mod telemetry;
 pub mod topology;

@@ -1,6 +1,6 @@
 //! One delivery, one decision: what is known about a delivery (its headers, the decoded envelope
 //! head, the dedup window, the limits) and, once it ran, the handler's outcome decide what
-//! happens to it. Pure and unit-tested without a broker; [`super::handle`] carries it out.
+//! happens to it. Pure and unit-tested without a broker; `worker::handle` carries it out.
 
 use lapin::{BasicProperties, types::AMQPValue};
 

@@ -12,7 +12,7 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 
-use crate::{
+use warren::{
     Broker, BrokerError, Names,
     broker::Publisher,
     envelope::{self, headers},
@@ -124,8 +124,8 @@ impl Edit {
 
     /// The edited envelope of `body`. Fails, naming the key, on a body that is not an envelope or
     /// a payload path that does not exist.
-    pub fn apply_value(&self, body: &[u8]) -> Result<crate::Envelope<rmpv::Value>, String> {
-        let mut env = crate::Envelope::<rmpv::Value>::decode(body)
+    pub fn apply_value(&self, body: &[u8]) -> Result<warren::Envelope<rmpv::Value>, String> {
+        let mut env = warren::Envelope::<rmpv::Value>::decode(body)
             .map_err(|e| format!("cannot edit a message that is not a Warren envelope: {e}"))?;
         if let Some(hop) = env.slip.first_mut() {
             let mut map = match std::mem::replace(&mut hop.params, rmpv::Value::Nil) {
@@ -212,13 +212,13 @@ pub struct Fates {
 /// (no clock comparisons, and an earlier death of the same message is never mistaken for a new one).
 #[derive(Debug)]
 pub struct Follower {
-    rx: tokio::sync::mpsc::UnboundedReceiver<crate::JobEvent>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<warren::JobEvent>,
 }
 
 impl Follower {
     /// Attaches to the end of `{ns}.events`.
-    pub async fn start(broker: &Broker, names: &Names) -> Result<Self, crate::TopologyError> {
-        let rx = crate::events::subscribe_from(broker, names, crate::events::From::Next).await?;
+    pub async fn start(broker: &Broker, names: &Names) -> Result<Self, warren::TopologyError> {
+        let rx = warren::events::subscribe_from(broker, names, warren::events::From::Next).await?;
         Ok(Self { rx })
     }
 
@@ -235,11 +235,11 @@ impl Follower {
                 continue;
             }
             match event.kind {
-                crate::EventKind::Succeeded => {
+                warren::EventKind::Succeeded => {
                     open.remove(&event.message_id);
                     fates.succeeded += 1;
                 }
-                crate::EventKind::Dead => {
+                warren::EventKind::Dead => {
                     open.remove(&event.message_id);
                     fates.dead_again.push((event.message_id, event.error.unwrap_or_default()));
                 }
@@ -337,7 +337,7 @@ fn normalise_word(word: &str) -> String {
 }
 
 fn short_hash(bytes: &[u8], digits: usize) -> String {
-    crate::artifacts::content_hash(bytes).trim_start_matches("sha256:")[..digits].to_owned()
+    warren::artifacts::content_hash(bytes).trim_start_matches("sha256:")[..digits].to_owned()
 }
 
 /// When RabbitMQ dead-lettered a message itself: the `time` of its latest `x-death` entry.
@@ -358,7 +358,7 @@ fn x_death_ms(properties: &BasicProperties) -> Option<u64> {
 
 /// Reads a dead letter. Listing returns dead letters to their queue, which raises the broker's
 /// `x-delivery-count` each time: that count says nothing about the failure, so it is left out.
-fn dead_letter(step: &str, properties: BasicProperties, body: Vec<u8>) -> DeadLetter {
+pub(crate) fn dead_letter(step: &str, properties: BasicProperties, body: Vec<u8>) -> DeadLetter {
     let error = envelope::header_str(&properties, headers::ERROR).map(str::to_owned).unwrap_or_else(|| {
         if properties.headers().as_ref().is_some_and(|h| h.contains_key("x-death")) {
             "dead-lettered by RabbitMQ (see x-death)".to_owned()
@@ -420,7 +420,7 @@ where
         .await
     {
         Ok(info) => info,
-        Err(e) if e.to_string().contains("NOT_FOUND") => {
+        Err(e) if warren::broker::is_not_found(&e) => {
             return Err(DlqError::UnknownStep {
                 step: step.to_owned(),
                 namespace: names.namespace().to_owned(),
@@ -600,6 +600,75 @@ fn replay_properties(d: &DeadLetter, from_queue: &str) -> BasicProperties {
     d.properties.clone().with_headers(table)
 }
 
+impl DeadLetter {
+    /// Its headers as JSON: text as strings, integers as numbers, anything else as lapin shows it.
+    pub fn headers_json(&self) -> serde_json::Value {
+        let mut map = serde_json::Map::new();
+        for (k, v) in self.properties.headers().iter().flat_map(|h| h.inner()) {
+            let value = match v {
+                AMQPValue::LongString(s) => serde_json::Value::String(String::from_utf8_lossy(s.as_bytes()).into()),
+                AMQPValue::LongLongInt(n) => serde_json::Value::from(*n),
+                other => serde_json::Value::String(format!("{other:?}")),
+            };
+            map.insert(k.to_string(), value);
+        }
+        serde_json::Value::Object(map)
+    }
+}
+
+/// Dead letters of one step with one error shape: what an operator fixes and replays at once.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FailureGroup {
+    /// The group id ([`DeadLetter::group`]).
+    pub group: String,
+    /// The step.
+    pub step: String,
+    /// The kind of the first letter seen (`permanent`, `exhausted`, `crash`, ...).
+    pub kind: String,
+    /// How many dead letters.
+    pub count: usize,
+    /// When the first and the last failed (ms since the epoch; 0 when unknown).
+    pub first_ms: u64,
+    /// See `first_ms`.
+    pub last_ms: u64,
+    /// One of its errors.
+    pub sample: String,
+    /// The error's shape ([`fingerprint`]).
+    pub fingerprint: String,
+    /// The jobs it holds.
+    pub jobs: std::collections::BTreeSet<String>,
+}
+
+/// The failure groups of `letters`, largest first.
+pub fn groups(letters: &[DeadLetter]) -> Vec<FailureGroup> {
+    let mut by_key: std::collections::BTreeMap<(&str, &str), FailureGroup> = std::collections::BTreeMap::new();
+    for d in letters {
+        let g = by_key.entry((d.step.as_str(), d.group.as_str())).or_insert_with(|| FailureGroup {
+            group: d.group.clone(),
+            step: d.step.clone(),
+            kind: d.kind.clone(),
+            count: 0,
+            first_ms: u64::MAX,
+            last_ms: 0,
+            sample: d.error.clone(),
+            fingerprint: fingerprint(&d.error),
+            jobs: Default::default(),
+        });
+        g.count += 1;
+        g.first_ms = g.first_ms.min(d.failed_at_ms);
+        g.last_ms = g.last_ms.max(d.failed_at_ms);
+        g.jobs.extend(d.job.clone());
+    }
+    let mut out: Vec<FailureGroup> = by_key.into_values().collect();
+    for g in &mut out {
+        if g.first_ms == u64::MAX {
+            g.first_ms = 0;
+        }
+    }
+    out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.group.cmp(&b.group)));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -625,6 +694,33 @@ mod tests {
         assert_eq!(envelope::header_int(&replayed, headers::REPLAYED), Some(2));
         assert_eq!(envelope::header_str(&replayed, "warren-replayed-error"), Some("boom"));
         assert_eq!(envelope::header_str(&replayed, "warren-replayed-from"), Some("ns.dead.train"));
+    }
+
+    #[test]
+    fn letters_group_by_step_and_error_shape_largest_first() {
+        let letter = |step: &str, job: &str, error: &str, at: u64| {
+            let props = envelope::with_headers(
+                &BasicProperties::default(),
+                vec![
+                    (headers::JOB, envelope::text(job)),
+                    (headers::ERROR, envelope::text(error)),
+                    (headers::FAILED_AT, AMQPValue::LongLongInt(at as i64)),
+                ],
+            );
+            dead_letter(step, props, format!("{job}{error}").into_bytes())
+        };
+        let letters = vec![
+            letter("validate", "j1", "row 6 is bad", 30),
+            letter("validate", "j2", "row 9 is bad", 10),
+            letter("train", "j3", "row 6 is bad", 20),
+            letter("validate", "j2", "row 7 is bad", 20),
+        ];
+        let g = groups(&letters);
+        assert_eq!(g.len(), 2, "{g:?}");
+        assert_eq!((g[0].step.as_str(), g[0].count, g[0].first_ms, g[0].last_ms), ("validate", 3, 10, 30));
+        assert_eq!(g[0].jobs.iter().map(String::as_str).collect::<Vec<_>>(), ["j1", "j2"]);
+        assert_eq!((g[1].step.as_str(), g[1].count), ("train", 1));
+        assert_eq!(g[0].fingerprint, "row <n> is bad");
     }
 
     #[test]
@@ -690,19 +786,19 @@ mod tests {
             candidate: Cand,
             trial: u32,
         }
-        let payload = crate::envelope::to_msgpack_value(&Task {
+        let payload = warren::envelope::to_msgpack_value(&Task {
             candidate: Cand { hyperparams: [("max_iterations".to_owned(), 5.0)].into() },
             trial: 2,
         })
         .unwrap();
-        let env = crate::Envelope {
+        let env = warren::Envelope {
             v: 1,
             job_id: uuid::Uuid::now_v7(),
             message_id: uuid::Uuid::now_v7(),
             causation_id: None,
             pipeline: "p".into(),
             slip: vec![
-                crate::Hop::with_params(
+                warren::Hop::with_params(
                     "train",
                     &[("validation_fraction", 0.2), ("old", 1.0)]
                         .into_iter()

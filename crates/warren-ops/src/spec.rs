@@ -83,7 +83,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 /// A serde value as MessagePack on the wire (named fields, enum variants as strings).
 pub fn to_wire_value<T: Serialize + ?Sized>(value: &T) -> Result<rmpv::Value, String> {
-    crate::envelope::to_msgpack_value(value).map_err(|e| e.to_string())
+    warren::envelope::to_msgpack_value(value).map_err(|e| e.to_string())
 }
 
 impl PipelineSpec {
@@ -154,11 +154,11 @@ impl PipelineSpec {
     }
 
     /// The routing slip of a job of this pipeline.
-    pub fn slip(&self) -> Vec<crate::Hop> {
+    pub fn slip(&self) -> Vec<warren::Hop> {
         self.steps
             .iter()
             .map(|s| {
-                let mut hop = crate::Hop::new(s.step.clone());
+                let mut hop = warren::Hop::new(s.step.clone());
                 // A JSON value always has a MessagePack form.
                 hop.params = to_wire_value(&s.params).unwrap_or(rmpv::Value::Nil);
                 hop.cache = s.cache;
@@ -168,18 +168,17 @@ impl PipelineSpec {
             .collect()
     }
 
-    /// A job of this pipeline, started with [`crate::Start`], ready for `warren::Client::submit`.
-    pub fn job(&self) -> crate::JobSpec<crate::Start> {
-        crate::JobSpec::new(self.name.clone(), self.slip(), crate::Start::default())
+    /// A job of this pipeline, started with [`warren::Start`], ready for `warren::Client::submit`.
+    pub fn job(&self) -> warren::JobSpec<warren::Start> {
+        warren::JobSpec::new(self.name.clone(), self.slip(), warren::Start::default())
     }
 
     /// Checks the spec against the registry's step descriptors: each step announced, its
-    /// parameters valid, the first step taking [`crate::Start`] and each step taking what the
+    /// parameters valid, the first step taking [`warren::Start`] and each step taking what the
     /// one before it sends. Steps whose descriptor says they gather get `gather`.
-    #[cfg(feature = "check")]
-    pub fn check(&mut self, registry: &crate::registry::Registry) -> Result<(), SpecError> {
+    pub fn check(&mut self, registry: &warren::registry::Registry) -> Result<(), SpecError> {
         let known = || registry.steps.keys().cloned().collect::<Vec<_>>().join(", ");
-        let mut previous: Option<(&crate::registry::StepDescriptor, String)> = None;
+        let mut previous: Option<(&warren::registry::StepDescriptor, String)> = None;
         for s in self.steps.iter_mut() {
             let Some(d) = registry.descriptor(&s.step) else {
                 let known = known();
@@ -201,7 +200,7 @@ impl PipelineSpec {
             })?;
             let takes = |schema: &str| d.input == "*" || schema == "*" || d.input == schema;
             match previous {
-                None if !takes(crate::START_SCHEMA) => {
+                None if !takes(warren::START_SCHEMA) => {
                     return Err(SpecError {
                         file: self.file.clone(),
                         line: s.line,
@@ -209,7 +208,7 @@ impl PipelineSpec {
                             "step `{}` cannot start a pipeline: it takes {}, and a job starts with {}",
                             s.step,
                             d.input,
-                            crate::START_SCHEMA
+                            warren::START_SCHEMA
                         ),
                     });
                 }
@@ -239,8 +238,7 @@ impl PipelineSpec {
 
 /// Checks `params` against a descriptor's JSON Schema; the message names each offending
 /// parameter (`test_fraction: 2.5 is greater than or equal to the maximum of 1`).
-#[cfg(feature = "check")]
-pub fn check_params(descriptor: &crate::registry::StepDescriptor, params: &serde_json::Value) -> Result<(), String> {
+pub fn check_params(descriptor: &warren::registry::StepDescriptor, params: &serde_json::Value) -> Result<(), String> {
     let validator = jsonschema::validator_for(&descriptor.params)
         .map_err(|e| format!("its workers announced a parameter schema that cannot be used: {e}"))?;
     let problems: Vec<String> = validator
@@ -295,12 +293,11 @@ step = "count"
         assert!(spec.set("nope.x", "1").is_err());
     }
 
-    #[cfg(feature = "check")]
     #[test]
     fn check_holds_the_spec_against_descriptors() {
-        use crate::registry::{Registry, StepDescriptor, StepEntry};
+        use warren::registry::{Registry, StepDescriptor, StepEntry};
         let mut fetch = StepDescriptor::new("fetch", "1");
-        fetch.input = crate::START_SCHEMA.into();
+        fetch.input = warren::START_SCHEMA.into();
         fetch.output = "t.Page/1".into();
         fetch.params = serde_json::json!({
             "type": "object", "additionalProperties": false,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::{EventKind, JobEvent, events::OperatorAction};
+use warren::{EventKind, JobEvent, events::OperatorAction};
 
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
