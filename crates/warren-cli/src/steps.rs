@@ -36,73 +36,85 @@ pub async fn counts(broker: &warren::Broker, queue: &str) -> Option<(u32, u32)> 
 /// `warren steps`.
 pub async fn run(config: &Config, args: StepsArgs, json: bool) -> Outcome {
     let client = connect(config).await?.into_client();
-    let names = Names::new(&config.namespace);
     let registry = registry(&client, config).await?;
-    if let Some(step) = args.step {
-        let entry = registry.steps.get(&step).ok_or_else(|| {
-            Fail::usage(format!("no worker has announced step `{step}` in namespace {}", config.namespace))
-        })?;
+    let out = match args.step {
+        Some(step) => describe(&registry, &step, config, json),
+        None => list(&client, &registry, config, json).await,
+    };
+    client.broker().close().await;
+    out
+}
+
+/// One step: what it takes and sends, its live workers and its parameters as a table.
+fn describe(registry: &Registry, step: &str, config: &Config, json: bool) -> Outcome {
+    let entry = registry.steps.get(step).ok_or_else(|| {
+        Fail::usage(format!("no worker has announced step `{step}` in namespace {}", config.namespace))
+    })?;
+    if json {
         outln!("{}", serde_json::to_string_pretty(entry)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let d = &entry.descriptor;
+    outln!("{} {}: {}", d.step, d.version, d.about);
+    outln!("takes {} -> sends {}{}", d.input, d.output, if d.fan_out { " (many)" } else { "" });
+    let live: Vec<&str> = entry.workers.iter().filter(|w| w.live).map(|w| w.worker.as_str()).collect();
+    outln!("live workers: {}", if live.is_empty() { "none".to_owned() } else { live.join(", ") });
+    let params = warren_ops::describe::params(d);
+    if params.is_empty() {
+        outln!("no parameters");
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!();
+    let rows = params
+        .into_iter()
+        .map(|p| {
+            let name = if p.required { format!("{} (required)", p.name) } else { p.name };
+            vec![name, p.kind, p.default, p.allowed, p.about]
+        })
+        .collect();
+    crate::print_raw(&crate::table(&["parameter", "type", "default", "allowed", "what it does"], rows, &[]));
+    outln!("\n(`warren steps {step} --json` shows the whole descriptor: schemas, concurrency, maximum duration)");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A live worker as the list shows it: its name and health URL.
+fn worker_cell(w: &warren::registry::WorkerEntry) -> String {
+    let health = w.health_addr.as_deref().map(|h| format!(" http://{h}/")).unwrap_or_default();
+    format!("{}{health}", w.worker)
+}
+
+/// Every registered step with its queue and its live workers.
+async fn list(client: &warren::Client, registry: &Registry, config: &Config, json: bool) -> Outcome {
+    let names = Names::new(&config.namespace);
     let mut rows = Vec::new();
+    let mut cells = Vec::new();
     for (step, entry) in &registry.steps {
         let (ready, consumers) = counts(client.broker(), &names.step_queue(step)).await.unwrap_or((0, 0));
         let d = &entry.descriptor;
-        let live: Vec<&warren::registry::WorkerEntry> = entry.workers.iter().filter(|w| w.live).collect();
+        // A step whose queue has no consumer has no live worker, whatever the last heartbeat said.
+        let live: Vec<&warren::registry::WorkerEntry> =
+            entry.workers.iter().filter(|w| w.live && consumers > 0).collect();
         rows.push(serde_json::json!({
-            "step": step,
-            "version": d.version,
-            "input": d.input,
-            "output": d.output,
-            "fan_out": d.fan_out,
-            "about": d.about,
-            "announced": warren::events::format_time(entry.announced_ms),
-            "consumers": consumers,
-            "ready": ready,
+            "step": step, "version": d.version, "input": d.input, "output": d.output, "fan_out": d.fan_out,
+            "about": d.about, "announced": warren::events::format_time(entry.announced_ms),
+            "consumers": consumers, "ready": ready,
             "workers": live.iter().map(|w| serde_json::json!({
                 "worker": w.worker, "version": w.version, "health": w.health_addr,
                 "last_seen": warren::events::format_time(w.last_seen_ms),
             })).collect::<Vec<_>>(),
         }));
+        let flow = format!("{} -> {}{}", d.input, d.output, if d.fan_out { " (many)" } else { "" });
+        let workers: Vec<String> = live.iter().map(|w| worker_cell(w)).collect();
+        let workers = if workers.is_empty() { "-".to_owned() } else { workers.join(", ") };
+        cells.push(vec![step.clone(), d.version.clone(), consumers.to_string(), ready.to_string(), flow, workers]);
     }
-    client.broker().close().await;
     if json {
         outln!("{}", serde_json::Value::Array(rows));
-        return Ok(ExitCode::SUCCESS);
-    }
-    if rows.is_empty() {
+    } else if cells.is_empty() {
         outln!("no steps registered in namespace {} (workers announce their step when they start)", config.namespace);
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        let header = ["step", "version", "consumers", "ready", "takes -> sends", "live workers"];
+        crate::print_raw(&crate::table(&header, cells, &[2, 3]));
     }
-    let mut cells = Vec::new();
-    for r in &rows {
-        let s = |k: &str| r[k].as_str().unwrap_or("").to_owned();
-        let flow = format!("{} -> {}{}", s("input"), s("output"), if r["fan_out"] == true { " (many)" } else { "" });
-        let workers: Vec<String> = r["workers"]
-            .as_array()
-            .map(|ws| {
-                ws.iter()
-                    .map(|w| {
-                        let health = w["health"].as_str().map(|h| format!(" http://{h}/")).unwrap_or_default();
-                        format!("{}{health}", w["worker"].as_str().unwrap_or(""))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        cells.push(vec![
-            s("step"),
-            s("version"),
-            r["consumers"].to_string(),
-            r["ready"].to_string(),
-            flow,
-            if workers.is_empty() { "-".to_owned() } else { workers.join(", ") },
-        ]);
-    }
-    crate::print_raw(&crate::table(
-        &["step", "version", "consumers", "ready", "takes -> sends", "live workers"],
-        cells,
-        &[2, 3],
-    ));
     Ok(ExitCode::SUCCESS)
 }

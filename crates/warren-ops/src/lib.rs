@@ -9,6 +9,7 @@
 //!   announced descriptor, applies the one reason rule), acts, and records a typed
 //!   [`OperatorAction`](warren::events::OperatorAction) in the events stream.
 //! - [`rerun`]: a new job from an old one's recorded inputs at a step.
+//! - [`describe`]: a step's parameters as a table (type, default, range, purpose).
 //! - [`audit`]: who acts and why; the reason rule.
 //! - [`edit`]: command-line values and the check of an edit against a dead letter.
 //! - [`selection`]: which dead letters an action takes (steps, job, error, age, group, limit).
@@ -21,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod audit;
+pub mod describe;
 pub mod dlq;
 pub mod edit;
 pub mod error;

@@ -196,6 +196,22 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
+/// Why a URL gave no connection, said plainly: lapin's words, or for a peer that does not speak
+/// AMQP at all (an HTTP port, say) what to check instead of a parser dump.
+fn describe_failure(url: &str, e: &OpenError) -> String {
+    match e {
+        OpenError::Amqp(e) if matches!(e.kind(), lapin::ErrorKind::ParsingError(_)) && !url.starts_with("amqps://") => {
+            "what answered does not speak AMQP 0-9-1 (an HTTP port, such as the management API's 15672, or a TLS \
+             port, for which the URL needs amqps://?); RabbitMQ's AMQP port is usually 5672"
+                .to_owned()
+        }
+        e => {
+            let text = e.to_string();
+            format!("{text}{}", tls_hint(url, &text))
+        }
+    }
+}
+
 /// What a TLS mismatch looks like from here, said plainly.
 fn tls_hint(url: &str, error: &str) -> &'static str {
     let tls = url.starts_with("amqps://");
@@ -263,8 +279,7 @@ impl Broker {
                 }
                 Ok(Err(e)) => {
                     unreachable &= matches!(&e, OpenError::Amqp(e) if is_unreachable(e));
-                    let text = e.to_string();
-                    last = format!("{}: {text}{}", redact_url(url), tls_hint(url, &text));
+                    last = format!("{}: {}", redact_url(url), describe_failure(url, &e));
                 }
                 Err(_) => last = format!("{}: timed out after 10s", redact_url(url)),
             }
@@ -278,7 +293,12 @@ impl Broker {
             return Err(e);
         }
         let urls = config.amqp_urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(", ");
-        Err(BrokerError::Connect { urls, reason: last, unreachable })
+        // One URL: the reason need not name it again.
+        let reason = match config.amqp_urls.as_slice() {
+            [only] => last.strip_prefix(&format!("{}: ", redact_url(only))).map(str::to_owned).unwrap_or(last),
+            _ => last,
+        };
+        Err(BrokerError::Connect { urls, reason, unreachable })
     }
 
     /// The connection's client-provided name.
@@ -304,7 +324,15 @@ impl Broker {
     /// Closes the connection (the broker requeues whatever is still unacked). Bounded: a broker
     /// that does not answer the close within 5 seconds does not keep a stopping process alive.
     pub async fn close(&self) {
+        // The idle publishing channels first, each close awaited: a channel dropped while the
+        // connection closes has lapin close it a second time and log a connection error.
+        let idle = self.publishers.retain(|_, _| false).removed;
         self.publishers.close();
+        if self.conn.status().connected() {
+            let closes = idle.iter().map(|p| p.channel().close(200, "bye".into()));
+            let _ = tokio::time::timeout(Duration::from_secs(5), futures_util::future::join_all(closes)).await;
+        }
+        drop(idle);
         if self.conn.status().connected() {
             let close = self.conn.close(200, "bye".into());
             if tokio::time::timeout(Duration::from_secs(5), close).await.is_err() {

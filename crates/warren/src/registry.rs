@@ -24,14 +24,15 @@ use crate::{Broker, BrokerError, Names, TopologyError};
 
 /// Schema id of a registry record (the AMQP `type` of messages on `{ns}.registry`).
 pub const REGISTRY_SCHEMA: &str = "warren.registry/1";
-/// How often a worker says it is alive.
-pub const HEARTBEAT: Duration = Duration::from_secs(300);
+/// How often a worker says it is alive (a reader of the 13-hour window reads 780 such records a
+/// worker: small, and a killed worker leaves the live list within [`LIVE_WITHIN`]).
+pub const HEARTBEAT: Duration = Duration::from_secs(60);
 /// How often a worker announces its descriptor again, so it stays inside every reader's window.
 pub const DESCRIPTOR_EVERY: Duration = Duration::from_secs(12 * 3600);
 /// How far back a reader looks: a step whose workers all went away longer ago is unregistered.
 pub const WINDOW: Duration = Duration::from_secs(13 * 3600);
 /// A worker not heard from for this long is not counted as live.
-pub const LIVE_WITHIN: Duration = Duration::from_secs(3 * 300 + 60);
+pub const LIVE_WITHIN: Duration = Duration::from_secs(2 * 60 + 30);
 
 /// The schema id of the payload `warren submit` starts a job with: a step whose input is this
 /// can be a pipeline's first step.
@@ -374,6 +375,12 @@ mod tests {
         assert_eq!((a.workers[0].worker.as_str(), a.workers[0].live), ("a@h#2", true));
         assert_eq!((a.workers[1].worker.as_str(), a.workers[1].live), ("a@h#1", false), "silent for 33 min");
         assert!(reg.steps["b"].workers.is_empty(), "a stopped worker is not listed");
+        // A killed worker says nothing more: three minutes of silence and it is not live.
+        let killed = vec![
+            record(RecordKind::Descriptor, "k", "k@h#5", now - 200_000, "1"),
+            record(RecordKind::Alive, "k", "k@h#5", now - 180_000, "1"),
+        ];
+        assert!(!Registry::from_records(killed, now).steps["k"].workers[0].live);
         assert!(reg.descriptor("c").is_none());
     }
 
