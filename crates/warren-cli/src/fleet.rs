@@ -256,6 +256,35 @@ fn env(config: &Config) -> Vec<(String, String)> {
     env
 }
 
+/// The command of one worker: only the environment `env` gives it, its output prefixed on ours or
+/// appended to its log file.
+fn worker_command(bin: &std::path::Path, name: &str, env: &[(String, String)], logs: &Logs) -> Command {
+    let mut cmd = Command::new(bin);
+    // Only what `env` says: an inherited WARREN_HEALTH_ADDR would give every worker one port.
+    cmd.env_remove("WARREN_HEALTH_ADDR")
+        .env_remove("WARREN_CONFIG")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    match logs {
+        Logs::Prefixed => {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+        Logs::Dir(dir) => {
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log")));
+            match file.and_then(|f| Ok((f.try_clone()?, f))) {
+                Ok((out, err)) => {
+                    cmd.stdout(out).stderr(err);
+                }
+                Err(_) => {
+                    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+                }
+            }
+        }
+    }
+    cmd
+}
+
 /// One worker slot: runs the binary, restarts it with backoff when it exits, stops it on request.
 async fn slot(
     bin: PathBuf,
@@ -270,29 +299,7 @@ async fn slot(
         if *stop.borrow() {
             return;
         }
-        let mut cmd = Command::new(&bin);
-        // Only what `env` says: an inherited WARREN_HEALTH_ADDR would give every worker one port.
-        cmd.env_remove("WARREN_HEALTH_ADDR")
-            .env_remove("WARREN_CONFIG")
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        match &logs {
-            Logs::Prefixed => {
-                cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-            }
-            Logs::Dir(dir) => {
-                let file = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log")));
-                match file.and_then(|f| Ok((f.try_clone()?, f))) {
-                    Ok((out, err)) => {
-                        cmd.stdout(out).stderr(err);
-                    }
-                    Err(_) => {
-                        cmd.stdout(Stdio::null()).stderr(Stdio::null());
-                    }
-                }
-            }
-        }
+        let mut cmd = worker_command(&bin, &name, &env, &logs);
         let started = Instant::now();
         let mut child = match cmd.spawn() {
             Ok(c) => c,
@@ -412,9 +419,60 @@ pub async fn up(config: &Config, args: UpArgs, json: bool) -> Outcome {
 
 const IRIS: &str = include_str!("../../../pipelines/iris.toml");
 
+/// The events of `job`'s step `step` that are reports: the last one's detail.
+fn last_report(events: &[warren::JobEvent], step: &str) -> serde_json::Value {
+    events
+        .iter()
+        .filter(|e| &*e.step == step && e.kind == warren::EventKind::Report)
+        .filter_map(|e| e.detail.as_ref())
+        .filter_map(|d| serde_json::to_value(d).ok())
+        .next_back()
+        .unwrap_or_default()
+}
+
+/// The demo's job once its fleet is up: submit, follow to the end, ask for one prediction.
+async fn demo_job(
+    op: &warren_ops::Operator,
+    config: &Config,
+    spec: &mut PipelineSpec,
+    steps: &[String],
+    json: bool,
+) -> Result<(), Fail> {
+    let client = op.client();
+    wait_ready(client, op.names(), steps, Duration::from_secs(60)).await?;
+    crate::submit::check_and_upload(client, config, spec).await?;
+    let job = client.submit(&spec.job()).await?;
+    eprintln!("submitted iris job {job}");
+    let slip: Vec<String> = spec.steps.iter().map(|s| s.step.clone()).collect();
+    let events = match crate::submit::follow(op, job, &slip, false, Duration::from_secs(600)).await? {
+        crate::submit::End::Done(events) => events,
+        crate::submit::End::Dead(e) => {
+            return Err(Fail::from(format!("the job died at {}: {}", e.step, e.error.unwrap_or_default())));
+        }
+        crate::submit::End::Cancelled(_) => return Err(Fail::from("the job was cancelled")),
+    };
+    let row = vec![5.1, 3.5, 1.4, 0.2];
+    let request =
+        PredictRequest { model: "iris".into(), version: None, rows: vec![row.clone()], columns: None, dataset: None };
+    let p: Predictions = client.call("predict", rmpv::Value::Nil, request, Duration::from_secs(30)).await?;
+    let label = p.labels.first().map_or("?", String::as_str);
+    let (evaluation, registered) = (last_report(&events, "evaluate"), last_report(&events, "register"));
+    if json {
+        let prediction = serde_json::json!({ "row": row, "label": label, "model": "iris", "version": p.version });
+        let out = serde_json::json!({ "job": job.to_string(), "evaluation": evaluation, "registered": registered, "prediction": prediction });
+        outln!("{out}");
+    } else {
+        outln!("evaluation on held-out rows: {evaluation}");
+        outln!("registered: {registered}");
+        outln!("prediction for {row:?}: {label} (model iris, version {})", p.version);
+    }
+    Ok(())
+}
+
 /// `warren demo`.
 pub async fn demo(config: &Config, json: bool) -> Outcome {
-    let client = connect(config).await?.into_client();
+    let op = connect(config).await?;
+    let client = op.client();
     let names = Names::new(&config.namespace);
     Declarer::new(client.broker(), &names).base().await?;
     let mut spec = PipelineSpec::parse(IRIS, "pipelines/iris.toml").map_err(|e| Fail::from(e.to_string()))?;
@@ -433,59 +491,7 @@ pub async fn demo(config: &Config, json: bool) -> Outcome {
     std::fs::create_dir_all(&logs)?;
     eprintln!("starting a fleet of {} workers (logs in {})", workers.len(), logs.display());
     let fleet = Fleet::start(config, &workers, Logs::Dir(logs), false)?;
-    let result = async {
-        wait_ready(&client, &names, &steps, Duration::from_secs(60)).await?;
-        crate::submit::check_and_upload(&client, config, &mut spec).await?;
-        let job = client.submit(&spec.job()).await?;
-        eprintln!("submitted iris job {job}");
-        let steps: Vec<String> = spec.steps.iter().map(|s| s.step.clone()).collect();
-        let mut events =
-            match crate::submit::follow(&client, &names, job, &steps, false, Duration::from_secs(600)).await? {
-                crate::submit::End::Done(events) => events,
-                crate::submit::End::Dead(e) => {
-                    return Err(Fail::from(format!("the job died at {}: {}", e.step, e.error.unwrap_or_default())));
-                }
-                crate::submit::End::Cancelled(_) => return Err(Fail::from("the job was cancelled")),
-            };
-        // Each worker publishes its events in its own batches, so the last step's success can
-        // arrive before an earlier step's report: read the job's events once more if one is missing.
-        let has_report = |events: &[warren::JobEvent], step: &str| {
-            events.iter().any(|e| &*e.step == step && e.kind == warren::EventKind::Report)
-        };
-        if !has_report(&events, "evaluate") || !has_report(&events, "register") {
-            let made_ms =
-                job.get_timestamp().map(|t| t.to_unix()).map_or(0, |(s, n)| s * 1000 + u64::from(n) / 1_000_000);
-            let all = warren::events::read_to_now(client.broker(), &names, warren::events::From::Time(made_ms.saturating_sub(1_000))).await?;
-            events = all.into_iter().filter(|e| e.job_id == job).collect();
-        }
-        let report = |step: &str| {
-            events
-                .iter()
-                .filter(|e| &*e.step == step && e.kind == warren::EventKind::Report)
-                .filter_map(|e| e.detail.as_ref())
-                .filter_map(|d| serde_json::to_value(d).ok())
-                .next_back()
-                .unwrap_or_default()
-        };
-        let row = vec![5.1, 3.5, 1.4, 0.2];
-        let request =
-            PredictRequest { model: "iris".into(), version: None, rows: vec![row.clone()], columns: None, dataset: None };
-        let p: Predictions = client.call("predict", rmpv::Value::Nil, request, Duration::from_secs(30)).await?;
-        let label = p.labels.first().map_or("?", String::as_str);
-        if json {
-            outln!(
-                "{}",
-                serde_json::json!({ "job": job.to_string(), "evaluation": report("evaluate"), "registered": report("register"),
-                    "prediction": { "row": row, "label": label, "model": "iris", "version": p.version } })
-            );
-        } else {
-            outln!("evaluation on held-out rows: {}", report("evaluate"));
-            outln!("registered: {}", report("register"));
-            outln!("prediction for {row:?}: {label} (model iris, version {})", p.version);
-        }
-        Ok::<_, Fail>(())
-    }
-    .await;
+    let result = demo_job(&op, config, &mut spec, &steps, json).await;
     eprintln!("stopping the fleet");
     fleet.stop().await;
     result.map(|()| ExitCode::SUCCESS)

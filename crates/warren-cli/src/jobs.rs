@@ -4,7 +4,7 @@
 use std::{process::ExitCode, time::Duration};
 
 use uuid::Uuid;
-use warren::{Config, EventKind, JobEvent, Names, events::format_time};
+use warren::{Config, EventKind, JobEvent, events::format_time};
 use warren_ops::history::{JobState, JobView};
 
 use crate::{Fail, Outcome, connect, parse_age};
@@ -70,6 +70,45 @@ pub fn next_command(job: &JobView) -> Option<String> {
     ))
 }
 
+/// One step of `warren status`: its line, its branches when it fanned out, its error and reports.
+fn print_step(s: &warren_ops::history::StepView, submitted_ms: u64) {
+    let n = s.branches.len();
+    let times: Vec<u64> = s.branches.iter().filter_map(|b| b.duration_ms).collect();
+    let longest = times.iter().max().copied().unwrap_or(0);
+    let summary = if n > 1 {
+        format!("{n} messages: {} succeeded, {} dead, longest {}", s.succeeded(), s.dead(), duration(longest))
+    } else {
+        match s.branches.first() {
+            Some(b) => format!(
+                "{}{}{}",
+                b.outcome,
+                b.duration_ms.map(|d| format!(" in {}", duration(d))).unwrap_or_default(),
+                if b.attempts > 1 { format!(" (attempt {})", b.attempts) } else { String::new() }
+            ),
+            None => "reported".to_owned(),
+        }
+    };
+    let offset = s.first_ms.saturating_sub(submitted_ms);
+    outln!("  {}  {:>9}  {:<10} {summary}", format_time(s.first_ms), format!("+{}", duration(offset)), s.step);
+    if n > 1 {
+        for (i, b) in s.branches.iter().enumerate() {
+            let at = b.started_ms.map(format_time).unwrap_or_else(|| "-".into());
+            let err = b.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+            outln!(
+                "      #{i:<3} {at}  {:<9} {:>9}  {}{err}",
+                b.outcome,
+                b.duration_ms.map(duration).unwrap_or_default(),
+                b.message_id
+            );
+        }
+    } else if let Some(err) = s.branches.first().and_then(|b| b.error.as_deref()) {
+        outln!("      {err}");
+    }
+    for r in &s.reports {
+        outln!("      report: {r}");
+    }
+}
+
 /// `warren status`.
 pub async fn status(config: &Config, args: StatusArgs, json: bool) -> Outcome {
     let job: Uuid = args.job.parse().map_err(|_| Fail::usage(format!("`{}` is not a job id (a UUID)", args.job)))?;
@@ -91,41 +130,7 @@ pub async fn status(config: &Config, args: StatusArgs, json: bool) -> Outcome {
     outln!("job {job}");
     outln!("  pipeline {}  {}{took}  submitted {}", view.pipeline, view.state.as_str(), format_time(view.submitted_ms));
     for s in &view.steps {
-        let n = s.branches.len();
-        let times: Vec<u64> = s.branches.iter().filter_map(|b| b.duration_ms).collect();
-        let longest = times.iter().max().copied().unwrap_or(0);
-        let summary = if n > 1 {
-            format!("{n} messages: {} succeeded, {} dead, longest {}", s.succeeded(), s.dead(), duration(longest))
-        } else {
-            match s.branches.first() {
-                Some(b) => format!(
-                    "{}{}{}",
-                    b.outcome,
-                    b.duration_ms.map(|d| format!(" in {}", duration(d))).unwrap_or_default(),
-                    if b.attempts > 1 { format!(" (attempt {})", b.attempts) } else { String::new() }
-                ),
-                None => "reported".to_owned(),
-            }
-        };
-        let offset = s.first_ms.saturating_sub(view.submitted_ms);
-        outln!("  {}  {:>9}  {:<10} {summary}", format_time(s.first_ms), format!("+{}", duration(offset)), s.step);
-        if n > 1 {
-            for (i, b) in s.branches.iter().enumerate() {
-                let at = b.started_ms.map(format_time).unwrap_or_else(|| "-".into());
-                let err = b.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
-                outln!(
-                    "      #{i:<3} {at}  {:<9} {:>9}  {}{err}",
-                    b.outcome,
-                    b.duration_ms.map(duration).unwrap_or_default(),
-                    b.message_id
-                );
-            }
-        } else if let Some(err) = s.branches.first().and_then(|b| b.error.as_deref()) {
-            outln!("      {err}");
-        }
-        for r in &s.reports {
-            outln!("      report: {r}");
-        }
+        print_step(s, view.submitted_ms);
     }
     for a in &view.actions {
         let why = a.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
@@ -229,47 +234,51 @@ pub async fn jobs(config: &Config, args: JobsArgs, json: bool) -> Outcome {
         print_rows(&jobs, true);
         return Ok(ExitCode::SUCCESS);
     }
-    // Follow: print each job again whenever its state changes.
-    let client = op.into_client();
-    let names = Names::new(&config.namespace);
-    let mut rx = warren::events::subscribe_from(client.broker(), &names, warren::events::From::Next).await?;
-    let mut events = all;
-    let mut shown: std::collections::BTreeMap<Uuid, JobState> = std::collections::BTreeMap::new();
-    for j in jobs.iter().rev() {
-        shown.insert(j.job, j.state);
+    follow(op, all, jobs, &args, since, json).await
+}
+
+/// `warren jobs --follow`: each job again whenever its state changes, folded incrementally.
+async fn follow(
+    op: warren_ops::Operator,
+    events: Vec<JobEvent>,
+    listed: Vec<JobView>,
+    args: &JobsArgs,
+    since: u64,
+    json: bool,
+) -> Outcome {
+    let mut rx = warren::events::subscribe_from(op.client().broker(), op.names(), warren::events::From::Next).await?;
+    let mut jobs = warren_ops::history::Jobs::new(args.rpc);
+    for e in events {
+        jobs.push(e);
     }
+    let mut shown: std::collections::BTreeMap<Uuid, JobState> = listed.iter().map(|j| (j.job, j.state)).collect();
     if !json {
-        print_rows(&jobs.iter().rev().cloned().collect::<Vec<_>>(), true);
+        print_rows(&listed.iter().rev().cloned().collect::<Vec<_>>(), true);
     }
     let stop = warren::shutdown_signal();
     tokio::pin!(stop);
-    loop {
+    for seen in 1u64.. {
         let e = tokio::select! {
             _ = &mut stop => return Ok(ExitCode::SUCCESS),
             e = rx.recv() => match e { Some(e) => e, None => return Err(Fail::from("the events stream closed")) },
         };
-        let job = e.job_id;
-        let relevant = e.kind != EventKind::Report && !job.is_nil();
-        events.push(e);
-        if !relevant {
-            continue;
+        let relevant = e.kind != EventKind::Report;
+        for job in jobs.push(e).into_iter().filter(|_| relevant) {
+            let Some(view) = jobs.view(job) else { continue };
+            if select(vec![view.clone()], args, since, None)?.is_empty() || shown.get(&job) == Some(&view.state) {
+                continue;
+            }
+            shown.insert(job, view.state);
+            if json {
+                outln!("{}", row(&view));
+            } else {
+                print_rows(&[view], false);
+            }
         }
-        let Some(view) = warren_ops::history::fold(&events, args.rpc).into_iter().find(|j| j.job == job) else {
-            continue;
-        };
-        if select(vec![view.clone()], &args, since, None)?.is_empty() || shown.get(&job) == Some(&view.state) {
-            continue;
-        }
-        shown.insert(job, view.state);
-        if json {
-            outln!("{}", row(&view));
-        } else {
-            print_rows(&[view], false);
-        }
-        // Keep memory bounded on a long follow: drop events of jobs that ended long ago.
-        if events.len() > 200_000 {
-            let cutoff = warren::envelope::now_ms().saturating_sub(Duration::from_secs(3600).as_millis() as u64);
-            events.retain(|e| e.at_ms >= cutoff);
+        // Keep memory bounded on a long follow: now and then, forget jobs quiet for an hour.
+        if seen % 10_000 == 0 {
+            jobs.forget_before(warren::envelope::now_ms().saturating_sub(3_600_000));
         }
     }
+    Ok(ExitCode::SUCCESS)
 }

@@ -151,6 +151,8 @@ impl From<warren_ops::OpsError> for Fail {
         use warren_ops::OpsError;
         let code = if e.is_usage() {
             2
+        } else if e.is_timed_out() {
+            submit::exit::TIMED_OUT
         } else if e.is_unreachable() {
             submit::exit::BROKER
         } else {
@@ -196,25 +198,7 @@ pub type Outcome = Result<ExitCode, Fail>;
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) if e.use_stderr() => {
-            // clap's message up to its usage block, on one line: what is wrong, what is missing,
-            // and its "a similar … exists" tip.
-            let text = e.to_string();
-            let parts: Vec<&str> = text
-                .lines()
-                .take_while(|l| !l.starts_with("Usage:"))
-                .map(|l| l.trim())
-                .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
-                .collect();
-            let line = parts.join(" ");
-            let line = line.trim_start_matches("error: ");
-            eprintln!(
-                "warren: {} (see `{} --help`)",
-                if line.is_empty() { "bad usage" } else { line },
-                command_path(&text)
-            );
-            return ExitCode::from(2);
-        }
+        Err(e) if e.use_stderr() => return usage_error(&e),
         Err(e) => e.exit(),
     };
     let config = match cli.config.load() {
@@ -270,6 +254,22 @@ fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+/// clap's message up to its usage block, on one line (what is wrong, what is missing, and its
+/// "a similar … exists" tip), naming the subcommand's help; exit 2.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    let text = e.to_string();
+    let parts: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:"))
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .collect();
+    let line = parts.join(" ");
+    let line = line.trim_start_matches("error: ");
+    eprintln!("warren: {} (see `{} --help`)", if line.is_empty() { "bad usage" } else { line }, command_path(&text));
+    ExitCode::from(2)
 }
 
 /// The command a clap error is about, from its usage line (`warren dlq replay`), for "see

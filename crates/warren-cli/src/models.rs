@@ -78,7 +78,7 @@ pub struct RollbackArgs {
     reason: Option<String>,
 }
 
-fn store(config: &Config) -> Result<ArtifactStore, Fail> {
+pub fn store(config: &Config) -> Result<ArtifactStore, Fail> {
     ArtifactStore::open(&config.artifacts).map_err(|e| Fail::usage(format!("--artifacts: {e}")))
 }
 
@@ -112,154 +112,202 @@ fn aliases_of(aliases: &std::collections::BTreeMap<String, AliasMove>, v: u32) -
 pub async fn run(config: &Config, cmd: ModelsCommand, json: bool) -> Outcome {
     let store = store(config)?;
     match cmd {
-        ModelsCommand::List { model: None } => {
-            let names = ModelRegistry::names(&store).await.map_err(fail)?;
-            let mut rows = Vec::new();
-            let mut out = Vec::new();
-            for n in &names {
-                let r = ModelRegistry::new(&store, n);
-                let versions = r.versions().await.map_err(fail)?;
-                let aliases = r.aliases().await.map_err(fail)?;
-                let alias_text =
-                    aliases.iter().map(|(a, m)| format!("{a}→v{}", m.version)).collect::<Vec<_>>().join(", ");
-                rows.push(vec![n.clone(), versions.len().to_string(), alias_text]);
-                out.push(serde_json::json!({
-                    "model": n,
-                    "versions": versions.len(),
-                    "aliases": aliases.iter().map(|(a, m)| (a.clone(), m.version)).collect::<std::collections::BTreeMap<_, _>>(),
-                }));
-            }
-            if json {
-                outln!("{}", serde_json::Value::Array(out));
-            } else if rows.is_empty() {
-                outln!("no models are registered in {}", store.base());
-            } else {
-                crate::print_raw(&table(&["MODEL", "VERSIONS", "ALIASES"], rows, &[1]));
-            }
-        }
-        ModelsCommand::List { model: Some(name) } => {
-            let r = ModelRegistry::new(&store, &name);
-            let versions = r.versions().await.map_err(fail)?;
-            if versions.is_empty() {
-                return Err(Fail::usage(format!("no model `{name}` is registered in {}", store.base())));
-            }
-            let aliases = r.aliases().await.map_err(fail)?;
-            if json {
-                let out: Vec<_> = versions
-                    .iter()
-                    .map(|e| {
-                        serde_json::json!({
-                            "version": e.version, "metrics": e.metrics, "metric": e.metric,
-                            "candidate": e.candidate, "job": e.job_id, "registered_at_ms": e.registered_at_ms,
-                            "aliases": aliases.iter().filter(|(_, m)| m.version == e.version).map(|(a, _)| a).collect::<Vec<_>>(),
-                        })
-                    })
-                    .collect();
-                outln!("{}", serde_json::Value::Array(out));
-                return Ok(ExitCode::SUCCESS);
-            }
-            let mut rows = Vec::new();
-            for e in &versions {
-                let decision = r.decision(e.version).await.map_err(fail)?;
-                rows.push(vec![
-                    e.version.to_string(),
-                    aliases_of(&aliases, e.version),
-                    metrics_text(e),
-                    e.candidate["algorithm"].as_str().unwrap_or("?").to_owned(),
-                    when(e.registered_at_ms),
-                    decision.map_or(String::new(), |d| if d.promoted { "promoted".into() } else { "kept out".into() }),
-                ]);
-            }
-            crate::print_raw(&table(
-                &["VERSION", "ALIASES", "METRICS", "ALGORITHM", "REGISTERED", "DECISION"],
-                rows,
-                &[0],
-            ));
-        }
-        ModelsCommand::Show { model, at } => {
-            let r = ModelRegistry::new(&store, &model);
-            let v = r.resolve(at.as_deref().unwrap_or("latest")).await.map_err(fail)?;
-            let e = r.entry(v).await.map_err(fail)?;
-            let decision = r.decision(v).await.map_err(fail)?;
-            let aliases = r.aliases().await.map_err(fail)?;
-            if json {
-                outln!(
-                    "{}",
-                    serde_json::json!({
-                        "model": e.name, "version": e.version, "aliases": aliases_of(&aliases, v),
-                        "metrics": e.metrics, "metric": e.metric, "candidate": e.candidate,
-                        "signature": e.signature, "dataset_hash": e.dataset_hash, "seed": e.seed,
-                        "job": e.job_id, "pipeline": e.pipeline, "code_version": e.code_version,
-                        "registered_by": e.registered_by, "registered_at_ms": e.registered_at_ms,
-                        "model_artifact": e.model.uri, "decision": decision,
-                    })
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-            outln!("{} version {}{}", e.name, e.version, {
-                let a = aliases_of(&aliases, v);
-                if a.is_empty() { String::new() } else { format!("  ({a})") }
-            });
-            outln!("  metrics      {}  (compared on {})", metrics_text(&e), e.metric);
-            outln!("  algorithm    {}", e.candidate);
-            if let Some(s) = &e.signature {
-                outln!("  signature    {:?}: {}", s.task, s.features.join(", "));
-                if !s.classes.is_empty() {
-                    outln!("  classes      {}", s.classes.join(", "));
-                }
-            }
-            outln!("  data         {} (split seed {})", e.dataset_hash, e.seed);
-            outln!("  job          {} of pipeline {}", e.job_id, e.pipeline);
-            outln!("  code         {}", e.code_version);
-            outln!("  registered   {} by {}", when(e.registered_at_ms), e.registered_by);
-            outln!("  artifact     {}", e.model.uri);
-            if let Some(d) = decision {
-                outln!("  promotion    {}: {}", d.alias, d.reason);
-            }
-        }
-        ModelsCommand::Promote(a) => {
-            let r = ModelRegistry::new(&store, &a.model);
-            let v = r.resolve(&a.at).await.map_err(fail)?;
-            let entry = r.entry(v).await.map_err(fail)?;
-            let metric = a.metric.clone().unwrap_or_else(|| entry.metric.clone());
-            if score(&entry.metrics, &metric).is_none() {
-                return Err(Fail::usage(format!("version {v} has no metric `{metric}`")));
-            }
-            let by = operator(a.reason.as_deref());
-            let how = Promote { metric: &metric, margin: a.margin, force: a.force, action: "promote", by: &by };
-            let (c, moved) = r.promote(&a.to, v, &how).await.map_err(fail)?;
-            let Some(moved) = moved else {
-                if c.against == Some(v) {
-                    return Err(Fail::usage(format!("`{}` already points at version {v}", a.to)));
-                }
-                return Err(Fail::usage(format!("refused: {} (--force to move it anyway)", c.reason)));
-            };
-            report(&a.model, &moved, json);
-        }
-        ModelsCommand::Rollback(a) => {
-            let r = ModelRegistry::new(&store, &a.model);
-            let Some(current) = r.alias(&a.alias).await.map_err(fail)? else {
-                return Err(Fail::usage(format!("model `{}` has no alias `{}`", a.model, a.alias)));
-            };
-            let Some(previous) = current.previous else {
-                return Err(Fail::usage(format!(
-                    "`{}` has pointed only at version {}: nothing to roll back to",
-                    a.alias, current.version
-                )));
-            };
-            let by = operator(a.reason.as_deref());
-            match r.try_move(&a.alias, Some(&current), previous, "rollback", &by, None).await.map_err(fail)? {
-                Some(m) => report(&a.model, &m, json),
-                None => {
-                    return Err(Fail::from(format!(
-                        "`{}` moved while rolling back (see `warren models show {} {}`); nothing changed",
-                        a.alias, a.model, a.alias
-                    )));
-                }
-            }
-        }
+        ModelsCommand::List { model: None } => list_models(&store, json).await?,
+        ModelsCommand::List { model: Some(name) } => list_versions(&store, &name, json).await?,
+        ModelsCommand::Show { model, at } => show(&store, &model, at.as_deref(), json).await?,
+        ModelsCommand::Promote(a) => promote(&store, &a, json).await?,
+        ModelsCommand::Rollback(a) => rollback(&store, &a, json).await?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every registered model with its version count and aliases.
+async fn list_models(store: &ArtifactStore, json: bool) -> Result<(), Fail> {
+    let names = ModelRegistry::names(store).await.map_err(fail)?;
+    let mut rows = Vec::new();
+    let mut out = Vec::new();
+    for n in &names {
+        let r = ModelRegistry::new(store, n);
+        let versions = r.versions().await.map_err(fail)?;
+        let aliases = r.aliases().await.map_err(fail)?;
+        let alias_text = aliases.iter().map(|(a, m)| format!("{a}→v{}", m.version)).collect::<Vec<_>>().join(", ");
+        rows.push(vec![n.clone(), versions.len().to_string(), alias_text]);
+        out.push(serde_json::json!({
+            "model": n,
+            "versions": versions.len(),
+            "aliases": aliases.iter().map(|(a, m)| (a.clone(), m.version)).collect::<std::collections::BTreeMap<_, _>>(),
+        }));
+    }
+    if json {
+        outln!("{}", serde_json::Value::Array(out));
+    } else if rows.is_empty() {
+        outln!("no models are registered in {}", store.base());
+    } else {
+        crate::print_raw(&table(&["MODEL", "VERSIONS", "ALIASES"], rows, &[1]));
+    }
+    Ok(())
+}
+
+/// One model's versions with metrics, aliases and promotion decisions.
+async fn list_versions(store: &ArtifactStore, name: &str, json: bool) -> Result<(), Fail> {
+    let r = ModelRegistry::new(store, name);
+    let versions = r.versions().await.map_err(fail)?;
+    if versions.is_empty() {
+        return Err(Fail::usage(format!("no model `{name}` is registered in {}", store.base())));
+    }
+    let aliases = r.aliases().await.map_err(fail)?;
+    if json {
+        let out: Vec<_> = versions
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "version": e.version, "metrics": e.metrics, "metric": e.metric,
+                    "candidate": e.candidate, "job": e.job_id, "registered_at_ms": e.registered_at_ms,
+                    "aliases": aliases.iter().filter(|(_, m)| m.version == e.version).map(|(a, _)| a).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        outln!("{}", serde_json::Value::Array(out));
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    for e in &versions {
+        let decision = r.decision(e.version).await.map_err(fail)?;
+        rows.push(vec![
+            e.version.to_string(),
+            aliases_of(&aliases, e.version),
+            metrics_text(e),
+            e.candidate["algorithm"].as_str().unwrap_or("?").to_owned(),
+            when(e.registered_at_ms),
+            decision.map_or(String::new(), |d| if d.promoted { "promoted".into() } else { "kept out".into() }),
+        ]);
+    }
+    crate::print_raw(&table(&["VERSION", "ALIASES", "METRICS", "ALGORITHM", "REGISTERED", "DECISION"], rows, &[0]));
+    Ok(())
+}
+
+/// One version: metrics, signature, lineage, decision.
+async fn show(store: &ArtifactStore, model: &str, at: Option<&str>, json: bool) -> Result<(), Fail> {
+    let r = ModelRegistry::new(store, model);
+    let v = r.resolve(at.unwrap_or("latest")).await.map_err(fail)?;
+    let e = r.entry(v).await.map_err(fail)?;
+    let decision = r.decision(v).await.map_err(fail)?;
+    let aliases = r.aliases().await.map_err(fail)?;
+    if json {
+        outln!(
+            "{}",
+            serde_json::json!({
+                "model": e.name, "version": e.version, "aliases": aliases_of(&aliases, v),
+                "metrics": e.metrics, "metric": e.metric, "candidate": e.candidate,
+                "signature": e.signature, "dataset_hash": e.dataset_hash, "seed": e.seed,
+                "job": e.job_id, "pipeline": e.pipeline, "code_version": e.code_version,
+                "registered_by": e.registered_by, "registered_at_ms": e.registered_at_ms,
+                "model_artifact": e.model.uri, "decision": decision,
+            })
+        );
+        return Ok(());
+    }
+    outln!("{} version {}{}", e.name, e.version, {
+        let a = aliases_of(&aliases, v);
+        if a.is_empty() { String::new() } else { format!("  ({a})") }
+    });
+    outln!("  metrics      {}  (compared on {})", metrics_text(&e), e.metric);
+    outln!("  algorithm    {}", e.candidate);
+    if let Some(s) = &e.signature {
+        outln!("  signature    {:?}: {}", s.task, s.features.join(", "));
+        if !s.classes.is_empty() {
+            outln!("  classes      {}", s.classes.join(", "));
+        }
+    }
+    outln!("  data         {} (split seed {})", e.dataset_hash, e.seed);
+    outln!("  job          {} of pipeline {}", e.job_id, e.pipeline);
+    outln!("  code         {}", e.code_version);
+    outln!("  registered   {} by {}", when(e.registered_at_ms), e.registered_by);
+    outln!("  artifact     {}", e.model.uri);
+    if let Some(d) = decision {
+        outln!("  promotion    {}: {}", d.alias, d.reason);
+    }
+    Ok(())
+}
+
+/// Moves an alias to a version that beats it (or `--force`).
+async fn promote(store: &ArtifactStore, a: &PromoteArgs, json: bool) -> Result<(), Fail> {
+    let how = Promotion {
+        model: &a.model,
+        at: &a.at,
+        to: &a.to,
+        metric: a.metric.as_deref(),
+        margin: a.margin,
+        force: a.force,
+        by: operator(a.reason.as_deref()),
+    };
+    let moved = promote_version(store, &how).await?;
+    report(&a.model, &moved, json);
+    Ok(())
+}
+
+/// A promotion as an operator asks for it, from the command line or the console.
+#[derive(Debug)]
+pub struct Promotion<'a> {
+    /// The model.
+    pub model: &'a str,
+    /// A version number or an alias.
+    pub at: &'a str,
+    /// The alias to move.
+    pub to: &'a str,
+    /// The metric to compare on (the version's own when absent).
+    pub metric: Option<&'a str>,
+    /// How much better it must score.
+    pub margin: f64,
+    /// Move even if it does not score better.
+    pub force: bool,
+    /// Who and why, recorded in the move.
+    pub by: String,
+}
+
+/// Promotes as `how` says, through the registry's one compare-and-move: refused (usage) unless
+/// the version beats the alias's model, or `force`.
+pub async fn promote_version(store: &ArtifactStore, how: &Promotion<'_>) -> Result<AliasMove, Fail> {
+    let r = ModelRegistry::new(store, how.model);
+    let v = r.resolve(how.at).await.map_err(fail)?;
+    let entry = r.entry(v).await.map_err(fail)?;
+    let metric = how.metric.map_or_else(|| entry.metric.clone(), str::to_owned);
+    if score(&entry.metrics, &metric).is_none() {
+        return Err(Fail::usage(format!("version {v} has no metric `{metric}`")));
+    }
+    let rule = Promote { metric: &metric, margin: how.margin, force: how.force, action: "promote", by: &how.by };
+    let (c, moved) = r.promote(how.to, v, &rule).await.map_err(fail)?;
+    match moved {
+        Some(m) => Ok(m),
+        None if c.against == Some(v) => Err(Fail::usage(format!("`{}` already points at version {v}", how.to))),
+        None => Err(Fail::usage(format!("refused: {} (--force to move it anyway)", c.reason))),
+    }
+}
+
+/// Moves an alias back to where it pointed before its last move.
+async fn rollback(store: &ArtifactStore, a: &RollbackArgs, json: bool) -> Result<(), Fail> {
+    let moved = rollback_alias(store, &a.model, &a.alias, operator(a.reason.as_deref())).await?;
+    report(&a.model, &moved, json);
+    Ok(())
+}
+
+/// Points `alias` of `model` back at its previous version, recorded as done `by`.
+pub async fn rollback_alias(store: &ArtifactStore, model: &str, alias: &str, by: String) -> Result<AliasMove, Fail> {
+    let r = ModelRegistry::new(store, model);
+    let Some(current) = r.alias(alias).await.map_err(fail)? else {
+        return Err(Fail::usage(format!("model `{model}` has no alias `{alias}`")));
+    };
+    let Some(previous) = current.previous else {
+        return Err(Fail::usage(format!(
+            "`{alias}` has pointed only at version {}: nothing to roll back to",
+            current.version
+        )));
+    };
+    r.try_move(alias, Some(&current), previous, "rollback", &by, None).await.map_err(fail)?.ok_or_else(|| {
+        Fail::from(format!(
+            "`{alias}` moved while rolling back (see `warren models show {model} {alias}`); nothing changed"
+        ))
+    })
 }
 
 fn report(model: &str, m: &AliasMove, json: bool) {

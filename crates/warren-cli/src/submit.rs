@@ -44,16 +44,7 @@ pub fn load_spec(path: &std::path::Path, set: &[String]) -> Result<PipelineSpec,
     Ok(spec)
 }
 
-/// How a followed job ended.
-#[derive(Debug)]
-pub enum End {
-    /// Its last step succeeded: every event of it seen.
-    Done(Vec<JobEvent>),
-    /// A message of it went to a dead-letter queue.
-    Dead(JobEvent),
-    /// It was cancelled.
-    Cancelled(JobEvent),
-}
+pub use warren_ops::follow::End;
 
 /// Exit codes of `warren submit --wait` (and of every command for the broker).
 pub mod exit {
@@ -69,139 +60,90 @@ pub mod exit {
     pub const BROKER: u8 = 5;
 }
 
-/// Follows `job` through the events stream: bars on a terminal, one plain line per step event
-/// otherwise, nothing when `quiet`. A timeout is an error with exit code 4.
+/// What a follow shows of a job: a bar per step on a terminal, one plain line per step event
+/// otherwise, nothing when quiet.
+struct Progress {
+    plain: bool,
+    bars: BTreeMap<String, ProgressBar>,
+    succeeded: BTreeMap<String, u32>,
+}
+
+impl Progress {
+    fn new(steps: &[String], quiet: bool) -> Self {
+        use std::io::IsTerminal;
+        let live = !quiet && std::io::stderr().is_terminal();
+        let multi = MultiProgress::new();
+        if !live {
+            multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let style = ProgressStyle::with_template("{spinner} {prefix:<9} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        let bars = steps
+            .iter()
+            .map(|s| {
+                let bar = multi.add(ProgressBar::new_spinner().with_style(style.clone()).with_prefix(s.clone()));
+                bar.set_message("waiting");
+                if live {
+                    bar.enable_steady_tick(Duration::from_millis(120));
+                }
+                (s.clone(), bar)
+            })
+            .collect();
+        Self { plain: !quiet && !live, bars, succeeded: BTreeMap::new() }
+    }
+
+    /// What an event says, in words (`done ×2 (31 ms)`, `retrying (attempt 2): …`).
+    fn words(&mut self, e: &JobEvent) -> Option<String> {
+        match e.kind {
+            EventKind::Started => Some("running".into()),
+            EventKind::Succeeded => {
+                let n = self.succeeded.entry(e.step.to_string()).or_default();
+                *n += 1;
+                let times = if *n > 1 { format!(" ×{n}") } else { String::new() };
+                Some(format!("done{times} ({} ms)", e.duration_ms.unwrap_or(0)))
+            }
+            EventKind::Retrying => {
+                Some(format!("retrying (attempt {}): {}", e.attempt, e.error.clone().unwrap_or_default()))
+            }
+            EventKind::Dead => Some(format!("dead: {}", e.error.clone().unwrap_or_default())),
+            EventKind::Cancelled | EventKind::Operator => Some("cancelled".into()),
+            EventKind::Report => {
+                e.detail.as_ref().and_then(|d| serde_json::to_value(d).ok()).map(|d| format!("report {d}"))
+            }
+            _ => None,
+        }
+    }
+
+    fn show(&mut self, e: &JobEvent) {
+        let Some(what) = self.words(e) else { return };
+        if let Some(bar) = self.bars.get(e.step.as_ref()).filter(|_| e.kind != EventKind::Report) {
+            bar.set_message(what.clone());
+        }
+        if self.plain && e.kind != EventKind::Started {
+            eprintln!("{}  {:<10} {what}", warren::events::format_time(e.at_ms), e.step);
+        }
+    }
+
+    fn finish(&self, done: bool) {
+        for b in self.bars.values() {
+            if done { b.finish() } else { b.abandon() }
+        }
+    }
+}
+
+/// Follows `job` to its end (see [`warren_ops::follow`]), showing its progress unless `quiet`.
+/// A timeout is an error with exit code 4.
 pub async fn follow(
-    client: &warren::Client,
-    names: &Names,
+    op: &warren_ops::Operator,
     job: Uuid,
     steps: &[String],
     quiet: bool,
     within: Duration,
 ) -> Result<End, Fail> {
-    use std::io::IsTerminal;
-    // A job's events all come after its id was made (UUIDv7 holds that time): read from a little
-    // before it rather than from the start of the stream.
-    let made_ms = warren_ops::history::uuid_time_ms(&job).unwrap_or(0);
-    let from = warren::events::From::Time(made_ms.saturating_sub(60_000));
-    let mut rx = warren::events::subscribe_from(client.broker(), names, from).await?;
-    let live = !quiet && std::io::stderr().is_terminal();
-    let plain = !quiet && !live;
-    let multi = MultiProgress::new();
-    if !live {
-        multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let style = ProgressStyle::with_template("{spinner} {prefix:<9} {msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_spinner());
-    let bars: BTreeMap<&str, ProgressBar> = steps
-        .iter()
-        .map(|s| {
-            let bar = multi.add(ProgressBar::new_spinner().with_style(style.clone()).with_prefix(s.clone()));
-            bar.set_message("waiting");
-            if live {
-                bar.enable_steady_tick(Duration::from_millis(120));
-            }
-            (s.as_str(), bar)
-        })
-        .collect();
-    let line = |e: &JobEvent, what: String| {
-        if plain {
-            eprintln!("{}  {:<10} {what}", warren::events::format_time(e.at_ms), e.step);
-        }
-    };
-    let mut counts: BTreeMap<String, (u32, u32)> = BTreeMap::new();
-    let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + within;
-    // Workers publish their events in batches of their own, so the last step's success can come
-    // before an earlier step's: once done, wait briefly for the steps not yet seen.
-    let mut done_at: Option<tokio::time::Instant> = None;
-    loop {
-        let all_seen = steps.iter().all(|s| counts.get(s).is_some_and(|c| c.0 > 0));
-        if let Some(at) = done_at
-            && (all_seen || tokio::time::Instant::now() >= at)
-        {
-            for b in bars.values() {
-                b.finish();
-            }
-            return Ok(End::Done(seen));
-        }
-        let until = done_at.map_or(deadline, |at| at.min(deadline));
-        let event = match tokio::time::timeout_at(until, rx.recv()).await {
-            Ok(Some(e)) => e,
-            Ok(None) => return Err(Fail::from("the events stream closed")),
-            Err(_) if done_at.is_some() => continue,
-            Err(_) => {
-                for b in bars.values() {
-                    b.abandon();
-                }
-                return Err(Fail {
-                    code: exit::TIMED_OUT,
-                    message: format!(
-                        "job {job} did not finish within {within:?}; it goes on: `warren status {job}` shows where it is"
-                    ),
-                });
-            }
-        };
-        let cancel_action = warren::events::OperatorAction::from_event(&event)
-            .is_some_and(|a| a.action == "cancel" && a.job == Some(job));
-        if event.job_id != job && !cancel_action {
-            continue;
-        }
-        seen.push(event.clone());
-        let bar = bars.get(event.step.as_ref());
-        let c = counts.entry(event.step.to_string()).or_default();
-        match event.kind {
-            EventKind::Started => {
-                if let Some(b) = bar {
-                    b.set_message("running");
-                }
-            }
-            EventKind::Succeeded => {
-                c.0 += 1;
-                let n = if c.0 > 1 { format!(" ×{}", c.0) } else { String::new() };
-                let what = format!("done{n} ({} ms)", event.duration_ms.unwrap_or(0));
-                if let Some(b) = bar {
-                    b.set_message(what.clone());
-                }
-                line(&event, what);
-                if event.last_step {
-                    done_at = Some(tokio::time::Instant::now() + Duration::from_secs(2));
-                }
-            }
-            EventKind::Retrying => {
-                c.1 += 1;
-                let what = format!("retrying (attempt {}): {}", event.attempt, event.error.clone().unwrap_or_default());
-                if let Some(b) = bar {
-                    b.set_message(what.clone());
-                }
-                line(&event, what);
-            }
-            EventKind::Dead => {
-                let what = format!("dead: {}", event.error.clone().unwrap_or_default());
-                if let Some(b) = bar {
-                    b.abandon_with_message(what.clone());
-                }
-                line(&event, what);
-                for b in bars.values() {
-                    b.finish();
-                }
-                return Ok(End::Dead(event));
-            }
-            EventKind::Cancelled | EventKind::Operator if cancel_action || event.kind == EventKind::Cancelled => {
-                for b in bars.values() {
-                    b.abandon();
-                }
-                line(&event, "cancelled".into());
-                return Ok(End::Cancelled(event));
-            }
-            EventKind::Report => {
-                if let Some(d) = event.detail.as_ref().and_then(|d| serde_json::to_value(d).ok()) {
-                    line(&event, format!("report {d}"));
-                }
-            }
-            _ => {}
-        }
-    }
+    let mut progress = Progress::new(steps, quiet);
+    let end = op.follow(job, steps, within, |e| progress.show(e)).await;
+    progress.finish(matches!(end, Ok(End::Done(_))));
+    Ok(end?)
 }
 
 /// Steps of the slip with no consumer now: the job would wait at them.
@@ -312,8 +254,12 @@ pub async fn run(config: &Config, args: SubmitArgs, json: bool) -> Outcome {
         );
     }
     let started = std::time::Instant::now();
-    let end = follow(client, &names, job, &steps, json, within).await?;
-    let took = started.elapsed().as_millis() as u64;
+    let end = follow(&op, job, &steps, json, within).await?;
+    Ok(said(end, job, started.elapsed().as_millis() as u64, json))
+}
+
+/// Says how the followed job ended, and the exit code that says it too.
+fn said(end: End, job: Uuid, took: u64, json: bool) -> ExitCode {
     match end {
         End::Done(events) => {
             let view = warren_ops::history::fold(&events, true).into_iter().find(|j| j.job == job);
@@ -333,7 +279,7 @@ pub async fn run(config: &Config, args: SubmitArgs, json: bool) -> Outcome {
                 }
                 outln!("{job} done in {}", crate::jobs::duration(took));
             }
-            Ok(ExitCode::from(exit::DONE))
+            ExitCode::from(exit::DONE)
         }
         End::Dead(e) => {
             let next = format!(
@@ -350,7 +296,7 @@ pub async fn run(config: &Config, args: SubmitArgs, json: bool) -> Outcome {
                 outln!("{job} dead at {}: {}", e.step, e.error.unwrap_or_default());
                 outln!("  dead letter {}; next: {next}", e.message_id);
             }
-            Ok(ExitCode::from(exit::DEAD))
+            ExitCode::from(exit::DEAD)
         }
         End::Cancelled(e) => {
             let why = warren::events::OperatorAction::from_event(&e)
@@ -361,7 +307,7 @@ pub async fn run(config: &Config, args: SubmitArgs, json: bool) -> Outcome {
             } else {
                 outln!("{job} cancelled{why}");
             }
-            Ok(ExitCode::from(exit::CANCELLED))
+            ExitCode::from(exit::CANCELLED)
         }
     }
 }

@@ -27,6 +27,9 @@ pub enum OpsError {
     /// The action was carried out, but its record in the events stream failed.
     #[error("done, but the record for `warren dlq history` failed: {0}")]
     Record(BrokerError),
+    /// A job did not end within the time it was given (it goes on).
+    #[error("{0}")]
+    TimedOut(String),
     /// Anything else, said in words.
     #[error("{0}")]
     Other(String),
@@ -40,6 +43,10 @@ impl OpsError {
     /// What was named does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self, OpsError::NotFound(_))
+    }
+    /// A wait ran out of time.
+    pub fn is_timed_out(&self) -> bool {
+        matches!(self, OpsError::TimedOut(_))
     }
     /// No connection could be had: the broker is down, unreachable, or refused the credentials.
     pub fn is_unreachable(&self) -> bool {

@@ -2,7 +2,7 @@
 //! fan-out branches (trials), reports (metrics, model versions), where and why a job died, and
 //! what operators did to it. `warren jobs`, `warren status` and the console read jobs from here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 use uuid::Uuid;
@@ -139,6 +139,23 @@ pub struct JobView {
     pub rerun_of: Option<Uuid>,
 }
 
+/// Per step, how many messages succeeded and how many died in each of the last `minutes` whole
+/// minutes before `now_ms` (oldest first): what the console's charts draw.
+pub fn per_minute(events: &[JobEvent], now_ms: u64, minutes: usize) -> BTreeMap<String, (Vec<u64>, Vec<u64>)> {
+    let start = (now_ms / 60_000).saturating_sub(minutes as u64 - 1) * 60_000;
+    let mut out: BTreeMap<String, (Vec<u64>, Vec<u64>)> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.at_ms >= start && e.at_ms <= now_ms && !e.step.is_empty()) {
+        let minute = ((e.at_ms - start) / 60_000) as usize;
+        let (done, died) = out.entry(e.step.to_string()).or_insert_with(|| (vec![0; minutes], vec![0; minutes]));
+        match e.kind {
+            EventKind::Succeeded => done[minute.min(minutes - 1)] += 1,
+            EventKind::Dead => died[minute.min(minutes - 1)] += 1,
+            _ => {}
+        }
+    }
+    out
+}
+
 /// A UUIDv7's time in milliseconds, if it has one.
 pub fn uuid_time_ms(id: &Uuid) -> Option<u64> {
     id.get_timestamp().map(|t| t.to_unix()).map(|(s, n)| s * 1000 + u64::from(n) / 1_000_000)
@@ -148,120 +165,162 @@ fn report_json(e: &JobEvent) -> Option<serde_json::Value> {
     e.detail.as_ref().and_then(|d| serde_json::to_value(d).ok())
 }
 
+/// The events stream folded into jobs, incrementally: push events as they arrive, in any order
+/// and for any jobs, and read a job's view at any time. `warren jobs` (also `--follow`),
+/// `warren status` and the console read jobs from here.
+#[derive(Debug, Default)]
+pub struct Jobs {
+    include_rpc: bool,
+    events: BTreeMap<Uuid, Vec<JobEvent>>,
+    actions: Vec<OperatorAction>,
+    /// Which job each message belongs to: an action on dead letters names their message ids.
+    job_of: HashMap<String, Uuid>,
+}
+
+impl Jobs {
+    /// An empty fold; RPC calls (pipeline `rpc`) are left out unless `include_rpc`.
+    pub fn new(include_rpc: bool) -> Self {
+        Self { include_rpc, ..Self::default() }
+    }
+
+    /// Takes one event; returns the jobs whose view it may change.
+    pub fn push(&mut self, e: JobEvent) -> Vec<Uuid> {
+        if e.kind == EventKind::Operator {
+            let Some(a) = OperatorAction::from_event(&e) else { return Vec::new() };
+            let jobs = self.jobs_of(&a);
+            self.actions.push(a);
+            return jobs;
+        }
+        if e.job_id.is_nil() || (!self.include_rpc && &*e.pipeline == "rpc") {
+            return Vec::new();
+        }
+        let job = e.job_id;
+        self.job_of.insert(e.message_id.to_string(), job);
+        self.events.entry(job).or_default().push(e);
+        vec![job]
+    }
+
+    /// The jobs an action names: its job, the jobs of the messages it names, and for a rerun the
+    /// job it was made from.
+    fn jobs_of(&self, a: &OperatorAction) -> Vec<Uuid> {
+        let mut jobs: std::collections::BTreeSet<Uuid> = a.job.into_iter().collect();
+        jobs.extend(a.ids.iter().filter_map(|id| self.job_of.get(id)));
+        if a.action == "rerun" {
+            jobs.extend(a.ids.iter().filter_map(|id| id.parse::<Uuid>().ok()));
+        }
+        jobs.into_iter().collect()
+    }
+
+    /// One job as its events tell it so far.
+    pub fn view(&self, job: Uuid) -> Option<JobView> {
+        let mut evs: Vec<&JobEvent> = self.events.get(&job)?.iter().collect();
+        evs.sort_by_key(|e| e.at_ms);
+        let actions = self.actions.iter().filter(|a| self.jobs_of(a).contains(&job)).cloned().collect();
+        Some(fold_one(job, &evs, actions))
+    }
+
+    /// Every job, newest submission first.
+    pub fn views(&self) -> Vec<JobView> {
+        let mut jobs: Vec<JobView> = self.events.keys().filter_map(|j| self.view(*j)).collect();
+        jobs.sort_by(|a, b| b.submitted_ms.cmp(&a.submitted_ms).then(b.job.cmp(&a.job)));
+        jobs
+    }
+
+    /// Forgets jobs whose last event is older than `cutoff_ms`, so a long follow stays bounded.
+    pub fn forget_before(&mut self, cutoff_ms: u64) {
+        self.events.retain(|_, evs| evs.iter().any(|e| e.at_ms >= cutoff_ms));
+        let kept: std::collections::HashSet<Uuid> = self.events.keys().copied().collect();
+        self.job_of.retain(|_, job| kept.contains(job));
+    }
+}
+
 /// Folds events (any order, any jobs) into jobs, newest submission first. Operator actions that
 /// name a job are attached to it; RPC calls (pipeline `rpc`) and events without a job are left out
 /// unless `include_rpc`.
 pub fn fold(events: &[JobEvent], include_rpc: bool) -> Vec<JobView> {
-    let mut by_job: BTreeMap<Uuid, Vec<&JobEvent>> = BTreeMap::new();
-    let mut actions: BTreeMap<Uuid, Vec<OperatorAction>> = BTreeMap::new();
-    // Which job each message belongs to: an action on dead letters names their message ids.
-    let job_of: std::collections::HashMap<String, Uuid> = events
-        .iter()
-        .filter(|e| e.kind != EventKind::Operator && !e.job_id.is_nil())
-        .map(|e| (e.message_id.to_string(), e.job_id))
-        .collect();
+    let mut jobs = Jobs::new(include_rpc);
     for e in events {
-        if e.kind == EventKind::Operator {
-            if let Some(a) = OperatorAction::from_event(e) {
-                let mut jobs: std::collections::BTreeSet<Uuid> = a.job.into_iter().collect();
-                jobs.extend(a.ids.iter().filter_map(|id| job_of.get(id)));
-                // A rerun names the job it was made from.
-                if a.action == "rerun" {
-                    jobs.extend(a.ids.iter().filter_map(|id| id.parse::<Uuid>().ok()));
-                }
-                for job in jobs {
-                    actions.entry(job).or_default().push(a.clone());
-                }
-            }
-            continue;
-        }
-        if e.job_id.is_nil() || (!include_rpc && &*e.pipeline == "rpc") {
-            continue;
-        }
-        by_job.entry(e.job_id).or_default().push(e);
+        jobs.push(e.clone());
     }
-    let mut jobs: Vec<JobView> = by_job
-        .into_iter()
-        .map(|(job, mut evs)| {
-            evs.sort_by_key(|e| e.at_ms);
-            fold_one(job, &evs, actions.remove(&job).unwrap_or_default())
-        })
-        .collect();
-    jobs.sort_by(|a, b| b.submitted_ms.cmp(&a.submitted_ms).then(b.job.cmp(&a.job)));
-    jobs
+    jobs.views()
 }
 
-fn fold_one(job: Uuid, evs: &[&JobEvent], actions: Vec<OperatorAction>) -> JobView {
-    let first_ms = evs.first().map_or(0, |e| e.started_at_ms().unwrap_or(e.at_ms));
-    let last_ms = evs.last().map_or(0, |e| e.at_ms);
+/// The step `e` belongs to, added when it is new.
+fn step_of<'a>(steps: &'a mut Vec<StepView>, e: &JobEvent) -> &'a mut StepView {
+    let i = steps.iter().position(|s| s.step == *e.step).unwrap_or_else(|| {
+        steps.push(StepView {
+            step: e.step.to_string(),
+            first_ms: e.started_at_ms().unwrap_or(e.at_ms),
+            last_ms: e.at_ms,
+            branches: Vec::new(),
+            reports: Vec::new(),
+        });
+        steps.len() - 1
+    });
+    &mut steps[i]
+}
+
+/// The branch (message) `e` belongs to, added when it is new.
+fn branch_of<'a>(step: &'a mut StepView, e: &JobEvent) -> &'a mut Branch {
+    let i = step.branches.iter().position(|b| b.message_id == e.message_id).unwrap_or_else(|| {
+        step.branches.push(Branch {
+            message_id: e.message_id,
+            started_ms: None,
+            ended_ms: None,
+            duration_ms: None,
+            attempts: 0,
+            outcome: "running",
+            error: None,
+            worker: String::new(),
+        });
+        step.branches.len() - 1
+    });
+    &mut step.branches[i]
+}
+
+/// Applies `e` to its branch; true when it is the success of the job's last step.
+fn apply(b: &mut Branch, e: &JobEvent) -> bool {
+    b.attempts = b.attempts.max(e.attempt);
+    b.worker = e.worker.to_string();
+    if let Some(start) = e.started_at_ms() {
+        b.started_ms = Some(b.started_ms.map_or(start, |s| s.min(start)));
+    }
+    match e.kind {
+        EventKind::Started => b.outcome = "running",
+        EventKind::Succeeded => {
+            b.outcome = "succeeded";
+            b.ended_ms = Some(e.at_ms);
+            b.duration_ms = e.duration_ms;
+            b.error = None;
+            return e.last_step;
+        }
+        EventKind::Retrying => {
+            b.outcome = "retrying";
+            b.error = e.error.clone();
+        }
+        EventKind::Dead => {
+            b.outcome = "dead";
+            b.ended_ms = Some(e.at_ms);
+            b.error = e.error.clone();
+        }
+        EventKind::Cancelled => b.outcome = "cancelled",
+        _ => {}
+    }
+    false
+}
+
+/// The steps of a job's events, in the order they started, and whether its last step succeeded.
+fn steps_of(evs: &[&JobEvent]) -> (Vec<StepView>, bool) {
     let mut steps: Vec<StepView> = Vec::new();
-    // Per message: its branch, and the step it belongs to.
     let mut done = false;
     for e in evs {
-        let idx = match steps.iter().position(|s| s.step == *e.step) {
-            Some(i) => i,
-            None => {
-                steps.push(StepView {
-                    step: e.step.to_string(),
-                    first_ms: e.started_at_ms().unwrap_or(e.at_ms),
-                    last_ms: e.at_ms,
-                    branches: Vec::new(),
-                    reports: Vec::new(),
-                });
-                steps.len() - 1
-            }
-        };
-        let s = &mut steps[idx];
+        let s = step_of(&mut steps, e);
         s.last_ms = s.last_ms.max(e.at_ms);
         if e.kind == EventKind::Report {
-            if let Some(r) = report_json(e) {
-                s.reports.push(r);
-            }
+            s.reports.extend(report_json(e));
             continue;
         }
-        let b = match s.branches.iter().position(|b| b.message_id == e.message_id) {
-            Some(i) => &mut s.branches[i],
-            None => {
-                s.branches.push(Branch {
-                    message_id: e.message_id,
-                    started_ms: None,
-                    ended_ms: None,
-                    duration_ms: None,
-                    attempts: 0,
-                    outcome: "running",
-                    error: None,
-                    worker: String::new(),
-                });
-                let last = s.branches.len() - 1;
-                &mut s.branches[last]
-            }
-        };
-        b.attempts = b.attempts.max(e.attempt);
-        b.worker = e.worker.to_string();
-        if let Some(start) = e.started_at_ms() {
-            b.started_ms = Some(b.started_ms.map_or(start, |s| s.min(start)));
-        }
-        match e.kind {
-            EventKind::Started => b.outcome = "running",
-            EventKind::Succeeded => {
-                b.outcome = "succeeded";
-                b.ended_ms = Some(e.at_ms);
-                b.duration_ms = e.duration_ms;
-                b.error = None;
-                done |= e.last_step;
-            }
-            EventKind::Retrying => {
-                b.outcome = "retrying";
-                b.error = e.error.clone();
-            }
-            EventKind::Dead => {
-                b.outcome = "dead";
-                b.ended_ms = Some(e.at_ms);
-                b.error = e.error.clone();
-            }
-            EventKind::Cancelled => b.outcome = "cancelled",
-            _ => {}
-        }
+        done |= apply(branch_of(s, e), e);
     }
     for s in &mut steps {
         s.branches.sort_by_key(|b| (b.started_ms.unwrap_or(u64::MAX), b.message_id));
@@ -270,45 +329,37 @@ fn fold_one(job: Uuid, evs: &[&JobEvent], actions: Vec<OperatorAction>) -> JobVi
     // In the order they started: a step's `succeeded` is stamped after its outputs are confirmed,
     // so the next step may report first.
     steps.sort_by_key(|s| s.first_ms);
-    let mut dead = Vec::new();
-    for s in &steps {
-        for b in s.branches.iter().filter(|b| b.outcome == "dead") {
-            let at_ms = b.ended_ms.unwrap_or(last_ms);
-            let kind = evs
-                .iter()
-                .rev()
-                .find(|e| e.message_id == b.message_id && e.kind == EventKind::Dead)
-                .and_then(|e| e.error_kind.clone())
-                .unwrap_or_default();
-            dead.push(Death {
-                step: s.step.clone(),
-                message_id: b.message_id,
-                error: b.error.clone().unwrap_or_default(),
-                kind,
-                at_ms,
-            });
-        }
-    }
-    let cancelled = evs.iter().any(|e| e.kind == EventKind::Cancelled) || actions.iter().any(|a| a.action == "cancel");
-    let state = if done {
-        JobState::Done
-    } else if cancelled {
-        JobState::Cancelled
-    } else if !dead.is_empty() {
-        JobState::Dead
-    } else {
-        JobState::Running
+    (steps, done)
+}
+
+/// The messages that lie dead, with the kind of their last death.
+fn deaths(steps: &[StepView], evs: &[&JobEvent], last_ms: u64) -> Vec<Death> {
+    let kind_of = |id: Uuid| {
+        evs.iter()
+            .rev()
+            .find(|e| e.message_id == id && e.kind == EventKind::Dead)
+            .and_then(|e| e.error_kind.clone())
+            .unwrap_or_default()
     };
-    let step = match state {
-        JobState::Dead => dead.last().map(|d| d.step.clone()),
-        _ => evs.iter().rev().find(|e| e.kind != EventKind::Report).map(|e| e.step.to_string()),
-    }
-    .unwrap_or_default();
-    let submitted_ms = uuid_time_ms(&job).unwrap_or(first_ms);
-    let job_text = job.to_string();
+    steps
+        .iter()
+        .flat_map(|s| s.branches.iter().filter(|b| b.outcome == "dead").map(move |b| (s, b)))
+        .map(|(s, b)| Death {
+            step: s.step.clone(),
+            message_id: b.message_id,
+            error: b.error.clone().unwrap_or_default(),
+            kind: kind_of(b.message_id),
+            at_ms: b.ended_ms.unwrap_or(last_ms),
+        })
+        .collect()
+}
+
+/// The jobs re-run from `job`, and the job `job` re-runs.
+fn lineage(job: Uuid, actions: &[OperatorAction]) -> (Vec<Uuid>, Option<Uuid>) {
+    let text = job.to_string();
     let reruns = actions
         .iter()
-        .filter(|a| a.action == "rerun" && a.ids.contains(&job_text))
+        .filter(|a| a.action == "rerun" && a.ids.contains(&text))
         .filter_map(|a| a.job)
         .filter(|id| *id != job)
         .collect();
@@ -317,6 +368,28 @@ fn fold_one(job: Uuid, evs: &[&JobEvent], actions: Vec<OperatorAction>) -> JobVi
         .find(|a| a.action == "rerun" && a.job == Some(job))
         .and_then(|a| a.ids.first())
         .and_then(|id| id.parse().ok());
+    (reruns, rerun_of)
+}
+
+fn fold_one(job: Uuid, evs: &[&JobEvent], actions: Vec<OperatorAction>) -> JobView {
+    let first_ms = evs.first().map_or(0, |e| e.started_at_ms().unwrap_or(e.at_ms));
+    let last_ms = evs.last().map_or(0, |e| e.at_ms);
+    let (steps, done) = steps_of(evs);
+    let dead = deaths(&steps, evs, last_ms);
+    let cancelled = evs.iter().any(|e| e.kind == EventKind::Cancelled) || actions.iter().any(|a| a.action == "cancel");
+    let state = match () {
+        () if done => JobState::Done,
+        () if cancelled => JobState::Cancelled,
+        () if !dead.is_empty() => JobState::Dead,
+        () => JobState::Running,
+    };
+    let step = match state {
+        JobState::Dead => dead.last().map(|d| d.step.clone()),
+        _ => evs.iter().rev().find(|e| e.kind != EventKind::Report).map(|e| e.step.to_string()),
+    }
+    .unwrap_or_default();
+    let submitted_ms = uuid_time_ms(&job).unwrap_or(first_ms);
+    let (reruns, rerun_of) = lineage(job, &actions);
     JobView {
         job,
         pipeline: evs.first().map(|e| e.pipeline.to_string()).unwrap_or_default(),
@@ -394,5 +467,74 @@ mod tests {
         let jobs = fold(&events, false);
         assert_eq!(jobs.iter().map(|j| j.job).collect::<Vec<_>>(), [new, old]);
         assert_eq!(fold(&events, true).len(), 3);
+    }
+
+    #[test]
+    fn batches_in_any_order_and_pushed_one_by_one_fold_the_same() {
+        let job = Uuid::now_v7();
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let mut last = event(EventKind::Succeeded, job, c, "report", 300);
+        last.last_step = true;
+        let mut dead = event(EventKind::Dead, job, b, "count", 150);
+        dead.error = Some("no data root".into());
+        let in_order = vec![
+            event(EventKind::Succeeded, job, a, "load", 100),
+            dead,
+            event(EventKind::Succeeded, job, b, "count", 200),
+            last,
+        ];
+        // Workers batch their events separately: the last step's batch can come first.
+        let mut shuffled = in_order.clone();
+        shuffled.reverse();
+        let sorted = fold(&in_order, false);
+        assert_eq!(fold(&shuffled, false), sorted);
+        assert_eq!(sorted[0].state, JobState::Done);
+        assert_eq!(sorted[0].steps.iter().map(|s| s.step.as_str()).collect::<Vec<_>>(), ["load", "count", "report"]);
+
+        let mut jobs = Jobs::new(false);
+        let mut states = Vec::new();
+        for e in in_order {
+            assert_eq!(jobs.push(e), vec![job]);
+            states.push(jobs.view(job).map(|v| v.state));
+        }
+        let running_dead_running_done =
+            [Some(JobState::Running), Some(JobState::Dead), Some(JobState::Running), Some(JobState::Done)];
+        assert_eq!(states, running_dead_running_done, "a replayed death is history, not the state");
+        assert_eq!(jobs.views(), sorted);
+        jobs.forget_before(1_000);
+        assert!(jobs.view(job).is_none());
+    }
+
+    #[test]
+    fn an_action_attaches_to_the_job_of_the_letters_it_names_whenever_they_arrive() {
+        let (job, msg) = (Uuid::now_v7(), Uuid::now_v7());
+        let replay = OperatorAction {
+            action: "replay".into(),
+            actor: "dave".into(),
+            count: 1,
+            ids: vec![msg.to_string()],
+            ..Default::default()
+        };
+        let mut jobs = Jobs::new(false);
+        assert!(jobs.push(replay.to_event()).is_empty(), "no job known for the letter yet");
+        jobs.push(event(EventKind::Dead, job, msg, "count", 10));
+        let view = jobs.view(job).expect("the job");
+        assert_eq!(view.actions.iter().map(|a| a.actor.as_str()).collect::<Vec<_>>(), ["dave"]);
+    }
+
+    #[test]
+    fn successes_and_deaths_count_per_step_and_minute() {
+        let (job, now) = (Uuid::now_v7(), 10 * 60_000 + 30_000);
+        let at = |kind, step, ms| event(kind, job, Uuid::now_v7(), step, ms);
+        let events = vec![
+            at(EventKind::Succeeded, "load", now - 10),
+            at(EventKind::Succeeded, "load", now - 20),
+            at(EventKind::Dead, "count", now - 61_000),
+            at(EventKind::Started, "count", now - 61_000),
+            at(EventKind::Succeeded, "load", now - 3 * 60_000),
+        ];
+        let rates = per_minute(&events, now, 3);
+        assert_eq!(rates["load"], (vec![0, 0, 2], vec![0, 0, 0]), "older than the window is left out");
+        assert_eq!(rates["count"], (vec![0, 0, 0], vec![0, 1, 0]));
     }
 }

@@ -14,6 +14,7 @@
 //! - [`edit`]: command-line values and the check of an edit against a dead letter.
 //! - [`selection`]: which dead letters an action takes (steps, job, error, age, group, limit).
 //! - [`dlq`]: reading, replaying and purging dead letters (publish with confirm, then ack).
+//! - [`follow`]: one job followed to its end, settled once late event batches are in.
 //! - [`history`]: the events stream folded into jobs (state, steps, trials, deaths, actions).
 //! - [`spec`]: pipeline specs (TOML), checked against the registry with errors naming the line.
 //! - [`management`]: RabbitMQ's management API, for unacked counts where `rabbitmqctl` is absent.
@@ -26,6 +27,7 @@ pub mod describe;
 pub mod dlq;
 pub mod edit;
 pub mod error;
+pub mod follow;
 pub mod history;
 pub mod management;
 pub mod operator;

@@ -201,8 +201,8 @@ pub fn hostname() -> String {
 fn describe_failure(url: &str, e: &OpenError) -> String {
     match e {
         OpenError::Amqp(e) if matches!(e.kind(), lapin::ErrorKind::ParsingError(_)) && !url.starts_with("amqps://") => {
-            "what answered does not speak AMQP 0-9-1 (an HTTP port, such as the management API's 15672, or a TLS \
-             port, for which the URL needs amqps://?); RabbitMQ's AMQP port is usually 5672"
+            "what answered does not speak AMQP 0-9-1: if it is a TLS port, use amqps://; an HTTP port (the \
+             management API's 15672, say) is not the broker's AMQP port, usually 5672"
                 .to_owned()
         }
         e => {
