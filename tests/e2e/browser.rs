@@ -1,7 +1,9 @@
 //! The console in a real browser (Debian's chromium through chromedriver): an operator signs
 //! in, finds a dead job's failure group, replays it once the cause is fixed and sees the job turn
-//! done; a viewer gets no replay button. With WARREN_SCREENSHOTS=DIR it also saves the jobs page
-//! and the job's timeline as PNGs (the README's screenshots).
+//! done; a viewer gets no replay button. The operator finds the job with the search box, sees the
+//! pager and the queues' charts, promotes and rolls back a model with a reason, and the page
+//! follows a dark system theme. With WARREN_SCREENSHOTS=DIR it also saves the jobs page and the
+//! job's timeline as PNGs (the README's screenshots).
 
 use std::{process::Stdio, time::Duration};
 
@@ -19,16 +21,29 @@ fn free_port() -> u16 {
 }
 
 async fn browser(driver_port: u16, profile: &std::path::Path) -> fantoccini::Client {
+    browser_with(driver_port, profile, &[]).await
+}
+
+async fn browser_with(driver_port: u16, profile: &std::path::Path, extra: &[&str]) -> fantoccini::Client {
+    let mut args: Vec<String> = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,900",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|a| (*a).to_owned())
+    .collect();
+    args.push(format!("--user-data-dir={}", profile.display()));
     let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        serde_json::json!({
-            "binary": "/usr/bin/chromium",
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                     "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                     "--disable-sync", "--window-size=1400,900", format!("--user-data-dir={}", profile.display())],
-        }),
-    );
+    caps.insert("goog:chromeOptions".into(), serde_json::json!({ "binary": "/usr/bin/chromium", "args": args }));
     ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(caps)
         .connect(&format!("http://127.0.0.1:{driver_port}"))
@@ -60,6 +75,7 @@ async fn in_a_browser_an_operator_replays_a_fixed_failure_and_a_viewer_cannot() 
     let scratch = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("browser-{}", t.ns));
     let artifacts = scratch.join("artifacts");
     let (mut up, job) = dead_job(&t, &artifacts).await;
+    register_two_versions(&artifacts).await;
 
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
@@ -69,6 +85,7 @@ async fn in_a_browser_an_operator_replays_a_fixed_failure_and_a_viewer_cannot() 
         .env("WARREN_NAMESPACE", &t.ns)
         .env("WARREN_CONSOLE_VIEWER_TOKEN", VIEWER)
         .env("WARREN_CONSOLE_OPERATOR_TOKEN", OPERATOR)
+        .env("WARREN_ARTIFACTS", &artifacts)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -137,10 +154,108 @@ async fn in_a_browser_an_operator_replays_a_fixed_failure_and_a_viewer_cannot() 
     if let Ok(dir) = std::env::var("WARREN_SCREENSHOTS") {
         std::fs::write(format!("{dir}/console-job.png"), c.screenshot().await.expect("screenshot")).expect("save");
     }
+    search_pager_and_charts(&c, &base, &job).await;
+    models_promote_and_roll_back(&c, &base).await;
     c.close().await.expect("close");
+
+    // A dark system theme gives a dark page.
+    let dark = browser_with(driver_port, &scratch.join("dark-profile"), &["--force-dark-mode"]).await;
+    sign_in(&dark, &base, VIEWER).await;
+    let background = dark.execute("return getComputedStyle(document.body).backgroundColor", vec![]).await.expect("js");
+    assert_eq!(background, serde_json::json!("rgb(20, 23, 28)"), "the dark theme's background");
+    dark.close().await.expect("close");
 
     crate::helpers::signal(&up, "TERM").await;
     let _ = tokio::time::timeout(Duration::from_secs(60), up.wait()).await;
     std::fs::remove_dir_all(&scratch).ok();
     t.cleanup().await;
+}
+
+/// Two versions of model `flowers` in the console's store: v1 scores 0.90, v2 0.95.
+async fn register_two_versions(artifacts: &std::path::Path) {
+    use warren_schemas::{
+        ArtifactRef,
+        models::{Entry, ModelRegistry},
+    };
+    let store = warren::artifacts::ArtifactStore::open(&artifacts.display().to_string()).expect("store");
+    let registry = ModelRegistry::new(&store, "flowers");
+    for accuracy in [0.90, 0.95] {
+        let mut entry = Entry {
+            name: "flowers".into(),
+            version: 0,
+            model: ArtifactRef { uri: "file:///nowhere".into(), hash: "sha256:00".into(), bytes: 1 },
+            metrics: [("accuracy".to_owned(), accuracy)].into(),
+            metric: "accuracy".into(),
+            candidate: serde_json::json!({ "algorithm": "logistic" }),
+            signature: None,
+            dataset_hash: "sha256:00".into(),
+            seed: 1,
+            job_id: "none".into(),
+            pipeline: "flowers".into(),
+            code_version: "test".into(),
+            registered_by: "the browser test".into(),
+            registered_at_ms: warren::envelope::now_ms(),
+        };
+        registry.add(&mut entry).await.expect("register a version");
+    }
+}
+
+/// The search box opens a job by its id; the jobs page says how many it shows; the queues page
+/// draws its charts.
+async fn search_pager_and_charts(c: &fantoccini::Client, base: &str, job: &str) {
+    c.goto(base).await.expect("jobs");
+    c.wait().for_element(Locator::Id("pager")).await.expect("the pager");
+    let pager = c.find(Locator::Id("pager")).await.expect("pager").text().await.expect("text");
+    assert!(pager.starts_with("jobs 1–") && pager.contains(" of "), "{pager}");
+    let search = c.find(Locator::Id("search")).await.expect("the search box");
+    search.send_keys(&format!("{job}\u{E007}")).await.expect("type and press enter");
+    c.wait().for_element(Locator::Id("job-state")).await.expect("the job's page");
+    assert!(c.current_url().await.expect("url").path().ends_with(job), "the search opened the job");
+    c.goto(&format!("{base}/queues")).await.expect("queues");
+    c.wait().for_element(Locator::Css("#queues svg.chart.done")).await.expect("a done-per-minute chart");
+    let bars = c.find_all(Locator::Css("#queues tr[data-step='count'] svg.chart.done rect")).await.expect("bars");
+    assert_eq!(bars.len(), 60, "one bar a minute for the last hour");
+    screenshot(c, "console-queues.png").await;
+}
+
+/// Promote v1 then v2 to production (each with a reason), then roll production back to v1.
+async fn models_promote_and_roll_back(c: &fantoccini::Client, base: &str) {
+    let aliases_of = |v: &'static str| async move {
+        let css = format!("#versions tr[data-version='{v}'] td.aliases");
+        c.find(Locator::Css(&css)).await.expect("the version's row").text().await.expect("text")
+    };
+    c.goto(&format!("{base}/models")).await.expect("models");
+    c.wait().for_element(Locator::LinkText("flowers")).await.expect("the model").click().await.expect("open it");
+    for v in ["1", "2"] {
+        let form = c
+            .wait()
+            .for_element(Locator::Css(&format!("#versions tr[data-version='{v}'] form.promote")))
+            .await
+            .expect("the promote form");
+        let reason = form.find(Locator::Css("input[name='reason']")).await.expect("reason");
+        reason.send_keys("passed the shadow test").await.expect("type");
+        form.find(Locator::Css("button")).await.expect("button").click().await.expect("promote");
+        c.wait().for_element(Locator::Id("versions")).await.expect("back on the model");
+        assert_eq!(aliases_of(v).await, "production", "v{v} promoted");
+    }
+    let form = c.find(Locator::Css("form.rollback")).await.expect("the rollback form");
+    form.find(Locator::Css("input[name='reason']"))
+        .await
+        .expect("reason")
+        .send_keys("bad predictions in prod")
+        .await
+        .expect("type");
+    form.find(Locator::Css("button")).await.expect("button").click().await.expect("roll back");
+    c.wait().for_element(Locator::Id("versions")).await.expect("back on the model");
+    assert_eq!(aliases_of("1").await, "production", "rolled back to v1");
+    assert_eq!(aliases_of("2").await, "");
+    screenshot(c, "console-model.png").await;
+}
+
+/// Saves the page as `name` in $WARREN_SCREENSHOTS, when it is set.
+async fn screenshot(c: &fantoccini::Client, name: &str) {
+    if let Ok(dir) = std::env::var("WARREN_SCREENSHOTS") {
+        std::fs::create_dir_all(&dir).expect("screenshot dir");
+        std::fs::write(format!("{dir}/{name}"), c.screenshot().await.expect("screenshot")).expect("save");
+    }
 }

@@ -352,11 +352,8 @@ async fn wait_ready(client: &warren::Client, names: &Names, steps: &[String], wi
     let end = Instant::now() + within;
     for step in steps {
         loop {
-            let ch = client.broker().channel().await?;
-            let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
-            let q = ch.queue_declare(names.step_queue(step).as_str().into(), passive, Default::default()).await;
-            let _ = ch.close(200, "".into()).await;
-            if q.is_ok_and(|q| q.consumer_count() > 0) {
+            let counts = warren_ops::queues::counts(client.broker(), &names.step_queue(step)).await;
+            if counts.is_some_and(|(_, consumers)| consumers > 0) {
                 break;
             }
             if Instant::now() > end {

@@ -6,11 +6,11 @@
 //! with the `monitoring` tag, as `warren-operator` in deploy/rabbitmq-definitions.json), as in
 //! the compose image; `-` when neither answers.
 
-use std::{collections::BTreeMap, process::ExitCode};
+use std::process::ExitCode;
 
-use warren::{Config, Names};
+use warren::Config;
 
-use crate::{Outcome, connect, steps::counts};
+use crate::{Outcome, connect};
 
 /// `warren queues` arguments.
 #[derive(Debug, clap::Args)]
@@ -24,37 +24,12 @@ pub struct QueuesArgs {
     prometheus: bool,
 }
 
-/// Unacked counts per queue name: `rabbitmqctl` where it answers, else the management API.
-async fn unacked(config: &Config) -> BTreeMap<String, u64> {
-    let local = from_rabbitmqctl();
-    if !local.is_empty() {
-        return local;
-    }
-    match config.amqp_urls.first() {
-        Some(url) => warren_ops::management::unacked(url).await.unwrap_or_default(),
-        None => BTreeMap::new(),
-    }
-}
-
-fn from_rabbitmqctl() -> BTreeMap<String, u64> {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(["list_queues", "-s", "name", "messages_unacknowledged"])
-        .output();
-    let Ok(out) = out else { return BTreeMap::new() };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            Some((it.next()?.to_owned(), it.next()?.parse().ok()?))
-        })
-        .collect()
-}
-
 /// `warren queues`.
 pub async fn run(config: &Config, args: QueuesArgs, json: bool) -> Outcome {
-    let client = connect(config).await?.into_client();
-    let rows = rows(&client, config, &args.step).await?;
-    client.broker().close().await;
+    let op = connect(config).await?;
+    let rows = rows(&op, &args.step).await;
+    op.close().await;
+    let rows = rows?;
     if args.prometheus {
         crate::print_raw(&prometheus(&config.namespace, &rows));
         return Ok(ExitCode::SUCCESS);
@@ -63,31 +38,11 @@ pub async fn run(config: &Config, args: QueuesArgs, json: bool) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Per registered step (and each of `extra`): ready, unacked (where rabbitmqctl or the management API answers),
-/// consumers, dead letters.
-pub async fn rows(
-    client: &warren::Client,
-    config: &Config,
-    extra: &[String],
-) -> Result<Vec<serde_json::Value>, crate::Fail> {
-    let names = Names::new(&config.namespace);
-    let unacked = unacked(config).await;
-    let mut rows = Vec::new();
-    let registered = crate::steps::registry(client, config).await?;
-    let steps: std::collections::BTreeSet<String> = registered.steps.into_keys().chain(extra.iter().cloned()).collect();
-    for step in steps {
-        let queue = names.step_queue(&step);
-        let Some((ready, consumers)) = counts(client.broker(), &queue).await else { continue };
-        let dead = counts(client.broker(), &names.dead_queue(&step)).await.map_or(0, |(n, _)| n);
-        rows.push(serde_json::json!({
-            "step": step,
-            "ready": ready,
-            "unacked": unacked.get(&queue),
-            "consumers": consumers,
-            "dead": dead,
-        }));
-    }
-    Ok(rows)
+/// Per registered step (and each of `extra`): ready, unacked (where rabbitmqctl or the
+/// management API answers), consumers, dead letters; as JSON rows.
+pub async fn rows(op: &warren_ops::Operator, extra: &[String]) -> Result<Vec<serde_json::Value>, crate::Fail> {
+    let rows = op.queues(extra).await?;
+    Ok(rows.iter().map(|r| serde_json::to_value(r).unwrap_or_default()).collect())
 }
 
 fn print_rows(rows: Vec<serde_json::Value>, json: bool) {
@@ -145,7 +100,7 @@ pub struct ExporterArgs {
 /// `warren exporter`: serves the queue gauges of `warren queues --prometheus` on `/metrics`,
 /// read from the broker at each scrape, until SIGTERM or Ctrl-C.
 pub async fn exporter(config: &Config, args: ExporterArgs) -> Outcome {
-    let client = std::sync::Arc::new(connect(config).await?.into_client());
+    let op = std::sync::Arc::new(connect(config).await?);
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| crate::Fail::usage(format!("--listen {}: {e}", args.listen)))?;
@@ -154,9 +109,9 @@ pub async fn exporter(config: &Config, args: ExporterArgs) -> Outcome {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let (client, config, extra) = (client.clone(), config.clone(), extra.clone());
+            let (op, config, extra) = (op.clone(), config.clone(), extra.clone());
             async move {
-                match rows(&client, &config, &extra).await {
+                match rows(&op, &extra).await {
                     Ok(rows) => (axum::http::StatusCode::OK, prometheus(&config.namespace, &rows)),
                     Err(e) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("# broker: {}\n", e.message)),
                 }

@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use lapin::{options::QueueDeclareOptions, types::FieldTable};
 use warren::{Config, Names, registry::Registry};
 
 use crate::{Fail, Outcome, connect};
@@ -20,17 +19,6 @@ pub async fn registry(client: &warren::Client, config: &Config) -> Result<Regist
     warren::registry::read(client.broker(), &names)
         .await
         .map_err(|e| Fail::from(format!("cannot read the step registry: {e}")))
-}
-
-/// Ready messages and consumers of a queue (passive declare), if it exists.
-pub async fn counts(broker: &warren::Broker, queue: &str) -> Option<(u32, u32)> {
-    let ch = broker.channel().await.ok()?;
-    let q = ch
-        .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
-        .await
-        .ok();
-    let _ = ch.close(200, "".into()).await;
-    q.map(|q| (q.message_count(), q.consumer_count()))
 }
 
 /// `warren steps`.
@@ -89,7 +77,8 @@ async fn list(client: &warren::Client, registry: &Registry, config: &Config, jso
     let mut rows = Vec::new();
     let mut cells = Vec::new();
     for (step, entry) in &registry.steps {
-        let (ready, consumers) = counts(client.broker(), &names.step_queue(step)).await.unwrap_or((0, 0));
+        let (ready, consumers) =
+            warren_ops::queues::counts(client.broker(), &names.step_queue(step)).await.unwrap_or((0, 0));
         let d = &entry.descriptor;
         // A step whose queue has no consumer has no live worker, whatever the last heartbeat said.
         let live: Vec<&warren::registry::WorkerEntry> =

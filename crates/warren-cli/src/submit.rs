@@ -150,7 +150,7 @@ pub async fn follow(
 async fn idle_steps(client: &warren::Client, names: &Names, steps: &[String]) -> Vec<(String, u32)> {
     let mut out = Vec::new();
     for s in steps {
-        match crate::steps::counts(client.broker(), &names.step_queue(s)).await {
+        match warren_ops::queues::counts(client.broker(), &names.step_queue(s)).await {
             Some((ready, 0)) => out.push((s.clone(), ready)),
             None => out.push((s.clone(), 0)),
             Some(_) => {}

@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use lapin::{options::QueueDeclareOptions, types::FieldTable};
 use warren::{Config, Declarer, Names};
 
 use crate::{Outcome, connect};
@@ -69,9 +68,7 @@ pub async fn run(config: &Config, cmd: TopologyCommand, json: bool) -> Outcome {
             for t in topologies(&client, config, &step).await? {
                 let step = &t.step;
                 let queue = names.step_queue(step);
-                let ch = client.broker().channel().await?;
-                let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-                let exists = ch.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await.is_ok();
+                let exists = warren_ops::queues::counts(client.broker(), &queue).await.is_some();
                 let state = if !exists {
                     bad += 1;
                     "missing".to_owned()

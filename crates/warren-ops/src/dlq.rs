@@ -393,6 +393,48 @@ pub(crate) fn dead_letter(step: &str, properties: BasicProperties, body: Vec<u8>
 /// during the same run carries it and is not taken again.
 pub const REPLAY_RUN: &str = "warren-replay-run";
 
+/// A channel on `step`'s dead-letter queue and how many letters it holds; a queue that does not
+/// exist is an unknown step.
+async fn open_dead_queue(
+    broker: &Broker,
+    names: &Names,
+    step: &str,
+    queue: &str,
+) -> Result<(lapin::Channel, usize), DlqError> {
+    let ch = broker.channel().await?;
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    match ch.queue_declare(queue.into(), passive, FieldTable::default()).await {
+        Ok(info) => Ok((ch, info.message_count() as usize)),
+        Err(e) if warren::broker::is_not_found(&e) => Err(DlqError::UnknownStep {
+            step: step.to_owned(),
+            namespace: names.namespace().to_owned(),
+            queue: queue.to_owned(),
+        }),
+        Err(e) => Err(BrokerError::Amqp { context: "dead-letter queue", source: e }.into()),
+    }
+}
+
+/// Closing a channel returns every dead letter not acked to the queue, and a quorum queue takes
+/// them back a moment later: waits (3 s at most) until `back` of them are ready again, so that a
+/// command run right after this one (a replay after a listing) sees them.
+async fn wait_requeued(broker: &Broker, queue: &str, back: usize) {
+    if back == 0 {
+        return;
+    }
+    let end = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    while tokio::time::Instant::now() < end {
+        let Ok(ch) = broker.channel().await else { break };
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        let ready = ch.queue_declare(queue.into(), passive, FieldTable::default()).await.map(|q| q.message_count());
+        let _ = ch.close(200, "counted".into()).await;
+        match ready {
+            Ok(n) if n as usize >= back => break,
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            Err(_) => break,
+        }
+    }
+}
+
 /// Walks the dead letters of `step` that are in its queue when the walk starts — no more, so
 /// letters that die again while a replay runs are not taken again — calling `act` on each; a
 /// dead letter for which `act` returns `true` is acked (removed), the others go back when the
@@ -410,26 +452,7 @@ where
     Fut: std::future::Future<Output = Result<bool, BrokerError>>,
 {
     let queue = names.dead_queue(step);
-    let ch = broker.channel().await?;
-    let info = match ch
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions { passive: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await
-    {
-        Ok(info) => info,
-        Err(e) if warren::broker::is_not_found(&e) => {
-            return Err(DlqError::UnknownStep {
-                step: step.to_owned(),
-                namespace: names.namespace().to_owned(),
-                queue,
-            });
-        }
-        Err(e) => return Err(BrokerError::Amqp { context: "dead-letter queue", source: e }.into()),
-    };
-    let expected = info.message_count() as usize;
+    let (ch, expected) = open_dead_queue(broker, names, step, &queue).await?;
     if expected == 0 {
         let _ = ch.close(200, "done".into()).await;
         return Ok(());
@@ -460,24 +483,7 @@ where
     // them back a moment later: wait (briefly) until they are ready again, so that a command run
     // right after this one (a replay after a listing) sees them.
     let _ = ch.close(200, "done".into()).await;
-    let back = expected.saturating_sub(acked);
-    if back > 0 {
-        let end = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
-        while tokio::time::Instant::now() < end {
-            let Ok(ch) = broker.channel().await else { break };
-            let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-            let ready = ch
-                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-                .await
-                .map(|q| q.message_count());
-            let _ = ch.close(200, "counted".into()).await;
-            match ready {
-                Ok(n) if n as usize >= back => break,
-                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-                Err(_) => break,
-            }
-        }
-    }
+    wait_requeued(broker, &queue, expected.saturating_sub(acked)).await;
     Ok(())
 }
 

@@ -16,6 +16,7 @@
 //! - [`dlq`]: reading, replaying and purging dead letters (publish with confirm, then ack).
 //! - [`follow`]: one job followed to its end, settled once late event batches are in.
 //! - [`history`]: the events stream folded into jobs (state, steps, trials, deaths, actions).
+//! - [`queues`]: ready, unacked, consumers and dead letters per step.
 //! - [`spec`]: pipeline specs (TOML), checked against the registry with errors naming the line.
 //! - [`management`]: RabbitMQ's management API, for unacked counts where `rabbitmqctl` is absent.
 //! - [`error`]: [`OpsError`], with predicates a view maps to exit codes or HTTP statuses.
@@ -31,6 +32,7 @@ pub mod follow;
 pub mod history;
 pub mod management;
 pub mod operator;
+pub mod queues;
 pub mod rerun;
 pub mod selection;
 pub mod spec;

@@ -24,10 +24,20 @@ use crate::{
 pub const SUBMIT: &str = "submit";
 
 /// What an operator acts with: one connection, the namespace, the artifact store's location.
-#[derive(Debug)]
 pub struct Operator {
     client: Client,
     artifacts: String,
+    /// The first broker URL, for the management API (it holds the password: never printed).
+    amqp_url: Option<String>,
+}
+
+impl std::fmt::Debug for Operator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Operator")
+            .field("client", &self.client)
+            .field("artifacts", &self.artifacts)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A replay (or, with an edit, an edit-and-replay) of dead letters.
@@ -64,7 +74,12 @@ impl Operator {
     /// Connects once for everything the command does.
     pub async fn connect(config: &Config) -> Result<Self, OpsError> {
         let client = Client::connect(config).await?;
-        Ok(Self { client, artifacts: config.artifacts.clone() })
+        Ok(Self { client, artifacts: config.artifacts.clone(), amqp_url: config.amqp_urls.first().cloned() })
+    }
+
+    /// The first broker URL (with its credentials: for the management API only).
+    pub(crate) fn amqp_url(&self) -> Option<&str> {
+        self.amqp_url.as_deref()
     }
 
     /// The client, for what is not an operator action (submit, RPC, queue counts).

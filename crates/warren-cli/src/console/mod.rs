@@ -124,7 +124,7 @@ async fn sample_depths(app: Shared) {
     let mut tick = tokio::time::interval(charts::SAMPLE_EVERY);
     loop {
         tick.tick().await;
-        let Ok(rows) = crate::queues::rows(app.op.client(), &app.config, &app.extra_steps).await else { continue };
+        let Ok(rows) = crate::queues::rows(&app.op, &app.extra_steps).await else { continue };
         let sample = rows
             .iter()
             .filter_map(|r| Some((r["step"].as_str()?.to_owned(), r["ready"].as_u64().unwrap_or(0))))

@@ -391,7 +391,7 @@ fn steps_table(registry: &warren::registry::Registry) -> Markup {
 
 pub async fn queues_page(State(app): State<Shared>, headers: HeaderMap) -> Response {
     let s = signed_in_or_return!(app, headers);
-    let rows = match crate::queues::rows(app.op.client(), &app.config, &app.extra_steps).await {
+    let rows = match crate::queues::rows(&app.op, &app.extra_steps).await {
         Ok(r) => r,
         Err(e) => return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&s), &e.message),
     };
