@@ -35,9 +35,6 @@ pub enum MlError {
     /// The data or parameters cannot work, however often the step is tried (a permanent error).
     #[error("{0}")]
     Invalid(String),
-    /// Something that may work another time (reading a file that is being written, say).
-    #[error("{0}")]
-    Transient(String),
     /// Training was told to stop (its step's maximum duration ran out).
     #[error("{0}")]
     Stopped(String),

@@ -3,9 +3,9 @@
 
 use uuid::Uuid;
 use warren::{
-    Envelope, Hop,
+    Hop,
     artifacts::ArtifactStore,
-    envelope::{self, EnvelopeMeta},
+    envelope::{self, EnvelopeRef},
     events::OperatorAction,
     registry::Registry,
     worker::inputs_prefix,
@@ -89,19 +89,18 @@ impl Operator {
             for change in changes {
                 apply(&mut slip, change, from, &registry)?;
             }
-            let env = Envelope {
+            let env = EnvelopeRef {
                 v: envelope::ENVELOPE_VERSION,
                 job_id: new_job,
                 message_id: envelope::derive_message_id(new_job, "rerun", i),
                 causation_id: None,
-                pipeline: pipeline.clone(),
-                slip,
-                schema: record.schema,
-                payload: record.payload,
+                pipeline: &pipeline,
+                slip: &slip,
+                schema: &record.schema,
+                payload: &record.payload,
             };
-            let body = env.encode().map_err(|e| OpsError::Other(format!("cannot encode: {e}")))?;
-            let meta = EnvelopeMeta { job_id: new_job, message_id: env.message_id, step: from, schema: &env.schema };
-            publisher.publish(&self.names().steps_exchange(), from, &body, envelope::properties(&meta, 1)).await?;
+            let (body, props) = env.to_message(from).map_err(|e| OpsError::Other(format!("cannot encode: {e}")))?;
+            publisher.publish(&self.names().steps_exchange(), from, &body, props).await?;
         }
         drop(publisher);
         let selection = Selection { steps: vec![from.to_owned()], ..Default::default() };

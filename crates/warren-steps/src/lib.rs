@@ -27,10 +27,6 @@ use warren_schemas::ArtifactRef;
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
-/// The ML steps, in pipeline order (predict serves requests outside pipelines).
-pub const STEPS: &[&str] =
-    &["ingest", "validate", "features", "tune", "train", "select", "evaluate", "register", "predict"];
-
 /// How each step's worker runs: its parameters (announced as JSON Schema), its input files,
 /// and for train, hours per model and one model per process.
 pub fn options(step: &str) -> warren::cli::StepOptions {
@@ -63,21 +59,12 @@ pub fn options(step: &str) -> warren::cli::StepOptions {
     }
 }
 
-/// The queue arguments a step's worker declares, so tools declare exactly the same.
-pub fn topology(step: &str, config: &warren::Config) -> warren::StepTopology {
-    warren::StepTopology {
-        step: step.to_owned(),
-        delivery_limit: config.delivery_limit,
-        max_duration: options(step).max_duration,
-    }
-}
-
 /// The version recorded in registry lineage and cache keys.
 pub const STEP_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub(crate) fn ml(e: MlError) -> StepError {
     match e {
-        MlError::Transient(m) | MlError::Stopped(m) => StepError::Retryable(m),
+        MlError::Stopped(m) => StepError::Retryable(m),
         other => StepError::Permanent(other.to_string()),
     }
 }

@@ -6,7 +6,7 @@ use uuid::Uuid;
 use crate::{
     Broker, BrokerError, Config, Names,
     broker::Publisher,
-    envelope::{self, EnvelopeMeta, EnvelopeRef, Hop, Payload},
+    envelope::{self, EnvelopeRef, Hop, Payload},
 };
 
 /// A job to submit: the pipeline's name, its steps with their parameters, and the first
@@ -204,8 +204,7 @@ impl Client {
             schema: &job.schema,
             payload: &job.payload,
         };
-        let body = env.encode().map_err(|e| SubmitError::Encode(e.to_string()))?;
-        let props = envelope::properties(&EnvelopeMeta { job_id, message_id, step: &step, schema: &job.schema }, 1);
+        let (body, props) = env.to_message(&step).map_err(|e| SubmitError::Encode(e.to_string()))?;
         Ok((job_id, step, body, props))
     }
 

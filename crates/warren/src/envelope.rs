@@ -206,6 +206,51 @@ impl<P: Serialize> EnvelopeRef<'_, P> {
     pub fn encode(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
         rmp_serde::to_vec_named(self)
     }
+
+    /// The message as it goes out, built in one place: the encoded envelope and its AMQP
+    /// properties (persistent, message id, the job as correlation id, the schema as `type`),
+    /// addressed to `step` (empty for an RPC reply).
+    pub fn to_message(&self, step: &str) -> Result<(Vec<u8>, BasicProperties), rmp_serde::encode::Error> {
+        let body = self.encode()?;
+        let meta = EnvelopeMeta { job_id: self.job_id, message_id: self.message_id, step, schema: self.schema };
+        Ok((body, properties(&meta, 1)))
+    }
+}
+
+/// What an outgoing message comes from: the job and the message that caused it.
+#[derive(Debug, Clone, Copy)]
+pub struct Cause<'a> {
+    /// The job.
+    pub job_id: Uuid,
+    /// The message being handled.
+    pub message_id: Uuid,
+    /// The job's pipeline.
+    pub pipeline: &'a str,
+}
+
+impl<'a> Cause<'a> {
+    /// The `index`th message this cause yields under `label` (the step that made it, `error`,
+    /// `dead-notice`), its id derived from the three: a redelivered cause yields the same ids,
+    /// which the next step's dedup drops.
+    pub fn message<P>(
+        self,
+        label: &str,
+        index: usize,
+        slip: &'a [Hop],
+        schema: &'a str,
+        payload: &'a P,
+    ) -> EnvelopeRef<'a, P> {
+        EnvelopeRef {
+            v: ENVELOPE_VERSION,
+            job_id: self.job_id,
+            message_id: derive_message_id(self.message_id, label, index),
+            causation_id: Some(self.message_id),
+            pipeline: self.pipeline,
+            slip,
+            schema,
+            payload,
+        }
+    }
 }
 
 /// The envelope without its payload: enough to route, dead-letter and report.

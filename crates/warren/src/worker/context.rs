@@ -103,6 +103,11 @@ impl Context {
         self.events.emit(JobEvent { detail: Some(detail), ..self.event_base(EventKind::Report) });
     }
 
+    /// What the messages this handling sends come from.
+    pub(super) fn cause(&self) -> crate::envelope::Cause<'_> {
+        crate::envelope::Cause { job_id: self.job_id, message_id: self.message_id, pipeline: &self.pipeline }
+    }
+
     pub(super) fn event_base(&self, kind: EventKind) -> JobEvent {
         JobEvent {
             delivery_count: self.delivery_count,

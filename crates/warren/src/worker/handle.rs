@@ -15,7 +15,7 @@ use super::{
 use crate::{
     BrokerError, DeadKind, DeadNotice, DecodeError, EventKind, JobEvent, StepError,
     artifacts::content_hash,
-    envelope::{self, Envelope, EnvelopeHead, EnvelopeMeta, Payload, headers},
+    envelope::{self, Envelope, EnvelopeHead, Payload, headers},
     topology::Declarer,
 };
 
@@ -80,6 +80,14 @@ pub(super) enum Unsettled {
     Lost(BrokerError),
 }
 
+/// What a settle works with beyond its decision: the handler's outputs (a hand-off) or the
+/// error it failed with (a retry).
+enum Work<'a, P> {
+    Nothing,
+    Outputs(Outputs<'a, P>),
+    Failed { ctx: &'a Context, error: &'a StepError },
+}
+
 impl<H> Shared<H> {
     pub(super) async fn handle<I, O>(&self, session: &Session, delivery: Delivery)
     where
@@ -89,27 +97,12 @@ impl<H> Shared<H> {
     {
         let w = &self.worker;
         let facts = DeliveryFacts::read(&delivery.properties, delivery.redelivered, w.retry.max_attempts);
-        let limits = Limits { max_attempts: w.retry.max_attempts, delivery_limit: w.topology.delivery_limit };
-
-        let env = match Envelope::<I>::decode_or_head(&delivery.data) {
-            Ok(env) => Decoded::from_envelope(env, Input::Payload),
-            Err((DecodeError::WrongSchema { found, .. }, _)) if found == DeadNotice::SCHEMA => {
-                match Envelope::<DeadNotice>::decode(&delivery.data) {
-                    Ok(env) => Decoded::from_envelope(env, Input::Notice),
-                    Err(e) => {
-                        let decision = decide(&w.step, facts, Body::Undecodable(&e), limits, Stage::Received);
-                        let head = EnvelopeHead::decode(&delivery.data).ok();
-                        self.settle::<O::Payload>(session, &delivery, &Ids::of(head.as_ref()), facts, decision, None)
-                            .await;
-                        return;
-                    }
-                }
-            }
-            Err((e, head)) => {
-                tracing::warn!(step = %w.step, error = %e, "undecodable message; dead-lettering it");
+        let limits = self.limits();
+        let env = match self.decode::<I>(&delivery.data) {
+            Ok(env) => env,
+            Err((e, ids)) => {
                 let decision = decide(&w.step, facts, Body::Undecodable(&e), limits, Stage::Received);
-                self.settle::<O::Payload>(session, &delivery, &Ids::of(head.as_deref()), facts, decision, None).await;
-                return;
+                return self.settle::<O::Payload>(session, &delivery, &ids, facts, decision, Work::Nothing).await;
             }
         };
         let duplicate = self.dedup.lock().map(|d| d.contains(&env.message_id)).unwrap_or(false);
@@ -122,16 +115,46 @@ impl<H> Shared<H> {
         }
         let decision = decide(&w.step, facts, body, limits, Stage::Received);
         if decision != Decision::Run {
-            self.settle::<O::Payload>(session, &delivery, &ids, facts, decision, None).await;
-            return;
+            return self.settle::<O::Payload>(session, &delivery, &ids, facts, decision, Work::Nothing).await;
         }
+        self.run(session, &delivery, env, ids, facts).await;
+    }
 
+    fn limits(&self) -> Limits {
+        Limits { max_attempts: self.worker.retry.max_attempts, delivery_limit: self.worker.topology.delivery_limit }
+    }
+
+    /// The delivery's envelope, with its input or a dead notice; else why not and whose it is.
+    fn decode<I: Payload>(&self, data: &[u8]) -> Result<Decoded<I>, (DecodeError, Ids)> {
+        match Envelope::<I>::decode_or_head(data) {
+            Ok(env) => Ok(Decoded::from_envelope(env, Input::Payload)),
+            Err((DecodeError::WrongSchema { found, .. }, _)) if found == DeadNotice::SCHEMA => {
+                Envelope::<DeadNotice>::decode(data)
+                    .map(|env| Decoded::from_envelope(env, Input::Notice))
+                    .map_err(|e| (e, Ids::of(EnvelopeHead::decode(data).ok().as_ref())))
+            }
+            Err((e, head)) => {
+                tracing::warn!(step = %self.worker.step, error = %e, "undecodable message; dead-lettering it");
+                Err((e, Ids::of(head.as_deref())))
+            }
+        }
+    }
+
+    /// The handler's context for this delivery, and the input it is to run on.
+    fn context<I>(
+        &self,
+        session: &Session,
+        env: Decoded<I>,
+        pipeline: Arc<str>,
+        facts: DeliveryFacts,
+    ) -> (Context, Input<I>, bool) {
+        let w = &self.worker;
         let mut slip = env.slip;
         let hop = slip.remove(0);
         let ctx = Context {
             job_id: env.job_id,
             message_id: env.message_id,
-            pipeline: ids.pipeline.clone(),
+            pipeline,
             step: w.step_name.clone(),
             attempt: facts.attempt,
             delivery_count: facts.crashes,
@@ -143,23 +166,60 @@ impl<H> Shared<H> {
             data_root: w.data_root.clone(),
             stop: Arc::default(),
         };
+        (ctx, env.input, hop.cache)
+    }
+
+    /// Runs the handler (or takes the step cache's outputs), then decides and settles.
+    async fn run<I, O>(&self, session: &Session, delivery: &Delivery, env: Decoded<I>, ids: Ids, facts: DeliveryFacts)
+    where
+        I: Payload,
+        O: StepOutput,
+        H: Handler<I, O>,
+    {
+        let w = &self.worker;
+        let (ctx, input, cache) = self.context(session, env, ids.pipeline.clone(), facts);
         session.events.emit(ctx.event_base(EventKind::Started));
         let started = Instant::now();
-        let cache_key = match (&w.artifacts, hop.cache, &env.input) {
+        let cache_key = match (&w.artifacts, cache, &input) {
             (Some(_), true, Input::Payload(p)) => self.cache_key(&ctx, p),
             _ => None,
         };
-        if let (Some(key), Some(store)) = (&cache_key, &w.artifacts)
-            && let Ok(Some(bytes)) = Box::pin(store.get_opt(key)).await
-            && let Ok(payloads) = rmp_serde::from_slice::<Vec<O::Payload>>(&bytes)
-        {
-            ctx.report(rmpv::Value::Map(vec![("cache".into(), "hit".into()), ("key".into(), key.as_str().into())]));
+        if let Some(payloads) = self.cached::<O::Payload>(cache_key.as_deref()).await {
+            let key = cache_key.as_deref().unwrap_or_default();
+            ctx.report(rmpv::Value::Map(vec![("cache".into(), "hit".into()), ("key".into(), key.into())]));
             let outputs = Outputs { ctx: &ctx, payloads, started };
-            self.settle(session, &delivery, &ids, facts, Decision::HandOff, Some(outputs)).await;
-            return;
+            return self.settle(session, delivery, &ids, facts, Decision::HandOff, Work::Outputs(outputs)).await;
         }
+        let result = self.call(&ctx, input).await;
+        // The run is over (or out of time): blocking work it started stops now.
+        ctx.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        match result {
+            Ok(output) => {
+                let payloads = output.map(StepOutput::into_payloads).unwrap_or_default();
+                self.store_cached(cache_key.as_deref(), &payloads).await;
+                let decision = decide(&w.step, facts, body_ok(), self.limits(), Stage::Succeeded);
+                let outputs = Outputs { ctx: &ctx, payloads, started };
+                self.settle(session, delivery, &ids, facts, decision, Work::Outputs(outputs)).await;
+            }
+            Err(error) => {
+                let decision = decide(&w.step, facts, body_ok(), self.limits(), Stage::Failed(&error));
+                let work: Work<'_, O::Payload> = Work::Failed { ctx: &ctx, error: &error };
+                self.settle(session, delivery, &ids, facts, decision, work).await;
+            }
+        }
+    }
+
+    /// The handler on `input` (or on news that it died upstream), within the step's maximum
+    /// duration.
+    async fn call<I, O>(&self, ctx: &Context, input: Input<I>) -> Result<Option<O>, StepError>
+    where
+        I: Payload,
+        O: StepOutput,
+        H: Handler<I, O>,
+    {
+        let w = &self.worker;
         let call = async {
-            match env.input {
+            match input {
                 Input::Payload(p) => self.handler.call(ctx.clone(), p).await.map(Some),
                 Input::Notice(n) => {
                     tracing::info!(step = %w.step, job = %ctx.job_id, dead = %n.message_id, at = %n.step,
@@ -168,45 +228,38 @@ impl<H> Shared<H> {
                 }
             }
         };
-        let result = match w.handler_limit {
+        match w.handler_limit {
             Some(limit) => tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
                 Err(StepError::retryable(format!("step ran longer than its maximum duration of {limit:?}")))
             }),
             None => call.await,
-        };
-        // The run is over (or out of time): blocking work it started stops now.
-        ctx.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        match result {
-            Ok(output) => {
-                let payloads = output.map(StepOutput::into_payloads).unwrap_or_default();
-                if let (Some(key), Some(store)) = (&cache_key, &w.artifacts) {
-                    match rmp_serde::to_vec_named(&payloads) {
-                        Ok(bytes) => {
-                            if let Err(e) = Box::pin(store.put(key, bytes)).await {
-                                tracing::warn!(step = %w.step, error = %e, "cannot write the step cache");
-                            }
-                        }
-                        Err(e) => tracing::warn!(step = %w.step, error = %e, "cannot encode outputs for the cache"),
-                    }
-                }
-                let decision = decide(&w.step, facts, body_ok(), limits, Stage::Succeeded);
-                let outputs = Outputs { ctx: &ctx, payloads, started };
-                self.settle(session, &delivery, &ids, facts, decision, Some(outputs)).await;
-            }
-            Err(e) => {
-                let decision = decide(&w.step, facts, body_ok(), limits, Stage::Failed(&e));
-                if let Decision::Retry { .. } = decision {
-                    Box::pin(self.retry(session, &delivery, &ctx, &e)).await;
-                } else {
-                    self.settle::<O::Payload>(session, &delivery, &ids, facts, decision, None).await;
-                }
-            }
         }
     }
 
-    /// Carries out a decision that needs no handler run: hand off, dead-letter or drop. A
-    /// hand-off the broker returns as unroutable, or whose output cannot be encoded, is decided
-    /// again and dead-lettered.
+    /// The step cache's outputs under `key`, if it holds them.
+    async fn cached<P: Payload>(&self, key: Option<&str>) -> Option<Vec<P>> {
+        let (key, store) = (key?, self.worker.artifacts.as_ref()?);
+        let bytes = Box::pin(store.get_opt(key)).await.ok()??;
+        rmp_serde::from_slice::<Vec<P>>(&bytes).ok()
+    }
+
+    /// Keeps `payloads` in the step cache under `key` (a failure is only logged).
+    async fn store_cached<P: Payload>(&self, key: Option<&str>, payloads: &[P]) {
+        let w = &self.worker;
+        let (Some(key), Some(store)) = (key, &w.artifacts) else { return };
+        match rmp_serde::to_vec_named(payloads) {
+            Ok(bytes) => {
+                if let Err(e) = Box::pin(store.put(key, bytes)).await {
+                    tracing::warn!(step = %w.step, error = %e, "cannot write the step cache");
+                }
+            }
+            Err(e) => tracing::warn!(step = %w.step, error = %e, "cannot encode outputs for the cache"),
+        }
+    }
+
+    /// Carries out every decision on a delivery in one place: drop, cancel, hand off, retry or
+    /// dead-letter. A hand-off the broker returns as unroutable, or whose output cannot be
+    /// encoded, is decided again and dead-lettered.
     async fn settle<P: Payload>(
         &self,
         session: &Session,
@@ -214,10 +267,9 @@ impl<H> Shared<H> {
         ids: &Ids,
         facts: DeliveryFacts,
         mut decision: Decision,
-        mut outputs: Option<Outputs<'_, P>>,
+        mut work: Work<'_, P>,
     ) {
         let w = &self.worker;
-        let limits = Limits { max_attempts: w.retry.max_attempts, delivery_limit: w.topology.delivery_limit };
         loop {
             match decision {
                 Decision::Drop => {
@@ -234,8 +286,12 @@ impl<H> Shared<H> {
                     session.events.emit(self.event_for(ids, EventKind::Cancelled, facts));
                     return;
                 }
-                Decision::Run | Decision::Retry { .. } => {
-                    // Taken by `handle` itself; nothing to settle here.
+                // Run is what `handle` does before it settles: never a decision to carry out here.
+                Decision::Run => return,
+                Decision::Retry { .. } => {
+                    if let Work::Failed { ctx, error } = work {
+                        Box::pin(self.retry(session, delivery, ctx, error)).await;
+                    }
                     return;
                 }
                 Decision::DeadLetter { kind, reason } => {
@@ -243,14 +299,14 @@ impl<H> Shared<H> {
                     return;
                 }
                 Decision::HandOff => {
-                    let Some(out) = outputs.take() else { return };
+                    let Work::Outputs(out) = std::mem::replace(&mut work, Work::Nothing) else { return };
                     let (unroutable, reason) = match Box::pin(self.hand_off(session, delivery, out)).await {
                         Ok(()) | Err(HandOffError::Lost) => return,
                         Err(HandOffError::Unencodable(e)) => (false, e.to_string()),
                         Err(HandOffError::Unroutable(e)) => (true, e.to_string()),
                     };
                     let stage = if unroutable { Stage::Unroutable(&reason) } else { Stage::Unencodable(&reason) };
-                    decision = decide(&w.step, facts, body_ok(), limits, stage);
+                    decision = decide(&w.step, facts, body_ok(), self.limits(), stage);
                 }
             }
         }
@@ -284,8 +340,10 @@ impl<H> Shared<H> {
         let outputs = if ctx.next.is_empty() { 0 } else { payloads.len() };
         if ctx.next.is_empty()
             && let Some(reply_to) = delivery.properties.reply_to()
+            && let Some(payload) = payloads.first()
         {
-            Box::pin(self.reply(session, delivery, ctx, reply_to.as_str(), payloads.first())).await;
+            let out = ctx.cause().message(&w.step, 0, &[], P::SCHEMA, payload);
+            Box::pin(self.reply(session, delivery, reply_to.as_str(), out)).await;
         }
         if let Some(next) = ctx.next.first() {
             // Straight to the next step's queue through the default exchange: no routing-table
@@ -294,24 +352,8 @@ impl<H> Shared<H> {
             let queue = queue.as_str();
             let mut bodies = Vec::with_capacity(payloads.len());
             for (i, payload) in payloads.iter().enumerate() {
-                let out = envelope::EnvelopeRef {
-                    v: envelope::ENVELOPE_VERSION,
-                    job_id: ctx.job_id,
-                    message_id: envelope::derive_message_id(ctx.message_id, &w.step, i),
-                    causation_id: Some(ctx.message_id),
-                    pipeline: &ctx.pipeline,
-                    slip: &ctx.next,
-                    schema: P::SCHEMA,
-                    payload,
-                };
-                let body = out.encode().map_err(HandOffError::Unencodable)?;
-                let meta = EnvelopeMeta {
-                    job_id: ctx.job_id,
-                    message_id: out.message_id,
-                    step: &next.step,
-                    schema: P::SCHEMA,
-                };
-                bodies.push((body, envelope::properties(&meta, 1)));
+                let out = ctx.cause().message(&w.step, i, &ctx.next, P::SCHEMA, payload);
+                bodies.push(out.to_message(&next.step).map_err(HandOffError::Unencodable)?);
             }
             // A worker with an artifact store records what it hands on, so `warren rerun --from`
             // can start a new job at the next step from this job's results. Content-addressed:
@@ -392,30 +434,17 @@ impl<H> Shared<H> {
         }
     }
 
-    /// Answers an RPC request: the output goes to `reply_to` with the request's correlation id.
-    /// A caller that has gone away is logged at debug level, not an error of the step.
+    /// Answers an RPC request (with its output, or the error it failed with): the message goes
+    /// to `reply_to` with the request's correlation id. A caller that has gone away is logged at
+    /// debug level, not an error of the step.
     async fn reply<P: Payload>(
         &self,
         session: &Session,
         delivery: &Delivery,
-        ctx: &Context,
         reply_to: &str,
-        payload: Option<&P>,
+        out: envelope::EnvelopeRef<'_, P>,
     ) {
-        let Some(payload) = payload else { return };
-        let out = envelope::EnvelopeRef {
-            v: envelope::ENVELOPE_VERSION,
-            job_id: ctx.job_id,
-            message_id: envelope::derive_message_id(ctx.message_id, &self.worker.step, 0),
-            causation_id: Some(ctx.message_id),
-            pipeline: &ctx.pipeline,
-            slip: &[],
-            schema: P::SCHEMA,
-            payload,
-        };
-        let Ok(body) = out.encode() else { return };
-        let meta = EnvelopeMeta { job_id: ctx.job_id, message_id: out.message_id, step: "", schema: P::SCHEMA };
-        let mut props = envelope::properties(&meta, 1);
+        let Ok((body, mut props)) = out.to_message("") else { return };
         if let Some(c) = delivery.properties.correlation_id() {
             props = props.with_correlation_id(c.clone());
         }
@@ -424,38 +453,6 @@ impl<H> Shared<H> {
         let publisher = session.publisher.get().await;
         if let Err(e) = publisher.publish_optional("", reply_to, &body, props).await {
             tracing::debug!(step = %self.worker.step, error = %e, "cannot deliver the RPC reply (caller gone?)");
-        }
-    }
-
-    /// Tells an RPC caller its request failed, with the request's correlation id.
-    async fn reply_error(
-        &self,
-        session: &Session,
-        delivery: &Delivery,
-        ids: &Ids,
-        reply_to: &str,
-        error: &envelope::RemoteError,
-    ) {
-        let out = envelope::EnvelopeRef {
-            v: envelope::ENVELOPE_VERSION,
-            job_id: ids.job_id,
-            message_id: envelope::derive_message_id(ids.message_id, "error", 0),
-            causation_id: Some(ids.message_id),
-            pipeline: &ids.pipeline,
-            slip: &[],
-            schema: envelope::ERROR_SCHEMA,
-            payload: error,
-        };
-        let Ok(body) = out.encode() else { return };
-        let meta =
-            EnvelopeMeta { job_id: ids.job_id, message_id: out.message_id, step: "", schema: envelope::ERROR_SCHEMA };
-        let mut props = envelope::properties(&meta, 1);
-        if let Some(c) = delivery.properties.correlation_id() {
-            props = props.with_correlation_id(c.clone());
-        }
-        let publisher = session.publisher.get().await;
-        if let Err(e) = publisher.publish_optional("", reply_to, &body, props).await {
-            tracing::debug!(step = %self.worker.step, error = %e, "cannot deliver the RPC error reply (caller gone?)");
         }
     }
 
@@ -531,7 +528,9 @@ impl<H> Shared<H> {
                 step: w.step.clone(),
                 message: reason.to_owned(),
             };
-            self.reply_error(session, delivery, ids, reply_to.as_str(), &error).await;
+            let cause = envelope::Cause { job_id: ids.job_id, message_id: ids.message_id, pipeline: &ids.pipeline };
+            let out = cause.message("error", 0, &[], envelope::ERROR_SCHEMA, &error);
+            self.reply(session, delivery, reply_to.as_str(), out).await;
         }
         let mut published = self.publish(session, &w.dead_exchange, &w.step, &delivery.data, props.clone()).await;
         if let Err(Unsettled::Unroutable(_)) = published {
@@ -592,25 +591,11 @@ impl<H> Shared<H> {
             reason: reason.to_owned(),
             payload: env.payload.clone(),
         };
-        let out = envelope::EnvelopeRef {
-            v: envelope::ENVELOPE_VERSION,
-            job_id: env.job_id,
-            message_id: envelope::derive_message_id(env.message_id, "dead-notice", 0),
-            causation_id: Some(env.message_id),
-            pipeline: &env.pipeline,
-            slip: &env.slip[1..],
-            schema: DeadNotice::SCHEMA,
-            payload: &notice,
-        };
-        let Ok(body) = out.encode() else { return true };
-        let meta = EnvelopeMeta {
-            job_id: env.job_id,
-            message_id: out.message_id,
-            step: &next.step,
-            schema: DeadNotice::SCHEMA,
-        };
+        let cause = envelope::Cause { job_id: env.job_id, message_id: env.message_id, pipeline: &env.pipeline };
+        let out = cause.message("dead-notice", 0, &env.slip[1..], DeadNotice::SCHEMA, &notice);
+        let Ok((body, props)) = out.to_message(&next.step) else { return true };
         let queue = w.names.step_queue(&next.step);
-        match self.publish(session, "", &queue, &body, envelope::properties(&meta, 1)).await {
+        match self.publish(session, "", &queue, &body, props).await {
             Ok(()) => true,
             Err(Unsettled::Unroutable(e)) => {
                 tracing::error!(step = %w.step, error = %e, "no queue for the gathering step {}; it is not told", next.step);

@@ -203,10 +203,6 @@ pub struct Worker {
     data_root: Option<Arc<std::path::Path>>,
 }
 
-enum SessionEnd {
-    Stopped,
-}
-
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
     #[error(transparent)]
@@ -281,7 +277,7 @@ impl Worker {
                 failures = 0;
             }
             match result {
-                Ok(SessionEnd::Stopped) => return Ok(()),
+                Ok(()) => return Ok(()),
                 Err(SessionError::Topology(e)) if e.is_conflict() => {
                     shared.worker.health.set_ready(false);
                     return Err(WorkerError::Topology(e));
@@ -424,49 +420,71 @@ impl PublisherSlot {
     }
 }
 
+/// What a session holds open while it consumes: its channel and consumer, the tasks that live
+/// as long as it does, and what every message's handling shares.
+struct Opened {
+    channel: Channel,
+    consumer: lapin::Consumer,
+    tag: String,
+    session: Session,
+    /// Follows cancellations; ends with the connection, aborted when the session ends.
+    control: AbortOnDrop,
+    /// Says the worker is alive in the registry.
+    announcer: AbortOnDrop,
+    /// Publishes the batched job events.
+    events_task: Option<tokio::task::JoinHandle<()>>,
+}
+
 impl<H> Shared<H> {
+    /// One connection's life: connect and declare, consume until the stop or a broker failure,
+    /// then (on the stop) finish what is in flight and close.
     async fn session<I, O>(
         self: &Arc<Self>,
         mut shutdown: Pin<&mut (impl Future<Output = ()> + Send)>,
-    ) -> Result<SessionEnd, SessionError>
+    ) -> Result<(), SessionError>
     where
         I: Payload,
         O: StepOutput,
         H: Handler<I, O>,
     {
-        let w = &self.worker;
         let broker = tokio::select! {
-            _ = shutdown.as_mut() => return Ok(SessionEnd::Stopped),
-            b = Broker::connect(&w.config, &w.step) => b?,
+            _ = shutdown.as_mut() => return Ok(()),
+            b = Broker::connect(&self.worker.config, &self.worker.step) => b?,
         };
-        let mut declarer = Declarer::new(&broker, &w.names);
+        let mut opened = self.open(&broker).await?;
+        self.consume(&mut opened, shutdown).await?;
+        self.stop(opened, &broker).await;
+        Ok(())
+    }
+
+    /// Declares the step's topology, follows cancellations, and starts consuming (prefetch,
+    /// publisher, event sink, registry announcements).
+    async fn open(self: &Arc<Self>, broker: &Broker) -> Result<Opened, SessionError> {
+        let w = &self.worker;
+        let mut declarer = Declarer::new(broker, &w.names);
         declarer.base().await?;
         declarer.step(&w.topology).await?;
-        // Ends with the connection; aborted when the session ends.
-        let control = AbortOnDrop(self.cancelled.follow(&broker, &w.names).await?);
-
-        let consume_channel = broker.channel().await?;
+        let control = AbortOnDrop(self.cancelled.follow(broker, &w.names).await?);
+        let channel = broker.channel().await?;
         let prefetch = w.config.effective_prefetch();
         if usize::from(prefetch) > w.config.concurrency {
             tracing::info!(step = %w.step, prefetch, concurrency = w.config.concurrency,
                 "prefetch above concurrency: messages wait in this worker unstarted, and a hard kill returns \
                  them with a raised delivery count (see docs/PROTOCOL.md, crash counting)");
         }
-        consume_channel
-            .basic_qos(prefetch, BasicQosOptions { global: false })
-            .await
-            .map_err(BrokerError::amqp("basic.qos"))?;
+        channel.basic_qos(prefetch, BasicQosOptions { global: false }).await.map_err(BrokerError::amqp("basic.qos"))?;
         let publisher = Publisher::new(broker.channel().await?).await?;
         let (events, events_task) = if w.config.events {
-            let (sink, task) = EventSink::start(&broker, &w.names, &w.step).await?;
+            let (sink, task) = EventSink::start(broker, &w.names, &w.step).await?;
             (sink, Some(task))
         } else {
             (EventSink::disabled(), None)
         };
         let tag = format!("{}-{}", w.worker_id, &Uuid::now_v7().simple().to_string()[24..]);
-        let mut consumer = consume_channel
+        let queue = w.names.step_queue(&w.step);
+        let consumer = channel
             .basic_consume(
-                w.names.step_queue(&w.step).as_str().into(),
+                queue.as_str().into(),
                 tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -480,29 +498,44 @@ impl<H> Shared<H> {
             concurrency = w.config.concurrency, prefetch, "consuming");
         let session = Session {
             broker: broker.clone(),
-            consumer: consume_channel.clone(),
+            consumer: channel.clone(),
             publisher: Arc::new(PublisherSlot { broker: broker.clone(), current: tokio::sync::Mutex::new(publisher) }),
             events,
             acks: acks::AckBatcher::start(),
             retry_queues: Arc::default(),
         };
+        Ok(Opened { channel, consumer, tag, session, control, announcer, events_task })
+    }
 
+    /// Takes deliveries, one permit each, until the stop (`Ok`) or the broker takes the consumer
+    /// away (`Err`: the caller reconnects).
+    async fn consume<I, O>(
+        self: &Arc<Self>,
+        opened: &mut Opened,
+        mut shutdown: Pin<&mut (impl Future<Output = ()> + Send)>,
+    ) -> Result<(), SessionError>
+    where
+        I: Payload,
+        O: StepOutput,
+        H: Handler<I, O>,
+    {
+        let w = &self.worker;
         loop {
             let permit = tokio::select! {
                 biased;
-                _ = shutdown.as_mut() => break,
+                _ = shutdown.as_mut() => return Ok(()),
                 p = self.semaphore.clone().acquire_owned() => match p {
                     Ok(p) => p,
-                    Err(_) => break,
+                    Err(_) => return Ok(()),
                 },
             };
             let next = tokio::select! {
                 biased;
-                _ = shutdown.as_mut() => break,
-                d = consumer.next() => d,
+                _ = shutdown.as_mut() => return Ok(()),
+                d = opened.consumer.next() => d,
             };
             match next {
-                Some(Ok(delivery)) => self.spawn_handle(&session, delivery, permit),
+                Some(Ok(delivery)) => self.spawn_handle(&opened.session, delivery, permit),
                 Some(Err(e)) => {
                     w.health.set_ready(false);
                     describe_channel_loss(&e, &w.topology);
@@ -514,13 +547,23 @@ impl<H> Shared<H> {
                 }
             }
         }
+    }
 
-        // Graceful stop: take nothing more, finish what is in flight and what the broker already
-        // sent (returning it unstarted would raise its delivery count, see PROTOCOL.md), then close.
+    /// The graceful stop: take nothing more, finish what is in flight and what the broker already
+    /// sent (returning it unstarted would raise its delivery count, see PROTOCOL.md), flush the
+    /// acks, say goodbye in the registry, then close.
+    async fn stop<I, O>(self: &Arc<Self>, opened: Opened, broker: &Broker)
+    where
+        I: Payload,
+        O: StepOutput,
+        H: Handler<I, O>,
+    {
+        let w = &self.worker;
+        let Opened { channel, mut consumer, tag, session, control, announcer, events_task } = opened;
         w.health.set_ready(false);
         tracing::info!(step = %w.step, "stopping: finishing messages in flight");
         let deadline = Instant::now() + w.config.shutdown_grace;
-        let cancel = consume_channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
+        let cancel = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
         if tokio::time::timeout(Duration::from_secs(5), cancel).await.is_ok_and(|r| r.is_ok()) {
             // After cancel-ok the broker sends nothing more; the stream yields what it holds, then ends.
             let drain = async {
@@ -546,17 +589,15 @@ impl<H> Shared<H> {
         stopped.kind = crate::registry::RecordKind::Stopped;
         stopped.descriptor = None;
         stopped.at_ms = crate::envelope::now_ms();
-        let bye = crate::registry::announce(&broker, &w.names, &stopped);
+        let bye = crate::registry::announce(broker, &w.names, &stopped);
         if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), bye).await {
             tracing::debug!(error = %e, "could not record the stop in the registry");
         }
         if let Some(task) = events_task {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
-        let _ =
-            tokio::time::timeout(Duration::from_secs(5), consume_channel.close(200, "worker stopping".into())).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), channel.close(200, "worker stopping".into())).await;
         broker.close().await;
-        Ok(SessionEnd::Stopped)
     }
 }
 
@@ -628,8 +669,18 @@ async fn announce_loop(broker: Broker, names: Names, base: crate::registry::Reco
 
 /// Logs why the broker took the channel away, naming the setting to change where there is one.
 fn describe_channel_loss(error: &lapin::Error, topology: &StepTopology) {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    // RabbitMQ closes the channel with PRECONDITION_FAILED, "delivery acknowledgement on channel
+    // N timed out": the kind is typed, the reason only in the broker's words.
+    let consumer_timeout = match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => {
+            matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
+                && amqp.get_message().as_str().contains("acknowledgement")
+        }
+        _ => false,
+    };
     let text = error.to_string();
-    if text.contains("acknowledgement") && text.contains("timed out") {
+    if consumer_timeout {
         tracing::error!(step = %topology.step, error = %text,
             "the broker closed the channel because a message was not acked within its consumer timeout; \
              on RabbitMQ 3.12+ the step's max_duration sets x-consumer-timeout on its queue, on older brokers \
