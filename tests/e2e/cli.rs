@@ -745,6 +745,32 @@ async fn operator_mistakes_are_refused_before_anything_moves_and_said_plainly() 
     assert_eq!(json(&listed).as_array().map(Vec::len), Some(2));
     assert!(stderr(&listed).contains("showing the newest 2 of 3 jobs"), "{}", stderr(&listed));
     client.broker().close().await;
+
+    // A reader that goes away (`warren jobs | head`) ends the command quietly, not in a panic.
+    let mut reader = warren(&t, &["jobs"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("jobs");
+    drop(reader.stdout.take());
+    let closed = reader.wait_with_output().await.expect("jobs ends");
+    assert_eq!(closed.status.code(), Some(0), "{}", stderr(&closed));
+    assert!(!stderr(&closed).contains("panicked"), "{}", stderr(&closed));
+
+    // A step's parameters as a table.
+    let train = run(&t, &["steps", "train"]).await;
+    let table = String::from_utf8_lossy(&train.stdout);
+    assert!(table.contains("parameter") && table.contains("allowed"), "{table}");
+    let row = table.lines().find(|l| l.starts_with("validation_fraction")).unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("number") && row.contains("0 < x < 1"), "{row}");
+
+    // A fleet file with a misspelt key: one line naming the line, the key and the known keys.
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("fleet-{}", t.ns));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let fleet = dir.join("fleet.toml");
+    std::fs::write(&fleet, "[[workers]]\nstep = \"train\"\nbin = \"warren-train\"\nscal = 2\n").expect("fleet file");
+    let up = run(&t, &["up", "--fleet", fleet.to_str().expect("utf-8")]).await;
+    assert_eq!(up.status.code(), Some(2), "{}", stderr(&up));
+    let line = stderr(&up);
+    assert!(line.contains("line 4: unknown field `scal`") && line.contains("expected one of"), "{line}");
+    assert_eq!(line.trim().lines().count(), 1, "{line}");
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// `warren up` with a wrong password exits 5 at once with one line, instead of restarting

@@ -34,7 +34,7 @@ fn values(key: &str) -> [&'static str; 3] {
 /// `key -> (value, origin)` from `--print-config`.
 fn printed(bin: &PathBuf, file: Option<&PathBuf>, env: bool, flags: bool) -> BTreeMap<String, (String, String)> {
     let mut cmd = Command::new(bin);
-    for key in warren::config::KEYS {
+    for key in warren::config::keys() {
         cmd.env_remove(format!("WARREN_{}", key.to_uppercase()));
         if env {
             cmd.env(format!("WARREN_{}", key.to_uppercase()), values(key)[1]);
@@ -80,8 +80,7 @@ fn every_key_resolves_through_every_layer_in_every_binary() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("config-layers-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let file = dir.join("warren.toml");
-    let text: String = warren::config::KEYS
-        .iter()
+    let text: String = warren::config::keys()
         .map(|k| {
             let v = values(k)[0];
             if v.parse::<u64>().is_ok() || v == "true" { format!("{k} = {v}\n") } else { format!("{k} = \"{v}\"\n") }
@@ -98,9 +97,9 @@ fn every_key_resolves_through_every_layer_in_every_binary() {
             (printed(bin, Some(&file), false, false), 0, "file"),
         ];
         for (shown, layer, origin) in &layers {
-            for key in warren::config::KEYS {
+            for key in warren::config::keys() {
                 let (value, from) =
-                    shown.get(*key).unwrap_or_else(|| panic!("{} does not print `{key}`", bin.display()));
+                    shown.get(key).unwrap_or_else(|| panic!("{} does not print `{key}`", bin.display()));
                 assert_eq!(value, &expected(key, *layer), "{} `{key}` with layers up to {origin}", bin.display());
                 assert!(from.starts_with(origin), "{} `{key}` came from {from}, not {origin}", bin.display());
             }

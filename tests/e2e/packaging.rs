@@ -88,8 +88,7 @@ fn every_worker_has_a_compose_service_running_a_binary_the_image_holds() {
 
 #[test]
 fn every_environment_key_in_compose_is_one_the_config_knows() {
-    let known: BTreeSet<String> = warren::config::KEYS
-        .iter()
+    let known: BTreeSet<String> = warren::config::keys()
         .map(|k| format!("WARREN_{}", k.to_uppercase()))
         .chain(["WARREN_CONFIG".to_owned(), "WARREN_BIN_DIR".to_owned()])
         .collect();
@@ -287,7 +286,7 @@ fn kubernetes_manifests_scale_every_step_on_its_own_queue() {
         .filter(|d| d["kind"] == "TriggerAuthentication")
         .filter_map(|d| d["metadata"]["name"].as_str().map(str::to_owned))
         .collect();
-    let known_env: Vec<String> = warren::config::KEYS.iter().map(|k| format!("WARREN_{}", k.to_uppercase())).collect();
+    let known_env: Vec<String> = warren::config::keys().map(|k| format!("WARREN_{}", k.to_uppercase())).collect();
     for step in crate::ml::ML_STEPS {
         let file = format!("{step}.yaml");
         assert!(resources.contains(&file.as_str()), "kustomization.yaml lists {file}");

@@ -97,3 +97,6 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| StepError::retryable(format!("worker task failed: {e}")))?
         .map_err(ml)
 }
+
+#[cfg(test)]
+mod tests;

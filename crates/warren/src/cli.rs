@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use crate::{Config, ConfigError};
 
 /// The configuration flags every worker and the `warren` command take: one per key of
-/// [`crate::config::KEYS`], each overriding the file and the `WARREN_*` environment variable of
+/// [`crate::config::keys`], each overriding the file and the `WARREN_*` environment variable of
 /// the same name.
 #[derive(Debug, Clone, Default, clap::Args)]
 #[command(next_help_heading = "Configuration (flag > WARREN_* environment > --config file > defaults)")]
@@ -145,6 +145,57 @@ struct WorkerArgs {
     config: ConfigArgs,
 }
 
+/// What a worker binary's start-up ended with before the worker ran: a printed line and its
+/// exit code.
+struct Exit(std::process::ExitCode);
+
+/// The configuration: the step's defaults under the file, the environment and the flags.
+fn configure(bin: &str, step: &str, args: &WorkerArgs, options: &StepOptions) -> Result<crate::Config, Exit> {
+    let step_defaults: Vec<(&str, String)> =
+        options.concurrency.map(|n| ("concurrency", n.to_string())).into_iter().collect();
+    let config = args.config.load_with(&step_defaults).map_err(|e| {
+        eprintln!("{bin}: {e}");
+        Exit(std::process::ExitCode::from(2))
+    })?;
+    if let (Some(limit), Some(ceiling)) = (config.max_duration, options.max_duration)
+        && limit > ceiling
+        && !args.config.print_config
+        && !args.describe
+    {
+        eprintln!(
+            "{bin}: max_duration_ms ({}) is above the {step} step's own limit of {}; its queue's consumer timeout is set from that",
+            limit.as_millis(),
+            humantime::format_duration(ceiling)
+        );
+        return Err(Exit(std::process::ExitCode::from(2)));
+    }
+    Ok(config)
+}
+
+/// The step's descriptor as its workers announce it.
+fn descriptor<I: crate::Payload, O: crate::StepOutput>(
+    step: &str,
+    version: &str,
+    about: &str,
+    options: &StepOptions,
+    config: &crate::Config,
+) -> crate::registry::StepDescriptor {
+    let mut d = crate::registry::StepDescriptor::new(step, version).completed::<I, O>(
+        step,
+        version,
+        config.concurrency,
+        options.max_duration,
+    );
+    d.about = about.to_owned();
+    d.gather = options.gather;
+    d.input_schema = options.input_schema.clone();
+    d.file_params = options.file_params.clone();
+    if let Some(p) = &options.params {
+        d.params = p.clone();
+    }
+    d
+}
+
 /// The whole `main` of a step's worker binary: flags and configuration (a bad value prints one
 /// line and exits 2), logging, the artifact store, a current-thread runtime, and the worker until
 /// SIGTERM or Ctrl-C.
@@ -169,68 +220,59 @@ where
         Ok(a) => a,
         Err(e) => e.exit(),
     };
-    let step_defaults: Vec<(&str, String)> =
-        options.concurrency.map(|n| ("concurrency", n.to_string())).into_iter().collect();
-    let config = match args.config.load_with(&step_defaults) {
+    let config = match configure(bin, step, &args, &options) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{bin}: {e}");
-            return ExitCode::from(2);
-        }
+        Err(Exit(code)) => return code,
     };
     if args.config.print_config {
         print!("{}", config.render());
         return ExitCode::SUCCESS;
     }
-    crate::telemetry::init_with(&config.log_format);
-    let store = match crate::artifacts::ArtifactStore::open(&config.artifacts) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{bin}: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("{bin}: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut descriptor = crate::registry::StepDescriptor::new(step, version).completed::<I, O>(
-        step,
-        version,
-        config.concurrency,
-        options.max_duration,
-    );
-    descriptor.about = about.to_owned();
-    descriptor.gather = options.gather;
-    descriptor.input_schema = options.input_schema.clone();
-    descriptor.file_params = options.file_params.clone();
-    if let Some(p) = &options.params {
-        descriptor.params = p.clone();
-    }
+    let descriptor = descriptor::<I, O>(step, version, about, &options, &config);
     if args.describe {
-        match serde_json::to_string_pretty(&descriptor) {
-            Ok(text) => println!("{text}"),
+        return match serde_json::to_string_pretty(&descriptor) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
             Err(e) => {
                 eprintln!("{bin}: cannot encode the descriptor: {e}");
-                return ExitCode::FAILURE;
+                ExitCode::FAILURE
             }
-        }
-        return ExitCode::SUCCESS;
+        };
     }
-    if let (Some(limit), Some(ceiling)) = (config.max_duration, options.max_duration)
-        && limit > ceiling
-    {
-        eprintln!(
-            "{bin}: max_duration_ms ({}) is above the {step} step's own limit of {}; its queue's consumer timeout is set from that",
-            limit.as_millis(),
-            humantime::format_duration(ceiling)
-        );
-        return ExitCode::from(2);
+    crate::telemetry::init_with(&config.log_format);
+    match run_worker(bin, step, version, &options, descriptor, &config, handler) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Exit(code)) => code,
     }
-    let mut builder = crate::Worker::builder(step, &config).artifacts(store).version(version).descriptor(descriptor);
+}
+
+/// The worker on a current-thread runtime, with its health endpoint, until it stops.
+fn run_worker<I, O, H>(
+    bin: &str,
+    step: &str,
+    version: &str,
+    options: &StepOptions,
+    descriptor: crate::registry::StepDescriptor,
+    config: &crate::Config,
+    handler: H,
+) -> Result<(), Exit>
+where
+    I: crate::Payload,
+    O: crate::StepOutput,
+    H: crate::Handler<I, O>,
+{
+    use std::process::ExitCode;
+    let store = crate::artifacts::ArtifactStore::open(&config.artifacts).map_err(|e| {
+        eprintln!("{bin}: {e}");
+        Exit(ExitCode::from(2))
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+        eprintln!("{bin}: cannot start the runtime: {e}");
+        Exit(ExitCode::FAILURE)
+    })?;
+    let mut builder = crate::Worker::builder(step, config).artifacts(store).version(version).descriptor(descriptor);
     if let Some(d) = options.max_duration {
         builder = builder.max_duration(d);
     }
@@ -247,19 +289,13 @@ where
             }
         });
     }
-    match runtime.block_on(worker.run(handler, crate::shutdown::shutdown_signal_or_orphaned())) {
-        Ok(()) => ExitCode::SUCCESS,
+    runtime.block_on(worker.run(handler, crate::shutdown::shutdown_signal_or_orphaned())).map_err(|e| {
+        eprintln!("{bin}: {e}");
         // Refused credentials: exit 5, as the `warren` command does, so a supervisor (`warren
         // up`) knows that restarting will not help.
-        Err(e @ crate::WorkerError::AccessRefused(_)) => {
-            eprintln!("{bin}: {e}");
-            ExitCode::from(ACCESS_REFUSED_EXIT)
-        }
-        Err(e) => {
-            eprintln!("{bin}: {e}");
-            ExitCode::FAILURE
-        }
-    }
+        let code = if matches!(e, crate::WorkerError::AccessRefused(_)) { ACCESS_REFUSED_EXIT } else { 1 };
+        Exit(ExitCode::from(code))
+    })
 }
 
 /// The exit code of a worker whose broker refused its credentials (the `warren` command's 5).

@@ -11,39 +11,215 @@ use std::{collections::BTreeMap, fmt, path::Path, time::Duration};
 /// The default broker: a local RabbitMQ with the stock guest account.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-/// Every key the configuration knows, in file form (`WARREN_` + upper case in the environment).
-pub const KEYS: &[&str] = &[
-    "amqp_url",
-    "namespace",
-    "artifacts",
-    "concurrency",
-    "prefetch",
-    "max_attempts",
-    "retry_base_ms",
-    "retry_max_ms",
-    "delivery_limit",
-    "max_duration_ms",
-    "shutdown_grace_ms",
-    "events",
-    "dedup_window",
-    "health_addr",
-    "data_root",
-    "tls_ca_file",
-    "log_format",
+/// One configuration key: its name in the file (`WARREN_` + upper case in the environment,
+/// `--` + dashes on the command line), how a value of it is read into a [`Config`], and how it is
+/// read back out. [`Config::set`], [`Config::value`], [`Config::render`] and the key lists all
+/// walk this one table.
+struct Key {
+    name: &'static str,
+    /// Printed bare in TOML (a number or a boolean), else as a string.
+    bare: bool,
+    /// Reads a (trimmed) value; the error says what is wrong with it.
+    set: fn(&mut Config, &str) -> Result<(), String>,
+    /// The value as the file, the environment and flags spell it (`None`: unset).
+    get: fn(&Config) -> Option<String>,
+}
+
+/// A whole number of at least `min`.
+fn num<T>(v: &str, min: T) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + fmt::Display,
+{
+    let n: T = v.parse().map_err(|_| format!("expected a whole number, got {v:?}"))?;
+    if n < min {
+        return Err(format!("must be at least {min}, got {v}"));
+    }
+    Ok(n)
+}
+
+fn ms(d: Duration) -> String {
+    d.as_millis().to_string()
+}
+
+fn path(p: &Option<std::path::PathBuf>) -> Option<String> {
+    p.as_ref().map(|p| p.display().to_string())
+}
+
+fn set_amqp_urls(c: &mut Config, value: &str) -> Result<(), String> {
+    let urls: Vec<String> = value.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect();
+    if urls.is_empty() {
+        return Err("no broker URL given".into());
+    }
+    if let Some(bad) = urls.iter().find(|u| !(u.starts_with("amqp://") || u.starts_with("amqps://"))) {
+        return Err(format!("{} is not an amqp:// or amqps:// URL", redact_url(bad)));
+    }
+    c.amqp_urls = urls;
+    Ok(())
+}
+
+fn set_namespace(c: &mut Config, value: &str) -> Result<(), String> {
+    let ok = !value.is_empty()
+        && value.len() <= 100
+        && value.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch));
+    if !ok {
+        return Err(format!("{value:?} must be 1-100 characters of a-z, 0-9, '-', '_' or '.'"));
+    }
+    c.namespace = value.to_owned();
+    Ok(())
+}
+
+fn set_prefetch(c: &mut Config, value: &str) -> Result<(), String> {
+    let n = num(value, 1u64)?;
+    let n = u16::try_from(n).map_err(|_| format!("must be at most 65535 (the AMQP limit), got {n}"))?;
+    c.prefetch = Some(n);
+    Ok(())
+}
+
+fn set_events(c: &mut Config, value: &str) -> Result<(), String> {
+    c.events = match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => true,
+        "false" | "0" | "no" | "off" => false,
+        _ => return Err(format!("expected true or false, got {value:?}")),
+    };
+    Ok(())
+}
+
+fn set_health_addr(c: &mut Config, value: &str) -> Result<(), String> {
+    if !value.is_empty() && value.parse::<std::net::SocketAddr>().is_err() {
+        return Err(format!("expected host:port such as 127.0.0.1:9000, got {value:?}"));
+    }
+    c.health_addr = (!value.is_empty()).then(|| value.to_owned());
+    Ok(())
+}
+
+fn set_log_format(c: &mut Config, value: &str) -> Result<(), String> {
+    if !["text", "json"].contains(&value) {
+        return Err(format!("expected text or json, got {value:?}"));
+    }
+    c.log_format = value.to_owned();
+    Ok(())
+}
+
+/// Every key, in the order `--print-config` shows them.
+const TABLE: &[Key] = &[
+    Key { name: "amqp_url", bare: false, set: set_amqp_urls, get: |c| Some(c.amqp_urls.join(",")) },
+    Key { name: "namespace", bare: false, set: set_namespace, get: |c| Some(c.namespace.clone()) },
+    Key {
+        name: "artifacts",
+        bare: false,
+        set: |c, v| {
+            if v.is_empty() {
+                return Err("must not be empty".into());
+            }
+            c.artifacts = v.to_owned();
+            Ok(())
+        },
+        get: |c| Some(c.artifacts.clone()),
+    },
+    Key {
+        name: "concurrency",
+        bare: true,
+        set: |c, v| {
+            c.concurrency = num(v, 1usize)?;
+            Ok(())
+        },
+        get: |c| Some(c.concurrency.to_string()),
+    },
+    Key { name: "prefetch", bare: true, set: set_prefetch, get: |c| c.prefetch.map(|p| p.to_string()) },
+    Key {
+        name: "max_attempts",
+        bare: true,
+        set: |c, v| {
+            c.max_attempts = num(v, 1u32)?;
+            Ok(())
+        },
+        get: |c| Some(c.max_attempts.to_string()),
+    },
+    Key {
+        name: "retry_base_ms",
+        bare: true,
+        set: |c, v| {
+            c.retry_base = Duration::from_millis(num(v, 1u64)?);
+            Ok(())
+        },
+        get: |c| Some(ms(c.retry_base)),
+    },
+    Key {
+        name: "retry_max_ms",
+        bare: true,
+        set: |c, v| {
+            c.retry_max = Duration::from_millis(num(v, 1u64)?);
+            Ok(())
+        },
+        get: |c| Some(ms(c.retry_max)),
+    },
+    Key {
+        name: "delivery_limit",
+        bare: true,
+        set: |c, v| {
+            c.delivery_limit = num(v, 1u32)?;
+            Ok(())
+        },
+        get: |c| Some(c.delivery_limit.to_string()),
+    },
+    Key {
+        name: "max_duration_ms",
+        bare: true,
+        set: |c, v| {
+            c.max_duration = Some(Duration::from_millis(num(v, 1u64)?));
+            Ok(())
+        },
+        get: |c| c.max_duration.map(ms),
+    },
+    Key {
+        name: "shutdown_grace_ms",
+        bare: true,
+        set: |c, v| {
+            c.shutdown_grace = Duration::from_millis(num(v, 0u64)?);
+            Ok(())
+        },
+        get: |c| Some(ms(c.shutdown_grace)),
+    },
+    Key { name: "events", bare: true, set: set_events, get: |c| Some(c.events.to_string()) },
+    Key {
+        name: "dedup_window",
+        bare: true,
+        set: |c, v| {
+            c.dedup_window = num(v, 0usize)?;
+            Ok(())
+        },
+        get: |c| Some(c.dedup_window.to_string()),
+    },
+    Key { name: "health_addr", bare: false, set: set_health_addr, get: |c| c.health_addr.clone() },
+    Key {
+        name: "data_root",
+        bare: false,
+        set: |c, v| {
+            c.data_root = (!v.is_empty()).then(|| v.into());
+            Ok(())
+        },
+        get: |c| path(&c.data_root),
+    },
+    Key {
+        name: "tls_ca_file",
+        bare: false,
+        set: |c, v| {
+            c.tls_ca_file = (!v.is_empty()).then(|| v.into());
+            Ok(())
+        },
+        get: |c| path(&c.tls_ca_file),
+    },
+    Key { name: "log_format", bare: false, set: set_log_format, get: |c| Some(c.log_format.clone()) },
 ];
 
-/// The keys whose values are whole numbers.
-const NUMERIC_KEYS: &[&str] = &[
-    "concurrency",
-    "prefetch",
-    "max_attempts",
-    "retry_base_ms",
-    "retry_max_ms",
-    "delivery_limit",
-    "max_duration_ms",
-    "shutdown_grace_ms",
-    "dedup_window",
-];
+/// Every key the configuration knows, in file form (`WARREN_` + upper case in the environment).
+pub fn keys() -> impl Iterator<Item = &'static str> {
+    TABLE.iter().map(|k| k.name)
+}
+
+fn key_of(name: &str) -> Option<&'static Key> {
+    TABLE.iter().find(|k| k.name == name)
+}
 
 /// The configuration of one Warren process.
 #[derive(Clone, PartialEq)]
@@ -190,7 +366,7 @@ pub enum ConfigError {
         reason: String,
     },
     /// The configuration file names a key that does not exist.
-    #[error("unknown key `{key}` in {file} (known keys: {})", KEYS.join(", "))]
+    #[error("unknown key `{key}` in {file} (known keys: {})", keys().collect::<Vec<_>>().join(", "))]
     UnknownKey {
         /// The unknown key.
         key: String,
@@ -237,49 +413,28 @@ impl Config {
     /// `key`'s value as the file, the environment and flags spell it (`None`: unset). Broker URLs
     /// keep their passwords: use [`Config::render`] to show a configuration.
     pub fn value(&self, key: &str) -> Option<String> {
-        let ms = |d: Duration| d.as_millis().to_string();
-        let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
-        Some(match key {
-            "amqp_url" => self.amqp_urls.join(","),
-            "namespace" => self.namespace.clone(),
-            "artifacts" => self.artifacts.clone(),
-            "concurrency" => self.concurrency.to_string(),
-            "prefetch" => return self.prefetch.map(|p| p.to_string()),
-            "max_attempts" => self.max_attempts.to_string(),
-            "retry_base_ms" => ms(self.retry_base),
-            "retry_max_ms" => ms(self.retry_max),
-            "delivery_limit" => self.delivery_limit.to_string(),
-            "max_duration_ms" => return self.max_duration.map(ms),
-            "shutdown_grace_ms" => ms(self.shutdown_grace),
-            "events" => self.events.to_string(),
-            "dedup_window" => self.dedup_window.to_string(),
-            "health_addr" => return self.health_addr.clone(),
-            "data_root" => return path(&self.data_root),
-            "tls_ca_file" => return path(&self.tls_ca_file),
-            "log_format" => self.log_format.clone(),
-            _ => return None,
-        })
+        (key_of(key)?.get)(self)
     }
 
     /// Every key set by a file, the environment or a flag, with its value: what a process hands
     /// to the processes it starts (`warren up`) so they resolve the same configuration.
     pub fn set_values(&self) -> Vec<(&'static str, String)> {
-        KEYS.iter().filter(|k| self.is_set(k)).filter_map(|k| Some((*k, self.value(k)?))).collect()
+        keys().filter(|k| self.is_set(k)).filter_map(|k| Some((k, self.value(k)?))).collect()
     }
 
     /// The effective configuration as TOML, each key with where its value came from, passwords
     /// redacted (`--print-config`).
     pub fn render(&self) -> String {
         let mut out = String::new();
-        for key in KEYS {
-            let origin = self.origin(key);
-            let line = match self.value(key) {
+        for k in TABLE {
+            let (key, origin) = (k.name, self.origin(k.name));
+            let line = match (k.get)(self) {
                 None => format!("# {key} (unset)"),
-                Some(_) if *key == "amqp_url" => {
+                Some(_) if key == "amqp_url" => {
                     let urls: Vec<String> = self.amqp_urls.iter().map(|u| redact_url(u)).collect();
                     format!("{key} = {}", toml::Value::from(urls.join(",")))
                 }
-                Some(v) if NUMERIC_KEYS.contains(key) || *key == "events" => format!("{key} = {v}"),
+                Some(v) if k.bare => format!("{key} = {v}"),
                 Some(v) => format!("{key} = {}", toml::Value::from(v)),
             };
             out.push_str(&format!("{line:<60} # {origin}\n"));
@@ -322,7 +477,7 @@ impl Config {
         // Step defaults and flags name keys in code: an unknown one is a mistake there.
         let add = |layers: &mut BTreeMap<String, (String, Origin)>, pairs: &[(&str, String)], origin: Origin| {
             for (key, value) in pairs {
-                if !KEYS.contains(key) {
+                if key_of(key).is_none() {
                     return Err(ConfigError::Invalid {
                         key: (*key).to_owned(),
                         source_name: origin.to_string(),
@@ -338,31 +493,13 @@ impl Config {
         let file = file.map(|p| p.to_path_buf()).or_else(|| env.get("WARREN_CONFIG").map(Into::into));
         if let Some(path) = file {
             let shown = path.display().to_string();
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| ConfigError::File { file: shown.clone(), reason: e.to_string() })?;
-            let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::File {
-                file: shown.clone(),
-                reason: e.to_string().lines().next().unwrap_or_default().to_owned(),
-            })?;
-            for (key, value) in table {
-                if !KEYS.contains(&key.as_str()) {
-                    return Err(ConfigError::UnknownKey { key, file: shown });
-                }
-                let value = match value {
-                    toml::Value::String(s) => s,
-                    toml::Value::Array(items) => items
-                        .iter()
-                        .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    other => other.to_string(),
-                };
+            for (key, value) in file_layer(&path)? {
                 layers.insert(key, (value, Origin::File(shown.clone())));
             }
         }
-        for key in KEYS {
+        for key in keys() {
             if let Some(v) = env.get(&format!("WARREN_{}", key.to_uppercase())) {
-                layers.insert((*key).to_owned(), (v.clone(), Origin::Env));
+                layers.insert(key.to_owned(), (v.clone(), Origin::Env));
             }
         }
         add(&mut layers, overrides, Origin::Flag)?;
@@ -370,115 +507,46 @@ impl Config {
         let mut config = Config::default();
         for (key, (value, source)) in &layers {
             config.set(key, value.trim(), source)?;
-            if let Some(k) = KEYS.iter().find(|k| **k == key.as_str()) {
-                config.origins.insert(k, source.clone());
+            if let Some(k) = key_of(key) {
+                config.origins.insert(k.name, source.clone());
             }
         }
         Ok(config)
     }
 
     fn set(&mut self, key: &str, value: &str, source: &Origin) -> Result<(), ConfigError> {
-        fn num<T>(key: &str, v: &str, s: &Origin, min: T) -> Result<T, ConfigError>
-        where
-            T: std::str::FromStr + PartialOrd + fmt::Display,
-        {
-            let n: T =
-                v.parse().map_err(|_| ConfigError::invalid(key, s, format!("expected a whole number, got {v:?}")))?;
-            if n < min {
-                return Err(ConfigError::invalid(key, s, format!("must be at least {min}, got {v}")));
-            }
-            Ok(n)
-        }
-        match key {
-            "amqp_url" => {
-                let urls: Vec<String> =
-                    value.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect();
-                if urls.is_empty() {
-                    return Err(ConfigError::invalid(key, source, "no broker URL given"));
-                }
-                for url in &urls {
-                    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-                        return Err(ConfigError::invalid(
-                            key,
-                            source,
-                            format!("{} is not an amqp:// or amqps:// URL", redact_url(url)),
-                        ));
-                    }
-                }
-                self.amqp_urls = urls;
-            }
-            "namespace" => {
-                let ok = !value.is_empty()
-                    && value.len() <= 100
-                    && value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-                if !ok {
-                    return Err(ConfigError::invalid(
-                        key,
-                        source,
-                        format!("{value:?} must be 1-100 characters of a-z, 0-9, '-', '_' or '.'"),
-                    ));
-                }
-                self.namespace = value.to_owned();
-            }
-            "artifacts" => {
-                if value.is_empty() {
-                    return Err(ConfigError::invalid(key, source, "must not be empty"));
-                }
-                self.artifacts = value.to_owned();
-            }
-            "concurrency" => self.concurrency = num(key, value, source, 1usize)?,
-            "prefetch" => {
-                let n = num(key, value, source, 1u64)?;
-                let n = u16::try_from(n).map_err(|_| {
-                    ConfigError::invalid(key, source, format!("must be at most 65535 (the AMQP limit), got {n}"))
-                })?;
-                self.prefetch = Some(n);
-            }
-            "max_attempts" => self.max_attempts = num(key, value, source, 1u32)?,
-            "retry_base_ms" => self.retry_base = Duration::from_millis(num(key, value, source, 1u64)?),
-            "retry_max_ms" => self.retry_max = Duration::from_millis(num(key, value, source, 1u64)?),
-            "delivery_limit" => self.delivery_limit = num(key, value, source, 1u32)?,
-            "max_duration_ms" => self.max_duration = Some(Duration::from_millis(num(key, value, source, 1u64)?)),
-            "shutdown_grace_ms" => self.shutdown_grace = Duration::from_millis(num(key, value, source, 0u64)?),
-            "dedup_window" => self.dedup_window = num(key, value, source, 0usize)?,
-            "events" => {
-                self.events = match value.to_ascii_lowercase().as_str() {
-                    "true" | "1" | "yes" | "on" => true,
-                    "false" | "0" | "no" | "off" => false,
-                    _ => {
-                        return Err(ConfigError::invalid(
-                            key,
-                            source,
-                            format!("expected true or false, got {value:?}"),
-                        ));
-                    }
-                }
-            }
-            "health_addr" => {
-                if value.is_empty() {
-                    self.health_addr = None;
-                } else if value.parse::<std::net::SocketAddr>().is_err() {
-                    return Err(ConfigError::invalid(
-                        key,
-                        source,
-                        format!("expected host:port such as 127.0.0.1:9000, got {value:?}"),
-                    ));
-                } else {
-                    self.health_addr = Some(value.to_owned());
-                }
-            }
-            "data_root" => self.data_root = (!value.is_empty()).then(|| value.into()),
-            "tls_ca_file" => self.tls_ca_file = (!value.is_empty()).then(|| value.into()),
-            "log_format" => {
-                if !["text", "json"].contains(&value) {
-                    return Err(ConfigError::invalid(key, source, format!("expected text or json, got {value:?}")));
-                }
-                self.log_format = value.to_owned();
-            }
-            _ => unreachable!("key list and match arms agree"),
-        }
-        Ok(())
+        let k = key_of(key).ok_or_else(|| ConfigError::invalid(key, source, "unknown key"))?;
+        (k.set)(self, value).map_err(|reason| ConfigError::invalid(key, source, reason))
     }
+}
+
+/// The keys and values of a configuration file; an unknown key or a file that does not parse is
+/// an error naming the file.
+fn file_layer(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
+    let shown = path.display().to_string();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigError::File { file: shown.clone(), reason: e.to_string() })?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::File {
+        file: shown.clone(),
+        reason: e.to_string().lines().next().unwrap_or_default().to_owned(),
+    })?;
+    let mut out = Vec::new();
+    for (key, value) in table {
+        if key_of(&key).is_none() {
+            return Err(ConfigError::UnknownKey { key, file: shown });
+        }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
+                .collect::<Vec<_>>()
+                .join(","),
+            other => other.to_string(),
+        };
+        out.push((key, value));
+    }
+    Ok(out)
 }
 
 /// Returns `url` with its password replaced by `***`, safe to print or log.

@@ -11,7 +11,8 @@
 //! - [`topology`]: idempotent declarations (quorum step queues, dead letters, delay queues,
 //!   the events stream) and clear conflicts.
 //! - [`worker`]: consume, handle, confirmed hand-off, retry, dead-letter, graceful stop, reconnect.
-//! - [`events`]: job events, batched onto `{ns}.events` and read back from its stream.
+//! - [`events`]: job events (`event`), their wire format (`wire`), the batching sink (`sink`),
+//!   reading the stream (`read`) and operator actions (`operator`).
 //! - [`client`]: submitting jobs with their routing slip, and RPC calls.
 //! - [`registry`]: step descriptors and live workers, announced on `{ns}.registry`.
 //! - [`error`]: [`StepError`] (retryable or permanent) and [`DeadKind`].

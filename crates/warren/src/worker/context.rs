@@ -38,6 +38,47 @@ pub struct Context {
 }
 
 impl Context {
+    /// A context outside any worker, for a handler's unit tests and for embedding: a fresh job
+    /// and message of pipeline `test`, attempt 1, `params` as the spec would give them
+    /// (MessagePack, say from [`crate::envelope::to_msgpack_value`]), no broker (its reports go
+    /// nowhere), no artifact store and no data root until [`Context::with_store`] and
+    /// [`Context::with_data_root`] give them.
+    pub fn detached(step: &str, params: rmpv::Value) -> Self {
+        Self {
+            job_id: Uuid::now_v7(),
+            message_id: Uuid::now_v7(),
+            pipeline: "test".into(),
+            step: step.into(),
+            attempt: 1,
+            delivery_count: 0,
+            worker: format!("{step}@test").into(),
+            next: Arc::new([]),
+            params,
+            events: EventSink::disabled(),
+            artifacts: None,
+            data_root: None,
+            stop: Arc::default(),
+        }
+    }
+
+    /// The same context with an artifact store.
+    pub fn with_store(mut self, store: ArtifactStore) -> Self {
+        self.artifacts = Some(store);
+        self
+    }
+
+    /// The same context with a data root for local input files.
+    pub fn with_data_root(mut self, root: impl Into<std::path::PathBuf>) -> Self {
+        self.data_root = Some(Arc::from(root.into().into_boxed_path()));
+        self
+    }
+
+    /// The same context in pipeline `pipeline` (artifact keys begin with it).
+    pub fn with_pipeline(mut self, pipeline: &str) -> Self {
+        self.pipeline = pipeline.into();
+        self
+    }
+
     /// A flag the worker sets once this handler's run is over: when the step's maximum duration
     /// runs out, or the handler has returned. Work on a blocking thread (training, say) checks
     /// it and stops, so a timed-out run does not go on beside its retry.

@@ -355,19 +355,7 @@ impl<H> Shared<H> {
                 let out = ctx.cause().message(&w.step, i, &ctx.next, P::SCHEMA, payload);
                 bodies.push(out.to_message(&next.step).map_err(HandOffError::Unencodable)?);
             }
-            // A worker with an artifact store records what it hands on, so `warren rerun --from`
-            // can start a new job at the next step from this job's results. Content-addressed:
-            // a redelivered input writes the same bytes to the same key.
-            if let Some(store) = &w.artifacts {
-                for payload in &payloads {
-                    let record = RecordedInput { schema: P::SCHEMA, slip: &ctx.next, payload };
-                    let Ok(bytes) = rmp_serde::to_vec_named(&record) else { continue };
-                    let key = inputs_key(&ctx.pipeline, ctx.job_id, &next.step, &bytes);
-                    if let Err(e) = Box::pin(store.put(&key, bytes)).await {
-                        tracing::warn!(step = %w.step, error = %e, "cannot record the output for reruns");
-                    }
-                }
-            }
+            self.record_outputs(ctx, &next.step, &payloads).await;
             let sends = bodies
                 .into_iter()
                 .map(|(body, props)| async move { self.publish(session, "", queue, &body, props).await });
@@ -398,6 +386,21 @@ impl<H> Shared<H> {
         event.last_step = ctx.next.is_empty();
         session.events.emit(event);
         Ok(())
+    }
+
+    /// A worker with an artifact store records what it hands on, so `warren rerun --from` can
+    /// start a new job at the next step from this job's results. Content-addressed: a
+    /// redelivered input writes the same bytes to the same key.
+    async fn record_outputs<P: Payload>(&self, ctx: &Context, next: &str, payloads: &[P]) {
+        let Some(store) = &self.worker.artifacts else { return };
+        for payload in payloads {
+            let record = RecordedInput { schema: P::SCHEMA, slip: &ctx.next, payload };
+            let Ok(bytes) = rmp_serde::to_vec_named(&record) else { continue };
+            let key = inputs_key(&ctx.pipeline, ctx.job_id, next, &bytes);
+            if let Err(e) = Box::pin(store.put(&key, bytes)).await {
+                tracing::warn!(step = %self.worker.step, error = %e, "cannot record the output for reruns");
+            }
+        }
     }
 
     /// Publishes with a confirm until the broker takes the message. A nack, a lost confirm or a

@@ -242,6 +242,30 @@ impl Worker {
         &self.worker_id
     }
 
+    /// What every session and message of this worker shares, its descriptor completed.
+    fn into_shared<I, O, H>(mut self, handler: H) -> Arc<Shared<H>>
+    where
+        I: Payload,
+        O: StepOutput,
+        H: Handler<I, O>,
+    {
+        let d = self
+            .descriptor
+            .take()
+            .unwrap_or_else(|| crate::registry::StepDescriptor::new(self.step.clone(), self.version.clone()));
+        let d = d.completed::<I, O>(&self.step, &self.version, self.config.concurrency, self.topology.max_duration);
+        self.descriptor = Some(d);
+        Arc::new(Shared {
+            dedup: Mutex::new(Dedup::new(self.config.dedup_window)),
+            semaphore: Arc::new(Semaphore::new(self.config.concurrency)),
+            metrics: Metrics::new(&self.step),
+            consumed: AtomicBool::new(false),
+            cancelled: crate::control::Cancellations::default(),
+            worker: self,
+            handler,
+        })
+    }
+
     /// Consumes the step's queue until `shutdown` completes, then stops taking messages, lets
     /// those in flight finish (up to the configured grace period) and closes. Reconnects with
     /// backoff whenever the connection or channel is lost.
@@ -251,22 +275,7 @@ impl Worker {
         O: StepOutput,
         H: Handler<I, O>,
     {
-        let mut this = self;
-        let d = this
-            .descriptor
-            .take()
-            .unwrap_or_else(|| crate::registry::StepDescriptor::new(this.step.clone(), this.version.clone()));
-        let d = d.completed::<I, O>(&this.step, &this.version, this.config.concurrency, this.topology.max_duration);
-        this.descriptor = Some(d);
-        let shared = Arc::new(Shared {
-            dedup: Mutex::new(Dedup::new(this.config.dedup_window)),
-            semaphore: Arc::new(Semaphore::new(this.config.concurrency)),
-            metrics: Metrics::new(&this.step),
-            consumed: AtomicBool::new(false),
-            cancelled: crate::control::Cancellations::default(),
-            worker: this,
-            handler,
-        });
+        let shared = self.into_shared::<I, O, H>(handler);
         let mut shutdown = std::pin::pin!(shutdown);
         let mut failures = 0u32;
         let mut refusals = 0u32;
