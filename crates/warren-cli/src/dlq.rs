@@ -311,7 +311,7 @@ async fn history(op: &Operator, since: Option<&str>, json: bool) -> Outcome {
         .map(|(at, a)| {
             let mut what = a.filter.clone();
             if !a.changes.is_empty() {
-                what.push_str(&format!(" set {}", a.changes.join(", ")));
+                what.push_str(&format!(": {}", a.changes.join(", ")));
             }
             let reason = a.reason.clone().unwrap_or_else(|| "-".into());
             vec![warren::events::format_time(*at), a.actor.clone(), a.action.clone(), a.count.to_string(), what, reason]

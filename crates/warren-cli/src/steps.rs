@@ -80,9 +80,12 @@ async fn list(client: &warren::Client, registry: &Registry, config: &Config, jso
         let (ready, consumers) =
             warren_ops::queues::counts(client.broker(), &names.step_queue(step)).await.unwrap_or((0, 0));
         let d = &entry.descriptor;
-        // A step whose queue has no consumer has no live worker, whatever the last heartbeat said.
-        let live: Vec<&warren::registry::WorkerEntry> =
-            entry.workers.iter().filter(|w| w.live && consumers > 0).collect();
+        // Each worker holds one consumer: no more workers are live than the queue has consumers,
+        // whatever the last heartbeats said (a killed worker's connection closes at once). The
+        // ones heard from last are the live ones.
+        let mut live: Vec<&warren::registry::WorkerEntry> = entry.workers.iter().filter(|w| w.live).collect();
+        live.sort_by(|a, b| b.last_seen_ms.cmp(&a.last_seen_ms));
+        live.truncate(consumers as usize);
         rows.push(serde_json::json!({
             "step": step, "version": d.version, "input": d.input, "output": d.output, "fan_out": d.fan_out,
             "about": d.about, "announced": warren::events::format_time(entry.announced_ms),
