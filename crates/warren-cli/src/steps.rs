@@ -84,7 +84,7 @@ async fn list(client: &warren::Client, registry: &Registry, config: &Config, jso
         // whatever the last heartbeats said (a killed worker's connection closes at once). The
         // ones heard from last are the live ones.
         let mut live: Vec<&warren::registry::WorkerEntry> = entry.workers.iter().filter(|w| w.live).collect();
-        live.sort_by(|a, b| b.last_seen_ms.cmp(&a.last_seen_ms));
+        live.sort_by_key(|w| std::cmp::Reverse(w.last_seen_ms));
         live.truncate(consumers as usize);
         rows.push(serde_json::json!({
             "step": step, "version": d.version, "input": d.input, "output": d.output, "fan_out": d.fan_out,
