@@ -23,6 +23,11 @@ pub struct IngestParams {
     /// The target column of a CSV file (default: its last column).
     #[serde(default)]
     pub target: Option<String>,
+    /// The CSV's field delimiter, one character (`","`, `";"`, `"\t"`, `"|"`); unset, the one
+    /// of those the header line holds most of.
+    #[serde(default)]
+    #[schemars(length(min = 1, max = 1))]
+    pub delimiter: Option<String>,
     /// Older form of `task`: `true` is classification, `false` regression.
     #[serde(default)]
     pub classification: Option<bool>,

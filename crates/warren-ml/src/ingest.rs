@@ -71,20 +71,108 @@ pub fn builtin(name: &str) -> Result<Loaded> {
     }
 }
 
-/// Parses CSV text with a header row. A column is numeric when every non-empty cell parses as a
-/// number, else text; empty cells are missing values. The target is `params.target` or the last
-/// column; a text target (or `classification = true`) makes a classification task.
-pub fn csv(text: &[u8], params: &IngestParams) -> Result<Loaded> {
-    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text);
-    let names: Vec<String> =
-        reader.headers().map_err(|e| MlError::invalid(format!("CSV header: {e}")))?.iter().map(str::to_owned).collect();
-    if names.is_empty() {
-        return Err(MlError::invalid("CSV has no columns"));
+/// Delimiters a CSV's header line is sniffed for.
+pub const DELIMITERS: &[u8] = b",;\t|";
+
+/// The text of a CSV file, which must be UTF-8 (a UTF-8 byte-order mark is dropped): a byte that
+/// is not is refused naming its line, column and value.
+pub fn utf8(bytes: &[u8]) -> Result<&str> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    std::str::from_utf8(bytes).map_err(|e| {
+        let at = e.valid_up_to();
+        let line = bytes[..at].iter().filter(|b| **b == b'\n').count() + 1;
+        let column = at - bytes[..at].iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1) + 1;
+        MlError::invalid(format!(
+            "the CSV is not UTF-8: byte 0x{:02X} at line {line}, column {column} (Latin-1 or Windows-1252? save the \
+             file as UTF-8)",
+            bytes[at]
+        ))
+    })
+}
+
+/// The delimiter: `given` (one character), else the candidate the header line holds most of
+/// (a comma when it holds none).
+pub fn delimiter(text: &str, given: Option<&str>) -> Result<u8> {
+    if let Some(d) = given {
+        return match d.as_bytes() {
+            [b] if b.is_ascii() && *b != b'"' && *b != b'\n' => Ok(*b),
+            _ => Err(MlError::invalid(format!("delimiter {d:?}: expected one character such as \",\" or \";\""))),
+        };
     }
+    let header = text.lines().next().unwrap_or("");
+    let count = |d: u8| header.bytes().filter(|b| *b == d).count();
+    Ok(DELIMITERS.iter().copied().max_by_key(|d| (count(*d), *d == b',')).filter(|d| count(*d) > 0).unwrap_or(b','))
+}
+
+/// A quote that opens a field and never closes swallows the rest of the file: refused naming
+/// where it opened.
+pub fn check_quotes(text: &str, delimiter: u8) -> Result<()> {
+    let (mut open_at, mut field_start, mut line, mut column) = (None, true, 1usize, 0usize);
+    let mut bytes = text.bytes().peekable();
+    while let Some(b) = bytes.next() {
+        column += 1;
+        match (open_at, b) {
+            (None, b'"') if field_start => open_at = Some((line, column)),
+            (Some(_), b'"') if bytes.peek() == Some(&b'"') => {
+                bytes.next();
+                column += 1;
+            }
+            (Some(_), b'"') => open_at = None,
+            _ => {}
+        }
+        if b == b'\n' {
+            (line, column) = (line + 1, 0);
+        }
+        field_start = open_at.is_none() && (b == delimiter || b == b'\n' || (field_start && b == b'\r'));
+    }
+    match open_at {
+        Some((l, c)) => Err(MlError::invalid(format!(
+            "an unterminated quote: the field opened at line {l}, column {c} never closes"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Column names must be there and differ.
+fn check_names(names: &[String]) -> Result<()> {
+    if let Some(i) = names.iter().position(|n| n.is_empty()) {
+        return Err(MlError::invalid(format!("CSV header: column {} has no name", i + 1)));
+    }
+    for (i, n) in names.iter().enumerate() {
+        if let Some(j) = names[..i].iter().position(|m| m == n) {
+            return Err(MlError::invalid(format!("CSV header: columns {} and {} are both named `{n}`", j + 1, i + 1)));
+        }
+    }
+    Ok(())
+}
+
+/// A CSV reading error in words, naming the file's line.
+fn csv_error(e: &csv::Error, header_len: usize) -> MlError {
+    let line = e.position().map_or(0, |p| p.line());
+    match e.kind() {
+        csv::ErrorKind::UnequalLengths { len, .. } => MlError::invalid(format!(
+            "CSV line {line}: {len} field(s) where the header has {header_len} (a missing or extra delimiter, or a \
+             quote left open on an earlier line?)"
+        )),
+        _ => MlError::invalid(format!("CSV line {line}: {e}")),
+    }
+}
+
+/// Parses CSV text with a header row: UTF-8, the delimiter given or sniffed, quotes closed,
+/// column names unique, every row as wide as the header; each refusal names the line. A column
+/// is numeric when every non-empty cell parses as a number, else text; empty cells are missing
+/// values. The target is `params.target` or the last column; a text target (or `classification
+/// = true`) makes a classification task.
+pub fn csv(bytes: &[u8], params: &IngestParams) -> Result<Loaded> {
+    let text = utf8(bytes)?;
+    let delimiter = delimiter(text, params.delimiter.as_deref())?;
+    check_quotes(text, delimiter)?;
+    let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).trim(csv::Trim::All).from_reader(text.as_bytes());
+    let names: Vec<String> = reader.headers().map_err(|e| csv_error(&e, 0))?.iter().map(str::to_owned).collect();
+    check_names(&names)?;
     let mut cells: Vec<Vec<Option<String>>> = vec![Vec::new(); names.len()];
-    for (i, record) in reader.records().enumerate() {
-        // Row numbers count data rows from 1, as a spreadsheet shows them below the header.
-        let record = record.map_err(|e| MlError::invalid(format!("CSV row {}: {e}", i + 1)))?;
+    for record in reader.records() {
+        let record = record.map_err(|e| csv_error(&e, names.len()))?;
         for (j, cell) in record.iter().enumerate() {
             cells[j].push((!cell.is_empty()).then(|| cell.to_owned()));
         }
@@ -99,8 +187,10 @@ pub fn csv(text: &[u8], params: &IngestParams) -> Result<Loaded> {
         .collect();
     let target = params.target.clone().unwrap_or_else(|| names[names.len() - 1].clone());
     let Some(t) = names.iter().position(|n| *n == target) else {
+        let sep =
+            if delimiter == b',' { String::new() } else { format!(" (read with delimiter {:?})", delimiter as char) };
         return Err(MlError::invalid(format!(
-            "target column `{target}` is not in the CSV (columns: {})",
+            "target column `{target}` is not in the CSV (columns: {}){sep}",
             names.join(", ")
         )));
     };
@@ -208,5 +298,48 @@ mod tests {
         assert_eq!(l.task, Task::Classification);
         assert_eq!(l.table.columns[0], Values::F64(vec![Some(1.0), Some(3.0), None]));
         assert!(matches!(l.table.columns[1], Values::Str(_)));
+    }
+
+    fn refusal(text: &[u8]) -> String {
+        csv(text, &IngestParams::default()).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn bad_csvs_are_refused_naming_the_line_column_or_byte() {
+        assert_eq!(
+            refusal(b"a,b,y\n1,2,x\n3,4\n"),
+            "CSV line 3: 2 field(s) where the header has 3 (a missing or extra delimiter, or a quote left open on an earlier line?)"
+        );
+        assert_eq!(
+            refusal(b"a,b,y\n1,\"two,x\n3,4,z\n"),
+            "an unterminated quote: the field opened at line 2, column 3 never closes"
+        );
+        assert!(refusal(b"a,b,y\n1,caf\xE9,x\n").starts_with("the CSV is not UTF-8: byte 0xE9 at line 2, column 6"));
+        assert_eq!(refusal(b"a,b,a\n1,2,3\n"), "CSV header: columns 1 and 3 are both named `a`");
+        assert_eq!(refusal(b"a,,y\n1,2,3\n"), "CSV header: column 2 has no name");
+    }
+
+    #[test]
+    fn semicolons_and_tabs_are_sniffed_and_quotes_may_hold_delimiters() {
+        let l = csv(b"x;label\n1,5;a\n2,5;b\n", &IngestParams::default()).unwrap();
+        assert_eq!(l.table.names, ["x", "label"]);
+        assert_eq!(
+            l.table.columns[0],
+            Values::Str(vec![Some("1,5".into()), Some("2,5".into())]),
+            "a decimal comma is text"
+        );
+        let l = csv(b"x\ty\n1\t2\n", &IngestParams::default()).unwrap();
+        assert_eq!(l.table.names, ["x", "y"]);
+        let quoted = csv(b"name,y\n\"Smith, \"\"J\"\"\",1\n", &IngestParams::default()).unwrap();
+        assert_eq!(quoted.table.columns[0], Values::Str(vec![Some("Smith, \"J\"".into())]));
+        let given = IngestParams { delimiter: Some("|".into()), ..Default::default() };
+        assert_eq!(csv(b"a|y\n1|2\n", &given).unwrap().table.names, ["a", "y"]);
+        let bad = IngestParams { delimiter: Some("::".into()), ..Default::default() };
+        assert!(csv(b"a::y\n", &bad).unwrap_err().to_string().contains("expected one character"));
+        assert_eq!(
+            csv(b"\xEF\xBB\xBFa,y\n1,2\n", &IngestParams::default()).unwrap().table.names[0],
+            "a",
+            "a BOM is dropped"
+        );
     }
 }

@@ -227,7 +227,33 @@ impl PipelineSpec {
             s.gather |= d.gather;
             previous = Some((d, s.step.clone()));
         }
-        Ok(())
+        self.check_gathered(registry)
+    }
+
+    /// A fan-out must be gathered before the slip ends: otherwise every branch runs the rest of
+    /// the pipeline on its own, and the job ends (and registers a model) once per branch.
+    fn check_gathered(&self, registry: &warren::registry::Registry) -> Result<(), SpecError> {
+        let mut open: Option<&StepSpec> = None;
+        for s in &self.steps {
+            if s.gather {
+                open = None;
+            }
+            if registry.descriptor(&s.step).is_some_and(|d| d.fan_out) {
+                open = Some(s);
+            }
+        }
+        match open {
+            None => Ok(()),
+            Some(f) => Err(self.error(
+                f.line,
+                format!(
+                    "step `{}` fans out, but no step after it gathers the branches (a step whose workers gather, such \
+                     as `select`, or `gather = true`): each branch would run the rest of the pipeline and end the job \
+                     on its own",
+                    f.step
+                ),
+            )),
+        }
     }
 
     /// An error about step `i`'s parameters, naming their line.
@@ -325,5 +351,33 @@ step = "count"
         let e = PipelineSpec::parse(reversed, "t.toml").unwrap().check(&registry).unwrap_err();
         assert_eq!(e.line, 3);
         assert!(e.message.contains("cannot start a pipeline"), "{e}");
+    }
+
+    #[test]
+    fn a_fan_out_must_be_gathered_before_the_slip_ends() {
+        use warren::registry::{Registry, StepDescriptor, StepEntry};
+        let mut registry = Registry::default();
+        let mut tune = StepDescriptor::new("tune", "1");
+        tune.input = warren::START_SCHEMA.into();
+        tune.output = "t.Task/1".into();
+        tune.fan_out = true;
+        let mut train = StepDescriptor::new("train", "1");
+        train.input = "t.Task/1".into();
+        train.output = "t.Model/1".into();
+        let mut select = StepDescriptor::new("select", "1");
+        select.input = "t.Model/1".into();
+        select.output = "t.Model/1".into();
+        select.gather = true;
+        for d in [tune, train, select] {
+            registry.steps.insert(d.step.clone(), StepEntry { descriptor: d, announced_ms: 0, workers: vec![] });
+        }
+        let spec = |steps: &[&str]| {
+            let body: String = steps.iter().map(|s| format!("[[steps]]\nstep = \"{s}\"\n")).collect();
+            PipelineSpec::parse(&format!("name = \"p\"\n{body}"), "p.toml").unwrap()
+        };
+        spec(&["tune", "train", "select"]).check(&registry).unwrap();
+        let e = spec(&["tune", "train"]).check(&registry).unwrap_err();
+        assert_eq!(e.line, 3, "names the fan-out's line: {e}");
+        assert!(e.message.contains("step `tune` fans out") && e.message.contains("gather"), "{e}");
     }
 }

@@ -64,6 +64,8 @@ pub(crate) async fn reread_if_changed(
     let p = IngestParams {
         csv: Some(dataset.source.clone()),
         target: Some(dataset.target.clone()),
+        // Sniffed again, as the first read did unless a delimiter was given.
+        delimiter: None,
         classification: None,
         task: Some(
             if dataset.task == warren_schemas::Task::Classification { "classification" } else { "regression" }.into(),
