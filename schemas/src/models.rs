@@ -2,10 +2,14 @@
 //! (the `register` step, `warren models`) or reads it (`predict`, the console).
 //!
 //! ```text
-//! registry/{name}/versions/{000001}.json           an entry: model, metrics, signature, lineage
-//! registry/{name}/versions/{000001}.decision.json  what register decided about promoting it
-//! registry/{name}/aliases/{alias}/{000001}.json    the alias's moves, one file each
+//! registry/{ns}/{name}/versions/{000001}.json           an entry: model, metrics, signature, lineage
+//! registry/{ns}/{name}/versions/{000001}.decision.json  what register decided about promoting it
+//! registry/{ns}/{name}/aliases/{alias}/{000001}.json    the alias's moves, one file each
 //! ```
+//!
+//! `{ns}` is the deployment's namespace (or its `registry_namespace`, which deployments that
+//! mean to share their models set to the same value), so two namespaces on one store never share
+//! model versions by accident.
 //!
 //! Every file is written once, with a create that fails when the key exists (`If-None-Match` on
 //! S3, an exclusive create on a file system), never overwritten. A version number is taken by
@@ -150,6 +154,8 @@ pub fn score(metrics: &BTreeMap<String, f64>, metric: &str) -> Option<f64> {
 #[derive(Debug, Clone)]
 pub struct ModelRegistry<'a> {
     store: &'a ArtifactStore,
+    /// The registry's namespace: `registry/{scope}/{name}/…`.
+    scope: String,
     name: String,
 }
 
@@ -162,18 +168,20 @@ fn number(key: &str) -> Option<u32> {
 }
 
 impl<'a> ModelRegistry<'a> {
-    /// The registry of model `name` in `store`.
-    pub fn new(store: &'a ArtifactStore, name: &str) -> Self {
-        ModelRegistry { store, name: name.to_owned() }
+    /// The registry of model `name` in namespace `scope` of `store` (a deployment's namespace,
+    /// or the `registry_namespace` deployments share on purpose).
+    pub fn new(store: &'a ArtifactStore, scope: &str, name: &str) -> Self {
+        ModelRegistry { store, scope: scope.to_owned(), name: name.to_owned() }
     }
 
-    /// Every model name with a registry in `store`.
-    pub async fn names(store: &ArtifactStore) -> Result<Vec<String>> {
+    /// Every model name with a registry in namespace `scope` of `store`.
+    pub async fn names(store: &ArtifactStore, scope: &str) -> Result<Vec<String>> {
+        let prefix = format!("registry/{scope}/");
         let mut names: Vec<String> = store
-            .list("registry")
+            .list(prefix.trim_end_matches('/'))
             .await?
             .iter()
-            .filter_map(|k| k.strip_prefix("registry/")?.split('/').next().map(str::to_owned))
+            .filter_map(|k| k.strip_prefix(&prefix)?.split('/').next().map(str::to_owned))
             .collect();
         names.sort();
         names.dedup();
@@ -187,13 +195,13 @@ impl<'a> ModelRegistry<'a> {
 
     /// Key of version `v`'s entry.
     pub fn version_key(&self, v: u32) -> String {
-        format!("registry/{}/versions/{v:06}.json", self.name)
+        format!("registry/{}/{}/versions/{v:06}.json", self.scope, self.name)
     }
     fn decision_key(&self, v: u32) -> String {
-        format!("registry/{}/versions/{v:06}.decision.json", self.name)
+        format!("registry/{}/{}/versions/{v:06}.decision.json", self.scope, self.name)
     }
     fn alias_dir(&self, alias: &str) -> String {
-        format!("registry/{}/aliases/{alias}", self.name)
+        format!("registry/{}/{}/aliases/{alias}", self.scope, self.name)
     }
 
     async fn read<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
@@ -214,7 +222,7 @@ impl<'a> ModelRegistry<'a> {
     /// Every version's entry, oldest first.
     pub async fn versions(&self) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
-        let mut keys = self.store.list(&format!("registry/{}/versions", self.name)).await?;
+        let mut keys = self.store.list(&format!("registry/{}/{}/versions", self.scope, self.name)).await?;
         keys.sort();
         for key in keys.iter().filter(|k| number(k).is_some()) {
             if let Some(e) = self.read::<Entry>(key).await? {
@@ -243,7 +251,7 @@ impl<'a> ModelRegistry<'a> {
 
     /// Registers `entry` under the next free version number, which it returns.
     pub async fn add(&self, entry: &mut Entry) -> Result<u32> {
-        let keys = self.store.list(&format!("registry/{}/versions", self.name)).await?;
+        let keys = self.store.list(&format!("registry/{}/{}/versions", self.scope, self.name)).await?;
         let mut v = keys.iter().filter_map(|k| number(k)).max().unwrap_or(0) + 1;
         loop {
             entry.version = v;
@@ -278,7 +286,7 @@ impl<'a> ModelRegistry<'a> {
 
     /// Every alias and where it points.
     pub async fn aliases(&self) -> Result<BTreeMap<String, AliasMove>> {
-        let prefix = format!("registry/{}/aliases/", self.name);
+        let prefix = format!("registry/{}/{}/aliases/", self.scope, self.name);
         let mut names: Vec<String> = self
             .store
             .list(&prefix)

@@ -75,7 +75,7 @@ async fn in_a_browser_an_operator_replays_a_fixed_failure_and_a_viewer_cannot() 
     let scratch = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("browser-{}", t.ns));
     let artifacts = scratch.join("artifacts");
     let (mut up, job) = dead_job(&t, &artifacts).await;
-    register_two_versions(&artifacts).await;
+    register_two_versions(&artifacts, &t.ns).await;
 
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
@@ -172,13 +172,13 @@ async fn in_a_browser_an_operator_replays_a_fixed_failure_and_a_viewer_cannot() 
 }
 
 /// Two versions of model `flowers` in the console's store: v1 scores 0.90, v2 0.95.
-async fn register_two_versions(artifacts: &std::path::Path) {
+async fn register_two_versions(artifacts: &std::path::Path, ns: &str) {
     use warren_schemas::{
         ArtifactRef,
         models::{Entry, ModelRegistry},
     };
     let store = warren::artifacts::ArtifactStore::open(&artifacts.display().to_string()).expect("store");
-    let registry = ModelRegistry::new(&store, "flowers");
+    let registry = ModelRegistry::new(&store, ns, "flowers");
     for accuracy in [0.90, 0.95] {
         let mut entry = Entry {
             name: "flowers".into(),

@@ -27,6 +27,7 @@ fn values(key: &str) -> [&'static str; 3] {
         "max_duration_ms" => ["91", "92", "93"],
         "shutdown_grace_ms" => ["71", "72", "73"],
         "dedup_window" => ["81", "82", "83"],
+        "registry_namespace" => ["file-models", "env-models", "flag-models"],
         other => panic!("the test has no values for key `{other}`: add them"),
     }
 }

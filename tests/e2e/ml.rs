@@ -68,6 +68,8 @@ pub type Copies<'a> = (&'a str, usize, &'a [(&'a str, &'a str)]);
 pub struct Fleet {
     pub children: Vec<Child>,
     pub artifacts: PathBuf,
+    /// The namespace, which is also the model registry's.
+    pub ns: String,
 }
 
 impl Fleet {
@@ -116,7 +118,7 @@ impl Fleet {
         for &(step, copies, _) in plan {
             t.wait_consumers(step, copies as u32).await;
         }
-        Self { children, artifacts }
+        Self { children, artifacts, ns: t.ns.clone() }
     }
 
     /// Every file of the store with its content hash.
@@ -135,6 +137,16 @@ impl Fleet {
         let mut out = BTreeMap::new();
         walk(&self.artifacts, &self.artifacts, &mut out);
         out
+    }
+
+    /// The model registry's folder of this fleet's namespace.
+    pub fn registry(&self) -> PathBuf {
+        self.artifacts.join(self.registry_key())
+    }
+
+    /// The registry's key prefix: `registry/{ns}`.
+    pub fn registry_key(&self) -> String {
+        format!("registry/{}", self.ns)
     }
 
     pub fn read_json(&self, key: &str) -> serde_json::Value {
@@ -182,16 +194,16 @@ async fn wait_done(events: &mut crate::helpers::Events, job: Uuid, within: Durat
 }
 
 /// Where `alias` of `model` points: the version of its highest move file.
-pub fn alias_version(store: &Path, model: &str, alias: &str) -> Option<u64> {
-    let dir = store.join(format!("registry/{model}/aliases/{alias}"));
+pub fn alias_version(registry: &Path, model: &str, alias: &str) -> Option<u64> {
+    let dir = registry.join(format!("{model}/aliases/{alias}"));
     let last = std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).max()?;
     let text = std::fs::read_to_string(last).ok()?;
     serde_json::from_str::<serde_json::Value>(&text).ok()?["version"].as_u64()
 }
 
 fn entry(fleet: &Fleet, model: &str) -> serde_json::Value {
-    let v = alias_version(&fleet.artifacts, model, "latest").expect("`latest` points at a version");
-    fleet.read_json(&format!("registry/{model}/versions/{v:06}.json"))
+    let v = alias_version(&fleet.registry(), model, "latest").expect("`latest` points at a version");
+    fleet.read_json(&format!("{}/{model}/versions/{v:06}.json", fleet.registry_key()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,13 +245,13 @@ async fn iris_and_diabetes_train_to_registered_models_reproducibly_and_predict_s
     // beat version 1, so `latest` stays at 1 and the entry's decision says why.
     let again = t.client.submit(&spec("iris.toml").job()).await.expect("submit iris again");
     wait_done(&mut events, again, Duration::from_secs(180)).await;
-    let second = fleet.read_json("registry/iris/versions/000002.json");
+    let second = fleet.read_json(&format!("{}/iris/versions/000002.json", fleet.registry_key()));
     assert_eq!(second["metrics"], first["metrics"]);
     assert_eq!(second["dataset_hash"], first["dataset_hash"]);
     assert_eq!(second["model"]["hash"], first["model"]["hash"], "the same model bytes");
     assert_eq!(second["signature"]["features"].as_array().map(Vec::len), Some(4), "{second}");
-    assert_eq!(alias_version(&fleet.artifacts, "iris", "latest"), Some(1), "an equal model is not promoted");
-    let decision = fleet.read_json("registry/iris/versions/000002.decision.json");
+    assert_eq!(alias_version(&fleet.registry(), "iris", "latest"), Some(1), "an equal model is not promoted");
+    let decision = fleet.read_json(&format!("{}/iris/versions/000002.decision.json", fleet.registry_key()));
     assert_eq!(decision["promoted"], false);
     assert!(decision["reason"].as_str().unwrap_or_default().contains("does not beat version 1"), "{decision}");
 
@@ -256,7 +268,7 @@ async fn iris_and_diabetes_train_to_registered_models_reproducibly_and_predict_s
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = warren_in(&t, store, &["models", "rollback", "iris", "--alias", "production"]).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(alias_version(&fleet.artifacts, "iris", "production"), Some(2));
+    assert_eq!(alias_version(&fleet.registry(), "iris", "production"), Some(2));
     let listed = warren_in(&t, store, &["models", "list", "iris"]).await;
     let text = String::from_utf8_lossy(&listed.stdout);
     assert!(text.contains("production") && text.contains("latest") && text.contains("kept out"), "{text}");
@@ -483,7 +495,7 @@ async fn the_promotion_gate_refuses_a_model_below_its_minimum_and_says_why() {
     assert_eq!(detail["promoted"], false, "{detail}");
     let reason = detail["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("f1_macro") && reason.contains("1.01"), "{reason}");
-    assert!(!fleet.artifacts.join("registry/csv-example").exists(), "nothing registered");
+    assert!(!fleet.registry().join("csv-example").exists(), "nothing registered");
     fleet.stop().await;
     t.cleanup().await;
 }
@@ -874,12 +886,15 @@ async fn two_register_workers_racing_keep_latest_consistent_and_never_promote_a_
     };
     let mut by_version = BTreeMap::new();
     for v in 1..=20u64 {
-        let e = read(format!("registry/race/versions/{v:06}.json"));
-        let d = read(format!("registry/race/versions/{v:06}.decision.json"));
+        let e = read(format!("registry/{}/race/versions/{v:06}.json", t.ns));
+        let d = read(format!("registry/{}/race/versions/{v:06}.decision.json", t.ns));
         by_version.insert(v, (e["metrics"]["accuracy"].as_f64().expect("accuracy"), d));
     }
-    assert!(!artifacts.join("registry/race/versions/000021.json").exists(), "one version per evaluation");
-    let mut moves: Vec<PathBuf> = std::fs::read_dir(artifacts.join("registry/race/aliases/latest"))
+    assert!(
+        !artifacts.join(format!("registry/{}/race/versions/000021.json", t.ns)).exists(),
+        "one version per evaluation"
+    );
+    let mut moves: Vec<PathBuf> = std::fs::read_dir(artifacts.join(format!("registry/{}/race/aliases/latest", t.ns)))
         .expect("latest moves")
         .flatten()
         .map(|e| e.path())
@@ -898,7 +913,11 @@ async fn two_register_workers_racing_keep_latest_consistent_and_never_promote_a_
         previous = Some(v);
     }
     let best = by_version.iter().max_by(|a, b| a.1.0.total_cmp(&b.1.0)).map(|(v, _)| *v);
-    assert_eq!(alias_version(&artifacts, "race", "latest"), best, "`latest` ends at the best model");
+    assert_eq!(
+        alias_version(&artifacts.join("registry").join(&t.ns), "race", "latest"),
+        best,
+        "`latest` ends at the best model"
+    );
     for (v, (score, d)) in &by_version {
         if d["promoted"] == false {
             let against = d["against_score"].as_f64().expect("a refusal names what it lost to");

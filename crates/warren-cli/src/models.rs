@@ -78,8 +78,34 @@ pub struct RollbackArgs {
     reason: Option<String>,
 }
 
-pub fn store(config: &Config) -> Result<ArtifactStore, Fail> {
-    ArtifactStore::open(&config.artifacts).map_err(|e| Fail::usage(format!("--artifacts: {e}")))
+/// The model registry of a deployment: its artifact store and its registry namespace.
+#[derive(Debug)]
+pub struct Models {
+    store: ArtifactStore,
+    scope: String,
+}
+
+impl Models {
+    /// The registry `config` names: its store, and `registry_namespace` else `namespace`.
+    pub fn open(config: &Config) -> Result<Self, Fail> {
+        let store = ArtifactStore::open(&config.artifacts).map_err(|e| Fail::usage(format!("--artifacts: {e}")))?;
+        Ok(Self { store, scope: config.registry_scope().to_owned() })
+    }
+
+    /// One model's registry.
+    pub fn registry(&self, name: &str) -> ModelRegistry<'_> {
+        ModelRegistry::new(&self.store, &self.scope, name)
+    }
+
+    /// Every registered model's name.
+    pub async fn names(&self) -> Result<Vec<String>, Fail> {
+        ModelRegistry::names(&self.store, &self.scope).await.map_err(fail)
+    }
+
+    /// Where it is, as people read it (`./artifacts, namespace iris-team`).
+    pub fn shown(&self) -> String {
+        format!("{} (registry namespace {})", self.store.base(), self.scope)
+    }
 }
 
 fn fail(e: RegistryError) -> Fail {
@@ -110,7 +136,7 @@ fn aliases_of(aliases: &std::collections::BTreeMap<String, AliasMove>, v: u32) -
 }
 
 pub async fn run(config: &Config, cmd: ModelsCommand, json: bool) -> Outcome {
-    let store = store(config)?;
+    let store = Models::open(config)?;
     match cmd {
         ModelsCommand::List { model: None } => list_models(&store, json).await?,
         ModelsCommand::List { model: Some(name) } => list_versions(&store, &name, json).await?,
@@ -122,12 +148,12 @@ pub async fn run(config: &Config, cmd: ModelsCommand, json: bool) -> Outcome {
 }
 
 /// Every registered model with its version count and aliases.
-async fn list_models(store: &ArtifactStore, json: bool) -> Result<(), Fail> {
-    let names = ModelRegistry::names(store).await.map_err(fail)?;
+async fn list_models(store: &Models, json: bool) -> Result<(), Fail> {
+    let names = store.names().await?;
     let mut rows = Vec::new();
     let mut out = Vec::new();
     for n in &names {
-        let r = ModelRegistry::new(store, n);
+        let r = store.registry(n);
         let versions = r.versions().await.map_err(fail)?;
         let aliases = r.aliases().await.map_err(fail)?;
         let alias_text = aliases.iter().map(|(a, m)| format!("{a}→v{}", m.version)).collect::<Vec<_>>().join(", ");
@@ -141,7 +167,7 @@ async fn list_models(store: &ArtifactStore, json: bool) -> Result<(), Fail> {
     if json {
         outln!("{}", serde_json::Value::Array(out));
     } else if rows.is_empty() {
-        outln!("no models are registered in {}", store.base());
+        outln!("no models are registered in {}", store.shown());
     } else {
         crate::print_raw(&table(&["MODEL", "VERSIONS", "ALIASES"], rows, &[1]));
     }
@@ -149,11 +175,11 @@ async fn list_models(store: &ArtifactStore, json: bool) -> Result<(), Fail> {
 }
 
 /// One model's versions with metrics, aliases and promotion decisions.
-async fn list_versions(store: &ArtifactStore, name: &str, json: bool) -> Result<(), Fail> {
-    let r = ModelRegistry::new(store, name);
+async fn list_versions(store: &Models, name: &str, json: bool) -> Result<(), Fail> {
+    let r = store.registry(name);
     let versions = r.versions().await.map_err(fail)?;
     if versions.is_empty() {
-        return Err(Fail::usage(format!("no model `{name}` is registered in {}", store.base())));
+        return Err(Fail::usage(format!("no model `{name}` is registered in {}", store.shown())));
     }
     let aliases = r.aliases().await.map_err(fail)?;
     if json {
@@ -187,8 +213,8 @@ async fn list_versions(store: &ArtifactStore, name: &str, json: bool) -> Result<
 }
 
 /// One version: metrics, signature, lineage, decision.
-async fn show(store: &ArtifactStore, model: &str, at: Option<&str>, json: bool) -> Result<(), Fail> {
-    let r = ModelRegistry::new(store, model);
+async fn show(store: &Models, model: &str, at: Option<&str>, json: bool) -> Result<(), Fail> {
+    let r = store.registry(model);
     let v = r.resolve(at.unwrap_or("latest")).await.map_err(fail)?;
     let e = r.entry(v).await.map_err(fail)?;
     let decision = r.decision(v).await.map_err(fail)?;
@@ -231,7 +257,7 @@ async fn show(store: &ArtifactStore, model: &str, at: Option<&str>, json: bool) 
 }
 
 /// Moves an alias to a version that beats it (or `--force`).
-async fn promote(store: &ArtifactStore, a: &PromoteArgs, json: bool) -> Result<(), Fail> {
+async fn promote(store: &Models, a: &PromoteArgs, json: bool) -> Result<(), Fail> {
     let how = Promotion {
         model: &a.model,
         at: &a.at,
@@ -267,8 +293,8 @@ pub struct Promotion<'a> {
 
 /// Promotes as `how` says, through the registry's one compare-and-move: refused (usage) unless
 /// the version beats the alias's model, or `force`.
-pub async fn promote_version(store: &ArtifactStore, how: &Promotion<'_>) -> Result<AliasMove, Fail> {
-    let r = ModelRegistry::new(store, how.model);
+pub async fn promote_version(store: &Models, how: &Promotion<'_>) -> Result<AliasMove, Fail> {
+    let r = store.registry(how.model);
     let v = r.resolve(how.at).await.map_err(fail)?;
     let entry = r.entry(v).await.map_err(fail)?;
     let metric = how.metric.map_or_else(|| entry.metric.clone(), str::to_owned);
@@ -285,15 +311,15 @@ pub async fn promote_version(store: &ArtifactStore, how: &Promotion<'_>) -> Resu
 }
 
 /// Moves an alias back to where it pointed before its last move.
-async fn rollback(store: &ArtifactStore, a: &RollbackArgs, json: bool) -> Result<(), Fail> {
+async fn rollback(store: &Models, a: &RollbackArgs, json: bool) -> Result<(), Fail> {
     let moved = rollback_alias(store, &a.model, &a.alias, operator(a.reason.as_deref())).await?;
     report(&a.model, &moved, json);
     Ok(())
 }
 
 /// Points `alias` of `model` back at its previous version, recorded as done `by`.
-pub async fn rollback_alias(store: &ArtifactStore, model: &str, alias: &str, by: String) -> Result<AliasMove, Fail> {
-    let r = ModelRegistry::new(store, model);
+pub async fn rollback_alias(store: &Models, model: &str, alias: &str, by: String) -> Result<AliasMove, Fail> {
+    let r = store.registry(model);
     let Some(current) = r.alias(alias).await.map_err(fail)? else {
         return Err(Fail::usage(format!("model `{model}` has no alias `{alias}`")));
     };

@@ -235,10 +235,11 @@ impl PipelineSpec {
     fn check_gathered(&self, registry: &warren::registry::Registry) -> Result<(), SpecError> {
         let mut open: Option<&StepSpec> = None;
         for s in &self.steps {
+            // A gathering step closes the fan-out; what it sends on (select's one best model, or
+            // none) goes once per job, even when its output type could be many.
             if s.gather {
                 open = None;
-            }
-            if registry.descriptor(&s.step).is_some_and(|d| d.fan_out) {
+            } else if registry.descriptor(&s.step).is_some_and(|d| d.fan_out) {
                 open = Some(s);
             }
         }
@@ -368,6 +369,7 @@ step = "count"
         select.input = "t.Model/1".into();
         select.output = "t.Model/1".into();
         select.gather = true;
+        select.fan_out = true; // as the real one: a best model, or none
         for d in [tune, train, select] {
             registry.steps.insert(d.step.clone(), StepEntry { descriptor: d, announced_ms: 0, workers: vec![] });
         }

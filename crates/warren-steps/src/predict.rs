@@ -35,7 +35,7 @@ fn loaded() -> &'static Mutex<HashMap<(String, u32), Loaded>> {
 /// Resolves `version` (a number, or an alias; `latest` by default) of `name`.
 async fn resolve(ctx: &Context, name: &str, version: Option<&str>) -> Result<(u32, Loaded), StepError> {
     let store = ctx.store()?;
-    let registry = ModelRegistry::new(store, name);
+    let registry = ModelRegistry::new(store, ctx.registry_scope(), name);
     let version = match registry.resolve(version.unwrap_or("latest")).await {
         Ok(v) => v,
         Err(RegistryError::NotFound(m)) if m.starts_with("no model") => {

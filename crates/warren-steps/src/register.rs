@@ -32,7 +32,7 @@ pub(crate) fn reg(e: RegistryError) -> StepError {
 pub async fn handle(ctx: Context, ev: Evaluation) -> Result<Registration, StepError> {
     let p: RegisterParams = ctx.params()?;
     let store = ctx.store()?;
-    let registry = ModelRegistry::new(store, &p.model);
+    let registry = ModelRegistry::new(store, ctx.registry_scope(), &p.model);
     for (metric, bound) in &p.min_metrics {
         let Some(value) = ev.metrics.get(metric) else {
             return Err(StepError::permanent(format!("min_metrics names `{metric}`, which evaluate did not report")));

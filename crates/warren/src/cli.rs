@@ -67,6 +67,10 @@ pub struct ConfigArgs {
     /// Log lines as text (colour on a terminal only) or json.
     #[arg(long, value_name = "text|json", global = true)]
     pub log_format: Option<String>,
+    /// The model registry's namespace (default: the namespace); deployments that set the same
+    /// one share their models.
+    #[arg(long, global = true, value_name = "NS")]
+    pub registry_namespace: Option<String>,
 }
 
 impl ConfigArgs {
@@ -90,6 +94,7 @@ impl ConfigArgs {
             ("data_root", &self.data_root),
             ("tls_ca_file", &self.tls_ca_file),
             ("log_format", &self.log_format),
+            ("registry_namespace", &self.registry_namespace),
         ];
         flags.into_iter().filter_map(|(k, v)| Some((k, v.clone()?))).collect()
     }

@@ -210,6 +210,21 @@ const TABLE: &[Key] = &[
         get: |c| path(&c.tls_ca_file),
     },
     Key { name: "log_format", bare: false, set: set_log_format, get: |c| Some(c.log_format.clone()) },
+    Key {
+        name: "registry_namespace",
+        bare: false,
+        set: |c, v| {
+            if v.is_empty() {
+                c.registry_namespace = None;
+                return Ok(());
+            }
+            let mut probe = Config::default();
+            set_namespace(&mut probe, v)?;
+            c.registry_namespace = Some(probe.namespace);
+            Ok(())
+        },
+        get: |c| c.registry_namespace.clone(),
+    },
 ];
 
 /// Every key the configuration knows, in file form (`WARREN_` + upper case in the environment).
@@ -266,6 +281,10 @@ pub struct Config {
     pub tls_ca_file: Option<std::path::PathBuf>,
     /// Log lines as `text` (colour on a terminal only) or `json`. Key `log_format`.
     pub log_format: String,
+    /// The model registry's namespace: unset, the process's own `namespace`, so deployments and
+    /// tests never share model versions by accident; deployments that set the same value share
+    /// their models on purpose. Key `registry_namespace`.
+    pub registry_namespace: Option<String>,
     /// Where each key's value came from, for keys that did not keep Warren's default.
     origins: BTreeMap<&'static str, Origin>,
 }
@@ -321,6 +340,7 @@ impl Default for Config {
             data_root: None,
             tls_ca_file: None,
             log_format: "text".to_owned(),
+            registry_namespace: None,
             origins: BTreeMap::new(),
         }
     }
@@ -347,6 +367,7 @@ impl fmt::Debug for Config {
             .field("data_root", &self.data_root)
             .field("tls_ca_file", &self.tls_ca_file)
             .field("log_format", &self.log_format)
+            .field("registry_namespace", &self.registry_namespace)
             .finish()
     }
 }
@@ -440,6 +461,12 @@ impl Config {
             out.push_str(&format!("{line:<60} # {origin}\n"));
         }
         out
+    }
+
+    /// The namespace whose model registry this process reads and writes: `registry_namespace`,
+    /// else `namespace`.
+    pub fn registry_scope(&self) -> &str {
+        self.registry_namespace.as_deref().unwrap_or(&self.namespace)
     }
 
     /// The prefetch a consumer asks for: `prefetch` if set, else `concurrency` (at most 65,535).

@@ -8,7 +8,7 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
 };
 use serde::Deserialize;
-use warren_schemas::models::{AliasMove, Entry, ModelRegistry};
+use warren_schemas::models::{AliasMove, Entry};
 
 use super::{
     Role, Session, Shared,
@@ -30,21 +30,21 @@ pub async fn models_page(State(app): State<Shared>, headers: HeaderMap) -> Respo
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let store = match crate::models::store(&app.config) {
+    let store = match crate::models::Models::open(&app.config) {
         Ok(store) => store,
         Err(f) => return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&s), &f.message),
     };
-    let names = ModelRegistry::names(&store).await.unwrap_or_default();
+    let names = store.names().await.unwrap_or_default();
     let mut rows = Markup::default();
     for n in &names {
-        let r = ModelRegistry::new(&store, n);
+        let r = store.registry(n);
         let versions = r.versions().await.map(|v| v.len()).unwrap_or(0);
         let aliases = r.aliases().await.unwrap_or_default();
         let text = aliases.iter().map(|(a, m)| format!("{a} → v{}", m.version)).collect::<Vec<_>>().join(", ");
         rows.push(html!("<tr><td><a href=\"/models/{}\">{}</a></td><td>{}</td><td>{}</td></tr>", n, n, versions, text));
     }
     let body = if names.is_empty() {
-        html!("<h2>Models</h2><p>No models are registered in {}.</p>", store.base())
+        html!("<h2>Models</h2><p>No models are registered in {}.</p>", store.shown())
     } else {
         html!(
             "<h2>Models</h2><table id=\"models\"><thead><tr><th>model</th><th>versions</th><th>aliases</th></tr></thead>\
@@ -75,11 +75,11 @@ pub async fn model_page(State(app): State<Shared>, headers: HeaderMap, Path(mode
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let store = match crate::models::store(&app.config) {
+    let store = match crate::models::Models::open(&app.config) {
         Ok(store) => store,
         Err(f) => return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&s), &f.message),
     };
-    let r = ModelRegistry::new(&store, &model);
+    let r = store.registry(&model);
     let versions = r.versions().await.unwrap_or_default();
     if versions.is_empty() {
         return error_page(StatusCode::NOT_FOUND, Some(&s), &format!("no model `{model}` is registered"));
@@ -141,7 +141,7 @@ pub async fn promote(State(app): State<Shared>, headers: HeaderMap, Form(form): 
     let (Some(version), Some(to)) = (form.version.as_deref(), form.to.as_deref().filter(|t| !t.is_empty())) else {
         return error_page(StatusCode::BAD_REQUEST, Some(&s), "a promotion needs a version and an alias");
     };
-    let store = match crate::models::store(&app.config) {
+    let store = match crate::models::Models::open(&app.config) {
         Ok(store) => store,
         Err(f) => return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&s), &f.message),
     };
@@ -168,7 +168,7 @@ pub async fn rollback(State(app): State<Shared>, headers: HeaderMap, Form(form):
     let Some(alias) = form.alias.as_deref() else {
         return error_page(StatusCode::BAD_REQUEST, Some(&s), "a rollback needs an alias");
     };
-    let store = match crate::models::store(&app.config) {
+    let store = match crate::models::Models::open(&app.config) {
         Ok(store) => store,
         Err(f) => return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&s), &f.message),
     };

@@ -35,6 +35,7 @@ pub struct Context {
     pub(super) artifacts: Option<ArtifactStore>,
     pub(super) data_root: Option<Arc<std::path::Path>>,
     pub(super) stop: Arc<std::sync::atomic::AtomicBool>,
+    pub(super) registry: Arc<str>,
 }
 
 impl Context {
@@ -58,7 +59,14 @@ impl Context {
             artifacts: None,
             data_root: None,
             stop: Arc::default(),
+            registry: "test".into(),
         }
+    }
+
+    /// The namespace of the model registry this worker reads and writes (see
+    /// [`crate::Config::registry_scope`]).
+    pub fn registry_scope(&self) -> &str {
+        &self.registry
     }
 
     /// The same context with an artifact store.

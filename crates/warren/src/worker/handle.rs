@@ -164,6 +164,7 @@ impl<H> Shared<H> {
             events: session.events.clone(),
             artifacts: w.artifacts.clone(),
             data_root: w.data_root.clone(),
+            registry: w.registry.clone(),
             stop: Arc::default(),
         };
         (ctx, env.input, hop.cache)

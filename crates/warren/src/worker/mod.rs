@@ -158,6 +158,7 @@ impl WorkerBuilder {
         let ready_gauge = ::metrics::gauge!("warren_worker_ready", "step" => self.step.clone());
         Worker {
             data_root,
+            registry: self.config.registry_scope().into(),
             dead_exchange: names.dead_exchange(),
             names,
             handler_limit: match (self.config.max_duration, self.max_duration) {
@@ -201,6 +202,8 @@ pub struct Worker {
     version: String,
     descriptor: Option<crate::registry::StepDescriptor>,
     data_root: Option<Arc<std::path::Path>>,
+    /// The model registry's namespace, for handlers (see [`Context::registry_scope`]).
+    registry: Arc<str>,
 }
 
 #[derive(Debug, thiserror::Error)]
