@@ -166,3 +166,52 @@ async fn one_at_a_time_a_worker_holds_one_message_and_queues_shows_the_rest_read
     let _ = worker.kill().await;
     t.cleanup().await;
 }
+
+/// Two namespaces on one artifact store keep their models apart, unless they name one
+/// `registry_namespace` on purpose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_on_one_store_share_models_only_on_purpose() {
+    use warren_schemas::{
+        ArtifactRef,
+        models::{Entry, ModelRegistry},
+    };
+    let (a, b) = (TestNs::new("models-a").await, TestNs::new("models-b").await);
+    let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts").join(format!("shared-{}", a.ns));
+    let store = warren::artifacts::ArtifactStore::open(&artifacts.display().to_string()).expect("store");
+    let mut entry = Entry {
+        name: "shared".into(),
+        version: 0,
+        model: ArtifactRef { uri: "file:///nowhere".into(), hash: "sha256:00".into(), bytes: 1 },
+        metrics: [("accuracy".to_owned(), 0.9)].into(),
+        metric: "accuracy".into(),
+        candidate: serde_json::json!({ "algorithm": "logistic" }),
+        signature: None,
+        dataset_hash: "sha256:00".into(),
+        seed: 1,
+        job_id: "none".into(),
+        pipeline: "p".into(),
+        code_version: "test".into(),
+        registered_by: "the test".into(),
+        registered_at_ms: warren::envelope::now_ms(),
+    };
+    let v = ModelRegistry::new(&store, &a.ns, "shared").add(&mut entry).await.expect("register in a");
+    assert_eq!(v, 1);
+    let models = |t: &TestNs, registry: Option<&str>| {
+        let mut cmd = warren(t, &artifacts, &["models", "list", "--json"]);
+        if let Some(r) = registry {
+            cmd.env("WARREN_REGISTRY_NAMESPACE", r);
+        }
+        cmd
+    };
+    let list = |out: std::process::Output| -> Vec<String> {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        v.as_array().expect("array").iter().filter_map(|m| m["model"].as_str().map(str::to_owned)).collect()
+    };
+    assert_eq!(list(models(&a, None).output().await.expect("a")), ["shared"]);
+    assert!(list(models(&b, None).output().await.expect("b")).is_empty(), "b does not see a's model");
+    assert_eq!(list(models(&b, Some(&a.ns)).output().await.expect("b shares")), ["shared"], "shared on purpose");
+    std::fs::remove_dir_all(&artifacts).ok();
+    a.cleanup().await;
+    b.cleanup().await;
+}
