@@ -79,7 +79,14 @@ async fn up_restarts_a_killed_worker_and_submit_wait_status_jobs_queues_report_t
         assert!(steps.contains(&s), "status shows step {s}");
     }
     let text = run(&t, &["status", &job]).await;
-    assert!(String::from_utf8_lossy(&text.stdout).contains("register"), "text status lists the steps");
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.contains("register"), "text status lists the steps");
+    // Each trial with what it tried and how it scored; the one select chose is marked.
+    let selected = status["selected_trial"].as_u64().expect("select's choice");
+    let chosen: Vec<&str> = text.lines().filter(|l| l.contains("← selected")).collect();
+    assert_eq!(chosen.len(), 1, "{text}");
+    assert!(chosen[0].contains(&format!("trial {selected}: ")) && chosen[0].contains("accuracy"), "{text}");
+    assert!(text.lines().filter(|l| l.contains(" trial ") && l.contains("alpha=")).count() >= 3, "{text}");
     let jobs = json(&run(&t, &["jobs", "--pipeline", "iris", "--since", "1h", "--json"]).await);
     assert!(jobs.as_array().expect("rows").iter().any(|j| j["job"] == job.as_str() && j["state"] == "done"));
     let queues = json(&run(&t, &["queues", "--json"]).await);

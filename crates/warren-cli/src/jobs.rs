@@ -71,7 +71,7 @@ pub fn next_command(job: &JobView) -> Option<String> {
 }
 
 /// One step of `warren status`: its line, its branches when it fanned out, its error and reports.
-fn print_step(s: &warren_ops::history::StepView, submitted_ms: u64) {
+fn print_step(s: &warren_ops::history::StepView, submitted_ms: u64, selected: Option<u64>) {
     let n = s.branches.len();
     let times: Vec<u64> = s.branches.iter().filter_map(|b| b.duration_ms).collect();
     let longest = times.iter().max().copied().unwrap_or(0);
@@ -94,8 +94,15 @@ fn print_step(s: &warren_ops::history::StepView, submitted_ms: u64) {
         for (i, b) in s.branches.iter().enumerate() {
             let at = b.started_ms.map(format_time).unwrap_or_else(|| "-".into());
             let err = b.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+            let trial = match b.trial() {
+                Some((t, r)) => {
+                    let mark = if selected == Some(t) { "  ← selected" } else { "" };
+                    format!("  trial {t}: {}{mark}", warren_ops::history::trial_summary(r))
+                }
+                None => String::new(),
+            };
             outln!(
-                "      #{i:<3} {at}  {:<9} {:>9}  {}{err}",
+                "      #{i:<3} {at}  {:<9} {:>9}  {}{trial}{err}",
                 b.outcome,
                 b.duration_ms.map(duration).unwrap_or_default(),
                 b.message_id
@@ -104,7 +111,8 @@ fn print_step(s: &warren_ops::history::StepView, submitted_ms: u64) {
     } else if let Some(err) = s.branches.first().and_then(|b| b.error.as_deref()) {
         outln!("      {err}");
     }
-    for r in &s.reports {
+    // A trial's report is on its line above.
+    for r in s.reports.iter().filter(|r| r.get("trial").is_none()) {
         outln!("      report: {r}");
     }
 }
@@ -130,7 +138,7 @@ pub async fn status(config: &Config, args: StatusArgs, json: bool) -> Outcome {
     outln!("job {job}");
     outln!("  pipeline {}  {}{took}  submitted {}", view.pipeline, view.state.as_str(), format_time(view.submitted_ms));
     for s in &view.steps {
-        print_step(s, view.submitted_ms);
+        print_step(s, view.submitted_ms, view.selected_trial);
     }
     for a in &view.actions {
         let why = a.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();

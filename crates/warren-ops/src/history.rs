@@ -65,6 +65,41 @@ pub struct Branch {
     pub error: Option<String>,
     /// The worker that ran it last.
     pub worker: String,
+    /// What it reported (a trial: its algorithm, hyperparameters and validation score).
+    pub reports: Vec<serde_json::Value>,
+}
+
+impl Branch {
+    /// The trial this branch trained, if it reported one: `(trial number, its report)`.
+    pub fn trial(&self) -> Option<(u64, &serde_json::Value)> {
+        self.reports.iter().find_map(|r| Some((r.get("trial")?.as_u64()?, r)))
+    }
+}
+
+/// A hyperparameter as a spec would spell it: `100`, not `100.0`; text without quotes.
+fn value_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+            _ => n.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// A trial's report as a person reads it: `logistic alpha=0.1 max_iterations=100 · accuracy
+/// 0.9667`.
+pub fn trial_summary(report: &serde_json::Value) -> String {
+    let algorithm = report["algorithm"].as_str().unwrap_or("?");
+    let params: Vec<String> = report["hyperparams"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", value_text(v))).collect())
+        .unwrap_or_default();
+    let score = report["validation_score"].as_f64().map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+    let metric = report["metric"].as_str().unwrap_or("score");
+    let sep = if params.is_empty() { "" } else { " " };
+    format!("{algorithm}{sep}{} · {metric} {score}", params.join(" "))
 }
 
 /// A step of a job.
@@ -137,6 +172,8 @@ pub struct JobView {
     pub reruns: Vec<Uuid>,
     /// The job this one re-runs, if it is a rerun.
     pub rerun_of: Option<Uuid>,
+    /// The trial a gathering step (select) chose, as it reported it.
+    pub selected_trial: Option<u64>,
 }
 
 /// Per step, how many messages succeeded and how many died in each of the last `minutes` whole
@@ -272,6 +309,7 @@ fn branch_of<'a>(step: &'a mut StepView, e: &JobEvent) -> &'a mut Branch {
             outcome: "running",
             error: None,
             worker: String::new(),
+            reports: Vec::new(),
         });
         step.branches.len() - 1
     });
@@ -317,7 +355,14 @@ fn steps_of(evs: &[&JobEvent]) -> (Vec<StepView>, bool) {
         let s = step_of(&mut steps, e);
         s.last_ms = s.last_ms.max(e.at_ms);
         if e.kind == EventKind::Report {
-            s.reports.extend(report_json(e));
+            let Some(r) = report_json(e) else { continue };
+            // The message's own branch keeps it too (a trial's score), without changing its outcome.
+            if let Some(b) = s.branches.iter_mut().find(|b| b.message_id == e.message_id) {
+                b.reports.push(r.clone());
+            } else {
+                branch_of(s, e).reports.push(r.clone());
+            }
+            s.reports.push(r);
             continue;
         }
         done |= apply(branch_of(s, e), e);
@@ -390,6 +435,8 @@ fn fold_one(job: Uuid, evs: &[&JobEvent], actions: Vec<OperatorAction>) -> JobVi
     .unwrap_or_default();
     let submitted_ms = uuid_time_ms(&job).unwrap_or(first_ms);
     let (reruns, rerun_of) = lineage(job, &actions);
+    let selected_trial =
+        steps.iter().flat_map(|s| &s.reports).find_map(|r| r.get("selected_trial").and_then(|t| t.as_u64()));
     JobView {
         job,
         pipeline: evs.first().map(|e| e.pipeline.to_string()).unwrap_or_default(),
@@ -404,6 +451,7 @@ fn fold_one(job: Uuid, evs: &[&JobEvent], actions: Vec<OperatorAction>) -> JobVi
         actions,
         reruns,
         rerun_of,
+        selected_trial,
     }
 }
 
@@ -536,5 +584,35 @@ mod tests {
         let rates = per_minute(&events, now, 3);
         assert_eq!(rates["load"], (vec![0, 0, 2], vec![0, 0, 0]), "older than the window is left out");
         assert_eq!(rates["count"], (vec![0, 0, 0], vec![0, 1, 0]));
+    }
+
+    #[test]
+    fn trials_show_what_was_tried_and_the_selected_one_is_known() {
+        let job = Uuid::now_v7();
+        let (t0, t1, sel) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let report = |msg, step, detail: serde_json::Value, at| {
+            let mut e = event(EventKind::Report, job, msg, step, at);
+            e.detail = warren::envelope::to_msgpack_value(&detail).ok();
+            e
+        };
+        let trial = |n: u64, alpha: f64, score: f64| {
+            serde_json::json!({ "trial": n, "algorithm": "logistic", "hyperparams": { "alpha": alpha, "max_iterations": 100.0 },
+                                "metric": "accuracy", "validation_score": score })
+        };
+        let events = vec![
+            report(t0, "train", trial(0, 0.1, 0.9), 10),
+            event(EventKind::Succeeded, job, t0, "train", 11),
+            report(t1, "train", trial(1, 1.0, 0.95), 12),
+            event(EventKind::Succeeded, job, t1, "train", 13),
+            report(sel, "select", serde_json::json!({ "selected_trial": 1 }), 20),
+            event(EventKind::Succeeded, job, sel, "select", 21),
+        ];
+        let j = &fold(&events, false)[0];
+        let train = j.steps.iter().find(|s| s.step == "train").expect("train");
+        assert_eq!(train.branches.len(), 2, "a report adds no branch of its own");
+        assert_eq!(train.branches.iter().map(|b| b.outcome).collect::<Vec<_>>(), ["succeeded", "succeeded"]);
+        let (n, r) = train.branches[1].trial().expect("a trial");
+        assert_eq!((n, trial_summary(r).as_str()), (1, "logistic alpha=1 max_iterations=100 · accuracy 0.9500"));
+        assert_eq!(j.selected_trial, Some(1));
     }
 }

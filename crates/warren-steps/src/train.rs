@@ -43,6 +43,17 @@ pub async fn handle(ctx: Context, task: TrainTask) -> Result<Model, StepError> {
     })
     .await?;
     let artifact = put(&ctx, &format!("model-{:04}.msgpack", task.trial), model_bytes).await?;
+    // The trial as `warren status` and the console show it: what was tried and how it scored.
+    let trial = serde_json::json!({
+        "trial": task.trial,
+        "algorithm": task.candidate.algorithm,
+        "hyperparams": task.candidate.hyperparams,
+        "metric": task.metric,
+        "validation_score": trained.validation_score,
+    });
+    if let Ok(detail) = warren::envelope::to_msgpack_value(&trial) {
+        ctx.report(detail);
+    }
     Ok(Model {
         artifact,
         candidate: task.candidate,

@@ -176,22 +176,34 @@ pub async fn search(Query(q): Query<SearchQuery>) -> Response {
     }
 }
 
+/// A branch's detail: its error, or the trial it trained (marked when it was selected).
+fn branch_detail(b: &warren_ops::history::Branch, selected: Option<u64>) -> Markup {
+    match (b.error.as_deref(), b.trial()) {
+        (Some(e), _) => html!("<span class=\"error\">{}</span>", e),
+        (None, Some((t, r))) if selected == Some(t) => {
+            html!("trial {}: {} <b class=\"selected\">selected</b>", t, warren_ops::history::trial_summary(r))
+        }
+        (None, Some((t, r))) => html!("trial {}: {}", t, warren_ops::history::trial_summary(r)),
+        (None, None) => Markup::default(),
+    }
+}
+
 fn timeline(j: &JobView) -> Markup {
     let mut rows = Markup::default();
     for step in &j.steps {
         for (i, b) in step.branches.iter().enumerate() {
             let name = if step.branches.len() > 1 { format!("{} #{i}", step.step) } else { step.step.clone() };
             rows.push(html!(
-                "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"error\">{}</td></tr>",
+                "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 b.outcome,
                 b.started_ms.map(format_time).unwrap_or_default(),
                 name,
                 b.outcome,
                 b.duration_ms.map(crate::jobs::duration).unwrap_or_default(),
-                b.error.as_deref().unwrap_or("")
+                branch_detail(b, j.selected_trial)
             ));
         }
-        for r in &step.reports {
+        for r in step.reports.iter().filter(|r| r.get("trial").is_none()) {
             rows.push(html!(
                 "<tr class=\"report\"><td></td><td>{}</td><td>report</td><td></td><td><code>{}</code></td></tr>",
                 step.step,
