@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod csvfile;
 mod fixtures;
 #[cfg(feature = "warren")]
 pub mod models;

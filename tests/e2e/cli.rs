@@ -802,3 +802,52 @@ async fn up_with_refused_credentials_fails_fast_with_exit_5() {
     assert!(stderr.contains("refused the credentials") && !stderr.contains("not-the-password"), "{stderr}");
     assert!(!stderr.contains("starting"), "no worker was started: {stderr}");
 }
+
+/// A local CSV that ingest would refuse is refused at submit, before anything is uploaded, with
+/// one line naming the spec's line and the file's line, column or byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_csvs_are_refused_at_submit_naming_the_place() {
+    let mut t = TestNs::new("clicsv").await;
+    t.declare_step("ingest").await;
+    t.register_steps(&["ingest"]).await;
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("csv-{}", t.ns));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cases: [(&str, &[u8], &str); 6] = [
+        ("ragged", b"a,b,species\n1,2,x\n3,4\n", "CSV line 3: 2 field(s) where the header has 3"),
+        ("quote", b"a,b,species\n1,\"two,x\n3,4,y\n", "an unterminated quote: the field opened at line 2, column 3"),
+        ("latin1", b"a,b,species\n1,caf\xe9,x\n", "not UTF-8: byte 0xE9 at line 2, column 6"),
+        (
+            "semicolons",
+            b"a;b;kind\n1;2;x\n",
+            "target `species` is not a column of the CSV (columns: a, b, kind) (read with delimiter ';')",
+        ),
+        ("duplicate", b"a,a,species\n1,2,x\n", "columns 1 and 2 are both named `a`"),
+        ("fine", b"a;b;species\n1;2;x\n", ""),
+    ];
+    for (name, bytes, expected) in cases {
+        let csv = dir.join(format!("{name}.csv"));
+        std::fs::write(&csv, bytes).expect("csv");
+        let spec = dir.join(format!("{name}.toml"));
+        let text = format!(
+            "name = \"csv\"\n\n[[steps]]\nstep = \"ingest\"\nparams = {{ csv = \"{}\", target = \"species\" }}\n",
+            csv.display()
+        );
+        std::fs::write(&spec, text).expect("spec");
+        let mut submit = warren(&t, &["submit", spec.to_str().expect("utf-8")]);
+        let out = submit.env("WARREN_ARTIFACTS", dir.join("store")).output().await.expect("submit");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if expected.is_empty() {
+            assert!(out.status.success(), "{name}: a good file is submitted: {stderr}");
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{name}.toml:5: step `ingest`: csv ")),
+            "{name} names the spec's line: {stderr}"
+        );
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{name}: one line: {stderr}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    t.cleanup().await;
+}

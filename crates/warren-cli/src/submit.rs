@@ -46,6 +46,33 @@ pub fn load_spec(path: &std::path::Path, set: &[String]) -> Result<PipelineSpec,
 
 pub use warren_ops::follow::End;
 
+/// What is wrong with a local input file, checked as its step's descriptor says (`format`;
+/// today `csv`: the delimiter and column parameters it names), before anything is uploaded.
+fn check_local_file(
+    path: &std::path::Path,
+    format: Option<&serde_json::Value>,
+    params: &serde_json::Value,
+) -> Option<String> {
+    let format = format?;
+    if format["format"].as_str() != Some("csv") {
+        return None;
+    }
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => return Some(format!("cannot read it: {e}")),
+    };
+    fn param<'a>(name: &'a serde_json::Value, params: &'a serde_json::Value) -> Option<(&'a str, &'a str)> {
+        let n = name.as_str()?;
+        Some((n, params.get(n)?.as_str()?))
+    }
+    let delimiter = param(&format["delimiter_param"], params).map(|(_, d)| d);
+    let named: Vec<(&str, &str)> = format["column_params"]
+        .as_array()
+        .map(|ps| ps.iter().filter_map(|p| param(p, params)).collect())
+        .unwrap_or_default();
+    warren_schemas::csvfile::check(&bytes, delimiter, &named).err()
+}
+
 /// Exit codes of `warren submit --wait` (and of every command for the broker).
 pub mod exit {
     /// The job finished.
@@ -203,6 +230,11 @@ pub async fn check_and_upload(client: &warren::Client, config: &Config, spec: &m
                     )
                     .to_string(),
                 ));
+            }
+            let format = registry.descriptor(&step).and_then(|d| d.file_formats.get(&key));
+            if let Some(problem) = check_local_file(path, format, &spec.steps[i].params) {
+                let message = format!("step `{step}`: {key} {value}: {problem}");
+                return Err(Fail::usage(spec.params_error(i, message).to_string()));
             }
             let uri = upload(config, path).await?;
             spec.set(&format!("{step}.{key}"), &toml_quote(&uri)).map_err(Fail::usage)?;

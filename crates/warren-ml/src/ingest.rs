@@ -1,6 +1,6 @@
 //! Loading sources into a [`Table`]: CSV text, or a dataset that ships with linfa.
 
-use warren_schemas::{Task, params::IngestParams};
+use warren_schemas::{Task, csvfile, params::IngestParams};
 
 use crate::{
     MlError, Result,
@@ -71,108 +71,22 @@ pub fn builtin(name: &str) -> Result<Loaded> {
     }
 }
 
-/// Delimiters a CSV's header line is sniffed for.
-pub const DELIMITERS: &[u8] = b",;\t|";
-
-/// The text of a CSV file, which must be UTF-8 (a UTF-8 byte-order mark is dropped): a byte that
-/// is not is refused naming its line, column and value.
-pub fn utf8(bytes: &[u8]) -> Result<&str> {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    std::str::from_utf8(bytes).map_err(|e| {
-        let at = e.valid_up_to();
-        let line = bytes[..at].iter().filter(|b| **b == b'\n').count() + 1;
-        let column = at - bytes[..at].iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1) + 1;
-        MlError::invalid(format!(
-            "the CSV is not UTF-8: byte 0x{:02X} at line {line}, column {column} (Latin-1 or Windows-1252? save the \
-             file as UTF-8)",
-            bytes[at]
-        ))
-    })
-}
-
-/// The delimiter: `given` (one character), else the candidate the header line holds most of
-/// (a comma when it holds none).
-pub fn delimiter(text: &str, given: Option<&str>) -> Result<u8> {
-    if let Some(d) = given {
-        return match d.as_bytes() {
-            [b] if b.is_ascii() && *b != b'"' && *b != b'\n' => Ok(*b),
-            _ => Err(MlError::invalid(format!("delimiter {d:?}: expected one character such as \",\" or \";\""))),
-        };
-    }
-    let header = text.lines().next().unwrap_or("");
-    let count = |d: u8| header.bytes().filter(|b| *b == d).count();
-    Ok(DELIMITERS.iter().copied().max_by_key(|d| (count(*d), *d == b',')).filter(|d| count(*d) > 0).unwrap_or(b','))
-}
-
-/// A quote that opens a field and never closes swallows the rest of the file: refused naming
-/// where it opened.
-pub fn check_quotes(text: &str, delimiter: u8) -> Result<()> {
-    let (mut open_at, mut field_start, mut line, mut column) = (None, true, 1usize, 0usize);
-    let mut bytes = text.bytes().peekable();
-    while let Some(b) = bytes.next() {
-        column += 1;
-        match (open_at, b) {
-            (None, b'"') if field_start => open_at = Some((line, column)),
-            (Some(_), b'"') if bytes.peek() == Some(&b'"') => {
-                bytes.next();
-                column += 1;
-            }
-            (Some(_), b'"') => open_at = None,
-            _ => {}
-        }
-        if b == b'\n' {
-            (line, column) = (line + 1, 0);
-        }
-        field_start = open_at.is_none() && (b == delimiter || b == b'\n' || (field_start && b == b'\r'));
-    }
-    match open_at {
-        Some((l, c)) => Err(MlError::invalid(format!(
-            "an unterminated quote: the field opened at line {l}, column {c} never closes"
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// Column names must be there and differ.
-fn check_names(names: &[String]) -> Result<()> {
-    if let Some(i) = names.iter().position(|n| n.is_empty()) {
-        return Err(MlError::invalid(format!("CSV header: column {} has no name", i + 1)));
-    }
-    for (i, n) in names.iter().enumerate() {
-        if let Some(j) = names[..i].iter().position(|m| m == n) {
-            return Err(MlError::invalid(format!("CSV header: columns {} and {} are both named `{n}`", j + 1, i + 1)));
-        }
-    }
-    Ok(())
-}
-
-/// A CSV reading error in words, naming the file's line.
-fn csv_error(e: &csv::Error, header_len: usize) -> MlError {
-    let line = e.position().map_or(0, |p| p.line());
-    match e.kind() {
-        csv::ErrorKind::UnequalLengths { len, .. } => MlError::invalid(format!(
-            "CSV line {line}: {len} field(s) where the header has {header_len} (a missing or extra delimiter, or a \
-             quote left open on an earlier line?)"
-        )),
-        _ => MlError::invalid(format!("CSV line {line}: {e}")),
-    }
-}
-
 /// Parses CSV text with a header row: UTF-8, the delimiter given or sniffed, quotes closed,
 /// column names unique, every row as wide as the header; each refusal names the line. A column
 /// is numeric when every non-empty cell parses as a number, else text; empty cells are missing
 /// values. The target is `params.target` or the last column; a text target (or `classification
 /// = true`) makes a classification task.
 pub fn csv(bytes: &[u8], params: &IngestParams) -> Result<Loaded> {
-    let text = utf8(bytes)?;
-    let delimiter = delimiter(text, params.delimiter.as_deref())?;
-    check_quotes(text, delimiter)?;
+    let text = csvfile::utf8(bytes).map_err(MlError::invalid)?;
+    let delimiter = csvfile::delimiter(text, params.delimiter.as_deref()).map_err(MlError::invalid)?;
+    csvfile::check_quotes(text, delimiter).map_err(MlError::invalid)?;
     let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).trim(csv::Trim::All).from_reader(text.as_bytes());
-    let names: Vec<String> = reader.headers().map_err(|e| csv_error(&e, 0))?.iter().map(str::to_owned).collect();
-    check_names(&names)?;
+    let names: Vec<String> =
+        reader.headers().map_err(|e| MlError::invalid(csvfile::describe(&e, 0)))?.iter().map(str::to_owned).collect();
+    csvfile::check_names(&names).map_err(MlError::invalid)?;
     let mut cells: Vec<Vec<Option<String>>> = vec![Vec::new(); names.len()];
     for record in reader.records() {
-        let record = record.map_err(|e| csv_error(&e, names.len()))?;
+        let record = record.map_err(|e| MlError::invalid(csvfile::describe(&e, names.len())))?;
         for (j, cell) in record.iter().enumerate() {
             cells[j].push((!cell.is_empty()).then(|| cell.to_owned()));
         }

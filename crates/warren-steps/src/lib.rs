@@ -43,7 +43,16 @@ pub fn options(step: &str) -> warren::cli::StepOptions {
         _ => o,
     };
     match step {
-        "ingest" => warren::cli::StepOptions { file_params: vec!["csv".into()], ..o }.params_of::<IngestParams>(),
+        "ingest" => warren::cli::StepOptions {
+            file_params: vec!["csv".into()],
+            file_formats: [(
+                "csv".to_owned(),
+                serde_json::json!({ "format": "csv", "delimiter_param": "delimiter", "column_params": ["target"] }),
+            )]
+            .into(),
+            ..o
+        }
+        .params_of::<IngestParams>(),
         "validate" => o.params_of::<ValidateParams>(),
         "features" => o.params_of::<FeaturesParams>(),
         "tune" => o.params_of::<TuneParams>(),

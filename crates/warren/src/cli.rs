@@ -121,6 +121,8 @@ pub struct StepOptions {
     pub params: Option<serde_json::Value>,
     /// Parameters naming an input file (uploaded at submit, read from the store or data root).
     pub file_params: Vec<String>,
+    /// What some of those files must be (see [`crate::registry::StepDescriptor::file_formats`]).
+    pub file_formats: std::collections::BTreeMap<String, serde_json::Value>,
     /// The step gathers a fan-out.
     pub gather: bool,
     /// JSON Schema of the step's input payload (see [`StepOptions::input_of`]); unset: not announced.
@@ -195,6 +197,7 @@ fn descriptor<I: crate::Payload, O: crate::StepOutput>(
     d.gather = options.gather;
     d.input_schema = options.input_schema.clone();
     d.file_params = options.file_params.clone();
+    d.file_formats = options.file_formats.clone();
     if let Some(p) = &options.params {
         d.params = p.clone();
     }

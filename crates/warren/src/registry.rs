@@ -67,6 +67,12 @@ pub struct StepDescriptor {
     /// store and the parameter then names it there.
     #[serde(default)]
     pub file_params: Vec<String>,
+    /// What some of those files must be, so `warren submit` can check a local one before it
+    /// uploads it: `{"format": "csv", "delimiter_param": P, "column_params": [P, …]}` (the
+    /// parameter giving the delimiter, and those naming columns of its header). A format a tool
+    /// does not know is left unchecked.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub file_formats: std::collections::BTreeMap<String, serde_json::Value>,
     /// Messages one worker handles at once unless configured.
     #[serde(default)]
     pub concurrency: Option<usize>,
@@ -90,6 +96,7 @@ impl StepDescriptor {
             gather: false,
             params: serde_json::json!({ "type": "object" }),
             file_params: Vec::new(),
+            file_formats: Default::default(),
             concurrency: None,
             max_duration_ms: None,
         }

@@ -1,0 +1,149 @@
+//! What a CSV file must be for ingest to read it, checked where the file is: by ingest itself,
+//! and by `warren submit` on a local file before it is uploaded (the step's descriptor says which
+//! parameter names a CSV, which its delimiter, and which name its columns). Each refusal is one
+//! line naming the line, column or byte.
+
+/// Delimiters a CSV's header line is sniffed for.
+pub const DELIMITERS: &[u8] = b",;\t|";
+
+/// The text of a CSV file, which must be UTF-8 (a UTF-8 byte-order mark is dropped): a byte that
+/// is not is refused naming its line, column and value.
+pub fn utf8(bytes: &[u8]) -> Result<&str, String> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    std::str::from_utf8(bytes).map_err(|e| {
+        let at = e.valid_up_to();
+        let line = bytes[..at].iter().filter(|b| **b == b'\n').count() + 1;
+        let column = at - bytes[..at].iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1) + 1;
+        format!(
+            "the CSV is not UTF-8: byte 0x{:02X} at line {line}, column {column} (Latin-1 or Windows-1252? save the \
+             file as UTF-8)",
+            bytes[at]
+        )
+    })
+}
+
+/// The delimiter: `given` (one character), else the candidate the header line holds most of
+/// (a comma when it holds none).
+pub fn delimiter(text: &str, given: Option<&str>) -> Result<u8, String> {
+    if let Some(d) = given {
+        return match d.as_bytes() {
+            [b] if b.is_ascii() && *b != b'"' && *b != b'\n' => Ok(*b),
+            _ => Err(format!("delimiter {d:?}: expected one character such as \",\" or \";\"")),
+        };
+    }
+    let header = text.lines().next().unwrap_or("");
+    let count = |d: u8| header.bytes().filter(|b| *b == d).count();
+    Ok(DELIMITERS.iter().copied().max_by_key(|d| (count(*d), *d == b',')).filter(|d| count(*d) > 0).unwrap_or(b','))
+}
+
+/// A quote that opens a field and never closes swallows the rest of the file: refused naming
+/// where it opened.
+pub fn check_quotes(text: &str, delimiter: u8) -> Result<(), String> {
+    let (mut open_at, mut field_start, mut line, mut column) = (None, true, 1usize, 0usize);
+    let mut bytes = text.bytes().peekable();
+    while let Some(b) = bytes.next() {
+        column += 1;
+        match (open_at, b) {
+            (None, b'"') if field_start => open_at = Some((line, column)),
+            (Some(_), b'"') if bytes.peek() == Some(&b'"') => {
+                bytes.next();
+                column += 1;
+            }
+            (Some(_), b'"') => open_at = None,
+            _ => {}
+        }
+        if b == b'\n' {
+            (line, column) = (line + 1, 0);
+        }
+        field_start = open_at.is_none() && (b == delimiter || b == b'\n' || (field_start && b == b'\r'));
+    }
+    match open_at {
+        Some((l, c)) => Err(format!("an unterminated quote: the field opened at line {l}, column {c} never closes")),
+        None => Ok(()),
+    }
+}
+
+/// Column names must be there and differ.
+pub fn check_names(names: &[String]) -> Result<(), String> {
+    if let Some(i) = names.iter().position(|n| n.is_empty()) {
+        return Err(format!("CSV header: column {} has no name", i + 1));
+    }
+    for (i, n) in names.iter().enumerate() {
+        if let Some(j) = names[..i].iter().position(|m| m == n) {
+            return Err(format!("CSV header: columns {} and {} are both named `{n}`", j + 1, i + 1));
+        }
+    }
+    Ok(())
+}
+
+/// A CSV reading error in words, naming the file's line.
+pub fn describe(e: &csv::Error, header_len: usize) -> String {
+    let line = e.position().map_or(0, |p| p.line());
+    match e.kind() {
+        csv::ErrorKind::UnequalLengths { len, .. } => format!(
+            "CSV line {line}: {len} field(s) where the header has {header_len} (a missing or extra delimiter, or a \
+             quote left open on an earlier line?)"
+        ),
+        _ => format!("CSV line {line}: {e}"),
+    }
+}
+
+/// What a CSV file holds, as far as a check reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape {
+    /// The delimiter it is read with.
+    pub delimiter: u8,
+    /// The header's column names.
+    pub columns: Vec<String>,
+    /// Data rows.
+    pub rows: usize,
+}
+
+/// Reads the whole file as ingest would, keeping only its shape: UTF-8, the delimiter given or
+/// sniffed, quotes closed, column names there and unique, every row as wide as the header, and
+/// each of `named` (a parameter and the column it names) a column of the header.
+pub fn check(bytes: &[u8], delimiter_given: Option<&str>, named: &[(&str, &str)]) -> Result<Shape, String> {
+    let text = utf8(bytes)?;
+    let delimiter = delimiter(text, delimiter_given)?;
+    check_quotes(text, delimiter)?;
+    let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).trim(csv::Trim::All).from_reader(text.as_bytes());
+    let columns: Vec<String> = reader.headers().map_err(|e| describe(&e, 0))?.iter().map(str::to_owned).collect();
+    check_names(&columns)?;
+    let mut rows = 0;
+    for record in reader.records() {
+        record.map_err(|e| describe(&e, columns.len()))?;
+        rows += 1;
+    }
+    for (param, column) in named {
+        if !columns.iter().any(|c| c == column) {
+            let with = if delimiter == b',' {
+                String::new()
+            } else {
+                format!(" (read with delimiter {:?})", delimiter as char)
+            };
+            return Err(format!(
+                "{param} `{column}` is not a column of the CSV (columns: {}){with}",
+                columns.join(", ")
+            ));
+        }
+    }
+    Ok(Shape { delimiter, columns, rows })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_s_shape_and_its_refusals() {
+        let shape = check(b"a;b;species\n1;2;x\n", None, &[("target", "species")]).unwrap();
+        assert_eq!((shape.delimiter, shape.columns.len(), shape.rows), (b';', 3, 1));
+        assert_eq!(
+            check(b"a,b\n1,2\n", None, &[("target", "species")]).unwrap_err(),
+            "target `species` is not a column of the CSV (columns: a, b)"
+        );
+        assert!(
+            check(b"a,b\n1,2,3\n", None, &[]).unwrap_err().starts_with("CSV line 2: 3 field(s) where the header has 2")
+        );
+    }
+}
