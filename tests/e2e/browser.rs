@@ -204,9 +204,12 @@ async fn register_two_versions(artifacts: &std::path::Path, ns: &str) {
 /// draws its charts.
 async fn search_pager_and_charts(c: &fantoccini::Client, base: &str, job: &str) {
     c.goto(base).await.expect("jobs");
-    c.wait().for_element(Locator::Id("pager")).await.expect("the pager");
-    let pager = c.find(Locator::Id("pager")).await.expect("pager").text().await.expect("text");
-    assert!(pager.starts_with("jobs 1–") && pager.contains(" of "), "{pager}");
+    // The list reloads itself on job events: read the pager as it is when it says something.
+    wait_for("the pager's count", Duration::from_secs(20), || async {
+        let pager = c.find(Locator::Id("pager")).await.ok()?.text().await.ok()?;
+        (pager.starts_with("jobs 1–") && pager.contains(" of ")).then_some(())
+    })
+    .await;
     let search = c.find(Locator::Id("search")).await.expect("the search box");
     search.send_keys(&format!("{job}\u{E007}")).await.expect("type and press enter");
     c.wait().for_element(Locator::Id("job-state")).await.expect("the job's page");
@@ -220,35 +223,34 @@ async fn search_pager_and_charts(c: &fantoccini::Client, base: &str, job: &str) 
 
 /// Promote v1 then v2 to production (each with a reason), then roll production back to v1.
 async fn models_promote_and_roll_back(c: &fantoccini::Client, base: &str) {
-    let aliases_of = |v: &'static str| async move {
-        let css = format!("#versions tr[data-version='{v}'] td.aliases");
-        c.find(Locator::Css(&css)).await.expect("the version's row").text().await.expect("text")
+    // The page reloads after each form: wait for what the new one shows, never read the old one.
+    let shows = |expected: &'static [(&'static str, &'static str)], what: &'static str| async move {
+        wait_for(what, Duration::from_secs(20), || async {
+            for (v, aliases) in expected {
+                let css = format!("#versions tr[data-version='{v}'] td.aliases");
+                let text = c.find(Locator::Css(&css)).await.ok()?.text().await.ok()?;
+                if text != *aliases {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await
+    };
+    let submit = |css: String, reason: &'static str| async move {
+        let form = c.wait().for_element(Locator::Css(&css)).await.expect("the form");
+        form.find(Locator::Css("input[name='reason']")).await.expect("reason").send_keys(reason).await.expect("type");
+        form.find(Locator::Css("button")).await.expect("button").click().await.expect("submit");
     };
     c.goto(&format!("{base}/models")).await.expect("models");
     c.wait().for_element(Locator::LinkText("flowers")).await.expect("the model").click().await.expect("open it");
-    for v in ["1", "2"] {
-        let form = c
-            .wait()
-            .for_element(Locator::Css(&format!("#versions tr[data-version='{v}'] form.promote")))
-            .await
-            .expect("the promote form");
-        let reason = form.find(Locator::Css("input[name='reason']")).await.expect("reason");
-        reason.send_keys("passed the shadow test").await.expect("type");
-        form.find(Locator::Css("button")).await.expect("button").click().await.expect("promote");
-        c.wait().for_element(Locator::Id("versions")).await.expect("back on the model");
-        assert_eq!(aliases_of(v).await, "production", "v{v} promoted");
-    }
-    let form = c.find(Locator::Css("form.rollback")).await.expect("the rollback form");
-    form.find(Locator::Css("input[name='reason']"))
-        .await
-        .expect("reason")
-        .send_keys("bad predictions in prod")
-        .await
-        .expect("type");
-    form.find(Locator::Css("button")).await.expect("button").click().await.expect("roll back");
-    c.wait().for_element(Locator::Id("versions")).await.expect("back on the model");
-    assert_eq!(aliases_of("1").await, "production", "rolled back to v1");
-    assert_eq!(aliases_of("2").await, "");
+    shows(&[("1", ""), ("2", "")], "the model's versions, no alias yet").await;
+    submit("#versions tr[data-version='1'] form.promote".into(), "passed the shadow test").await;
+    shows(&[("1", "production"), ("2", "")], "v1 promoted").await;
+    submit("#versions tr[data-version='2'] form.promote".into(), "passed the shadow test").await;
+    shows(&[("1", ""), ("2", "production")], "v2 promoted: it beats v1").await;
+    submit("form.rollback".into(), "bad predictions in prod").await;
+    shows(&[("1", "production"), ("2", "")], "production rolled back to v1").await;
     screenshot(c, "console-model.png").await;
 }
 
