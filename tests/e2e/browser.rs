@@ -173,29 +173,11 @@ async fn in_a_browser_an_operator_replays_a_fixed_failure_and_a_viewer_cannot() 
 
 /// Two versions of model `flowers` in the console's store: v1 scores 0.90, v2 0.95.
 async fn register_two_versions(artifacts: &std::path::Path, ns: &str) {
-    use warren_schemas::{
-        ArtifactRef,
-        models::{Entry, ModelRegistry},
-    };
+    use warren_schemas::models::ModelRegistry;
     let store = warren::artifacts::ArtifactStore::open(&artifacts.display().to_string()).expect("store");
     let registry = ModelRegistry::new(&store, ns, "flowers");
     for accuracy in [0.90, 0.95] {
-        let mut entry = Entry {
-            name: "flowers".into(),
-            version: 0,
-            model: ArtifactRef { uri: "file:///nowhere".into(), hash: "sha256:00".into(), bytes: 1 },
-            metrics: [("accuracy".to_owned(), accuracy)].into(),
-            metric: "accuracy".into(),
-            candidate: serde_json::json!({ "algorithm": "logistic" }),
-            signature: None,
-            dataset_hash: "sha256:00".into(),
-            seed: 1,
-            job_id: "none".into(),
-            pipeline: "flowers".into(),
-            code_version: "test".into(),
-            registered_by: "the browser test".into(),
-            registered_at_ms: warren::envelope::now_ms(),
-        };
+        let mut entry = crate::helpers::model_entry("flowers", accuracy);
         registry.add(&mut entry).await.expect("register a version");
     }
 }

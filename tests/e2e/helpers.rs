@@ -484,3 +484,24 @@ impl TestNs {
         }
     }
 }
+
+/// A registry entry of model `name` scoring `accuracy`, pointing at no real model: for tests of
+/// the registry's reading and moving, not of predictions.
+pub fn model_entry(name: &str, accuracy: f64) -> warren_schemas::models::Entry {
+    warren_schemas::models::Entry {
+        name: name.into(),
+        version: 0,
+        model: warren_schemas::ArtifactRef { uri: "file:///nowhere".into(), hash: "sha256:00".into(), bytes: 1 },
+        metrics: [("accuracy".to_owned(), accuracy)].into(),
+        metric: "accuracy".into(),
+        candidate: serde_json::json!({ "algorithm": "logistic" }),
+        signature: None,
+        dataset_hash: "sha256:00".into(),
+        seed: 1,
+        job_id: "none".into(),
+        pipeline: name.into(),
+        code_version: "test".into(),
+        registered_by: "the tests".into(),
+        registered_at_ms: warren::envelope::now_ms(),
+    }
+}

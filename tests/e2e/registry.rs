@@ -171,29 +171,11 @@ async fn one_at_a_time_a_worker_holds_one_message_and_queues_shows_the_rest_read
 /// `registry_namespace` on purpose.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespaces_on_one_store_share_models_only_on_purpose() {
-    use warren_schemas::{
-        ArtifactRef,
-        models::{Entry, ModelRegistry},
-    };
+    use warren_schemas::models::ModelRegistry;
     let (a, b) = (TestNs::new("models-a").await, TestNs::new("models-b").await);
     let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts").join(format!("shared-{}", a.ns));
     let store = warren::artifacts::ArtifactStore::open(&artifacts.display().to_string()).expect("store");
-    let mut entry = Entry {
-        name: "shared".into(),
-        version: 0,
-        model: ArtifactRef { uri: "file:///nowhere".into(), hash: "sha256:00".into(), bytes: 1 },
-        metrics: [("accuracy".to_owned(), 0.9)].into(),
-        metric: "accuracy".into(),
-        candidate: serde_json::json!({ "algorithm": "logistic" }),
-        signature: None,
-        dataset_hash: "sha256:00".into(),
-        seed: 1,
-        job_id: "none".into(),
-        pipeline: "p".into(),
-        code_version: "test".into(),
-        registered_by: "the test".into(),
-        registered_at_ms: warren::envelope::now_ms(),
-    };
+    let mut entry = crate::helpers::model_entry("shared", 0.9);
     let v = ModelRegistry::new(&store, &a.ns, "shared").add(&mut entry).await.expect("register in a");
     assert_eq!(v, 1);
     let models = |t: &TestNs, registry: Option<&str>| {

@@ -41,8 +41,12 @@ pub async fn run(config: &Config, args: QueuesArgs, json: bool) -> Outcome {
 /// Per registered step (and each of `extra`): ready, unacked (where rabbitmqctl or the
 /// management API answers), consumers, dead letters; as JSON rows.
 pub async fn rows(op: &warren_ops::Operator, extra: &[String]) -> Result<Vec<serde_json::Value>, crate::Fail> {
-    let rows = op.queues(extra).await?;
-    Ok(rows.iter().map(|r| serde_json::to_value(r).unwrap_or_default()).collect())
+    Ok(json_rows(&op.queues(extra).await?))
+}
+
+/// Queue rows as the JSON `warren queues --json`, the exporter and the console read.
+pub fn json_rows(rows: &[warren_ops::queues::QueueRow]) -> Vec<serde_json::Value> {
+    rows.iter().map(|r| serde_json::to_value(r).unwrap_or_default()).collect()
 }
 
 fn print_rows(rows: Vec<serde_json::Value>, json: bool) {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use lapin::{options::QueueDeclareOptions, types::FieldTable};
-use warren::Broker;
+use warren::{Broker, registry::Registry};
 
 use crate::{Operator, OpsError};
 
@@ -34,10 +34,11 @@ pub async fn counts(broker: &Broker, queue: &str) -> Option<(u32, u32)> {
 }
 
 /// Unacked counts per queue name from `rabbitmqctl list_queues`, empty where it does not work.
-fn from_rabbitmqctl() -> BTreeMap<String, u64> {
-    let out = std::process::Command::new("rabbitmqctl")
+async fn from_rabbitmqctl() -> BTreeMap<String, u64> {
+    let out = tokio::process::Command::new("rabbitmqctl")
         .args(["list_queues", "-s", "name", "messages_unacknowledged"])
-        .output();
+        .output()
+        .await;
     let Ok(out) = out else { return BTreeMap::new() };
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -51,7 +52,7 @@ fn from_rabbitmqctl() -> BTreeMap<String, u64> {
 impl Operator {
     /// Unacked counts per queue name: `rabbitmqctl` where it answers, else the management API.
     async fn unacked(&self) -> BTreeMap<String, u64> {
-        let local = from_rabbitmqctl();
+        let local = from_rabbitmqctl().await;
         if !local.is_empty() {
             return local;
         }
@@ -63,10 +64,16 @@ impl Operator {
 
     /// Per registered step (and each of `extra`) whose queue exists: its counts.
     pub async fn queues(&self, extra: &[String]) -> Result<Vec<QueueRow>, OpsError> {
-        let unacked = self.unacked().await;
         let registry = self.registry().await?;
+        Ok(self.queues_of(&registry, extra, true).await)
+    }
+
+    /// The counts of `registry`'s steps and `extra`; unacked ones only when `unacked` (they cost
+    /// a `rabbitmqctl` process or a management API request, too much for a sampler).
+    pub async fn queues_of(&self, registry: &Registry, extra: &[String], unacked: bool) -> Vec<QueueRow> {
+        let unacked = if unacked { self.unacked().await } else { BTreeMap::new() };
         let steps: std::collections::BTreeSet<String> =
-            registry.steps.into_keys().chain(extra.iter().cloned()).collect();
+            registry.steps.keys().cloned().chain(extra.iter().cloned()).collect();
         let mut rows = Vec::new();
         for step in steps {
             let queue = self.names().step_queue(&step);
@@ -74,6 +81,6 @@ impl Operator {
             let dead = counts(self.client().broker(), &self.names().dead_queue(&step)).await.map_or(0, |(n, _)| n);
             rows.push(QueueRow { unacked: unacked.get(&queue).copied(), step, ready, consumers, dead });
         }
-        Ok(rows)
+        rows
     }
 }

@@ -15,6 +15,16 @@
 //!
 //! The one script (live reload on job events) and the stylesheet (light and dark) are embedded.
 
+/// The signed-in session, or the handler returns the redirect to the login page.
+macro_rules! signed_in_or_return {
+    ($app:expr, $headers:expr) => {
+        match $crate::console::auth::signed_in(&$app, &$headers) {
+            Ok(s) => s,
+            Err(r) => return *r,
+        }
+    };
+}
+
 mod actions;
 mod auth;
 mod charts;
@@ -124,11 +134,9 @@ async fn sample_depths(app: Shared) {
     let mut tick = tokio::time::interval(charts::SAMPLE_EVERY);
     loop {
         tick.tick().await;
-        let Ok(rows) = crate::queues::rows(&app.op, &app.extra_steps).await else { continue };
-        let sample = rows
-            .iter()
-            .filter_map(|r| Some((r["step"].as_str()?.to_owned(), r["ready"].as_u64().unwrap_or(0))))
-            .collect();
+        let Ok(registry) = app.op.registry().await else { continue };
+        let rows = app.op.queues_of(&registry, &app.extra_steps, false).await;
+        let sample = rows.into_iter().map(|r| (r.step, u64::from(r.ready))).collect();
         if let Ok(mut depths) = app.depths.lock() {
             depths.push_back((warren::envelope::now_ms(), sample));
             while depths.len() > charts::SAMPLES {

@@ -13,7 +13,7 @@ use warren_schemas::models::{AliasMove, Entry};
 use super::{
     Role, Session, Shared,
     actions::operator_or_return,
-    auth::{operator, signed_in},
+    auth::operator,
     html::{Markup, error_page, hidden, html, page, reason_field},
 };
 
@@ -25,14 +25,17 @@ fn metrics(e: &Entry) -> String {
     e.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(", ")
 }
 
+/// The deployment's model registry, or the page saying why it cannot be read.
+fn models(app: &super::App, s: &Session) -> Result<crate::models::Models, Box<Response>> {
+    crate::models::Models::open(&app.config)
+        .map_err(|f| Box::new(error_page(StatusCode::SERVICE_UNAVAILABLE, Some(s), &f.message)))
+}
+
 pub async fn models_page(State(app): State<Shared>, headers: HeaderMap) -> Response {
-    let s = match signed_in(&app, &headers) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let store = match crate::models::Models::open(&app.config) {
+    let s = signed_in_or_return!(app, headers);
+    let store = match models(&app, &s) {
         Ok(store) => store,
-        Err(f) => return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&s), &f.message),
+        Err(page) => return *page,
     };
     let names = store.names().await.unwrap_or_default();
     let mut rows = Markup::default();
@@ -71,13 +74,10 @@ fn model_forms(s: &Session, model: &str, e: &Entry) -> Markup {
 }
 
 pub async fn model_page(State(app): State<Shared>, headers: HeaderMap, Path(model): Path<String>) -> Response {
-    let s = match signed_in(&app, &headers) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let store = match crate::models::Models::open(&app.config) {
+    let s = signed_in_or_return!(app, headers);
+    let store = match models(&app, &s) {
         Ok(store) => store,
-        Err(f) => return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&s), &f.message),
+        Err(page) => return *page,
     };
     let r = store.registry(&model);
     let versions = r.versions().await.unwrap_or_default();
@@ -141,9 +141,9 @@ pub async fn promote(State(app): State<Shared>, headers: HeaderMap, Form(form): 
     let (Some(version), Some(to)) = (form.version.as_deref(), form.to.as_deref().filter(|t| !t.is_empty())) else {
         return error_page(StatusCode::BAD_REQUEST, Some(&s), "a promotion needs a version and an alias");
     };
-    let store = match crate::models::Models::open(&app.config) {
+    let store = match models(&app, &s) {
         Ok(store) => store,
-        Err(f) => return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&s), &f.message),
+        Err(page) => return *page,
     };
     let how = crate::models::Promotion {
         model: &form.model,
@@ -168,9 +168,9 @@ pub async fn rollback(State(app): State<Shared>, headers: HeaderMap, Form(form):
     let Some(alias) = form.alias.as_deref() else {
         return error_page(StatusCode::BAD_REQUEST, Some(&s), "a rollback needs an alias");
     };
-    let store = match crate::models::Models::open(&app.config) {
+    let store = match models(&app, &s) {
         Ok(store) => store,
-        Err(f) => return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&s), &f.message),
+        Err(page) => return *page,
     };
     match crate::models::rollback_alias(&store, &form.model, alias, by(&form.reason)).await {
         Ok(_) => Redirect::to(&format!("/models/{}", form.model)).into_response(),

@@ -14,23 +14,12 @@ use warren::events::format_time;
 use warren_ops::history::{JobState, JobView};
 
 use super::{
-    App, Role, Session, Shared,
-    auth::signed_in,
-    charts,
+    App, Role, Session, Shared, charts,
     html::{Markup, action_form, error_page, hidden, html, job_link, page, reason_field},
 };
 
 /// Jobs on one page of the list.
 pub const PAGE_SIZE: usize = 50;
-
-macro_rules! signed_in_or_return {
-    ($app:expr, $headers:expr) => {
-        match signed_in(&$app, &$headers) {
-            Ok(s) => s,
-            Err(r) => return *r,
-        }
-    };
-}
 
 async fn read_jobs(app: &App, since_ms: u64) -> Result<Vec<JobView>, String> {
     let from = warren::events::From::Time(since_ms.saturating_sub(60_000));
@@ -403,11 +392,11 @@ fn steps_table(registry: &warren::registry::Registry) -> Markup {
 
 pub async fn queues_page(State(app): State<Shared>, headers: HeaderMap) -> Response {
     let s = signed_in_or_return!(app, headers);
-    let rows = match crate::queues::rows(&app.op, &app.extra_steps).await {
+    let registry = match app.op.registry().await {
         Ok(r) => r,
-        Err(e) => return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&s), &e.message),
+        Err(e) => return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&s), &e.to_string()),
     };
-    let registry = app.op.registry().await.unwrap_or_default();
+    let rows = crate::queues::json_rows(&app.op.queues_of(&registry, &app.extra_steps, true).await);
     let now = warren::envelope::now_ms();
     let events = app.op.events(warren::events::From::Time(now.saturating_sub(3_600_000))).await.unwrap_or_default();
     let rates = warren_ops::history::per_minute(&events, now, 60);
