@@ -22,6 +22,34 @@ pub fn utf8(bytes: &[u8]) -> Result<&str, String> {
     })
 }
 
+/// The text of a CSV file in `encoding`: `utf-8` (the default, see [`utf8`]) or `latin-1`
+/// (ISO-8859-1: every byte is the character of that code).
+pub fn decode<'a>(bytes: &'a [u8], encoding: Option<&str>) -> Result<std::borrow::Cow<'a, str>, String> {
+    match encoding.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("utf-8" | "utf8") => utf8(bytes).map(std::borrow::Cow::Borrowed),
+        Some("latin-1" | "latin1" | "iso-8859-1") => {
+            Ok(std::borrow::Cow::Owned(bytes.iter().map(|&b| b as char).collect()))
+        }
+        Some(other) => Err(format!("encoding {other:?}: expected \"utf-8\" or \"latin-1\"")),
+    }
+}
+
+/// How a CSV file is to be read: the options ingest takes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options<'a> {
+    /// The delimiter, one character; sniffed when absent.
+    pub delimiter: Option<&'a str>,
+    /// Whether the first line names the columns (absent: yes).
+    pub header: Option<bool>,
+    /// `utf-8` (absent) or `latin-1`.
+    pub encoding: Option<&'a str>,
+}
+
+/// The column names of a file without a header row: `column_1`, `column_2`, ….
+pub fn numbered(width: usize) -> Vec<String> {
+    (1..=width).map(|i| format!("column_{i}")).collect()
+}
+
 /// The delimiter: `given` (one character), else the candidate the header line holds most of
 /// (a comma when it holds none).
 pub fn delimiter(text: &str, given: Option<&str>) -> Result<u8, String> {
@@ -102,12 +130,18 @@ pub struct Shape {
 /// Reads the whole file as ingest would, keeping only its shape: UTF-8, the delimiter given or
 /// sniffed, quotes closed, column names there and unique, every row as wide as the header, and
 /// each of `named` (a parameter and the column it names) a column of the header.
-pub fn check(bytes: &[u8], delimiter_given: Option<&str>, named: &[(&str, &str)]) -> Result<Shape, String> {
-    let text = utf8(bytes)?;
-    let delimiter = delimiter(text, delimiter_given)?;
-    check_quotes(text, delimiter)?;
-    let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).trim(csv::Trim::All).from_reader(text.as_bytes());
-    let columns: Vec<String> = reader.headers().map_err(|e| describe(&e, 0))?.iter().map(str::to_owned).collect();
+pub fn check(bytes: &[u8], options: Options<'_>, named: &[(&str, &str)]) -> Result<Shape, String> {
+    let text = decode(bytes, options.encoding)?;
+    let delimiter = delimiter(&text, options.delimiter)?;
+    check_quotes(&text, delimiter)?;
+    let header = options.header.unwrap_or(true);
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .has_headers(header)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let first: Vec<String> = reader.headers().map_err(|e| describe(&e, 0))?.iter().map(str::to_owned).collect();
+    let columns = if header { first } else { numbered(first.len()) };
     check_names(&columns)?;
     let mut rows = 0;
     for record in reader.records() {
@@ -136,14 +170,16 @@ mod tests {
 
     #[test]
     fn a_file_s_shape_and_its_refusals() {
-        let shape = check(b"a;b;species\n1;2;x\n", None, &[("target", "species")]).unwrap();
+        let shape = check(b"a;b;species\n1;2;x\n", Options::default(), &[("target", "species")]).unwrap();
         assert_eq!((shape.delimiter, shape.columns.len(), shape.rows), (b';', 3, 1));
         assert_eq!(
-            check(b"a,b\n1,2\n", None, &[("target", "species")]).unwrap_err(),
+            check(b"a,b\n1,2\n", Options::default(), &[("target", "species")]).unwrap_err(),
             "target `species` is not a column of the CSV (columns: a, b)"
         );
         assert!(
-            check(b"a,b\n1,2,3\n", None, &[]).unwrap_err().starts_with("CSV line 2: 3 field(s) where the header has 2")
+            check(b"a,b\n1,2,3\n", Options::default(), &[])
+                .unwrap_err()
+                .starts_with("CSV line 2: 3 field(s) where the header has 2")
         );
     }
 }

@@ -30,6 +30,7 @@ mod tests {
             classes: vec!["setosa".into(), "versicolor".into()],
             scaler: Some(Scaler { means: vec![5.8, 1.2], stds: vec![0.8, 0.7] }),
             seed: 42,
+            preprocessor: None,
         }
     }
 
@@ -78,11 +79,12 @@ mod tests {
             source_hash: Some(format!("sha256:{}", "ef".repeat(32))),
             rows: 150,
             columns: vec![
-                Column { name: "sepal_length".into(), dtype: "Float64".into() },
-                Column { name: "species".into(), dtype: "Utf8".into() },
+                Column { name: "sepal_length".into(), dtype: "Float64".into(), kind: None, note: None },
+                Column { name: "species".into(), dtype: "Utf8".into(), kind: None, note: None },
             ],
             target: "species".into(),
             task: Task::Classification,
+            ingest: None,
         });
     }
     #[test]
@@ -128,7 +130,7 @@ mod tests {
         check(PredictRequest {
             model: "iris".into(),
             version: Some("latest".into()),
-            rows: vec![vec![5.1, 3.5, 1.4, 0.2]],
+            rows: vec![[5.1, 3.5, 1.4, 0.2].map(|v| Some(Cell::Number(v))).to_vec()],
             columns: None,
             dataset: None,
         });

@@ -54,9 +54,10 @@ pub type Result<T> = std::result::Result<T, RegistryError>;
 /// What a model takes and gives: checked on every prediction request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Signature {
-    /// Feature names, in the order rows give them.
+    /// The raw columns a row gives, in this order unless it names them (the features, for
+    /// models from before preprocessing).
     pub features: Vec<String>,
-    /// Each feature's type (`f64`).
+    /// Each column's kind: `numeric`, `categorical`, `boolean` (`f64` before preprocessing).
     pub types: Vec<String>,
     /// Classification or regression.
     pub task: Task,

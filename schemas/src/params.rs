@@ -37,7 +37,34 @@ pub struct IngestParams {
     #[serde(default)]
     #[schemars(extend("enum" = ["classification", "regression"]))]
     pub task: Option<String>,
+    /// Whether the first line names the columns (default `true`); without one, columns are
+    /// `column_1`, `column_2`, ….
+    #[serde(default)]
+    pub header: Option<bool>,
+    /// `utf-8` (the default; a byte that is not is refused naming it) or `latin-1`.
+    #[serde(default)]
+    #[schemars(extend("enum" = ["utf-8", "latin-1"]))]
+    pub encoding: Option<String>,
+    /// Cells read as a missing value (default: empty, `NA`, `N/A`, `NaN`, `nan`, `null`, `NULL`,
+    /// `None`, `?`, `-`), as pandas' `na_values` does.
+    #[serde(default)]
+    pub missing: Option<Vec<String>>,
+    /// Column kinds that override inference: `{ year = "categorical", comment = "text" }`
+    /// (`numeric`, `categorical`, `boolean`, or `text` to leave a column out).
+    #[serde(default)]
+    pub types: BTreeMap<String, crate::ColumnKind>,
+    /// Most distinct values a text column may have and still be read as categories (default 50);
+    /// one with more is free text or an identifier, left out with the reason.
+    #[serde(default)]
+    #[schemars(range(min = 2))]
+    pub max_categories: Option<u32>,
 }
+
+/// Cells read as missing values unless `missing` says otherwise.
+pub const MISSING: &[&str] = &["", "NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "None", "?", "-"];
+
+/// Distinct values a text column may have as categories unless `max_categories` says otherwise.
+pub const MAX_CATEGORIES: u32 = 50;
 
 /// `validate`: what the data must satisfy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -58,7 +85,9 @@ impl Default for ValidateParams {
     }
 }
 
-/// `features`: the split and the scaling.
+/// `features`: the split, and the preprocessing fitted on its training rows (as scikit-learn's
+/// `Pipeline(ColumnTransformer(...))`): which columns are features, how gaps are filled, how
+/// categories are encoded and numbers scaled. The fitted preprocessing travels with the model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FeaturesParams {
@@ -67,14 +96,182 @@ pub struct FeaturesParams {
     pub test_fraction: f64,
     /// Seed of the (stratified, for classes) shuffle.
     pub seed: u64,
-    /// Standardise features, fitted on the training rows only.
-    pub scale: bool,
+    /// How numeric features are scaled: `standard` (`true`), `min_max`, or `none` (`false`).
+    pub scale: ScaleSpec,
+    /// The feature columns (default: every column but the target and text columns).
+    pub include: Option<Vec<String>>,
+    /// Columns left out.
+    pub exclude: Vec<String>,
+    /// Only columns of these kinds (`numeric`, `categorical`, `boolean`).
+    pub kinds: Option<Vec<crate::ColumnKind>>,
+    /// Numeric columns: how gaps are filled.
+    pub numeric: NumericSpec,
+    /// Categorical and boolean columns: how gaps are filled and categories encoded.
+    pub categorical: CategoricalSpec,
+    /// Per-column settings over the two above: `{ island = { encode = "ordinal" } }`.
+    pub columns: BTreeMap<String, ColumnSpec>,
+    /// Drop rows whose target is missing (default `true`; `false` refuses them).
+    pub drop_missing_target: bool,
 }
 
 impl Default for FeaturesParams {
     fn default() -> Self {
-        Self { test_fraction: 0.25, seed: 42, scale: true }
+        Self {
+            test_fraction: 0.25,
+            seed: 42,
+            scale: ScaleSpec::Flag(true),
+            include: None,
+            exclude: Vec::new(),
+            kinds: None,
+            numeric: NumericSpec::default(),
+            categorical: CategoricalSpec::default(),
+            columns: BTreeMap::new(),
+            drop_missing_target: true,
+        }
     }
+}
+
+/// How numbers are scaled: a name, or `true` (standard) / `false` (none).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ScaleSpec {
+    /// `true`: standard; `false`: none.
+    Flag(bool),
+    /// A scaling by name.
+    Named(Scaling),
+}
+
+impl ScaleSpec {
+    /// The scaling meant.
+    pub fn scaling(self) -> Scaling {
+        match self {
+            ScaleSpec::Flag(true) => Scaling::Standard,
+            ScaleSpec::Flag(false) => Scaling::None,
+            ScaleSpec::Named(s) => s,
+        }
+    }
+}
+
+/// A scaling of numeric features, fitted on the training rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Scaling {
+    /// `(x - mean) / std` (scikit-learn's `StandardScaler`).
+    Standard,
+    /// `(x - min) / (max - min)` (`MinMaxScaler`).
+    MinMax,
+    /// Unchanged.
+    None,
+}
+
+/// How a missing value is filled, from the training rows (scikit-learn's `SimpleImputer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Impute {
+    /// The mean (numbers).
+    Mean,
+    /// The median (numbers).
+    Median,
+    /// The most frequent value (the smallest of ties).
+    MostFrequent,
+    /// `fill`.
+    Constant,
+}
+
+impl Impute {
+    /// Its name as specs spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Impute::Mean => "mean",
+            Impute::Median => "median",
+            Impute::MostFrequent => "most_frequent",
+            Impute::Constant => "constant",
+        }
+    }
+}
+
+/// How categories become features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Encode {
+    /// One feature per category (`OneHotEncoder`).
+    OneHot,
+    /// The category's index (`OrdinalEncoder`), in `categories` order or sorted.
+    Ordinal,
+}
+
+/// What a category not seen in training becomes at predict time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Unknown {
+    /// All zeros (one-hot) or -1 (ordinal): answered.
+    Ignore,
+    /// Refused, naming the column and the categories known.
+    Error,
+}
+
+impl Unknown {
+    /// Its name as specs spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unknown::Ignore => "ignore",
+            Unknown::Error => "error",
+        }
+    }
+}
+
+/// Numeric columns' gaps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct NumericSpec {
+    /// `mean` (default), `median`, `most_frequent` or `constant`.
+    pub impute: Impute,
+    /// The value of `constant`.
+    pub fill: f64,
+}
+
+impl Default for NumericSpec {
+    fn default() -> Self {
+        Self { impute: Impute::Mean, fill: 0.0 }
+    }
+}
+
+/// Categorical (and boolean) columns' gaps and encoding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct CategoricalSpec {
+    /// `most_frequent` (default) or `constant`.
+    pub impute: Impute,
+    /// The value of `constant` (a category of its own).
+    pub fill: String,
+    /// `one_hot` (default) or `ordinal`.
+    pub encode: Encode,
+    /// A category unseen in training: `ignore` (default) or `error`.
+    pub unknown: Unknown,
+}
+
+impl Default for CategoricalSpec {
+    fn default() -> Self {
+        Self { impute: Impute::MostFrequent, fill: "missing".into(), encode: Encode::OneHot, unknown: Unknown::Ignore }
+    }
+}
+
+/// One column's settings, over its kind's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ColumnSpec {
+    /// How its gaps are filled.
+    pub impute: Option<Impute>,
+    /// The value of `constant` (a number or a category).
+    pub fill: Option<crate::Hyper>,
+    /// How it is encoded (categorical).
+    pub encode: Option<Encode>,
+    /// Its categories in order (ordinal; also fixes one-hot's features).
+    pub categories: Option<Vec<String>>,
+    /// A category unseen in training.
+    pub unknown: Option<Unknown>,
+    /// How it is scaled (numeric).
+    pub scale: Option<Scaling>,
 }
 
 /// One algorithm and the values to try for each hyperparameter.

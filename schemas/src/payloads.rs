@@ -65,6 +65,52 @@ pub struct Column {
     pub name: String,
     /// Arrow data type, e.g. `Float64` or `Utf8`.
     pub dtype: String,
+    /// What the column is to a model, as ingest inferred it (or the spec's `types` said);
+    /// absent in datasets from before kinds: `Float64` is numeric, `Utf8` categorical.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ColumnKind>,
+    /// Why the kind, when it is not plain (a text column left out, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl Column {
+    /// The kind, or the one its type implies (datasets from before kinds).
+    pub fn kind(&self) -> ColumnKind {
+        self.kind.unwrap_or(if self.dtype == "Float64" { ColumnKind::Numeric } else { ColumnKind::Categorical })
+    }
+}
+
+/// What a column is to a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnKind {
+    /// Numbers: imputed, then scaled.
+    Numeric,
+    /// A few distinct labels: imputed, then one-hot or ordinal encoded.
+    Categorical,
+    /// true/false, yes/no: imputed, then 1/0.
+    Boolean,
+    /// Free text or an identifier (too many distinct values to be categories): left out.
+    Text,
+}
+
+impl ColumnKind {
+    /// Its name as specs spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ColumnKind::Numeric => "numeric",
+            ColumnKind::Categorical => "categorical",
+            ColumnKind::Boolean => "boolean",
+            ColumnKind::Text => "text",
+        }
+    }
+}
+
+impl std::fmt::Display for ColumnKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A job's first message for pipelines that start from their parameters alone.
@@ -95,6 +141,9 @@ pub struct Dataset {
     pub target: String,
     /// Classification or regression.
     pub task: Task,
+    /// How a CSV source was read (so a re-read after the file is fixed reads it alike).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest: Option<crate::params::IngestParams>,
 }
 schema!(Dataset, "warren.ml.Dataset/1");
 
@@ -115,12 +164,84 @@ pub struct Features {
     pub task: Task,
     /// Class labels in index order (classification only).
     pub classes: Vec<String>,
-    /// Per-feature mean and standard deviation applied, when scaling was on.
+    /// Per-feature mean and standard deviation applied, when scaling was on (splits made
+    /// before preprocessing; a preprocessed split has `preprocessor` instead).
     pub scaler: Option<Scaler>,
     /// The split's seed.
     pub seed: u64,
+    /// The preprocessing fitted on the training rows: raw columns in, `feature_names` out. It
+    /// travels with the model, so predict takes rows as the raw table has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocessor: Option<Preprocessor>,
 }
 schema!(Features, "warren.ml.Features/1");
+
+/// Preprocessing fitted on a split's training rows, as scikit-learn's `ColumnTransformer` holds
+/// it: for each raw input column, what fills its gaps and how it becomes features.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Preprocessor {
+    /// The raw columns a row must give, in this order unless it names them.
+    pub inputs: Vec<Transform>,
+    /// Columns of the table not used, and why (text, excluded, the target).
+    #[serde(default)]
+    pub left_out: Vec<LeftOut>,
+    /// The target column (a row may carry it; it is not read).
+    pub target: String,
+}
+
+/// A column not used as a feature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct LeftOut {
+    /// Column name.
+    pub column: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// One raw column's preprocessing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Transform {
+    /// Raw column name.
+    pub column: String,
+    /// Its kind.
+    pub kind: ColumnKind,
+    /// What a missing value becomes (before encoding), and how that was chosen.
+    pub fill: Hyper,
+    /// `mean`, `median`, `most_frequent` or `constant`.
+    pub impute: String,
+    /// How the (filled) value becomes features.
+    pub encode: Encoding,
+}
+
+/// How a filled value becomes features.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// `(x - center) / scale`: standard (mean, std), min-max (min, range) or none (0, 1).
+    Numeric {
+        /// Subtracted.
+        center: f64,
+        /// Divided by.
+        scale: f64,
+    },
+    /// One feature per category (`column=category`), 1 for the row's; an unknown category is
+    /// all zeros (`unknown = "ignore"`) or refused (`"error"`).
+    OneHot {
+        /// Categories, in feature order.
+        categories: Vec<String>,
+        /// `ignore` or `error`.
+        unknown: String,
+    },
+    /// The category's index; an unknown category is -1 (`ignore`) or refused (`error`).
+    Ordinal {
+        /// Categories by index.
+        categories: Vec<String>,
+        /// `ignore` or `error`.
+        unknown: String,
+    },
+    /// 1 for true (`true`, `yes`, `t`, `y`, any case), 0 for false.
+    Boolean,
+}
 
 /// Standardisation fitted on the training rows: `(x - mean) / std`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -292,9 +413,10 @@ pub struct PredictRequest {
     #[serde(default, deserialize_with = "number_or_text")]
     #[schemars(extend("type" = ["string", "integer", "null"]))]
     pub version: Option<String>,
-    /// Feature rows, raw (the model's scaler is applied).
+    /// Rows as the raw table has them: numbers, text categories, true/false, and `nil` for a
+    /// missing value (the model's preprocessing fills it).
     #[serde(default)]
-    pub rows: Vec<Vec<f64>>,
+    pub rows: Vec<Vec<Option<Cell>>>,
     /// The feature each value of a row is, when rows do not give them in the model's order;
     /// checked against the model's signature.
     #[serde(default)]
@@ -304,6 +426,30 @@ pub struct PredictRequest {
     pub dataset: Option<ArtifactRef>,
 }
 schema!(PredictRequest, "warren.ml.PredictRequest/1");
+
+/// One value of a prediction row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum Cell {
+    /// A number.
+    Number(f64),
+    /// true or false.
+    Flag(bool),
+    /// Text: a category, or a number written out.
+    Text(String),
+}
+
+impl From<f64> for Cell {
+    fn from(v: f64) -> Self {
+        Cell::Number(v)
+    }
+}
+
+impl From<&str> for Cell {
+    fn from(v: &str) -> Self {
+        Cell::Text(v.to_owned())
+    }
+}
 
 /// A row a batch prediction did not score.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

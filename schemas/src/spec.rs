@@ -64,7 +64,7 @@ mod tests {
     fn typed_checks_name_the_key() {
         let f = check_step("features", params("test_fraction = 0.3\nseed = 7")).unwrap().unwrap();
         let f: FeaturesParams = from_wire_value(&f).unwrap();
-        assert_eq!((f.test_fraction, f.seed, f.scale), (0.3, 7, true));
+        assert_eq!((f.test_fraction, f.seed, f.scale.scaling()), (0.3, 7, crate::params::Scaling::Standard));
         let e = check_step("features", params("seed = \"seven\"")).unwrap_err();
         assert!(!e.is_empty());
         assert!(check_step("features", params("sed = 7")).unwrap_err().contains("sed"));

@@ -524,6 +524,7 @@ async fn replay_edits_are_checked_against_the_step_and_the_payload_before_anythi
             classes: vec!["0".into(), "1".into()],
             scaler: None,
             seed: 1,
+            preprocessor: None,
         },
         candidate: Candidate {
             algorithm: Algorithm::Logistic,

@@ -229,7 +229,7 @@ async fn iris_and_diabetes_train_to_registered_models_reproducibly_and_predict_s
     let request = PredictRequest {
         model: "iris".into(),
         version: None,
-        rows: vec![vec![5.1, 3.5, 1.4, 0.2], vec![6.7, 3.0, 5.2, 2.3]],
+        rows: vec![cells(&[5.1, 3.5, 1.4, 0.2]), cells(&[6.7, 3.0, 5.2, 2.3])],
         columns: None,
         dataset: None,
     };
@@ -332,7 +332,7 @@ async fn iris_and_diabetes_train_to_registered_models_reproducibly_and_predict_s
     let narrow = PredictRequest {
         model: "iris".into(),
         version: None,
-        rows: vec![vec![1.0, 2.0]],
+        rows: vec![cells(&[1.0, 2.0])],
         columns: None,
         dataset: None,
     };
@@ -354,7 +354,7 @@ async fn iris_and_diabetes_train_to_registered_models_reproducibly_and_predict_s
     let unknown = PredictRequest {
         model: "iris".into(),
         version: Some("9".into()),
-        rows: vec![vec![5.1, 3.5, 1.4, 0.2]],
+        rows: vec![cells(&[5.1, 3.5, 1.4, 0.2])],
         columns: None,
         dataset: None,
     };
@@ -367,12 +367,14 @@ async fn iris_and_diabetes_train_to_registered_models_reproducibly_and_predict_s
     let out = warren_in(&t, None, &["predict", "iris", "--row", "5.1,3.5,1.4,0.2", "--row", "6.3,2.9,5.6,1.8"]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("[5.1, 3.5, 1.4, 0.2] → setosa") && stdout.contains("→ virginica"), "{stdout}");
+    assert!(stdout.contains("5.1,3.5,1.4,0.2 → setosa") && stdout.contains("→ virginica"), "{stdout}");
     let out = warren_in(&t, None, &["predict", "iris", "--row", "1,2,3"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrong_shape: row 1 has 3 values"));
-    let out = warren_in(&t, None, &["predict", "iris", "--row", "5.1,x"]).await;
-    assert_eq!(out.status.code(), Some(2), "a value that is not a number is bad usage");
+    let out = warren_in(&t, None, &["predict", "iris", "--row", "5.1,x,1.4,0.2"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("row 1, `sepal_width`: x is not a finite number"), "text in a numeric column: {stderr}");
 
     fleet.stop().await;
     t.cleanup().await;
@@ -854,6 +856,7 @@ async fn two_register_workers_racing_keep_latest_consistent_and_never_promote_a_
                 classes: vec!["no".into(), "yes".into()],
                 scaler: Some(Scaler { means: vec![0.0, 0.0], stds: vec![1.0, 1.0] }),
                 seed: 1,
+                preprocessor: None,
             };
             let model = Model {
                 artifact: artifact(&format!("model-{i}")),
@@ -993,4 +996,9 @@ async fn ensembles_are_reproducible_across_processes_and_training_stops_at_its_m
     assert!((1500..2500).contains(&after), "training stopped {after} ms after it started (limit 1500 ms): {line}");
     fleet.stop().await;
     t.cleanup().await;
+}
+
+/// A predict request's row of numbers.
+fn cells(values: &[f64]) -> Vec<Option<warren_schemas::Cell>> {
+    values.iter().map(|v| Some(warren_schemas::Cell::Number(*v))).collect()
 }

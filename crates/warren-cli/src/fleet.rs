@@ -449,8 +449,9 @@ async fn demo_job(
         crate::submit::End::Cancelled(_) => return Err(Fail::from("the job was cancelled")),
     };
     let row = vec![5.1, 3.5, 1.4, 0.2];
+    let cells = row.iter().map(|v| Some(warren_schemas::Cell::Number(*v))).collect();
     let request =
-        PredictRequest { model: "iris".into(), version: None, rows: vec![row.clone()], columns: None, dataset: None };
+        PredictRequest { model: "iris".into(), version: None, rows: vec![cells], columns: None, dataset: None };
     let p: Predictions = client.call("predict", rmpv::Value::Nil, request, Duration::from_secs(30)).await?;
     let label = p.labels.first().map_or("?", String::as_str);
     let (evaluation, registered) = (last_report(&events, "evaluate"), last_report(&events, "register"));

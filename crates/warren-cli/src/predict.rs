@@ -5,7 +5,7 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::Args;
 use warren::{CallError, Config};
-use warren_schemas::{PredictRequest, Predictions};
+use warren_schemas::{Cell, PredictRequest, Predictions};
 
 use crate::{Fail, Outcome};
 
@@ -13,11 +13,11 @@ use crate::{Fail, Outcome};
 pub struct PredictArgs {
     /// Registered model name.
     model: String,
-    /// A row of feature values, comma-separated, in the model's order (or `--columns`'s);
-    /// repeat for several rows.
+    /// A row of raw values, comma-separated, in the model's order (or `--columns`'s): numbers,
+    /// categories as text, and empty or `NA` for a gap; repeat for several rows.
     #[arg(long = "row", value_name = "V,V,...", required = true)]
     rows: Vec<String>,
-    /// The features the row values are, comma-separated, when not in the model's order.
+    /// The columns the row values are, comma-separated, when not in the model's order.
     #[arg(long, value_name = "NAME,NAME,...")]
     columns: Option<String>,
     /// A version number or alias (`latest` when absent).
@@ -28,18 +28,23 @@ pub struct PredictArgs {
     timeout: Duration,
 }
 
-/// Parses `5.1,3.5,1.4,0.2`; a value that is not a number is a usage error naming it.
-fn parse_row(text: &str) -> Result<Vec<f64>, Fail> {
+/// Parses `Torgersen,39.1,,181`: a number, a missing value (empty, `NA`, …: ingest's missing
+/// cells), or text (a category); the predict step checks each against the model's columns.
+fn parse_row(text: &str) -> Vec<Option<Cell>> {
     text.split(',')
         .map(|v| {
             let v = v.trim();
-            v.parse::<f64>().map_err(|_| Fail::usage(format!("--row {text:?}: {v:?} is not a number")))
+            if warren_schemas::params::MISSING.contains(&v) {
+                None
+            } else {
+                Some(v.parse::<f64>().map_or_else(|_| Cell::Text(v.to_owned()), Cell::Number))
+            }
         })
         .collect()
 }
 
 pub async fn run(config: &Config, a: PredictArgs, json: bool) -> Outcome {
-    let rows = a.rows.iter().map(|r| parse_row(r)).collect::<Result<Vec<_>, _>>()?;
+    let rows: Vec<Vec<Option<Cell>>> = a.rows.iter().map(|r| parse_row(r)).collect();
     let columns = a.columns.as_deref().map(|c| c.split(',').map(|s| s.trim().to_owned()).collect());
     let request =
         PredictRequest { model: a.model.clone(), version: a.model_version, rows: rows.clone(), columns, dataset: None };
@@ -61,8 +66,8 @@ pub async fn run(config: &Config, a: PredictArgs, json: bool) -> Outcome {
     } else {
         let answers: Vec<String> =
             if p.labels.is_empty() { p.values.iter().map(f64::to_string).collect() } else { p.labels.clone() };
-        for (row, answer) in rows.iter().zip(&answers) {
-            outln!("{row:?} → {answer}");
+        for (row, answer) in a.rows.iter().zip(&answers) {
+            outln!("{row} → {answer}");
         }
         outln!("model {} version {}", p.model, p.version);
     }

@@ -47,7 +47,7 @@ pub fn load_spec(path: &std::path::Path, set: &[String]) -> Result<PipelineSpec,
 pub use warren_ops::follow::End;
 
 /// What is wrong with a local input file, checked as its step's descriptor says (`format`;
-/// today `csv`: the delimiter and column parameters it names), before anything is uploaded.
+/// today `csv`: the delimiter, header, encoding and column parameters it names), before anything is uploaded.
 fn check_local_file(
     path: &std::path::Path,
     format: Option<&serde_json::Value>,
@@ -65,12 +65,16 @@ fn check_local_file(
         let n = name.as_str()?;
         Some((n, params.get(n)?.as_str()?))
     }
-    let delimiter = param(&format["delimiter_param"], params).map(|(_, d)| d);
+    let options = warren_schemas::csvfile::Options {
+        delimiter: param(&format["delimiter_param"], params).map(|(_, d)| d),
+        header: format["header_param"].as_str().and_then(|n| params.get(n)?.as_bool()),
+        encoding: param(&format["encoding_param"], params).map(|(_, e)| e),
+    };
     let named: Vec<(&str, &str)> = format["column_params"]
         .as_array()
         .map(|ps| ps.iter().filter_map(|p| param(p, params)).collect())
         .unwrap_or_default();
-    warren_schemas::csvfile::check(&bytes, delimiter, &named).err()
+    warren_schemas::csvfile::check(&bytes, options, &named).err()
 }
 
 /// Exit codes of `warren submit --wait` (and of every command for the broker).

@@ -1,28 +1,30 @@
-//! A seeded train/test split (stratified by class for classification) and standardisation
-//! fitted on the training rows only.
+//! A seeded train/test split (stratified by class for classification), preprocessed as fitted
+//! on the training rows only (see [`crate::preprocess`]).
 
 use std::collections::BTreeMap;
 
-use warren_schemas::{Scaler, Task, params::FeaturesParams};
+use warren_schemas::{Column, Preprocessor, Scaler, Task, params::FeaturesParams};
 
 use crate::{
-    MlError, Result,
+    MlError, Result, preprocess,
     table::{Table, Values},
 };
 
-/// The result of [`split_and_scale`].
+/// The result of [`prepare`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Split {
-    /// Training rows: features (scaled if asked), then the target.
+    /// Training rows: the features (preprocessed), then the target.
     pub train: Table,
     /// Held-out rows, same layout.
     pub test: Table,
-    /// Feature names in order.
+    /// Feature names in order (a one-hot category is `column=category`).
     pub feature_names: Vec<String>,
     /// Class labels in index order (classification).
     pub classes: Vec<String>,
-    /// The scaler applied, if any.
-    pub scaler: Option<Scaler>,
+    /// The preprocessing fitted on the training rows.
+    pub preprocessor: Preprocessor,
+    /// Rows dropped because their target is missing.
+    pub dropped: usize,
 }
 
 /// Splits row indices `0..n` into (train, test): within each group (a class, or all rows for
@@ -55,60 +57,55 @@ pub fn encode_classes(labels: &[Option<String>]) -> (Vec<String>, Vec<usize>) {
     (classes, index)
 }
 
-/// Splits `table` and standardises its features.
-pub fn split_and_scale(table: &Table, target: &str, task: Task, p: &FeaturesParams) -> Result<Split> {
+/// Splits `table` (seeded; stratified by class), fits the preprocessing on the training rows
+/// and applies it to both parts. `columns` describes the dataset's columns (their kinds).
+pub fn prepare(table: &Table, columns: &[Column], target: &str, task: Task, p: &FeaturesParams) -> Result<Split> {
     if !(0.0..1.0).contains(&p.test_fraction) || p.test_fraction == 0.0 {
         return Err(MlError::invalid(format!("test_fraction must be in (0, 1), got {}", p.test_fraction)));
     }
-    let t = table
-        .names
-        .iter()
-        .position(|n| n == target)
-        .ok_or_else(|| MlError::invalid(format!("no target `{target}`")))?;
+    let Some(t) = table.names.iter().position(|n| n == target) else {
+        return Err(MlError::invalid(format!("no target `{target}`")));
+    };
+    let present: Vec<usize> = match &table.columns[t] {
+        Values::Str(v) => (0..v.len()).filter(|&i| v[i].is_some()).collect(),
+        Values::F64(v) => (0..v.len()).filter(|&i| v[i].is_some()).collect(),
+    };
+    let dropped = table.rows() - present.len();
+    if dropped > 0 && !p.drop_missing_target {
+        let row = (0..table.rows()).find(|i| !present.contains(i)).unwrap_or(0);
+        return Err(MlError::invalid(format!(
+            "target `{target}`, row {}: missing ({dropped} rows in all; drop_missing_target = true drops them)",
+            row + 1
+        )));
+    }
+    let table = if dropped > 0 { table.take(&present) } else { table.clone() };
     let (classes, groups) = match (&table.columns[t], task) {
         (Values::Str(labels), Task::Classification) => encode_classes(labels),
         (Values::F64(_), Task::Regression) => (Vec::new(), vec![0; table.rows()]),
         _ => return Err(MlError::invalid(format!("target `{target}` does not fit a {task:?} task"))),
     };
     let (train_idx, test_idx) = split_indices(&groups, p.test_fraction, p.seed);
-    let mut train = table.take(&train_idx);
-    let mut test = table.take(&test_idx);
-    // Features first, target last.
-    let order: Vec<usize> = (0..table.names.len()).filter(|&i| i != t).chain(std::iter::once(t)).collect();
-    for tbl in [&mut train, &mut test] {
-        *tbl = Table {
-            names: order.iter().map(|&i| tbl.names[i].clone()).collect(),
-            columns: order.iter().map(|&i| tbl.columns[i].clone()).collect(),
-        };
-    }
-    let n_features = order.len() - 1;
-    let feature_names = train.names[..n_features].to_vec();
-    let scaler = if p.scale {
-        let mut means = Vec::with_capacity(n_features);
-        let mut stds = Vec::with_capacity(n_features);
-        for col in &train.columns[..n_features] {
-            let Values::F64(v) = col else {
-                return Err(MlError::invalid("features must be numeric (run validate first)"));
-            };
-            let xs: Vec<f64> = v.iter().flatten().copied().collect();
-            let n = xs.len().max(1) as f64;
-            let mean = xs.iter().sum::<f64>() / n;
-            let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
-            means.push(mean);
-            stds.push(if var > 0.0 { var.sqrt() } else { 1.0 });
+    let preprocessor = preprocess::fit(&table, columns, target, &train_idx, p)?;
+    let feature_names = preprocess::feature_names(&preprocessor);
+    let part = |idx: &[usize]| -> Result<Table> {
+        let raw = table.take(idx);
+        let out = preprocess::transform(&preprocessor, &raw)?;
+        if let Some((row, why)) = out.refused.first() {
+            return Err(MlError::invalid(format!("row {}: {why}", idx[*row] + 1)));
         }
-        let scaler = Scaler { means, stds };
-        for tbl in [&mut train, &mut test] {
-            apply_scaler(tbl, &scaler);
-        }
-        Some(scaler)
-    } else {
-        None
+        let mut names = feature_names.clone();
+        let mut cols: Vec<Values> =
+            out.x.columns().into_iter().map(|c| Values::F64(c.iter().map(|v| Some(*v)).collect())).collect();
+        names.push(target.to_owned());
+        cols.push(raw.columns[t].clone());
+        Ok(Table { names, columns: cols })
     };
-    Ok(Split { train, test, feature_names, classes, scaler })
+    let (train, test) = (part(&train_idx)?, part(&test_idx)?);
+    Ok(Split { train, test, feature_names, classes, preprocessor, dropped })
 }
 
-/// Standardises the first `scaler.means.len()` columns of `table` in place.
+/// Standardises the first `scaler.means.len()` columns of `table` in place (models from before
+/// preprocessing).
 pub fn apply_scaler(table: &mut Table, scaler: &Scaler) {
     for (j, col) in table.columns.iter_mut().take(scaler.means.len()).enumerate() {
         if let Values::F64(v) = col {
@@ -127,9 +124,9 @@ mod tests {
     #[test]
     fn the_split_is_seeded_stratified_and_scaled_on_train_only() {
         let iris = ingest::builtin("iris").unwrap();
-        let p = FeaturesParams { test_fraction: 0.2, seed: 3, scale: true };
-        let a = split_and_scale(&iris.table, &iris.target, iris.task, &p).unwrap();
-        let b = split_and_scale(&iris.table, &iris.target, iris.task, &p).unwrap();
+        let p = FeaturesParams { test_fraction: 0.2, seed: 3, ..FeaturesParams::default() };
+        let a = prepare(&iris.table, &iris.columns, &iris.target, iris.task, &p).unwrap();
+        let b = prepare(&iris.table, &iris.columns, &iris.target, iris.task, &p).unwrap();
         assert_eq!(a, b, "same seed, same split");
         assert_eq!((a.train.rows(), a.test.rows()), (120, 30));
         let Values::Str(test_labels) = &a.test.columns[4] else { panic!("labels") };
@@ -139,7 +136,8 @@ mod tests {
         let Values::F64(x) = &a.train.columns[0] else { panic!("numeric") };
         let mean = x.iter().flatten().sum::<f64>() / x.len() as f64;
         assert!(mean.abs() < 1e-9, "train features centred: {mean}");
-        let other = split_and_scale(&iris.table, &iris.target, iris.task, &FeaturesParams { seed: 4, ..p }).unwrap();
+        let other =
+            prepare(&iris.table, &iris.columns, &iris.target, iris.task, &FeaturesParams { seed: 4, ..p }).unwrap();
         assert_ne!(other.test, a.test, "another seed, another split");
     }
 }

@@ -1,6 +1,6 @@
 //! Loading sources into a [`Table`]: CSV text, or a dataset that ships with linfa.
 
-use warren_schemas::{Task, csvfile, params::IngestParams};
+use warren_schemas::{Column, ColumnKind, Task, csvfile, params::IngestParams};
 
 use crate::{
     MlError, Result,
@@ -18,10 +18,21 @@ pub struct Loaded {
     pub task: Task,
     /// Why that task: the override, or what the target column looks like.
     pub task_reason: String,
+    /// Each column's name, type and kind (inferred, or as the spec's `types` said), with why.
+    pub columns: Vec<Column>,
 }
 
 /// The datasets that ship inside the workers.
 pub const BUILTIN: &[&str] = &["iris", "winequality", "diabetes"];
+
+/// A shipped dataset: numeric features, then its target.
+fn shipped(table: Table, target: &str, task: Task) -> Loaded {
+    let target_kind = if task == Task::Classification { ColumnKind::Categorical } else { ColumnKind::Numeric };
+    let kinds =
+        table.names.iter().map(|n| (if n == target { target_kind } else { ColumnKind::Numeric }, None)).collect();
+    let columns = described(&table, kinds);
+    Loaded { table, target: target.into(), task, task_reason: "shipped dataset".into(), columns }
+}
 
 /// Loads a dataset shipped with linfa-datasets.
 pub fn builtin(name: &str) -> Result<Loaded> {
@@ -36,69 +47,63 @@ pub fn builtin(name: &str) -> Result<Loaded> {
             let labels = ["setosa", "versicolor", "virginica"];
             names.push("species".into());
             columns.push(Values::Str(d.targets().iter().map(|&c| labels.get(c).map(|s| (*s).to_owned())).collect()));
-            Ok(Loaded {
-                table: Table { names, columns },
-                target: "species".into(),
-                task: Task::Classification,
-                task_reason: "shipped dataset".into(),
-            })
+            Ok(shipped(Table { names, columns }, "species", Task::Classification))
         }
         "winequality" => {
             let d = linfa_datasets::winequality();
             let (mut names, mut columns) = features(d.feature_names(), d.records());
             names.push("quality".into());
             columns.push(Values::Str(d.targets().iter().map(|c| Some(c.to_string())).collect()));
-            Ok(Loaded {
-                table: Table { names, columns },
-                target: "quality".into(),
-                task: Task::Classification,
-                task_reason: "shipped dataset".into(),
-            })
+            Ok(shipped(Table { names, columns }, "quality", Task::Classification))
         }
         "diabetes" => {
             let d = linfa_datasets::diabetes();
             let (mut names, mut columns) = features(d.feature_names(), d.records());
             names.push("progression".into());
             columns.push(Values::F64(d.targets().iter().map(|v| Some(*v)).collect()));
-            Ok(Loaded {
-                table: Table { names, columns },
-                target: "progression".into(),
-                task: Task::Regression,
-                task_reason: "shipped dataset".into(),
-            })
+            Ok(shipped(Table { names, columns }, "progression", Task::Regression))
         }
         other => Err(MlError::invalid(format!("unknown dataset `{other}` (shipped: {})", BUILTIN.join(", ")))),
     }
 }
 
-/// Parses CSV text with a header row: UTF-8, the delimiter given or sniffed, quotes closed,
-/// column names unique, every row as wide as the header; each refusal names the line. A column
-/// is numeric when every non-empty cell parses as a number, else text; empty cells are missing
-/// values. The target is `params.target` or the last column; a text target (or `classification
-/// = true`) makes a classification task.
+/// Parses a CSV file as `params` say: UTF-8 (or `encoding = "latin-1"`), the delimiter given or
+/// sniffed, quotes closed, a header row (or `header = false`: `column_1`, …), column names
+/// unique, every row as wide as the first; each refusal names the line, column or byte. Cells
+/// in `missing` (pandas' `na_values` by default: empty, `NA`, `NaN`, …) are missing values.
+/// Each column's kind is inferred ([`infer`]) unless `types` names it. The target is
+/// `params.target` or the last column; a text target (or `task`) makes a classification task.
 pub fn csv(bytes: &[u8], params: &IngestParams) -> Result<Loaded> {
-    let text = csvfile::utf8(bytes).map_err(MlError::invalid)?;
-    let delimiter = csvfile::delimiter(text, params.delimiter.as_deref()).map_err(MlError::invalid)?;
-    csvfile::check_quotes(text, delimiter).map_err(MlError::invalid)?;
-    let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).trim(csv::Trim::All).from_reader(text.as_bytes());
-    let names: Vec<String> =
+    let text = csvfile::decode(bytes, params.encoding.as_deref()).map_err(MlError::invalid)?;
+    let delimiter = csvfile::delimiter(&text, params.delimiter.as_deref()).map_err(MlError::invalid)?;
+    csvfile::check_quotes(&text, delimiter).map_err(MlError::invalid)?;
+    let header = params.header.unwrap_or(true);
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .has_headers(header)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let first: Vec<String> =
         reader.headers().map_err(|e| MlError::invalid(csvfile::describe(&e, 0)))?.iter().map(str::to_owned).collect();
+    let names = if header { first } else { csvfile::numbered(first.len()) };
     csvfile::check_names(&names).map_err(MlError::invalid)?;
+    let missing: Vec<&str> = match &params.missing {
+        Some(m) => m.iter().map(String::as_str).collect(),
+        None => warren_schemas::params::MISSING.to_vec(),
+    };
     let mut cells: Vec<Vec<Option<String>>> = vec![Vec::new(); names.len()];
     for record in reader.records() {
         let record = record.map_err(|e| MlError::invalid(csvfile::describe(&e, names.len())))?;
         for (j, cell) in record.iter().enumerate() {
-            cells[j].push((!cell.is_empty()).then(|| cell.to_owned()));
+            cells[j].push((!missing.contains(&cell)).then(|| cell.to_owned()));
         }
     }
-    let columns: Vec<Values> = cells
-        .into_iter()
-        .map(|col| {
-            let parsed: Option<Vec<Option<f64>>> =
-                col.iter().map(|c| c.as_deref().map_or(Some(None), |s| s.parse::<f64>().ok().map(Some))).collect();
-            parsed.map(Values::F64).unwrap_or(Values::Str(col))
-        })
-        .collect();
+    if let Some(c) = params.types.keys().find(|c| !names.contains(c)) {
+        return Err(MlError::invalid(format!(
+            "types: `{c}` is not a column of the CSV (columns: {})",
+            names.join(", ")
+        )));
+    }
     let target = params.target.clone().unwrap_or_else(|| names[names.len() - 1].clone());
     let Some(t) = names.iter().position(|n| *n == target) else {
         let sep =
@@ -108,6 +113,19 @@ pub fn csv(bytes: &[u8], params: &IngestParams) -> Result<Loaded> {
             names.join(", ")
         )));
     };
+    let max = params.max_categories.unwrap_or(warren_schemas::params::MAX_CATEGORIES) as usize;
+    let mut columns = Vec::with_capacity(names.len());
+    let mut kinds = Vec::with_capacity(names.len());
+    for (j, (name, col)) in names.iter().zip(cells).enumerate() {
+        if j == t {
+            columns.push(numbers(&col).map(Values::F64).unwrap_or(Values::Str(col)));
+            kinds.push((ColumnKind::Numeric, None));
+            continue;
+        }
+        let (values, kind, note) = infer(name, col, params.types.get(name).copied(), max)?;
+        columns.push(values);
+        kinds.push((kind, note));
+    }
     let mut table = Table { names, columns };
     let (task, task_reason) = target_task(&table.columns[t], params)?;
     if task == Task::Classification
@@ -115,7 +133,81 @@ pub fn csv(bytes: &[u8], params: &IngestParams) -> Result<Loaded> {
     {
         table.columns[t] = Values::Str(v.iter().map(|x| x.map(|x| format!("{x}"))).collect());
     }
-    Ok(Loaded { table, target, task, task_reason })
+    kinds[t] = (if task == Task::Classification { ColumnKind::Categorical } else { ColumnKind::Numeric }, None);
+    let columns = described(&table, kinds);
+    Ok(Loaded { table, target, task, task_reason, columns })
+}
+
+/// Every cell as a number, if every present one is.
+fn numbers(col: &[Option<String>]) -> Option<Vec<Option<f64>>> {
+    col.iter().map(|c| c.as_deref().map_or(Some(None), |s| s.parse::<f64>().ok().map(Some))).collect()
+}
+
+/// Whether `s` reads as true or false (`true`/`false`, `yes`/`no`, `t`/`f`, `y`/`n`, any case).
+pub fn boolean(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "t" | "y" => Some(true),
+        "false" | "no" | "f" | "n" => Some(false),
+        _ => None,
+    }
+}
+
+/// A feature column's kind, as a person would read it: numbers are numeric; true/false words
+/// boolean; text with at most `max` distinct values, some value repeated, is categorical;
+/// other text (free text, identifiers) is left out, saying why. `given` (the spec's
+/// `types`) overrides, refusing a cell that does not fit it.
+pub fn infer(
+    name: &str,
+    col: Vec<Option<String>>,
+    given: Option<ColumnKind>,
+    max: usize,
+) -> Result<(Values, ColumnKind, Option<String>)> {
+    let misfit = |what: &str| {
+        let (row, cell) = col
+            .iter()
+            .enumerate()
+            .find_map(|(i, c)| {
+                c.as_deref()
+                    .filter(|s| if what == "a number" { s.parse::<f64>().is_err() } else { boolean(s).is_none() })
+                    .map(|s| (i, s))
+            })
+            .unwrap_or((0, ""));
+        MlError::invalid(format!("types: `{name}` is not {what}: row {} holds {cell:?}", row + 1))
+    };
+    let present = col.iter().flatten().count();
+    match given {
+        Some(ColumnKind::Numeric) => {
+            let v = numbers(&col).ok_or_else(|| misfit("a number"))?;
+            return Ok((Values::F64(v), ColumnKind::Numeric, Some("types in the spec".into())));
+        }
+        Some(ColumnKind::Boolean) => {
+            if col.iter().flatten().any(|s| boolean(s).is_none()) {
+                return Err(misfit("true/false"));
+            }
+            return Ok((Values::Str(col), ColumnKind::Boolean, Some("types in the spec".into())));
+        }
+        Some(kind) => return Ok((Values::Str(col), kind, Some("types in the spec".into()))),
+        None => {}
+    }
+    if let Some(v) = numbers(&col) {
+        return Ok((Values::F64(v), ColumnKind::Numeric, None));
+    }
+    if col.iter().flatten().all(|s| boolean(s).is_some()) {
+        return Ok((Values::Str(col), ColumnKind::Boolean, None));
+    }
+    let distinct = col.iter().flatten().collect::<std::collections::BTreeSet<_>>().len();
+    if distinct <= max && distinct < present {
+        return Ok((Values::Str(col), ColumnKind::Categorical, None));
+    }
+    let note = format!(
+        "text with {distinct} distinct values in {present} rows (free text or an identifier): left out; set types.{name} = \"categorical\" to use it"
+    );
+    Ok((Values::Str(col), ColumnKind::Text, Some(note)))
+}
+
+/// The columns' payload description: name, type, kind and why.
+fn described(table: &Table, kinds: Vec<(ColumnKind, Option<String>)>) -> Vec<Column> {
+    table.schema().into_iter().zip(kinds).map(|(c, (kind, note))| Column { kind: Some(kind), note, ..c }).collect()
 }
 
 /// Most distinct values an integer target may have and still be read as classes.
@@ -254,6 +346,53 @@ mod tests {
             csv(b"\xEF\xBB\xBFa,y\n1,2\n", &IngestParams::default()).unwrap().table.names[0],
             "a",
             "a BOM is dropped"
+        );
+    }
+
+    #[test]
+    fn kinds_are_inferred_overridable_and_csv_options_read_real_files() {
+        let text = b"year,island,flag,name,y\n2007,Dream,yes,ann,1.5\n2008,NA,no,bob,2.5\n2007,Dream,,cid,?\n2009,Biscoe,yes,dee,3.5\n";
+        let l = csv(text, &IngestParams::default()).unwrap();
+        let kinds: Vec<ColumnKind> = l.columns.iter().map(Column::kind).collect();
+        use ColumnKind::*;
+        assert_eq!(kinds, [Numeric, Categorical, Boolean, Text, Numeric]);
+        assert!(l.columns[3].note.as_deref().unwrap_or_default().contains("4 distinct values in 4 rows"));
+        assert_eq!(
+            l.table.columns[1],
+            Values::Str(vec![Some("Dream".into()), None, Some("Dream".into()), Some("Biscoe".into())])
+        );
+        assert_eq!(l.table.columns[4], Values::F64(vec![Some(1.5), Some(2.5), None, Some(3.5)]), "`?` is missing");
+        let typed = IngestParams {
+            types: [("year".to_owned(), Categorical), ("name".to_owned(), Categorical)].into(),
+            ..Default::default()
+        };
+        let l = csv(text, &typed).unwrap();
+        assert_eq!((l.columns[0].kind(), l.columns[3].kind()), (Categorical, Categorical));
+        assert_eq!(
+            l.table.columns[0],
+            Values::Str(["2007", "2008", "2007", "2009"].map(|s| Some(s.to_owned())).to_vec())
+        );
+        let wrong = IngestParams { types: [("island".to_owned(), Numeric)].into(), ..Default::default() };
+        assert_eq!(
+            csv(text, &wrong).unwrap_err().to_string(),
+            "types: `island` is not a number: row 1 holds \"Dream\""
+        );
+        let typo = IngestParams { types: [("yaer".to_owned(), Numeric)].into(), ..Default::default() };
+        assert!(csv(text, &typo).unwrap_err().to_string().starts_with("types: `yaer` is not a column"));
+        let headless = IngestParams { header: Some(false), encoding: Some("latin-1".into()), ..Default::default() };
+        let l = csv(b"1,caf\xE9,x\n2,th\xE9,y\n3,caf\xE9,x\n4,th\xE9,y\n", &headless).unwrap();
+        assert_eq!(
+            (l.table.names.clone(), l.target.as_str()),
+            (vec!["column_1".to_owned(), "column_2".into(), "column_3".into()], "column_3")
+        );
+        assert_eq!(
+            l.table.columns[1],
+            Values::Str(["caf\u{e9}", "th\u{e9}", "caf\u{e9}", "th\u{e9}"].map(|s| Some(s.to_owned())).to_vec())
+        );
+        let none = IngestParams { missing: Some(vec![]), ..Default::default() };
+        assert!(
+            matches!(csv(b"a,y\nNA,1\n2,2\n", &none).unwrap().table.columns[0], Values::Str(_)),
+            "NA is text when told"
         );
     }
 }

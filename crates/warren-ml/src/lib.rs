@@ -7,7 +7,9 @@
 //! - [`table`]: a small columnar table and its Arrow IPC (Feather v2) encoding.
 //! - [`ingest`]: CSV files and the datasets that ship with linfa (iris, winequality, diabetes).
 //! - [`validate`]: the checks a dataset must pass, with errors naming column and row.
-//! - [`features`]: seeded, stratified train/test split and standardisation fitted on train only.
+//! - [`features`]: seeded, stratified train/test split, preprocessed as fitted on train only.
+//! - [`preprocess`]: column choice, imputation, category encoding and scaling (scikit-learn's
+//!   `ColumnTransformer`), fitted on training rows and applied to raw rows at predict time.
 //! - [`tune`]: expanding search spaces into candidates (grid or seeded random search).
 //! - [`model`]: fitting candidates (logistic regression, decision tree, random forest,
 //!   gradient boosting, linear, elastic net),
@@ -23,6 +25,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod model;
 pub mod parity;
+pub mod preprocess;
 pub mod table;
 pub mod tree;
 pub mod tune;

@@ -11,10 +11,10 @@ use linfa_linear::{FittedLinearRegression, LinearRegression};
 use linfa_logistic::{MultiFittedLogisticRegression, MultiLogisticRegression};
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
-use warren_schemas::{Algorithm, Candidate, Hyper, Scaler, Task};
+use warren_schemas::{Algorithm, Candidate, Cell, Hyper, Preprocessor, Scaler, Task};
 
 use crate::{
-    MlError, Result, Stop, features, metrics,
+    MlError, Result, Stop, features, metrics, preprocess,
     table::{Table, Values},
     tree::{BoostParams, Boosted, Criterion, Forest, ForestParams, Target, Tree, TreeParams},
 };
@@ -42,14 +42,30 @@ pub enum Fitted {
 pub struct SavedModel {
     /// What was fitted.
     pub candidate: Candidate,
-    /// Feature names, in the order rows must give them.
+    /// Feature names, in the order the fitted model takes them.
     pub feature_names: Vec<String>,
-    /// Applied to raw rows before predicting.
+    /// Applied to raw rows before predicting (models from before preprocessing).
     pub scaler: Option<Scaler>,
     /// Class labels by index (classification).
     pub classes: Vec<String>,
     /// The model.
     pub fitted: Fitted,
+    /// The preprocessing fitted with it: raw columns in, `feature_names` out.
+    #[serde(default)]
+    pub preprocessor: Option<Preprocessor>,
+}
+
+/// What a split gives a model besides its rows: everything a saved model keeps to read raw rows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Prepared {
+    /// Feature names, in order.
+    pub feature_names: Vec<String>,
+    /// Class labels by index (classification).
+    pub classes: Vec<String>,
+    /// A scaler (splits from before preprocessing).
+    pub scaler: Option<Scaler>,
+    /// The fitted preprocessing.
+    pub preprocessor: Option<Preprocessor>,
 }
 
 /// A model's predictions.
@@ -103,6 +119,48 @@ impl SavedModel {
             }
         }
         Ok(self.predict_scaled(&x))
+    }
+
+    /// The raw columns a row gives, in order: the preprocessing's inputs, or the features.
+    pub fn inputs(&self) -> Vec<String> {
+        match &self.preprocessor {
+            Some(p) => p.inputs.iter().map(|t| t.column.clone()).collect(),
+            None => self.feature_names.clone(),
+        }
+    }
+
+    /// Each input's kind (`numeric`, `categorical`, `boolean`), parallel to [`Self::inputs`].
+    pub fn input_types(&self) -> Vec<String> {
+        match &self.preprocessor {
+            Some(p) => p.inputs.iter().map(|t| t.kind.to_string()).collect(),
+            None => vec!["f64".into(); self.feature_names.len()],
+        }
+    }
+
+    /// Predicts on a table of raw columns (a batch): the rows preprocessing refused come back
+    /// with why (0-based), and are not predicted.
+    pub fn predict_table(&self, table: &Table) -> Result<(Predicted, Vec<(usize, String)>)> {
+        let Some(pre) = &self.preprocessor else {
+            return Err(MlError::invalid("this model has no preprocessing to read raw columns with"));
+        };
+        let out = preprocess::transform(pre, table)?;
+        let keep: Vec<usize> = (0..out.x.nrows()).filter(|i| !out.refused.iter().any(|(r, _)| r == i)).collect();
+        let x = out.x.select(ndarray::Axis(0), &keep);
+        Ok((self.predict_scaled(&x), out.refused))
+    }
+
+    /// Predicts on the rows of a request, as the raw table had them (`columns` names their
+    /// values; the inputs in order when absent); any row that cannot be read refuses the lot.
+    pub fn predict_cells(&self, columns: Option<&[String]>, rows: &[Vec<Option<Cell>>]) -> Result<Predicted> {
+        let Some(pre) = &self.preprocessor else {
+            return Err(MlError::invalid("this model has no preprocessing to read raw rows with"));
+        };
+        let table = preprocess::rows_table(pre, columns, rows)?;
+        let out = preprocess::transform(pre, &table)?;
+        if let Some((row, why)) = out.refused.first() {
+            return Err(MlError::invalid(format!("row {}, {why}", row + 1)));
+        }
+        Ok(self.predict_scaled(&out.x))
     }
 
     /// Class labels of predicted indices.
@@ -349,9 +407,7 @@ pub struct Trained {
 pub fn train(
     candidate: &Candidate,
     train_table: &Table,
-    feature_names: &[String],
-    classes: &[String],
-    scaler: Option<Scaler>,
+    prepared: &Prepared,
     task: Task,
     metric: &str,
     validation_fraction: f64,
@@ -361,7 +417,7 @@ pub fn train(
     if !candidate.algorithm.supports(task) {
         return Err(MlError::invalid(format!("{:?} cannot do {task:?}", candidate.algorithm)));
     }
-    let all = xy(train_table, classes)?;
+    let all = xy(train_table, &prepared.classes)?;
     let groups: Vec<usize> = match task {
         Task::Classification => all.classes.to_vec(),
         Task::Regression => vec![0; all.x.nrows()],
@@ -374,10 +430,11 @@ pub fn train(
     };
     let saved = |fitted| SavedModel {
         candidate: candidate.clone(),
-        feature_names: feature_names.to_vec(),
-        scaler: scaler.clone(),
-        classes: classes.to_vec(),
+        feature_names: prepared.feature_names.clone(),
+        scaler: prepared.scaler.clone(),
+        classes: prepared.classes.clone(),
         fitted,
+        preprocessor: prepared.preprocessor.clone(),
     };
     let probe = saved(fit(candidate, &part(&fit_idx), task, stop)?);
     let (val_metrics, _) = evaluate(&probe, &part(&val_idx), task);
@@ -389,13 +446,22 @@ pub fn train(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{features::split_and_scale, ingest};
+    use crate::{features::prepare, ingest};
+
+    fn prepared(s: &features::Split) -> Prepared {
+        Prepared {
+            feature_names: s.feature_names.clone(),
+            classes: s.classes.clone(),
+            scaler: None,
+            preprocessor: Some(s.preprocessor.clone()),
+        }
+    }
     use warren_schemas::params::FeaturesParams;
 
     #[test]
     fn iris_trains_to_a_good_held_out_accuracy_and_round_trips() {
         let iris = ingest::builtin("iris").unwrap();
-        let s = split_and_scale(&iris.table, &iris.target, iris.task, &FeaturesParams::default()).unwrap();
+        let s = prepare(&iris.table, &iris.columns, &iris.target, iris.task, &FeaturesParams::default()).unwrap();
         for candidate in [
             Candidate { algorithm: Algorithm::Logistic, hyperparams: [("alpha".to_owned(), 0.1.into())].into() },
             Candidate {
@@ -411,19 +477,8 @@ mod tests {
                 hyperparams: [("n_estimators".to_owned(), 20.0.into())].into(),
             },
         ] {
-            let t = train(
-                &candidate,
-                &s.train,
-                &s.feature_names,
-                &s.classes,
-                s.scaler.clone(),
-                iris.task,
-                "accuracy",
-                0.2,
-                1,
-                &Stop::default(),
-            )
-            .unwrap();
+            let t =
+                train(&candidate, &s.train, &prepared(&s), iris.task, "accuracy", 0.2, 1, &Stop::default()).unwrap();
             let test = xy(&s.test, &s.classes).unwrap();
             let (m, confusion) = evaluate(&t.model, &test, iris.task);
             assert!(m["accuracy"] >= 0.9, "{candidate:?}: {m:?}");
@@ -436,14 +491,12 @@ mod tests {
     #[test]
     fn diabetes_regresses() {
         let d = ingest::builtin("diabetes").unwrap();
-        let s = split_and_scale(&d.table, &d.target, d.task, &FeaturesParams::default()).unwrap();
+        let s = prepare(&d.table, &d.columns, &d.target, d.task, &FeaturesParams::default()).unwrap();
         let c = Candidate { algorithm: Algorithm::Linear, hyperparams: BTreeMap::new() };
-        let t =
-            train(&c, &s.train, &s.feature_names, &s.classes, s.scaler.clone(), d.task, "r2", 0.2, 1, &Stop::default())
-                .unwrap();
+        let t = train(&c, &s.train, &prepared(&s), d.task, "r2", 0.2, 1, &Stop::default()).unwrap();
         let (m, _) = evaluate(&t.model, &xy(&s.test, &s.classes).unwrap(), d.task);
         assert!(m["r2"] > 0.3, "{m:?}");
-        let raw: Vec<Vec<f64>> = vec![vec![0.0; s.feature_names.len()]];
-        assert!(matches!(t.model.predict_rows(&raw).unwrap(), Predicted::Values(v) if v.len() == 1));
+        let raw = vec![vec![Some(Cell::Number(0.0)); s.feature_names.len()]];
+        assert!(matches!(t.model.predict_cells(None, &raw).unwrap(), Predicted::Values(v) if v.len() == 1));
     }
 }

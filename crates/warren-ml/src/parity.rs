@@ -65,7 +65,7 @@ fn algorithm(name: &str) -> Result<Algorithm> {
 fn split(dataset: &str, seed: u64) -> Result<(features::Split, Task, String)> {
     let loaded = ingest::builtin(dataset)?;
     let p = FeaturesParams { seed, ..FeaturesParams::default() };
-    let s = features::split_and_scale(&loaded.table, &loaded.target, loaded.task, &p)?;
+    let s = features::prepare(&loaded.table, &loaded.columns, &loaded.target, loaded.task, &p)?;
     Ok((s, loaded.task, loaded.target))
 }
 
@@ -97,6 +97,7 @@ pub fn scores(run: &Run) -> Result<Vec<f64>> {
                     scaler: None,
                     classes: s.classes.clone(),
                     fitted,
+                    preprocessor: None,
                 };
                 let (m, _) = model::evaluate(&saved, &test, task);
                 sum += m.get(run.metric()).copied().ok_or_else(|| MlError::invalid("no such metric"))?;

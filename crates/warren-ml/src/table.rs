@@ -72,7 +72,7 @@ impl Table {
         self.names
             .iter()
             .zip(&self.columns)
-            .map(|(n, c)| Column { name: n.clone(), dtype: c.dtype().to_owned() })
+            .map(|(n, c)| Column { name: n.clone(), dtype: c.dtype().to_owned(), kind: None, note: None })
             .collect()
     }
 

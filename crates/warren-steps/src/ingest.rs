@@ -24,12 +24,25 @@ pub async fn handle(ctx: Context, _start: Start) -> Result<Dataset, StepError> {
     };
     // The task and why, in the job's events (`warren status` shows it).
     let task = if loaded.task == warren_schemas::Task::Classification { "classification" } else { "regression" };
-    ctx.report(rmpv::Value::Map(vec![
-        ("task".into(), task.into()),
-        ("because".into(), loaded.task_reason.as_str().into()),
-        ("target".into(), loaded.target.as_str().into()),
-        ("rows".into(), (loaded.table.rows() as u64).into()),
-    ]));
+    // And each column's kind as inferred (or as `types` said), so a person can check it.
+    let kinds: std::collections::BTreeMap<&str, String> = loaded
+        .columns
+        .iter()
+        .map(|c| {
+            let kind = c.kind().to_string();
+            (c.name.as_str(), c.note.as_ref().map_or_else(|| kind.clone(), |n| format!("{kind}: {n}")))
+        })
+        .collect();
+    let report = serde_json::json!({
+        "task": task,
+        "because": loaded.task_reason,
+        "target": loaded.target,
+        "rows": loaded.table.rows(),
+        "columns": kinds,
+    });
+    if let Ok(detail) = warren::envelope::to_msgpack_value(&report) {
+        ctx.report(detail);
+    }
     let bytes = loaded.table.to_ipc().map_err(ml)?;
     let artifact = put(&ctx, &format!("dataset-{}.arrow", short(&content_hash(&bytes))), bytes).await?;
     Ok(Dataset {
@@ -37,9 +50,10 @@ pub async fn handle(ctx: Context, _start: Start) -> Result<Dataset, StepError> {
         source,
         source_hash,
         rows: loaded.table.rows() as u64,
-        columns: loaded.table.schema(),
+        columns: loaded.columns,
         target: loaded.target,
         task: loaded.task,
+        ingest: p.csv.is_some().then(|| p.clone()),
     })
 }
 
@@ -61,16 +75,17 @@ pub(crate) async fn reread_if_changed(
     if &hash == old_hash {
         return Ok(None);
     }
+    // Read with the options of the first read (the delimiter sniffed again unless one was
+    // given), for the same target and task.
     let p = IngestParams {
         csv: Some(dataset.source.clone()),
         target: Some(dataset.target.clone()),
-        // Sniffed again, as the first read did unless a delimiter was given.
-        delimiter: None,
         classification: None,
         task: Some(
             if dataset.task == warren_schemas::Task::Classification { "classification" } else { "regression" }.into(),
         ),
         dataset: None,
+        ..dataset.ingest.clone().unwrap_or_default()
     };
     let loaded = ingest::csv(&bytes, &p).map_err(ml)?;
     let ipc = loaded.table.to_ipc().map_err(ml)?;
@@ -80,9 +95,10 @@ pub(crate) async fn reread_if_changed(
         source: dataset.source.clone(),
         source_hash: Some(hash),
         rows: loaded.table.rows() as u64,
-        columns: loaded.table.schema(),
+        columns: loaded.columns.clone(),
         target: loaded.target.clone(),
         task: loaded.task,
+        ingest: Some(p),
     };
     Ok(Some((fresh, loaded)))
 }

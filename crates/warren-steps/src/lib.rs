@@ -47,7 +47,13 @@ pub fn options(step: &str) -> warren::cli::StepOptions {
             file_params: vec!["csv".into()],
             file_formats: [(
                 "csv".to_owned(),
-                serde_json::json!({ "format": "csv", "delimiter_param": "delimiter", "column_params": ["target"] }),
+                serde_json::json!({
+                    "format": "csv",
+                    "delimiter_param": "delimiter",
+                    "header_param": "header",
+                    "encoding_param": "encoding",
+                    "column_params": ["target"],
+                }),
             )]
             .into(),
             ..o

@@ -3,10 +3,13 @@
 //! on every request, so a newly promoted version answers without a restart; loaded models are
 //! kept per version.
 //!
-//! Every request is checked against the model's signature. A bad RPC request gets an error
-//! reply whose message starts with its kind: `no_model:`, `unknown_version:`, `wrong_shape:`
-//! (naming the columns the model takes). A batch scores the rows it can and lists the others
-//! (missing or non-finite values) with why.
+//! A model trained with preprocessing takes rows as the raw table had them: text categories,
+//! numbers, gaps (`nil`), filled and encoded as the fitted preprocessing says; an unseen
+//! category is answered (or refused, with `unknown = "error"`). Every request is checked against
+//! the model's signature. A bad RPC request gets an error reply whose message starts with its
+//! kind: `no_model:`, `unknown_version:`, `wrong_shape:` (a column missing, text where a number
+//! belongs; naming the columns the model takes). A batch scores the rows it can and lists the
+//! others with why.
 
 use std::{
     collections::HashMap,
@@ -19,7 +22,7 @@ use warren_ml::{
     table::{Table, Values},
 };
 use warren_schemas::{
-    PredictRequest, Predictions, RefusedRow,
+    Cell, PredictRequest, Predictions, RefusedRow,
     models::{ModelRegistry, RegistryError},
 };
 
@@ -54,7 +57,7 @@ async fn resolve(ctx: &Context, name: &str, version: Option<&str>) -> Result<(u3
     };
     let model = SavedModel::from_bytes(&fetch(ctx, &entry.model).await?).map_err(ml)?;
     if let Some(sig) = &entry.signature
-        && (sig.features != model.feature_names || sig.classes != model.classes)
+        && (sig.features != model.inputs() || sig.classes != model.classes)
     {
         return Err(StepError::permanent(format!(
             "model `{name}` version {version} does not match its registry signature (features {:?}, classes {:?})",
@@ -68,16 +71,15 @@ async fn resolve(ctx: &Context, name: &str, version: Option<&str>) -> Result<(u3
     Ok((version, model))
 }
 
-fn wrong_shape(model: &SavedModel, what: String) -> StepError {
-    StepError::permanent(format!(
-        "wrong_shape: {what}; the model takes {}: {}",
-        model.feature_names.len(),
-        model.feature_names.join(", ")
-    ))
+fn wrong_shape(model: &SavedModel, what: impl std::fmt::Display) -> StepError {
+    let inputs = model.inputs();
+    let typed: Vec<String> = inputs.iter().zip(model.input_types()).map(|(n, t)| format!("{n} ({t})")).collect();
+    StepError::permanent(format!("wrong_shape: {what}; the model takes {}: {}", inputs.len(), typed.join(", ")))
 }
 
-/// Puts the request's rows into the model's column order, refusing what does not fit.
-fn rpc_rows(model: &SavedModel, req: &PredictRequest) -> Result<Vec<Vec<f64>>, StepError> {
+/// A request's rows for a model from before preprocessing: numbers in its feature order (or
+/// `columns`'s), refusing what does not fit.
+fn numeric_rows(model: &SavedModel, req: &PredictRequest) -> Result<Vec<Vec<f64>>, StepError> {
     let n = model.feature_names.len();
     let order: Vec<usize> = match &req.columns {
         None => (0..n).collect(),
@@ -101,61 +103,80 @@ fn rpc_rows(model: &SavedModel, req: &PredictRequest) -> Result<Vec<Vec<f64>>, S
         if r.len() != width {
             return Err(wrong_shape(model, format!("row {} has {} values", i + 1, r.len())));
         }
-        if let Some(j) = r.iter().position(|v| !v.is_finite()) {
-            return Err(wrong_shape(
-                model,
-                format!(
-                    "row {}, `{}` is not a finite number",
-                    i + 1,
-                    model.feature_names[order.iter().position(|&o| o == j).unwrap_or(0)]
-                ),
-            ));
+        let mut row = Vec::with_capacity(n);
+        for (k, &j) in order.iter().enumerate() {
+            match &r[j] {
+                Some(Cell::Number(x)) if x.is_finite() => row.push(*x),
+                Some(Cell::Text(t)) if t.parse::<f64>().is_ok_and(f64::is_finite) => row.push(t.parse().unwrap_or(0.0)),
+                _ => {
+                    return Err(wrong_shape(
+                        model,
+                        format!("row {}, `{}` is not a finite number", i + 1, model.feature_names[k]),
+                    ));
+                }
+            }
         }
-        rows.push(order.iter().map(|&j| r[j]).collect());
+        rows.push(row);
     }
     Ok(rows)
+}
+
+/// Scores a dataset: the rows the model cannot read are listed with why, the rest predicted.
+fn batch(model: &SavedModel, table: &Table) -> Result<(Predicted, Vec<RefusedRow>, usize), StepError> {
+    let total = table.rows();
+    if model.preprocessor.is_some() {
+        let (predicted, refused) = model.predict_table(table).map_err(|e| wrong_shape(model, e))?;
+        let refused = refused.into_iter().map(|(i, reason)| RefusedRow { row: i as u64 + 1, reason }).collect();
+        return Ok((predicted, refused, total));
+    }
+    let mut rows = vec![Vec::with_capacity(model.feature_names.len()); total];
+    for name in &model.feature_names {
+        let Some(Values::F64(col)) = table.column(name) else {
+            return Err(wrong_shape(model, format!("the dataset has no numeric column `{name}`")));
+        };
+        for (row, v) in rows.iter_mut().zip(col) {
+            row.push(v.unwrap_or(f64::NAN));
+        }
+    }
+    let mut refused = Vec::new();
+    let mut good = Vec::with_capacity(total);
+    for (i, row) in rows.into_iter().enumerate() {
+        match row.iter().position(|v| !v.is_finite()) {
+            Some(j) => refused.push(RefusedRow {
+                row: i as u64 + 1,
+                reason: format!("`{}` is missing or not a finite number", model.feature_names[j]),
+            }),
+            None => good.push(row),
+        }
+    }
+    Ok((model.predict_rows(&good).map_err(ml)?, refused, total))
+}
+
+/// Scores the rows of an RPC request: raw values through the model's preprocessing (a gap is
+/// filled, an unseen category answered as the preprocessing says), or numbers for older models.
+fn rpc(model: &SavedModel, req: &PredictRequest) -> Result<Predicted, StepError> {
+    if model.preprocessor.is_some() {
+        return model.predict_cells(req.columns.as_deref(), &req.rows).map_err(|e| wrong_shape(model, e));
+    }
+    model.predict_rows(&numeric_rows(model, req)?).map_err(ml)
 }
 
 /// Answers a prediction request.
 pub async fn handle(ctx: Context, req: PredictRequest) -> Result<Predictions, StepError> {
     let (version, model) = resolve(&ctx, &req.model, req.version.as_deref()).await?;
-    let (rows, refused, total, batch) = match &req.dataset {
+    let (predicted, refused, total, batch) = match &req.dataset {
         Some(r) => {
             let table = Table::from_ipc(&fetch(&ctx, r).await?).map_err(ml)?;
-            let mut rows = vec![Vec::with_capacity(model.feature_names.len()); table.rows()];
-            for name in &model.feature_names {
-                let Some(Values::F64(col)) = table.column(name) else {
-                    return Err(wrong_shape(&model, format!("the dataset has no numeric column `{name}`")));
-                };
-                for (row, v) in rows.iter_mut().zip(col) {
-                    row.push(v.unwrap_or(f64::NAN));
-                }
-            }
-            let total = rows.len();
-            let mut refused = Vec::new();
-            let mut good = Vec::with_capacity(total);
-            for (i, row) in rows.into_iter().enumerate() {
-                match row.iter().position(|v| !v.is_finite()) {
-                    Some(j) => refused.push(RefusedRow {
-                        row: i as u64 + 1,
-                        reason: format!("`{}` is missing or not a finite number", model.feature_names[j]),
-                    }),
-                    None => good.push(row),
-                }
-            }
-            (good, refused, total, true)
+            let (p, refused, total) = batch(&model, &table)?;
+            (p, refused, total, true)
         }
-        None => {
-            let rows = rpc_rows(&model, &req)?;
-            let total = rows.len();
-            (rows, Vec::new(), total, false)
-        }
+        None => (rpc(&model, &req)?, Vec::new(), req.rows.len(), false),
     };
-    let (labels, values) = match model.predict_rows(&rows).map_err(ml)? {
+    let (labels, values) = match predicted {
         Predicted::Classes(c) => (model.labels(&c), Vec::new()),
         Predicted::Values(v) => (Vec::new(), v),
     };
-    let scored = rows.len() as u64;
+    let scored = (labels.len() + values.len()) as u64;
     let artifact = if batch {
         // One prediction per dataset row, empty where the row was refused.
         let skipped: std::collections::HashSet<u64> = refused.iter().map(|r| r.row).collect();

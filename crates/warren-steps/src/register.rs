@@ -71,8 +71,8 @@ pub async fn handle(ctx: Context, ev: Evaluation) -> Result<Registration, StepEr
                 metric: ev.model.metric.clone(),
                 candidate: serde_json::to_value(&ev.model.candidate).unwrap_or_default(),
                 signature: Some(Signature {
-                    features: f.feature_names.clone(),
-                    types: vec!["f64".into(); f.feature_names.len()],
+                    features: inputs(f).0,
+                    types: inputs(f).1,
                     task: f.task,
                     classes: f.classes.clone(),
                 }),
@@ -116,4 +116,15 @@ pub async fn handle(ctx: Context, ev: Evaluation) -> Result<Registration, StepEr
         entry: Some(ArtifactRef { uri: store.uri(&registry.version_key(version)), hash: String::new(), bytes: 0 }),
         metrics: ev.metrics,
     })
+}
+
+/// The raw columns a model of `f` takes and their kinds: the preprocessing's inputs, or (splits
+/// from before preprocessing) the numeric features.
+fn inputs(f: &warren_schemas::Features) -> (Vec<String>, Vec<String>) {
+    match &f.preprocessor {
+        Some(p) => {
+            (p.inputs.iter().map(|t| t.column.clone()).collect(), p.inputs.iter().map(|t| t.kind.to_string()).collect())
+        }
+        None => (f.feature_names.clone(), vec!["f64".into(); f.feature_names.len()]),
+    }
 }

@@ -2,7 +2,7 @@
 //! [`Context::detached`] with a scratch artifact store, and hands its output to the next.
 
 use warren::{Context, StepError, artifacts::ArtifactStore, envelope::to_msgpack_value};
-use warren_schemas::{Start, Task};
+use warren_schemas::{Cell, ColumnKind, Start, Task};
 
 /// A scratch directory for one test, removed when dropped.
 struct Scratch(std::path::PathBuf);
@@ -53,17 +53,61 @@ async fn iris_goes_from_ingest_to_an_evaluated_model_through_the_handlers_alone(
 }
 
 #[tokio::test]
-async fn a_text_feature_is_refused_for_good_naming_its_column_and_row() {
+async fn text_columns_and_gaps_train_into_a_model_that_reads_raw_rows() {
     let s = Scratch::new("text");
-    std::fs::write(s.0.join("penguins.csv"), "bill,island,species\n39.1,Torgersen,Adelie\n46.5,Dream,Gentoo\n")
-        .expect("csv");
+    let mut csv = String::from("bill,island,sex,name,species\n");
+    for i in 0..40 {
+        let (island, species, bill) =
+            if i % 2 == 0 { ("Torgersen", "Adelie", 38.0) } else { ("Biscoe", "Gentoo", 47.0) };
+        let sex = if i % 7 == 3 {
+            "NA"
+        } else if i % 3 == 0 {
+            "male"
+        } else {
+            "female"
+        };
+        let bill = if i % 9 == 4 { String::new() } else { format!("{}", bill + f64::from(i % 5) * 0.3) };
+        csv.push_str(&format!("{bill},{island},{sex},bird-{i},{species}\n"));
+    }
+    std::fs::write(s.0.join("penguins.csv"), csv).expect("csv");
     let ingest = serde_json::json!({ "csv": "data:penguins.csv", "target": "species" });
     let dataset = crate::ingest::handle(s.ctx("ingest", ingest), Start::default()).await.expect("ingest");
-    let err = crate::validate::handle(s.ctx("validate", serde_json::json!({ "min_rows": 1 })), dataset)
+    let kinds: Vec<_> = dataset.columns.iter().map(|c| (c.name.as_str(), c.kind())).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("bill", ColumnKind::Numeric),
+            ("island", ColumnKind::Categorical),
+            ("sex", ColumnKind::Categorical),
+            ("name", ColumnKind::Text),
+            ("species", ColumnKind::Categorical)
+        ]
+    );
+    let dataset = crate::validate::handle(s.ctx("validate", serde_json::json!({ "min_rows": 1 })), dataset)
         .await
-        .expect_err("a text column is not a feature");
-    let StepError::Permanent(message) = &err else { panic!("permanent, not {err:?}") };
-    assert!(message.contains("island") && message.contains("row 1"), "{message}");
+        .expect("gaps and text pass validation");
+    let features = crate::features::handle(s.ctx("features", serde_json::json!({})), dataset).await.expect("features");
+    assert_eq!(features.feature_names, ["bill", "island=Biscoe", "island=Torgersen", "sex=female", "sex=male"]);
+    let pre = features.preprocessor.clone().expect("fitted preprocessing");
+    assert_eq!(pre.left_out[0].column, "name");
+    let grid = serde_json::json!({ "metric": "accuracy", "search": [{ "algorithm": "logistic" }] });
+    let task = crate::tune::handle(s.ctx("tune", grid), features).await.expect("tune").0.remove(0);
+    let model = crate::train::handle(s.ctx("train", serde_json::json!({})), task).await.expect("train");
+    let bytes = s.store().fetch(&model.artifact.uri, None).await.expect("model bytes");
+    let saved = warren_ml::model::SavedModel::from_bytes(&bytes).expect("model");
+    let evaluation = crate::evaluate::handle(s.ctx("evaluate", serde_json::json!({})), model).await.expect("evaluate");
+    assert_eq!(evaluation.metrics.get("accuracy").copied(), Some(1.0), "island gives the species away");
+    // Raw rows: a category unseen in training and a gap are answered; a missing column is not.
+    let columns: Vec<String> = ["island", "sex", "bill"].map(String::from).to_vec();
+    let rows = vec![
+        vec![Some(Cell::from("Dream")), None, Some(Cell::Number(47.5))],
+        vec![Some("Torgersen".into()), Some("male".into()), None],
+    ];
+    let predicted = saved.predict_cells(Some(&columns), &rows).expect("answered");
+    let warren_ml::model::Predicted::Classes(c) = predicted else { panic!("classes") };
+    assert_eq!(saved.labels(&c), ["Gentoo", "Adelie"]);
+    let err = saved.predict_cells(Some(&columns[..2]), &[rows[0][..2].to_vec()]).expect_err("bill is missing");
+    assert_eq!(err.to_string(), "column `bill` is missing");
 }
 
 #[tokio::test]

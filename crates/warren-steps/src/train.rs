@@ -16,28 +16,24 @@ pub async fn handle(ctx: Context, task: TrainTask) -> Result<Model, StepError> {
     let (trained, model_bytes) = blocking(move || {
         let table = Table::from_ipc(&bytes)?;
         let f = &t.features;
-        let trained = model::train(
-            &t.candidate,
-            &table,
-            &f.feature_names,
-            &f.classes,
-            f.scaler.clone(),
-            f.task,
-            &t.metric,
-            p.validation_fraction,
-            f.seed,
-            &stop,
-        )
-        .inspect_err(|e| {
-            if matches!(e, warren_ml::MlError::Stopped(_)) {
-                tracing::warn!(
-                    trial = t.trial,
-                    algorithm = ?t.candidate.algorithm,
-                    after_ms = started.elapsed().as_millis() as u64,
-                    "training stopped: the step's maximum duration ran out"
-                );
-            }
-        })?;
+        let prepared = model::Prepared {
+            feature_names: f.feature_names.clone(),
+            classes: f.classes.clone(),
+            scaler: f.scaler.clone(),
+            preprocessor: f.preprocessor.clone(),
+        };
+        let trained =
+            model::train(&t.candidate, &table, &prepared, f.task, &t.metric, p.validation_fraction, f.seed, &stop)
+                .inspect_err(|e| {
+                    if matches!(e, warren_ml::MlError::Stopped(_)) {
+                        tracing::warn!(
+                            trial = t.trial,
+                            algorithm = ?t.candidate.algorithm,
+                            after_ms = started.elapsed().as_millis() as u64,
+                            "training stopped: the step's maximum duration ran out"
+                        );
+                    }
+                })?;
         let bytes = trained.model.to_bytes()?;
         Ok((trained, bytes))
     })

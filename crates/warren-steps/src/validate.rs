@@ -14,11 +14,11 @@ use crate::{fetch, ml};
 pub async fn handle(ctx: Context, dataset: Dataset) -> Result<Dataset, StepError> {
     let p: ValidateParams = ctx.params()?;
     let table = Table::from_ipc(&fetch(&ctx, &dataset.artifact).await?).map_err(ml)?;
-    let (dataset, warnings) = match validate::check(&table, &dataset.target, dataset.task, &p) {
+    let (dataset, warnings) = match validate::check(&table, &dataset.columns, &dataset.target, dataset.task, &p) {
         Ok(w) => (dataset, w),
         Err(first) => match crate::ingest::reread_if_changed(&ctx, &dataset).await? {
             Some((fresh, loaded)) => {
-                let w = validate::check(&loaded.table, &fresh.target, fresh.task, &p)
+                let w = validate::check(&loaded.table, &loaded.columns, &fresh.target, fresh.task, &p)
                     .map_err(|e| StepError::permanent(format!("{} failed validation: {e}", fresh.source)))?;
                 (fresh, w)
             }
