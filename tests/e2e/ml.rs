@@ -90,9 +90,10 @@ impl Fleet {
     pub async fn start_steps(t: &mut TestNs, plan: &[Copies<'_>]) -> Self {
         let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts").join(&t.ns);
         std::fs::create_dir_all(artifacts.join("data")).expect("artifact dir");
-        // The workers' data root: the specs' `data/example.csv` resolves inside it.
-        std::fs::copy(repo().join("data/example.csv"), artifacts.join("data/example.csv"))
-            .expect("copy the example CSV");
+        // The workers' data root: the specs' `data/example.csv` (and the penguins) resolve inside it.
+        for file in ["data/example.csv", "data/penguins.csv"] {
+            std::fs::copy(repo().join(file), artifacts.join(file)).expect("copy the shipped CSVs");
+        }
         let mut children = Vec::new();
         for &(step, copies, extra) in plan {
             for i in 0..copies {
@@ -1001,4 +1002,88 @@ async fn ensembles_are_reproducible_across_processes_and_training_stops_at_its_m
 /// A predict request's row of numbers.
 fn cells(values: &[f64]) -> Vec<Option<warren_schemas::Cell>> {
     values.iter().map(|v| Some(warren_schemas::Cell::Number(*v))).collect()
+}
+
+/// The report `step` made for `job` holding `key`, as JSON.
+fn report_with(events: &crate::helpers::Events, job: Uuid, step: &str, key: &str) -> serde_json::Value {
+    events
+        .seen
+        .iter()
+        .filter(|e| e.job_id == job && &*e.step == step && e.kind == EventKind::Report)
+        .filter_map(|e| serde_json::to_value(e.detail.as_ref()?).ok())
+        .find(|d| d.get(key).is_some())
+        .unwrap_or_else(|| panic!("{step} reported no `{key}` for job {job}"))
+}
+
+/// The Palmer penguins file exactly as the PyPI package ships it (text columns, `NA` gaps)
+/// trains, evaluates, registers and answers raw rows: as a classification of the species with
+/// the automatic preprocessing, and as a regression of body mass with the preprocessing spelled
+/// out in the spec. The kinds inferred and the preprocessing fitted are in the job's events; a
+/// gap and an unseen category are answered, a missing column is refused naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_penguins_csv_as_shipped_trains_registers_and_answers_raw_rows() {
+    let mut t = TestNs::new("mlpenguins").await;
+    let mut events = t.events().await;
+    let fleet = Fleet::start(&mut t, 1).await;
+    let species = t.client.submit(&spec("penguins.toml").job()).await.expect("submit penguins");
+    let mass = t.client.submit(&spec("penguins-body-mass.toml").job()).await.expect("submit body mass");
+    wait_done(&mut events, species, Duration::from_secs(300)).await;
+    wait_done(&mut events, mass, Duration::from_secs(300)).await;
+
+    let ingested = report_with(&events, species, "ingest", "columns");
+    assert_eq!(ingested["columns"]["island"], "categorical", "{ingested}");
+    assert_eq!(ingested["columns"]["sex"], "categorical", "{ingested}");
+    assert_eq!(ingested["columns"]["bill_length_mm"], "numeric", "{ingested}");
+    let prepared = report_with(&events, species, "features", "preprocessing");
+    let lines = prepared["preprocessing"].to_string();
+    assert!(
+        lines.contains("sex (categorical): gaps ← most_frequent ") && lines.contains("one-hot over female, male"),
+        "{lines}"
+    );
+    assert!(lines.contains("bill_length_mm (numeric): gaps ← mean"), "{lines}");
+    assert_eq!(prepared["dropped_rows"], 0, "every penguin has a species");
+    let typed = report_with(&events, mass, "ingest", "columns");
+    assert_eq!(typed["columns"]["year"], "categorical: types in the spec", "{typed}");
+    let spelled = report_with(&events, mass, "features", "preprocessing");
+    assert_eq!(spelled["dropped_rows"], 2, "two penguins have no body mass: {spelled}");
+    assert!(spelled["preprocessing"].to_string().contains("year (categorical): gaps ← constant unknown, ordinal"));
+
+    let classifier = entry(&fleet, "penguins");
+    let inputs = ["island", "bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g", "sex", "year"];
+    assert_eq!(classifier["signature"]["features"], serde_json::json!(inputs), "the raw columns: {classifier}");
+    assert_eq!(classifier["signature"]["types"][0], "categorical");
+    assert!(classifier["metrics"]["accuracy"].as_f64().unwrap_or_default() >= 0.95, "{classifier}");
+    let regressor = entry(&fleet, "penguins-body-mass");
+    assert!(regressor["metrics"]["r2"].as_f64().unwrap_or_default() >= 0.75, "{regressor}");
+
+    let columns = inputs.join(",");
+    let ask = |model: &'static str, columns: String, row: &'static str| {
+        let t = &t;
+        async move { warren_in(t, None, &["predict", model, "--columns", &columns, "--row", row]).await }
+    };
+    let out = ask("penguins", columns.clone(), "Torgersen,39.1,18.7,181,3750,male,2007").await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("Torgersen,39.1,18.7,181,3750,male,2007 → Adelie"), "{stdout}");
+    // An island never seen in training and gaps are answered as the fitted preprocessing says.
+    let out = ask("penguins", columns.clone(), "Atlantis,49.5,NA,220,,female,2008").await;
+    assert!(out.status.success(), "answered: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("→ Gentoo"), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = ask("penguins", "island,bill_length_mm".into(), "Torgersen,39.1").await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("column `bill_depth_mm` is missing"), "a missing column is named: {stderr}");
+
+    let mass_columns = "species,island,bill_length_mm,bill_depth_mm,flipper_length_mm,sex,year".to_owned();
+    let out = ask("penguins-body-mass", mass_columns, "Gentoo,Biscoe,47.5,15,217,female,2008").await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let grams: f64 = stdout
+        .lines()
+        .find_map(|l| l.split_once(" → ").and_then(|(_, v)| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("a body mass: {stdout}"));
+    assert!((4000.0..6500.0).contains(&grams), "a Gentoo weighs {grams} g?");
+
+    fleet.stop().await;
+    t.cleanup().await;
 }

@@ -195,6 +195,10 @@ pub fn infer(
     if col.iter().flatten().all(|s| boolean(s).is_some()) {
         return Ok((Values::Str(col), ColumnKind::Boolean, None));
     }
+    if let Some(stray) = Stray::find(&col) {
+        let note = format!("{stray}: left out; validate refuses it");
+        return Ok((Values::Str(col), ColumnKind::Text, Some(note)));
+    }
     let distinct = col.iter().flatten().collect::<std::collections::BTreeSet<_>>().len();
     if distinct <= max && distinct < present {
         return Ok((Values::Str(col), ColumnKind::Categorical, None));
@@ -203,6 +207,47 @@ pub fn infer(
         "text with {distinct} distinct values in {present} rows (free text or an identifier): left out; set types.{name} = \"categorical\" to use it"
     );
     Ok((Values::Str(col), ColumnKind::Text, Some(note)))
+}
+
+/// A column of numbers with a few cells of text in it: a typo or an unlisted missing-value
+/// token, not a text column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stray {
+    /// The first text cell's row (from 1).
+    pub row: usize,
+    /// Its value.
+    pub value: String,
+    /// Cells that are numbers.
+    pub numbers: usize,
+    /// Cells present.
+    pub present: usize,
+}
+
+impl Stray {
+    /// The stray text in `col`, if at least 90% of its present cells are numbers and some are not.
+    pub fn find(col: &[Option<String>]) -> Option<Stray> {
+        let present = col.iter().flatten().count();
+        let numbers = col.iter().flatten().filter(|s| s.parse::<f64>().is_ok()).count();
+        if numbers == present || numbers * 10 < present * 9 {
+            return None;
+        }
+        let (row, value) = col
+            .iter()
+            .enumerate()
+            .find_map(|(i, c)| c.as_deref().filter(|s| s.parse::<f64>().is_err()).map(|s| (i + 1, s.to_owned())))?;
+        Some(Stray { row, value, numbers, present })
+    }
+}
+
+impl std::fmt::Display for Stray {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "row {}: {:?} is not a number, though {} of {} values are (fix the cell, list it in ingest's `missing`, or \
+             give the column a kind with ingest's `types`)",
+            self.row, self.value, self.numbers, self.present
+        )
+    }
 }
 
 /// The columns' payload description: name, type, kind and why.

@@ -459,7 +459,11 @@ pub fn describe(pre: &Preprocessor) -> Vec<String> {
                 }
                 Encoding::Boolean => "1 for true, 0 for false".to_owned(),
             };
-            format!("{} ({}): gaps ← {} {}, {how}", t.column, t.kind, t.impute, t.fill)
+            let fill = match &t.fill {
+                Hyper::Number(x) => format!("{}", (x * 1e4).round() / 1e4),
+                Hyper::Text(s) => s.clone(),
+            };
+            format!("{} ({}): gaps ← {} {fill}, {how}", t.column, t.kind, t.impute)
         })
         .collect()
 }

@@ -41,6 +41,12 @@ pub fn check(table: &Table, columns: &[Column], target: &str, task: Task, p: &Va
             }
             continue;
         }
+        if let Values::Str(v) = col
+            && kind != ColumnKind::Categorical
+            && let Some(stray) = crate::ingest::Stray::find(v)
+        {
+            return Err(MlError::invalid(format!("column `{name}`, {stray}")));
+        }
         if kind == ColumnKind::Text {
             let why = described.and_then(|c| c.note.clone()).unwrap_or_else(|| "text".into());
             warnings.push(format!("column `{name}` is left out: {why}"));
@@ -117,6 +123,13 @@ mod tests {
         assert_eq!(err, "column `b`, row 3: not a finite number");
         l.columns[1].kind = Some(ColumnKind::Text);
         assert!(check(&l.table, &l.columns, &l.target, l.task, &p).unwrap()[0].starts_with("column `b` is left out"));
+        let mut text = String::from("a,b,y\n");
+        for i in 0..12 {
+            text.push_str(&format!("{i},{},p\n", if i == 6 { "n/a?".to_owned() } else { i.to_string() }));
+        }
+        let l = csv(&text);
+        let err = check(&l.table, &l.columns, &l.target, l.task, &p).unwrap_err().to_string();
+        assert!(err.starts_with("column `b`, row 7: \"n/a?\" is not a number, though 11 of 12 values are"), "{err}");
     }
 
     #[test]
