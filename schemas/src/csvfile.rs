@@ -127,13 +127,22 @@ pub struct Shape {
     pub rows: usize,
 }
 
-/// Reads the whole file as ingest would, keeping only its shape: UTF-8, the delimiter given or
-/// sniffed, quotes closed, column names there and unique, every row as wide as the header, and
-/// each of `named` (a parameter and the column it names) a column of the header.
-pub fn check(bytes: &[u8], options: Options<'_>, named: &[(&str, &str)]) -> Result<Shape, String> {
-    let text = decode(bytes, options.encoding)?;
-    let delimiter = delimiter(&text, options.delimiter)?;
-    check_quotes(&text, delimiter)?;
+/// A CSV text opened for its records, its header read and checked.
+#[derive(Debug)]
+pub struct Opened<'t> {
+    /// The records after the header (trimmed).
+    pub reader: csv::Reader<&'t [u8]>,
+    /// The delimiter given or sniffed.
+    pub delimiter: u8,
+    /// The column names: the header's (checked: there and unique), or numbered.
+    pub columns: Vec<String>,
+}
+
+/// Opens decoded CSV text as `options` say: the delimiter given or sniffed, quotes closed, the
+/// header row read (or columns numbered when `header` is false) and its names checked.
+pub fn open<'t>(text: &'t str, options: Options<'_>) -> Result<Opened<'t>, String> {
+    let delimiter = delimiter(text, options.delimiter)?;
+    check_quotes(text, delimiter)?;
     let header = options.header.unwrap_or(true);
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
@@ -143,6 +152,15 @@ pub fn check(bytes: &[u8], options: Options<'_>, named: &[(&str, &str)]) -> Resu
     let first: Vec<String> = reader.headers().map_err(|e| describe(&e, 0))?.iter().map(str::to_owned).collect();
     let columns = if header { first } else { numbered(first.len()) };
     check_names(&columns)?;
+    Ok(Opened { reader, delimiter, columns })
+}
+
+/// Reads the whole file as ingest would, keeping only its shape: UTF-8, the delimiter given or
+/// sniffed, quotes closed, column names there and unique, every row as wide as the header, and
+/// each of `named` (a parameter and the column it names) a column of the header.
+pub fn check(bytes: &[u8], options: Options<'_>, named: &[(&str, &str)]) -> Result<Shape, String> {
+    let text = decode(bytes, options.encoding)?;
+    let Opened { mut reader, delimiter, columns } = open(&text, options)?;
     let mut rows = 0;
     for record in reader.records() {
         record.map_err(|e| describe(&e, columns.len()))?;

@@ -75,18 +75,13 @@ pub fn builtin(name: &str) -> Result<Loaded> {
 /// `params.target` or the last column; a text target (or `task`) makes a classification task.
 pub fn csv(bytes: &[u8], params: &IngestParams) -> Result<Loaded> {
     let text = csvfile::decode(bytes, params.encoding.as_deref()).map_err(MlError::invalid)?;
-    let delimiter = csvfile::delimiter(&text, params.delimiter.as_deref()).map_err(MlError::invalid)?;
-    csvfile::check_quotes(&text, delimiter).map_err(MlError::invalid)?;
-    let header = params.header.unwrap_or(true);
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(delimiter)
-        .has_headers(header)
-        .trim(csv::Trim::All)
-        .from_reader(text.as_bytes());
-    let first: Vec<String> =
-        reader.headers().map_err(|e| MlError::invalid(csvfile::describe(&e, 0)))?.iter().map(str::to_owned).collect();
-    let names = if header { first } else { csvfile::numbered(first.len()) };
-    csvfile::check_names(&names).map_err(MlError::invalid)?;
+    let options = csvfile::Options {
+        delimiter: params.delimiter.as_deref(),
+        header: params.header,
+        encoding: params.encoding.as_deref(),
+    };
+    let csvfile::Opened { mut reader, delimiter, columns: names } =
+        csvfile::open(&text, options).map_err(MlError::invalid)?;
     let missing: Vec<&str> = match &params.missing {
         Some(m) => m.iter().map(String::as_str).collect(),
         None => warren_schemas::params::MISSING.to_vec(),

@@ -155,7 +155,13 @@ fn fit_numeric(
             let n = sorted.len();
             if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 }
         }
-        Impute::MostFrequent => unordered(most_frequent(present.iter().map(|x| ordered(*x))).unwrap_or_default()),
+        Impute::MostFrequent => {
+            // Sorted, the first longest run of equal values is the smallest of the most frequent.
+            let mut sorted = present.clone();
+            sorted.sort_by(f64::total_cmp);
+            let runs = sorted.chunk_by(|a, b| a == b);
+            runs.fold((0, sorted[0]), |best, run| if run.len() > best.0 { (run.len(), run[0]) } else { best }).1
+        }
         Impute::Constant => match &spec.fill {
             None => p.numeric.fill,
             Some(Hyper::Number(n)) => *n,
@@ -187,17 +193,6 @@ fn fit_numeric(
         impute: impute.as_str().to_owned(),
         encode: Encoding::Numeric { center, scale },
     })
-}
-
-/// A total order on floats as integers (for counting equal values).
-fn ordered(x: f64) -> i64 {
-    let b = x.to_bits() as i64;
-    if b < 0 { b ^ i64::MAX } else { b }
-}
-
-fn unordered(o: i64) -> f64 {
-    let b = if o < 0 { o ^ i64::MAX } else { o };
-    f64::from_bits(b as u64)
 }
 
 fn fit_categorical(
@@ -400,6 +395,9 @@ pub fn rows_table(pre: &Preprocessor, columns: Option<&[String]>, rows: &[Vec<Op
     if let Some(c) = names.iter().find(|c| !known(c)) {
         return Err(MlError::invalid(format!("column `{c}` is not a column the model was trained on")));
     }
+    if let Some((r, row)) = rows.iter().enumerate().find(|(_, row)| row.len() != names.len()) {
+        return Err(MlError::invalid(format!("row {} has {} values, not {}", r + 1, row.len(), names.len())));
+    }
     let mut table = Table::default();
     for t in &pre.inputs {
         let Some(at) = names.iter().position(|n| *n == t.column) else {
@@ -407,9 +405,6 @@ pub fn rows_table(pre: &Preprocessor, columns: Option<&[String]>, rows: &[Vec<Op
         };
         let mut values = if t.kind == ColumnKind::Numeric { Values::F64(Vec::new()) } else { Values::Str(Vec::new()) };
         for (r, row) in rows.iter().enumerate() {
-            if row.len() != names.len() {
-                return Err(MlError::invalid(format!("row {} has {} values, not {}", r + 1, row.len(), names.len())));
-            }
             let cell = &row[at];
             match (&mut values, cell) {
                 (Values::F64(v), None) => v.push(None),

@@ -63,6 +63,7 @@ pub async fn handle(ctx: Context, ev: Evaluation) -> Result<Registration, StepEr
         Some(e) => e.version,
         None => {
             let f = &ev.model.features;
+            let (features, types) = inputs(f);
             let mut entry = Entry {
                 name: p.model.clone(),
                 version: 0,
@@ -70,12 +71,7 @@ pub async fn handle(ctx: Context, ev: Evaluation) -> Result<Registration, StepEr
                 metrics: ev.metrics.clone(),
                 metric: ev.model.metric.clone(),
                 candidate: serde_json::to_value(&ev.model.candidate).unwrap_or_default(),
-                signature: Some(Signature {
-                    features: inputs(f).0,
-                    types: inputs(f).1,
-                    task: f.task,
-                    classes: f.classes.clone(),
-                }),
+                signature: Some(Signature { features, types, task: f.task, classes: f.classes.clone() }),
                 dataset_hash: f.dataset_hash.clone(),
                 seed: f.seed,
                 job_id: job.clone(),
