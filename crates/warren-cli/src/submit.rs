@@ -137,7 +137,17 @@ impl Progress {
                 Some(format!("retrying (attempt {}): {}", e.attempt, e.error.clone().unwrap_or_default()))
             }
             EventKind::Dead => Some(format!("dead: {}", e.error.clone().unwrap_or_default())),
-            EventKind::Cancelled | EventKind::Operator => Some("cancelled".into()),
+            EventKind::Cancelled => Some("cancelled".into()),
+            // The submit's own record and an operator's cancel, in words (`cancelled by ann@host`).
+            EventKind::Operator => warren::events::OperatorAction::from_event(e).map(|a| {
+                let verb = match a.action.as_str() {
+                    "cancel" => "cancelled",
+                    "submit" => "submitted",
+                    other => other,
+                };
+                let why = a.reason.map(|r| format!(": {r}")).unwrap_or_default();
+                format!("{verb} by {}{why}", a.actor)
+            }),
             EventKind::Report => {
                 e.detail.as_ref().and_then(|d| serde_json::to_value(d).ok()).map(|d| format!("report {d}"))
             }

@@ -25,6 +25,10 @@ pub struct Split {
     pub preprocessor: Preprocessor,
     /// Rows dropped because their target is missing.
     pub dropped: usize,
+    /// The input table's rows in `train`, in order.
+    pub train_rows: Vec<usize>,
+    /// The input table's rows in `test`, in order.
+    pub test_rows: Vec<usize>,
 }
 
 /// Splits row indices `0..n` into (train, test): within each group (a class, or all rows for
@@ -91,7 +95,7 @@ pub fn prepare(table: &Table, columns: &[Column], target: &str, task: Task, p: &
         let raw = table.take(idx);
         let out = preprocess::transform(&preprocessor, &raw)?;
         if let Some((row, why)) = out.refused.first() {
-            return Err(MlError::invalid(format!("row {}: {why}", idx[*row] + 1)));
+            return Err(MlError::invalid(format!("row {}: {why}", present[idx[*row]] + 1)));
         }
         let mut names = feature_names.clone();
         let mut cols: Vec<Values> =
@@ -101,7 +105,9 @@ pub fn prepare(table: &Table, columns: &[Column], target: &str, task: Task, p: &
         Ok(Table { names, columns: cols })
     };
     let (train, test) = (part(&train_idx)?, part(&test_idx)?);
-    Ok(Split { train, test, feature_names, classes, preprocessor, dropped })
+    let original = |idx: &[usize]| idx.iter().map(|&i| present[i]).collect();
+    let (train_rows, test_rows) = (original(&train_idx), original(&test_idx));
+    Ok(Split { train, test, feature_names, classes, preprocessor, dropped, train_rows, test_rows })
 }
 
 /// Standardises the first `scaler.means.len()` columns of `table` in place (models from before
