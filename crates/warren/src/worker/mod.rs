@@ -492,6 +492,9 @@ impl<H> Shared<H> {
         } else {
             (EventSink::disabled(), None)
         };
+        // The descriptor is in the registry before the queue has this consumer: whoever sees the
+        // consumer (`warren demo`, a test, a submit right after `warren up`) finds the step announced.
+        let announced = announce_descriptor(broker, &w.names, w.record_base()).await;
         let tag = format!("{}-{}", w.worker_id, &Uuid::now_v7().simple().to_string()[24..]);
         let queue = w.names.step_queue(&w.step);
         let consumer = channel
@@ -505,7 +508,8 @@ impl<H> Shared<H> {
             .map_err(BrokerError::amqp("basic.consume"))?;
         w.health.set_ready(true);
         self.consumed.store(true, Ordering::Relaxed);
-        let announcer = AbortOnDrop(tokio::spawn(announce_loop(broker.clone(), w.names.clone(), w.record_base())));
+        let announcer =
+            AbortOnDrop(tokio::spawn(announce_loop(broker.clone(), w.names.clone(), w.record_base(), announced)));
         tracing::info!(step = %w.step, worker = %w.worker_id, connection = %broker.name(),
             concurrency = w.config.concurrency, prefetch, "consuming");
         let session = Session {
@@ -660,10 +664,21 @@ impl Worker {
 ///
 /// [`registry::HEARTBEAT`]: crate::registry::HEARTBEAT
 /// [`registry::DESCRIPTOR_EVERY`]: crate::registry::DESCRIPTOR_EVERY
-async fn announce_loop(broker: Broker, names: Names, base: crate::registry::Record) {
+async fn announce_loop(
+    broker: Broker,
+    names: Names,
+    base: crate::registry::Record,
+    mut last_descriptor: Option<Instant>,
+) {
     use crate::registry::{DESCRIPTOR_EVERY, HEARTBEAT, RecordKind, announce};
-    let mut last_descriptor: Option<Instant> = None;
+    let mut ticks = tokio::time::interval(HEARTBEAT);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    if last_descriptor.is_some() {
+        // The first tick is immediate: the descriptor was just announced, so wait a heartbeat.
+        ticks.tick().await;
+    }
     loop {
+        ticks.tick().await;
         let mut record = base.clone();
         record.at_ms = crate::envelope::now_ms();
         if last_descriptor.is_some_and(|t| t.elapsed() < DESCRIPTOR_EVERY) {
@@ -675,7 +690,19 @@ async fn announce_loop(broker: Broker, names: Names, base: crate::registry::Reco
             Ok(()) => {}
             Err(e) => tracing::warn!(step = %base.step, error = %e, "could not announce the worker in the registry"),
         }
-        tokio::time::sleep(HEARTBEAT).await;
+    }
+}
+
+/// Announces the worker's descriptor once, before it consumes: `Some(when)` if the broker took it
+/// (the loop then starts with a heartbeat), `None` if not (the loop tries again).
+async fn announce_descriptor(broker: &Broker, names: &Names, mut record: crate::registry::Record) -> Option<Instant> {
+    record.at_ms = crate::envelope::now_ms();
+    match crate::registry::announce(broker, names, &record).await {
+        Ok(()) => Some(Instant::now()),
+        Err(e) => {
+            tracing::warn!(step = %record.step, error = %e, "could not announce the worker in the registry");
+            None
+        }
     }
 }
 
