@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1.7
-# Every Warren binary (the nine workers and the `warren` command) in one slim image; compose runs
-# each worker as its own service from it.
+# Every Warren binary (the nine workers, `warren-exec` and the `warren` command) in one slim image;
+# compose runs each worker as its own service from it. The `python` target adds Python, the
+# warren-step package and the mixed example's steps, for steps written in Python.
 
 FROM rust:1-bookworm AS build
 # Every RUN below fails on the first failing command of a pipe, not only its last.
@@ -25,17 +26,19 @@ RUN set -eux; \
     mkdir -p examples/textstats/src/bin && echo '' > examples/textstats/src/lib.rs; \
     for b in load count report; do echo 'fn main() {}' > "examples/textstats/src/bin/$b.rs"; done
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    cargo build --release --workspace --bins --exclude warren-e2e --exclude textstats || true
+    cargo build --release --workspace --bins --exclude warren-e2e || true
 # Then the sources.
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     touch crates/*/src/*.rs schemas/src/*.rs workers/*/src/main.rs \
-    && cargo build --release --workspace --bins --exclude warren-e2e --exclude textstats \
+    && cargo build --release --workspace --bins --exclude warren-e2e \
     && mkdir /out \
     && cp target/release/warren target/release/warren-ingest target/release/warren-validate \
           target/release/warren-features target/release/warren-tune target/release/warren-train \
           target/release/warren-select target/release/warren-evaluate target/release/warren-register \
-          target/release/warren-predict /out/
+          target/release/warren-predict target/release/warren-exec /out/ \
+    && mkdir /out-examples \
+    && cp target/release/textstats-load target/release/textstats-count target/release/textstats-report /out-examples/
 
 FROM debian:bookworm-slim AS runtime
 # ca-certificates is not pinned: bookworm's security and point releases replace its version (an
@@ -57,3 +60,21 @@ ENV WARREN_ARTIFACTS=/var/lib/warren/artifacts \
 EXPOSE 9000
 # A worker image runs one step: `command: ["warren-train"]` in compose.
 CMD ["warren", "--help"]
+
+# Steps written in Python: `warren-exec -- python3 my_step.py`, with the warren-step package of
+# this repository and the mixed example (examples/mixed: its Python step and the textstats Rust
+# steps around it). Build with `--target python`; compose's `examples` profile runs it.
+FROM python:3.11-slim-bookworm AS python
+RUN useradd --system --uid 10001 --home /var/lib/warren --create-home warren \
+    && mkdir -p /var/lib/warren/artifacts && chown warren /var/lib/warren/artifacts
+COPY python/ /tmp/warren-step/
+RUN pip install --no-cache-dir /tmp/warren-step scikit-learn==1.9.1 && rm -rf /tmp/warren-step
+COPY --from=build /out/warren /out/warren-exec /out-examples/ /usr/local/bin/
+COPY examples/ /opt/warren/examples/
+WORKDIR /opt/warren
+USER 10001
+ENV WARREN_ARTIFACTS=/var/lib/warren/artifacts \
+    WARREN_HEALTH_ADDR=0.0.0.0:9000 \
+    PYTHONUNBUFFERED=1
+EXPOSE 9000
+CMD ["warren-exec", "--help"]

@@ -9,6 +9,7 @@ mod chaos;
 mod cli;
 mod config;
 mod console;
+mod exec;
 mod failures;
 mod health;
 mod history;

@@ -52,7 +52,7 @@ pub fn worker_bin(step: &str) -> PathBuf {
         for s in ML_STEPS {
             cmd.args(["-p", &format!("warren-{s}")]);
         }
-        cmd.args(["-p", "warren-cli", "-p", "textstats"]);
+        cmd.args(["-p", "warren-cli", "-p", "textstats", "-p", "warren-exec"]);
         let status = cmd.status().expect("run cargo build for the worker binaries");
         assert!(status.success(), "building the worker binaries failed");
         let exe = std::env::current_exe().expect("test path");

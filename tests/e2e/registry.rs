@@ -16,7 +16,7 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn warren(t: &TestNs, artifacts: &std::path::Path, args: &[&str]) -> Command {
+pub(crate) fn warren(t: &TestNs, artifacts: &std::path::Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(warren_bin());
     cmd.args(args)
         .env("WARREN_AMQP_URL", crate::helpers::amqp_url())

@@ -25,7 +25,7 @@ pub struct UpArgs {
     /// Run N copies of a step, e.g. `--scale train=3` (repeatable; default 1 each).
     #[arg(long, value_name = "STEP=N")]
     scale: Vec<String>,
-    /// A fleet file (TOML): `[[workers]]` with `step`, `bin`, `scale` and `env` each. Without
+    /// A fleet file (TOML): `[[workers]]` with `step`, `bin`, `args`, `workdir`, `scale` and `env` each. Without
     /// one, every worker binary in the binary directory (`$WARREN_BIN_DIR`, else beside `warren`).
     #[arg(long, value_name = "FILE")]
     fleet: Option<PathBuf>,
@@ -45,6 +45,12 @@ pub struct FleetWorker {
     /// Environment for it (any `WARREN_*` key among them, under flags given to `warren up`).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Arguments for it: for `warren-exec`, `["--", "python3", "my_step.py"]`.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// The directory it runs in (relative to the fleet file); unset: `warren up`'s own.
+    #[serde(default)]
+    pub workdir: Option<PathBuf>,
 }
 
 fn one() -> usize {
@@ -66,6 +72,17 @@ pub fn load_fleet(path: &std::path::Path) -> Result<Vec<FleetWorker>, Fail> {
     let base = path.parent().map(PathBuf::from).unwrap_or_default();
     let mut out = Vec::new();
     for mut w in file.workers {
+        if let Some(dir) = &w.workdir {
+            let dir = base.join(dir);
+            if !dir.is_dir() {
+                return Err(Fail::usage(format!(
+                    "fleet file {shown}: step {}: no directory {}",
+                    w.step,
+                    dir.display()
+                )));
+            }
+            w.workdir = Some(dir);
+        }
         if w.bin.components().count() > 1 {
             w.bin = base.join(&w.bin);
         } else {
@@ -124,7 +141,14 @@ pub fn discover() -> Result<Vec<FleetWorker>, Fail> {
             continue;
         }
         let Ok(d) = serde_json::from_slice::<warren::registry::StepDescriptor>(&out_.stdout) else { continue };
-        out.push(FleetWorker { step: d.step, bin: path, scale: 1, env: BTreeMap::new() });
+        out.push(FleetWorker {
+            step: d.step,
+            bin: path,
+            scale: 1,
+            env: BTreeMap::new(),
+            args: Vec::new(),
+            workdir: None,
+        });
     }
     if out.is_empty() {
         return Err(Fail::from(format!(
@@ -216,7 +240,7 @@ impl Fleet {
                     env.push(("WARREN_HEALTH_ADDR".to_owned(), addr.to_string()));
                     addr.set_port(addr.port().saturating_add(1));
                 }
-                let task = slot(w.bin.clone(), name, env, logs.clone(), stopped.clone(), fatal_tx.clone());
+                let task = slot(w.clone(), name, env, logs.clone(), stopped.clone(), fatal_tx.clone());
                 slots.push(tokio::spawn(task));
             }
         }
@@ -258,8 +282,12 @@ fn env(config: &Config) -> Vec<(String, String)> {
 
 /// The command of one worker: only the environment `env` gives it, its output prefixed on ours or
 /// appended to its log file.
-fn worker_command(bin: &std::path::Path, name: &str, env: &[(String, String)], logs: &Logs) -> Command {
-    let mut cmd = Command::new(bin);
+fn worker_command(w: &FleetWorker, name: &str, env: &[(String, String)], logs: &Logs) -> Command {
+    let mut cmd = Command::new(&w.bin);
+    cmd.args(&w.args);
+    if let Some(dir) = &w.workdir {
+        cmd.current_dir(dir);
+    }
     // Only what `env` says: an inherited WARREN_HEALTH_ADDR would give every worker one port.
     cmd.env_remove("WARREN_HEALTH_ADDR")
         .env_remove("WARREN_CONFIG")
@@ -287,7 +315,7 @@ fn worker_command(bin: &std::path::Path, name: &str, env: &[(String, String)], l
 
 /// One worker slot: runs the binary, restarts it with backoff when it exits, stops it on request.
 async fn slot(
-    bin: PathBuf,
+    worker: FleetWorker,
     name: String,
     env: Vec<(String, String)>,
     logs: Logs,
@@ -299,12 +327,12 @@ async fn slot(
         if *stop.borrow() {
             return;
         }
-        let mut cmd = worker_command(&bin, &name, &env, &logs);
+        let mut cmd = worker_command(&worker, &name, &env, &logs);
         let started = Instant::now();
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("[{name}] cannot start {}: {e}", bin.display());
+                eprintln!("[{name}] cannot start {}: {e}", worker.bin.display());
                 return;
             }
         };

@@ -152,29 +152,32 @@ struct WorkerArgs {
     config: ConfigArgs,
 }
 
-/// What a worker binary's start-up ended with before the worker ran: a printed line and its
-/// exit code.
-struct Exit(std::process::ExitCode);
-
 /// The configuration: the step's defaults under the file, the environment and the flags.
-fn configure(bin: &str, step: &str, args: &WorkerArgs, options: &StepOptions) -> Result<crate::Config, Exit> {
+/// A bad value prints one line and gives exit code 2.
+pub(crate) fn configure(
+    bin: &str,
+    step: &str,
+    args: &ConfigArgs,
+    describe: bool,
+    options: &StepOptions,
+) -> Result<crate::Config, std::process::ExitCode> {
     let step_defaults: Vec<(&str, String)> =
         options.concurrency.map(|n| ("concurrency", n.to_string())).into_iter().collect();
-    let config = args.config.load_with(&step_defaults).map_err(|e| {
+    let config = args.load_with(&step_defaults).map_err(|e| {
         eprintln!("{bin}: {e}");
-        Exit(std::process::ExitCode::from(2))
+        std::process::ExitCode::from(2)
     })?;
     if let (Some(limit), Some(ceiling)) = (config.max_duration, options.max_duration)
         && limit > ceiling
-        && !args.config.print_config
-        && !args.describe
+        && !args.print_config
+        && !describe
     {
         eprintln!(
             "{bin}: max_duration_ms ({}) is above the {step} step's own limit of {}; its queue's consumer timeout is set from that",
             limit.as_millis(),
             humantime::format_duration(ceiling)
         );
-        return Err(Exit(std::process::ExitCode::from(2)));
+        return Err(std::process::ExitCode::from(2));
     }
     Ok(config)
 }
@@ -228,9 +231,9 @@ where
         Ok(a) => a,
         Err(e) => e.exit(),
     };
-    let config = match configure(bin, step, &args, &options) {
+    let config = match configure(bin, step, &args.config, args.describe, &options) {
         Ok(c) => c,
-        Err(Exit(code)) => return code,
+        Err(code) => return code,
     };
     if args.config.print_config {
         print!("{}", config.render());
@@ -250,14 +253,23 @@ where
         };
     }
     crate::telemetry::init_with(&config.log_format);
-    match run_worker(bin, step, version, &options, descriptor, &config, handler) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{bin}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run_worker(&runtime, bin, step, version, &options, descriptor, &config, handler) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Exit(code)) => code,
+        Err(code) => code,
     }
 }
 
-/// The worker on a current-thread runtime, with its health endpoint, until it stops.
-fn run_worker<I, O, H>(
+/// The worker on `runtime`, with its health endpoint, until it stops.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_worker<I, O, H>(
+    runtime: &tokio::runtime::Runtime,
     bin: &str,
     step: &str,
     version: &str,
@@ -265,7 +277,7 @@ fn run_worker<I, O, H>(
     descriptor: crate::registry::StepDescriptor,
     config: &crate::Config,
     handler: H,
-) -> Result<(), Exit>
+) -> Result<(), std::process::ExitCode>
 where
     I: crate::Payload,
     O: crate::StepOutput,
@@ -274,11 +286,7 @@ where
     use std::process::ExitCode;
     let store = crate::artifacts::ArtifactStore::open(&config.artifacts).map_err(|e| {
         eprintln!("{bin}: {e}");
-        Exit(ExitCode::from(2))
-    })?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
-        eprintln!("{bin}: cannot start the runtime: {e}");
-        Exit(ExitCode::FAILURE)
+        ExitCode::from(2)
     })?;
     let mut builder = crate::Worker::builder(step, config).artifacts(store).version(version).descriptor(descriptor);
     if let Some(d) = options.max_duration {
@@ -302,7 +310,7 @@ where
         // Refused credentials: exit 5, as the `warren` command does, so a supervisor (`warren
         // up`) knows that restarting will not help.
         let code = if matches!(e, crate::WorkerError::AccessRefused(_)) { ACCESS_REFUSED_EXIT } else { 1 };
-        Exit(ExitCode::from(code))
+        ExitCode::from(code)
     })
 }
 

@@ -14,6 +14,10 @@ pub enum StepError {
     /// goes to the dead-letter queue at once.
     #[error("{0}")]
     Permanent(String),
+    /// The process doing the work died while it ran (a step's child process killed, say): tried
+    /// again like a retryable error, and dead-lettered as a `crash` once its attempts are used up.
+    #[error("{0}")]
+    Crashed(String),
 }
 
 impl StepError {
@@ -25,14 +29,22 @@ impl StepError {
     pub fn permanent(msg: impl fmt::Display) -> Self {
         StepError::Permanent(msg.to_string())
     }
+    /// A crash of the process doing the work, with `msg`.
+    pub fn crashed(msg: impl fmt::Display) -> Self {
+        StepError::Crashed(msg.to_string())
+    }
     /// Whether the message should be tried again.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StepError::Retryable(_))
+        matches!(self, StepError::Retryable(_) | StepError::Crashed(_))
+    }
+    /// Whether the process doing the work died.
+    pub fn is_crash(&self) -> bool {
+        matches!(self, StepError::Crashed(_))
     }
     /// The message, without the kind.
     pub fn message(&self) -> &str {
         match self {
-            StepError::Retryable(m) | StepError::Permanent(m) => m,
+            StepError::Retryable(m) | StepError::Permanent(m) | StepError::Crashed(m) => m,
         }
     }
 }

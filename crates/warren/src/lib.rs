@@ -15,6 +15,8 @@
 //!   reading the stream (`read`) and operator actions (`operator`).
 //! - [`client`]: submitting jobs with their routing slip, and RPC calls.
 //! - [`registry`]: step descriptors and live workers, announced on `{ns}.registry`.
+//! - [`exec`]: steps in any language: child processes speaking a framed protocol, with every
+//!   guarantee of the runtime.
 //! - [`error`]: [`StepError`] (retryable or permanent) and [`DeadKind`].
 //!
 //! # The flow of one message
@@ -38,6 +40,7 @@ pub mod control;
 pub mod envelope;
 pub mod error;
 pub mod events;
+pub mod exec;
 pub mod names;
 pub mod registry;
 pub mod shutdown;

@@ -119,8 +119,15 @@ impl StepDescriptor {
     ) -> Self {
         self.step = step.to_owned();
         self.version = version.to_owned();
-        self.input = I::SCHEMA.to_owned();
-        self.output = <O::Payload as crate::Payload>::SCHEMA.to_owned();
+        // A handler of any payload (`rmpv::Value`, as the exec runtime's) keeps the schema ids
+        // its descriptor gives: the worker then checks and sends those.
+        if I::SCHEMA != "*" {
+            self.input = I::SCHEMA.to_owned();
+        }
+        let output = <O::Payload as crate::Payload>::SCHEMA;
+        if output != "*" {
+            self.output = output.to_owned();
+        }
         self.fan_out = O::FAN_OUT;
         self.concurrency = Some(concurrency);
         self.max_duration_ms = max_duration.map(|d| d.as_millis() as u64);

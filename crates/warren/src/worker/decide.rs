@@ -142,6 +142,9 @@ pub fn decide(queue_step: &str, facts: DeliveryFacts, body: Body<'_>, limits: Li
         Stage::Failed(e) if e.is_retryable() && facts.attempt < limits.max_attempts => {
             Decision::Retry { next_attempt: facts.attempt + 1 }
         }
+        Stage::Failed(e) if e.is_crash() => {
+            dead(DeadKind::Crash, format!("{} (after {} attempts)", e.message(), facts.attempt))
+        }
         Stage::Failed(e) if e.is_retryable() => {
             dead(DeadKind::Exhausted, format!("{} (after {} attempts)", e.message(), facts.attempt))
         }
@@ -259,6 +262,12 @@ mod tests {
         assert!(matches!(
             decide("a", last, OK, LIMITS, Stage::Failed(&retry)),
             Decision::DeadLetter { kind: DeadKind::Exhausted, reason } if reason.contains("after 3 attempts")
+        ));
+        let crashed = StepError::crashed("the child died");
+        assert_eq!(decide("a", first(), OK, LIMITS, Stage::Failed(&crashed)), Decision::Retry { next_attempt: 2 });
+        assert!(matches!(
+            decide("a", last, OK, LIMITS, Stage::Failed(&crashed)),
+            Decision::DeadLetter { kind: DeadKind::Crash, reason } if reason.contains("after 3 attempts")
         ));
         let perm = StepError::permanent("no");
         assert!(matches!(

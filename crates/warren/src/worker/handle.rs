@@ -120,6 +120,11 @@ impl<H> Shared<H> {
         self.run(session, &delivery, env, ids, facts).await;
     }
 
+    /// The schema id of what this step sends: its descriptor's for a handler of any payload.
+    fn output_schema<P: Payload>(&self) -> &str {
+        self.schemas.output.as_deref().unwrap_or(P::SCHEMA)
+    }
+
     fn limits(&self) -> Limits {
         Limits { max_attempts: self.worker.retry.max_attempts, delivery_limit: self.worker.topology.delivery_limit }
     }
@@ -127,6 +132,16 @@ impl<H> Shared<H> {
     /// The delivery's envelope, with its input or a dead notice; else why not and whose it is.
     fn decode<I: Payload>(&self, data: &[u8]) -> Result<Decoded<I>, (DecodeError, Ids)> {
         match Envelope::<I>::decode_or_head(data) {
+            // A handler of any payload still gets a dead notice as one.
+            Ok(env) if I::SCHEMA == "*" && env.schema == DeadNotice::SCHEMA => Envelope::<DeadNotice>::decode(data)
+                .map(|env| Decoded::from_envelope(env, Input::Notice))
+                .map_err(|e| (e, Ids::of(EnvelopeHead::decode(data).ok().as_ref()))),
+            Ok(env) if self.schemas.input.as_deref().is_some_and(|s| s != env.schema) => {
+                let expected = self.schemas.input.clone().unwrap_or_default();
+                let e = DecodeError::WrongSchema { expected, found: env.schema.clone() };
+                tracing::warn!(step = %self.worker.step, error = %e, "undecodable message; dead-lettering it");
+                Err((e, Ids::of(Some(&env.into_head()))))
+            }
             Ok(env) => Ok(Decoded::from_envelope(env, Input::Payload)),
             Err((DecodeError::WrongSchema { found, .. }, _)) if found == DeadNotice::SCHEMA => {
                 Envelope::<DeadNotice>::decode(data)
@@ -343,7 +358,7 @@ impl<H> Shared<H> {
             && let Some(reply_to) = delivery.properties.reply_to()
             && let Some(payload) = payloads.first()
         {
-            let out = ctx.cause().message(&w.step, 0, &[], P::SCHEMA, payload);
+            let out = ctx.cause().message(&w.step, 0, &[], self.output_schema::<P>(), payload);
             Box::pin(self.reply(session, delivery, reply_to.as_str(), out)).await;
         }
         if let Some(next) = ctx.next.first() {
@@ -353,7 +368,7 @@ impl<H> Shared<H> {
             let queue = queue.as_str();
             let mut bodies = Vec::with_capacity(payloads.len());
             for (i, payload) in payloads.iter().enumerate() {
-                let out = ctx.cause().message(&w.step, i, &ctx.next, P::SCHEMA, payload);
+                let out = ctx.cause().message(&w.step, i, &ctx.next, self.output_schema::<P>(), payload);
                 bodies.push(out.to_message(&next.step).map_err(HandOffError::Unencodable)?);
             }
             self.record_outputs(ctx, &next.step, &payloads).await;
@@ -395,7 +410,7 @@ impl<H> Shared<H> {
     async fn record_outputs<P: Payload>(&self, ctx: &Context, next: &str, payloads: &[P]) {
         let Some(store) = &self.worker.artifacts else { return };
         for payload in payloads {
-            let record = RecordedInput { schema: P::SCHEMA, slip: &ctx.next, payload };
+            let record = RecordedInput { schema: self.output_schema::<P>(), slip: &ctx.next, payload };
             let Ok(bytes) = rmp_serde::to_vec_named(&record) else { continue };
             let key = inputs_key(&ctx.pipeline, ctx.job_id, next, &bytes);
             if let Err(e) = Box::pin(store.put(&key, bytes)).await {

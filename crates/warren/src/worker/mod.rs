@@ -257,6 +257,11 @@ impl Worker {
             .take()
             .unwrap_or_else(|| crate::registry::StepDescriptor::new(self.step.clone(), self.version.clone()));
         let d = d.completed::<I, O>(&self.step, &self.version, self.config.concurrency, self.topology.max_duration);
+        let dynamic = |typed: &str, described: &str| (typed == "*" && described != "*").then(|| described.to_owned());
+        let schemas = DynamicSchemas {
+            input: dynamic(I::SCHEMA, &d.input),
+            output: dynamic(<O::Payload as Payload>::SCHEMA, &d.output),
+        };
         self.descriptor = Some(d);
         Arc::new(Shared {
             dedup: Mutex::new(Dedup::new(self.config.dedup_window)),
@@ -264,6 +269,7 @@ impl Worker {
             metrics: Metrics::new(&self.step),
             consumed: AtomicBool::new(false),
             cancelled: crate::control::Cancellations::default(),
+            schemas,
             worker: self,
             handler,
         })
@@ -349,6 +355,17 @@ struct Shared<H> {
     consumed: AtomicBool,
     /// Jobs cancelled in this namespace, followed from `{ns}.control`.
     cancelled: crate::control::Cancellations,
+    /// The schema ids a handler of any payload (`rmpv::Value`) takes and sends, from its
+    /// descriptor: checked on every input, carried on every output.
+    schemas: DynamicSchemas,
+}
+
+/// What the descriptor says a handler of any payload takes and sends (`None`: the handler's
+/// own types say it, or anything goes).
+#[derive(Debug, Default)]
+struct DynamicSchemas {
+    input: Option<String>,
+    output: Option<String>,
 }
 
 #[derive(Clone)]
