@@ -1,6 +1,10 @@
 //! `warren-chaos`: runs the chaos scenarios on RabbitMQ nodes of its own and prints one table
 //! row per scenario (see `docs/OPERATIONS.md`). Needs root (it starts nodes as the `rabbitmq`
 //! user) and the `warren-test-step` binary next to itself (`cargo build --release --bins`).
+//!
+//! The conformance kit: `--exec -- PROGRAM ARGS` runs the same scenarios against a step in any
+//! language under `warren-exec` (`--exec -- python3 tests/steps/probe_step.py`), and
+//! `--worker-bin PATH` against a worker that speaks AMQP itself.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -13,7 +17,8 @@ use warren_e2e::chaos::{self, Options, Scenario};
 #[command(
     version,
     about,
-    after_help = "Example: cargo run --release --bin warren-chaos -- --scenario kills --jobs 2000"
+    after_help = "Examples:\n  cargo run --release --bin warren-chaos -- --scenario kills --jobs 2000\n  \
+                  target/release/warren-chaos --jobs 2000 --exec -- python3 tests/steps/probe_step.py"
 )]
 struct Args {
     /// Scenarios to run (kills, rolling, broker, cluster, hostile); all when none is named.
@@ -34,6 +39,17 @@ struct Args {
     /// Folder for node data and worker logs.
     #[arg(long, default_value = "/tmp/warren-chaos")]
     dir: PathBuf,
+    /// A worker of your own instead of warren-test-step: it takes `--step STEP` and the
+    /// `WARREN_*` environment, and passes `warren.test.Probe/1` on as warren-test-step does.
+    #[arg(long, value_name = "PATH", conflicts_with = "exec")]
+    worker_bin: Option<PathBuf>,
+    /// The step's program, run under warren-exec (next to this binary): a step in any language
+    /// that behaves as tests/steps/probe_step.py does.
+    #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "PROGRAM")]
+    exec: Vec<String>,
+    /// Messages in flight per worker, at most (with --exec, one child process each; default 2).
+    #[arg(long)]
+    max_concurrency: Option<usize>,
 }
 
 fn parse_scenario(s: &str) -> Result<Scenario, String> {
@@ -43,18 +59,27 @@ fn parse_scenario(s: &str) -> Result<Scenario, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     warren::telemetry::init();
-    let worker_bin = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("warren-test-step")))
-        .filter(|p| p.exists());
-    let Some(worker_bin) = worker_bin else {
+    let beside =
+        |name: &str| std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join(name))).filter(|p| p.exists());
+    let (worker_bin, step_args, max_concurrency) = match (args.worker_bin, args.exec.is_empty()) {
+        (Some(bin), _) => (Some(bin), Vec::new(), args.max_concurrency),
+        (None, true) => (beside("warren-test-step"), Vec::new(), args.max_concurrency),
+        (None, false) => {
+            let program = args.exec.iter().skip_while(|a| *a == "--").cloned();
+            let step_args = std::iter::once("--".to_owned()).chain(program).collect();
+            (beside("warren-exec"), step_args, Some(args.max_concurrency.unwrap_or(2)))
+        }
+    };
+    let Some(worker_bin) = worker_bin.filter(|p| p.exists()) else {
         eprintln!(
-            "warren-chaos: warren-test-step is not next to this binary; run `cargo build --release --bins` first"
+            "warren-chaos: the worker binary is missing (warren-test-step or warren-exec next to this binary: run `cargo build --release --bins` first)"
         );
         return ExitCode::from(2);
     };
     let opts = Options {
         worker_bin,
+        step_args,
+        max_concurrency,
         dir: args.dir,
         jobs: args.jobs,
         rounds: args.rounds,

@@ -18,8 +18,10 @@ use super::ChaosError;
 /// How the workers of a fleet run.
 #[derive(Debug, Clone)]
 pub struct WorkerSpec {
-    /// The `warren-test-step` binary.
+    /// The worker binary.
     pub bin: PathBuf,
+    /// Its arguments after `--step STEP`.
+    pub args: Vec<String>,
     /// Broker URLs, comma-separated.
     pub urls: String,
     /// Namespace.
@@ -56,6 +58,7 @@ impl Slot {
                 let mut cmd = Command::new(&spec.bin);
                 cmd.arg("--step")
                     .arg(&step_name)
+                    .args(&spec.args)
                     .env("WARREN_AMQP_URL", &spec.urls)
                     .env("WARREN_NAMESPACE", &spec.namespace)
                     .env("WARREN_CONCURRENCY", spec.concurrency.to_string())

@@ -81,8 +81,15 @@ impl Scenario {
 /// How large a run is.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The `warren-test-step` binary.
+    /// The worker binary: `warren-test-step`, `warren-exec` (with [`Options::step_args`]), or any
+    /// worker that takes `--step STEP` and the `WARREN_*` environment and passes `warren.test.Probe/1`
+    /// on as `warren-test-step` does.
     pub worker_bin: PathBuf,
+    /// Arguments after `--step STEP`: for `warren-exec`, `--` and the step's program.
+    pub step_args: Vec<String>,
+    /// At most this many messages at once per worker (a step run as child processes runs one
+    /// child per message in flight).
+    pub max_concurrency: Option<usize>,
     /// Where nodes keep their data and workers their logs (a fresh folder per scenario below it,
     /// removed when the scenario meets its target). The `rabbitmq` user must be able to reach it:
     /// a folder under /tmp, not under /root.
@@ -100,7 +107,16 @@ pub struct Options {
 impl Options {
     /// The full size of the issue: 10,000 jobs, 5 rounds, 100 hostile messages with 50 MB bodies.
     pub fn full(worker_bin: PathBuf, dir: PathBuf) -> Self {
-        Self { worker_bin, dir, jobs: 10_000, rounds: 5, hostile: 100, huge_body: 50 * 1024 * 1024 }
+        Self {
+            worker_bin,
+            step_args: Vec::new(),
+            max_concurrency: None,
+            dir,
+            jobs: 10_000,
+            rounds: 5,
+            hostile: 100,
+            huge_body: 50 * 1024 * 1024,
+        }
     }
 }
 
@@ -239,7 +255,14 @@ impl Rig {
             &[],
         )
         .map_err(|e| ChaosError(e.to_string()))?;
-        let spec = WorkerSpec { bin: opts.worker_bin.clone(), urls, namespace: namespace.clone(), concurrency, logs };
+        let spec = WorkerSpec {
+            bin: opts.worker_bin.clone(),
+            args: opts.step_args.clone(),
+            urls,
+            namespace: namespace.clone(),
+            concurrency: opts.max_concurrency.map_or(concurrency, |m| concurrency.min(m)),
+            logs,
+        };
         let mut rig = Rig {
             dir: dir.clone(),
             nodes: started,

@@ -28,7 +28,7 @@ fn repo() -> PathBuf {
 }
 
 /// The Python that runs the steps, checked once: it must import warren_step and sklearn.
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON
         .get_or_init(|| {
