@@ -38,7 +38,7 @@ def test_the_schema_has_types_defaults_and_no_unknown_keys() -> None:
     assert p["top"] == {"type": "integer", "default": 10}
     assert p["ratio"] == {"type": "number", "default": 0.5}
     assert p["lowercase"] == {"type": "boolean", "default": True}
-    assert p["mode"] == {"enum": ["words", "chars"], "default": "words"}
+    assert p["mode"] == {"type": "string", "enum": ["words", "chars"], "default": "words"}
     assert p["stop_words"] == {"type": "array", "items": {"type": "string"}, "default": []}
     assert p["limit"] == {"anyOf": [{"type": "integer"}, {"type": "null"}], "default": None}
     assert p["weights"]["additionalProperties"] == {"type": "number"}
@@ -48,6 +48,19 @@ def test_the_schema_has_types_defaults_and_no_unknown_keys() -> None:
     needs = schema_of(Needs)
     assert needs["required"] == ["source", "inner"]
     assert needs["properties"]["inner"]["properties"]["name"] == {"type": "string"}
+
+
+def test_a_literal_has_the_type_of_its_values_when_they_share_one() -> None:
+    @dataclass
+    class Choices:
+        level: Literal[1, 2, 3] = 1
+        flag: Literal[True] = True
+        mixed: Literal["auto", 0] = "auto"
+
+    p = schema_of(Choices)["properties"]
+    assert p["level"]["type"] == "integer"
+    assert p["flag"]["type"] == "boolean"
+    assert "type" not in p["mixed"] and p["mixed"]["enum"] == ["auto", 0]
 
 
 def test_decode_fills_defaults_and_checks_types() -> None:

@@ -18,14 +18,14 @@ use crate::{
 pub const VIEWER: &str = "viewer-token-for-the-test";
 pub const OPERATOR: &str = "operator-token-for-the-test";
 
-struct Reply {
-    status: u16,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
     headers: String,
-    body: String,
+    pub(crate) body: String,
 }
 
 /// One HTTP/1.0 request; `cookie` is sent as is; a form body is URL-encoded by the caller.
-fn http(addr: &str, method: &str, path: &str, cookie: Option<&str>, form: Option<&str>) -> Option<Reply> {
+pub(crate) fn http(addr: &str, method: &str, path: &str, cookie: Option<&str>, form: Option<&str>) -> Option<Reply> {
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
     let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
@@ -58,7 +58,7 @@ fn enc(s: &str) -> String {
 }
 
 /// Signs in; returns the session cookie and the page's CSRF token.
-fn sign_in(addr: &str, token: &str) -> (String, String) {
+pub(crate) fn sign_in(addr: &str, token: &str) -> (String, String) {
     let r = http(addr, "POST", "/login", None, Some(&format!("token={}", enc(token)))).expect("login");
     assert_eq!(r.status, 303, "{}", r.body);
     let cookie = r
@@ -118,6 +118,27 @@ pub fn fleet(t: &TestNs, artifacts: &std::path::Path, data_root: Option<&std::pa
     cmd.spawn().expect("warren up")
 }
 
+/// `warren console` of the test's namespace on a free port, with a viewer's and an operator's
+/// token; returns once it answers.
+pub async fn console(t: &TestNs, artifacts: &std::path::Path) -> (Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new(warren_bin())
+        .args(["console", "--listen", &addr])
+        .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
+        .env("WARREN_NAMESPACE", &t.ns)
+        .env("WARREN_CONSOLE_VIEWER_TOKEN", VIEWER)
+        .env("WARREN_CONSOLE_OPERATOR_TOKEN", OPERATOR)
+        .env("WARREN_ARTIFACTS", artifacts)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("console");
+    wait_for("the console", Duration::from_secs(20), || async { http(&addr, "GET", "/login", None, None) }).await;
+    (child, addr)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_replays_a_fixed_failure_from_the_console_and_a_viewer_cannot() {
     let mut t = TestNs::new("console").await;
@@ -129,21 +150,7 @@ async fn an_operator_replays_a_fixed_failure_from_the_console_and_a_viewer_canno
     // The workers have no data root yet: a job naming a file there dies at load.
     let (mut up, job) = dead_job(&t, &artifacts).await;
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
-    let addr = format!("127.0.0.1:{port}");
-    let _console = Command::new(warren_bin())
-        .args(["console", "--listen", &addr])
-        .env("WARREN_AMQP_URL", crate::helpers::amqp_url())
-        .env("WARREN_NAMESPACE", &t.ns)
-        .env("WARREN_CONSOLE_VIEWER_TOKEN", VIEWER)
-        .env("WARREN_CONSOLE_OPERATOR_TOKEN", OPERATOR)
-        .env("WARREN_ARTIFACTS", &artifacts)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("console");
-    wait_for("the console", Duration::from_secs(20), || async { http(&addr, "GET", "/login", None, None) }).await;
+    let (_console, addr) = console(&t, &artifacts).await;
 
     // Signed out: every page sends to the sign-in page; a wrong token is refused.
     let r = http(&addr, "GET", "/failures", None, None).expect("get");

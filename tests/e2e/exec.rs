@@ -129,6 +129,29 @@ async fn a_job_crosses_rust_python_and_rust_and_python_failures_are_handled_like
     let (code, queues, _) = run(&t, &artifacts, &["queues"]).await;
     assert_eq!(code, Some(0));
     assert!(queues.lines().any(|l| l.starts_with("keywords") && l.split_whitespace().nth(3) == Some("1")), "{queues}");
+    // The console shows it like any other step: its queue with the dead letter, its registry
+    // record with its schemas and live worker, and its failure group.
+    let (_console, addr) = crate::console::console(&t, &artifacts).await;
+    let (viewer, _) = crate::console::sign_in(&addr, crate::console::VIEWER);
+    let page = crate::console::http(&addr, "GET", "/queues", Some(&viewer), None).expect("queues page");
+    assert_eq!(page.status, 200);
+    let row = page.body.split("<tr data-step=\"keywords\">").nth(1).and_then(|r| r.split("</tr>").next());
+    let cells: Vec<&str> = row
+        .expect("a queue row for keywords")
+        .split("<td>")
+        .skip(1)
+        .map(|c| c.split("</td>").next().unwrap_or(""))
+        .collect();
+    assert_eq!((cells.get(3), cells.get(4)), (Some(&"1"), Some(&"1")), "one consumer, one dead letter: {cells:?}");
+    assert!(
+        page.body.contains("<tr><td>keywords</td><td>1</td><td>textstats.Document/1 → textstats.Counts/1</td>"),
+        "the registry record: {}",
+        page.body
+    );
+    let failures = crate::console::http(&addr, "GET", "/failures", Some(&viewer), None).expect("failures page");
+    assert!(failures.body.contains("top must be at least 1, not 0"), "{}", failures.body);
+    assert!(failures.body.contains(&dead_job[..13]), "the group links the job: {}", failures.body);
+
     let (code, out, err) =
         run(&t, &artifacts, &["dlq", "replay", "--step", "keywords", "--set", "top=3", "--reason", "top fixed"]).await;
     assert_eq!(code, Some(0), "{out}{err}");

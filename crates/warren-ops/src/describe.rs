@@ -25,7 +25,8 @@ fn kind(schema: &Value) -> String {
     let mut kinds: Vec<String> = match &schema["type"] {
         Value::String(t) => vec![t.clone()],
         Value::Array(ts) => ts.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
-        _ => Vec::new(),
+        // An enum without a type (`Literal[...]` in Python) is of its values' types.
+        _ => schema["enum"].as_array().map_or_else(Vec::new, |values| values.iter().map(json_type).collect()),
     };
     for alt in ["anyOf", "oneOf"].iter().filter_map(|k| schema[*k].as_array()).flatten() {
         if let Some(r) = alt["$ref"].as_str() {
@@ -42,9 +43,31 @@ fn kind(schema: &Value) -> String {
     kinds.join(" | ")
 }
 
+fn json_type(v: &Value) -> String {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_f64() => "number",
+        Value::Number(_) => "integer",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+    .to_owned()
+}
+
 fn allowed(schema: &Value) -> String {
-    if let Some(values) = schema["enum"].as_array() {
-        return values.iter().map(Value::to_string).collect::<Vec<_>>().join(", ");
+    // The values of an enum, also when it is one of the alternatives (`Optional[Literal[...]]`).
+    let alternatives = ["anyOf", "oneOf"].iter().filter_map(|k| schema[*k].as_array()).flatten();
+    let values: Vec<String> = std::iter::once(schema)
+        .chain(alternatives)
+        .filter_map(|s| s["enum"].as_array())
+        .flatten()
+        .filter(|v| !v.is_null())
+        .map(Value::to_string)
+        .collect();
+    if !values.is_empty() {
+        return values.join(", ");
     }
     let bound = |k: &str| schema.get(k).filter(|v| v.is_number()).map(Value::to_string);
     let low = bound("exclusiveMinimum").map(|v| (v, "<")).or_else(|| bound("minimum").map(|v| (v, "≤")));
@@ -91,7 +114,8 @@ mod tests {
                 "seed": { "type": "integer", "default": 42, "minimum": 0 },
                 "criterion": { "type": ["string", "null"], "enum": ["gini", "entropy"] },
                 "target": { "type": "string" },
-                "algorithm": { "anyOf": [{ "$ref": "#/$defs/Algorithm" }, { "type": "null" }] }
+                "algorithm": { "anyOf": [{ "$ref": "#/$defs/Algorithm" }, { "type": "null" }] },
+                "stop_words": { "anyOf": [{ "enum": ["english"] }, { "type": "null" }], "default": "english" }
             }
         });
         let p = params(&d);
@@ -108,6 +132,11 @@ mod tests {
         );
         assert!(row("target").required && !row("seed").required);
         assert_eq!((row("target").default.as_str(), row("algorithm").kind.as_str()), ("-", "Algorithm"));
+        assert_eq!(
+            (row("stop_words").kind.as_str(), row("stop_words").allowed.as_str()),
+            ("string", "\"english\""),
+            "an optional Literal from a Python step"
+        );
         assert!(params(&StepDescriptor::new("bare", "1")).is_empty());
     }
 }

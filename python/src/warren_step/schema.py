@@ -42,6 +42,14 @@ def _is_union_type(hint: Any) -> bool:
     return isinstance(hint, getattr(types, "UnionType", ()))
 
 
+def _json_type(value: Any) -> Optional[str]:
+    """The JSON Schema type of a literal value (bool before int: a bool is an int in Python)."""
+    for kind, name in ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string")):
+        if isinstance(value, kind):
+            return name
+    return None
+
+
 def _schema_of_hint(hint: Any) -> Dict[str, Any]:
     optional, inner = _is_optional(hint)
     if optional:
@@ -55,6 +63,9 @@ def _schema_of_hint(hint: Any) -> Dict[str, Any]:
     origin = get_origin(hint)
     if origin is Literal:
         values = list(get_args(hint))
+        types = {_json_type(v) for v in values}
+        if len(types) == 1 and None not in types:
+            return {"type": types.pop(), "enum": values}
         return {"enum": values}
     if origin in (list, List, typing.Sequence, tuple) and origin is not tuple:
         (item,) = get_args(hint) or (Any,)

@@ -310,19 +310,41 @@ async fn exit_status(child: &mut Child) -> String {
     }
 }
 
-/// The child's stderr, line by line, into the worker's log; a line that begins with a level
-/// (`ERROR`, `WARNING`, `INFO`, `DEBUG`) is logged at that level.
+/// The child's stderr, line by line, into the worker's log (see [`classify`]).
 async fn forward_log(stderr: tokio::process::ChildStderr, child: usize, pid: u32) {
     let mut lines = BufReader::new(stderr).lines();
+    let mut traceback = false;
     while let Ok(Some(line)) = lines.next_line().await {
-        let (level, text) = line.split_once(' ').unwrap_or((line.as_str(), ""));
-        match level {
-            "ERROR" | "CRITICAL" => tracing::error!(child, pid, "{text}"),
-            "WARNING" | "WARN" => tracing::warn!(child, pid, "{text}"),
-            "INFO" => tracing::info!(child, pid, "{text}"),
-            "DEBUG" => tracing::debug!(child, pid, "{text}"),
-            _ => tracing::info!(child, pid, "{line}"),
+        match classify(&line, &mut traceback) {
+            (tracing::Level::ERROR, text) => tracing::error!(child, pid, "{text}"),
+            (tracing::Level::WARN, text) => tracing::warn!(child, pid, "{text}"),
+            (tracing::Level::DEBUG | tracing::Level::TRACE, text) => tracing::debug!(child, pid, "{text}"),
+            (_, text) => tracing::info!(child, pid, "{text}"),
         }
+    }
+}
+
+/// The level of one line of a child's stderr and its text: a line that begins with a level
+/// (`ERROR`, `CRITICAL`, `WARNING`, `INFO`, `DEBUG`) is at that level, without the word; a Python
+/// traceback (an import that fails before the hello, say) is at ERROR from `Traceback` through
+/// its closing, unindented line; anything else (a print) is at INFO.
+fn classify<'a>(line: &'a str, traceback: &mut bool) -> (tracing::Level, &'a str) {
+    if line.starts_with("Traceback (most recent call last):") {
+        *traceback = true;
+        return (tracing::Level::ERROR, line);
+    }
+    if *traceback {
+        // The frames are indented; the exception's own line closes the traceback.
+        *traceback = line.starts_with(' ') || line.is_empty() || line.starts_with("During handling");
+        return (tracing::Level::ERROR, line);
+    }
+    let (word, text) = line.split_once(' ').unwrap_or((line, ""));
+    match word {
+        "ERROR" | "CRITICAL" => (tracing::Level::ERROR, text),
+        "WARNING" | "WARN" => (tracing::Level::WARN, text),
+        "INFO" => (tracing::Level::INFO, text),
+        "DEBUG" => (tracing::Level::DEBUG, text),
+        _ => (tracing::Level::INFO, line),
     }
 }
 
@@ -346,5 +368,26 @@ mod tests {
         }
         assert!(read_descriptor(&bad).unwrap_err().contains("a step"));
         assert!(read_descriptor(&rmpv::Value::Map(vec![])).unwrap_err().contains("step"));
+    }
+
+    #[test]
+    fn stderr_lines_keep_their_level_and_a_traceback_is_an_error_to_its_last_line() {
+        use tracing::Level;
+        let mut tb = false;
+        let lines = [
+            "WARNING disk almost full",
+            "a print from the step",
+            "Traceback (most recent call last):",
+            "  File \"keywords.py\", line 3, in <module>",
+            "    import sklearn",
+            "ModuleNotFoundError: No module named 'sklearn'",
+            "after it",
+        ];
+        let got: Vec<(Level, &str)> = lines.iter().map(|l| classify(l, &mut tb)).collect();
+        assert_eq!(got[0], (Level::WARN, "disk almost full"));
+        assert_eq!(got[1], (Level::INFO, "a print from the step"));
+        assert!(got[2..6].iter().all(|(level, _)| *level == Level::ERROR), "{got:?}");
+        assert_eq!(got[5].1, "ModuleNotFoundError: No module named 'sklearn'");
+        assert_eq!(got[6], (Level::INFO, "after it"));
     }
 }
