@@ -145,6 +145,8 @@ mod tests {
             artifact: None,
             scored: 1,
             refused: vec![],
+            probabilities: vec![],
+            classes: vec![],
         });
     }
 

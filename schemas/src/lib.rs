@@ -5,6 +5,7 @@
 //!
 //! - [`payloads`]: the step inputs and outputs, each with a versioned schema id.
 //! - [`params`]: what each step takes from its hop on the routing slip.
+//! - [`onnx`]: how an ONNX model in the registry is fed and read (its signature).
 //! - [`spec`]: pipeline specs (TOML), checked step by step with errors that name the line.
 //! - [`models`] (feature `warren`): the model registry's layout in the artifact store, with
 //!   create-only writes so versions and aliases never lose an update.
@@ -17,6 +18,7 @@ pub mod csvfile;
 mod fixtures;
 #[cfg(feature = "warren")]
 pub mod models;
+pub mod onnx;
 pub mod params;
 pub mod payloads;
 pub mod spec;

@@ -65,6 +65,28 @@ pub struct Signature {
     pub classes: Vec<String>,
 }
 
+pub use crate::onnx::{OnnxElem, OnnxInput, OnnxSignature};
+
+/// How a registered model is stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelFormat {
+    /// Warren's own (MessagePack of a model its train step fitted, with its preprocessing).
+    #[default]
+    Warren,
+    /// An ONNX graph (from scikit-learn through skl2onnx, PyTorch, or `warren models export`).
+    Onnx,
+}
+
+impl std::fmt::Display for ModelFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ModelFormat::Warren => "warren",
+            ModelFormat::Onnx => "onnx",
+        })
+    }
+}
+
 /// One registered version.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Entry {
@@ -83,6 +105,12 @@ pub struct Entry {
     /// What the model takes and gives.
     #[serde(default)]
     pub signature: Option<Signature>,
+    /// How the model is stored (`warren` for entries from before ONNX).
+    #[serde(default)]
+    pub format: ModelFormat,
+    /// How to feed an ONNX model and read its answer (`format = onnx`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnx: Option<OnnxSignature>,
     /// Lineage: the dataset's content hash.
     pub dataset_hash: String,
     /// The split's seed.
@@ -187,6 +215,19 @@ impl<'a> ModelRegistry<'a> {
         names.sort();
         names.dedup();
         Ok(names)
+    }
+
+    /// Key for a model artifact brought into the registry (an imported ONNX file), by content.
+    pub fn import_key(&self, hash: &str, extension: &str) -> String {
+        format!("registry/{}/{}/imports/{}.{extension}", self.scope, self.name, hash.trim_start_matches("sha256:"))
+    }
+
+    /// Stores an imported model's bytes under [`Self::import_key`].
+    pub async fn put_import(&self, bytes: Vec<u8>, extension: &str) -> Result<ArtifactRef> {
+        let key = self.import_key(&warren::artifacts::content_hash(&bytes), extension);
+        let size = bytes.len() as u64;
+        let stored = self.store.put(&key, bytes).await?;
+        Ok(ArtifactRef { uri: stored.uri, hash: stored.hash, bytes: size })
     }
 
     /// The model's name.

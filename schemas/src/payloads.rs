@@ -479,6 +479,13 @@ pub struct Predictions {
     /// Rows refused (a batch scores the rest), with why.
     #[serde(default)]
     pub refused: Vec<RefusedRow>,
+    /// Class probabilities (or scores), a row per label, in the order of `classes`: from models
+    /// that give them (ONNX classifiers); empty otherwise, and for batches (which store them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probabilities: Vec<Vec<f64>>,
+    /// The class labels the probabilities are for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<String>,
 }
 schema!(Predictions, "warren.ml.Predictions/1");
 

@@ -503,5 +503,7 @@ pub fn model_entry(name: &str, accuracy: f64) -> warren_schemas::models::Entry {
         code_version: "test".into(),
         registered_by: "the tests".into(),
         registered_at_ms: warren::envelope::now_ms(),
+        format: warren_schemas::models::ModelFormat::Warren,
+        onnx: None,
     }
 }

@@ -15,6 +15,7 @@ mod health;
 mod history;
 mod lifecycle;
 mod ml;
+mod onnx;
 mod packaging;
 mod pipeline;
 mod registry;

@@ -17,6 +17,7 @@ mod dlq;
 mod fleet;
 mod jobs;
 mod models;
+mod onnx;
 mod predict;
 mod queues;
 mod rerun;

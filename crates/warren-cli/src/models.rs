@@ -37,6 +37,13 @@ pub enum ModelsCommand {
         after_help = "Example:\n  warren models promote iris 3 --to production --reason \"passed the shadow test\""
     )]
     Promote(PromoteArgs),
+    /// Register an ONNX model trained anywhere (scikit-learn through skl2onnx, PyTorch, ...):
+    /// its columns and classes read from the graph, checked by running it, scored on `--test`.
+    #[command(
+        after_help = "Example:\n  warren models import churn.onnx --name churn --test holdout.csv --target churned\n\n\
+                      scikit-learn: skl2onnx.to_onnx(pipeline, X[:1], options={'zipmap': False})"
+    )]
+    Import(crate::onnx::ImportArgs),
     /// Point an alias back at the version it pointed at before its last move.
     #[command(after_help = "Example:\n  warren models rollback iris --alias production --reason \"bad predictions\"")]
     Rollback(RollbackArgs),
@@ -108,7 +115,7 @@ impl Models {
     }
 }
 
-fn fail(e: RegistryError) -> Fail {
+pub(crate) fn fail(e: RegistryError) -> Fail {
     match e {
         RegistryError::NotFound(m) | RegistryError::Refused(m) => Fail::usage(m),
         other => Fail::from(other),
@@ -143,6 +150,7 @@ pub async fn run(config: &Config, cmd: ModelsCommand, json: bool) -> Outcome {
         ModelsCommand::Show { model, at } => show(&store, &model, at.as_deref(), json).await?,
         ModelsCommand::Promote(a) => promote(&store, &a, json).await?,
         ModelsCommand::Rollback(a) => rollback(&store, &a, json).await?,
+        ModelsCommand::Import(a) => crate::onnx::import(&store, &a, json).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -228,7 +236,7 @@ async fn show(store: &Models, model: &str, at: Option<&str>, json: bool) -> Resu
                 "signature": e.signature, "dataset_hash": e.dataset_hash, "seed": e.seed,
                 "job": e.job_id, "pipeline": e.pipeline, "code_version": e.code_version,
                 "registered_by": e.registered_by, "registered_at_ms": e.registered_at_ms,
-                "model_artifact": e.model.uri, "decision": decision,
+                "model_artifact": e.model.uri, "decision": decision, "format": e.format, "onnx": e.onnx,
             })
         );
         return Ok(());
@@ -238,15 +246,28 @@ async fn show(store: &Models, model: &str, at: Option<&str>, json: bool) -> Resu
         if a.is_empty() { String::new() } else { format!("  ({a})") }
     });
     outln!("  metrics      {}  (compared on {})", metrics_text(&e), e.metric);
+    match &e.onnx {
+        Some(o) => outln!("  format       onnx, from {} ({} operators)", o.producer, o.operators.len()),
+        None => outln!("  format       {}", e.format),
+    }
     outln!("  algorithm    {}", e.candidate);
     if let Some(s) = &e.signature {
-        outln!("  signature    {:?}: {}", s.task, s.features.join(", "));
+        let typed: Vec<String> = s.features.iter().zip(&s.types).map(|(f, t)| format!("{f} ({t})")).collect();
+        outln!("  signature    {:?}: {}", s.task, typed.join(", "));
         if !s.classes.is_empty() {
             outln!("  classes      {}", s.classes.join(", "));
         }
     }
-    outln!("  data         {} (split seed {})", e.dataset_hash, e.seed);
-    outln!("  job          {} of pipeline {}", e.job_id, e.pipeline);
+    if e.job_id.is_empty() {
+        let file = e.candidate["file"].as_str().unwrap_or("a file");
+        match e.dataset_hash.as_str() {
+            "" => outln!("  lineage      imported from {file}, not scored"),
+            hash => outln!("  lineage      imported from {file}, scored on test rows {hash}"),
+        }
+    } else {
+        outln!("  data         {} (split seed {})", e.dataset_hash, e.seed);
+        outln!("  job          {} of pipeline {}", e.job_id, e.pipeline);
+    }
     outln!("  code         {}", e.code_version);
     outln!("  registered   {} by {}", when(e.registered_at_ms), e.registered_by);
     outln!("  artifact     {}", e.model.uri);

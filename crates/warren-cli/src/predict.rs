@@ -64,8 +64,22 @@ pub async fn run(config: &Config, a: PredictArgs, json: bool) -> Outcome {
     if json {
         outln!("{}", serde_json::to_string(&p)?);
     } else {
-        let answers: Vec<String> =
-            if p.labels.is_empty() { p.values.iter().map(f64::to_string).collect() } else { p.labels.clone() };
+        let answers: Vec<String> = if p.labels.is_empty() {
+            p.values.iter().map(f64::to_string).collect()
+        } else {
+            // With the label's probability, when the model gives them.
+            p.labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let k = p.classes.iter().position(|c| c == l);
+                    match k.and_then(|k| p.probabilities.get(i)?.get(k)) {
+                        Some(prob) => format!("{l} ({prob:.3})"),
+                        None => l.clone(),
+                    }
+                })
+                .collect()
+        };
         for (row, answer) in a.rows.iter().zip(&answers) {
             outln!("{row} → {answer}");
         }

@@ -14,6 +14,8 @@
 //! - [`model`]: fitting candidates (logistic regression, decision tree, random forest,
 //!   gradient boosting, linear, elastic net),
 //!   the saved model format, and prediction.
+//! - [`onnx`]: ONNX models (scikit-learn's through skl2onnx, networks), read and served with
+//!   tract, and Warren's own models written as ONNX.
 //! - [`tree`]: CART trees with scikit-learn's split rule, random forests and gradient boosting.
 //! - [`parity`]: the runs compared with scikit-learn (benchmark and test).
 //! - [`metrics`]: accuracy, macro F1, confusion matrix; RMSE, MAE, R².
@@ -24,6 +26,7 @@ pub mod features;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
+pub mod onnx;
 pub mod parity;
 pub mod preprocess;
 pub mod table;

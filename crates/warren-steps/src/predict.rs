@@ -10,6 +10,10 @@
 //! kind: `no_model:`, `unknown_version:`, `wrong_shape:` (a column missing, text where a number
 //! belongs; naming the columns the model takes). A batch scores the rows it can and lists the
 //! others with why.
+//!
+//! An ONNX model (imported, or registered by a step that trained it elsewhere) is served by
+//! tract with the signature recorded at import: the same raw rows, the same checks, and its
+//! class probabilities in the answer.
 
 use std::{
     collections::HashMap,
@@ -19,16 +23,53 @@ use std::{
 use warren::{Context, StepError};
 use warren_ml::{
     model::{Predicted, SavedModel},
+    onnx::OnnxModel,
     table::{Table, Values},
 };
 use warren_schemas::{
-    Cell, PredictRequest, Predictions, RefusedRow,
-    models::{ModelRegistry, RegistryError},
+    Cell, PredictRequest, Predictions, RefusedRow, Task,
+    models::{Entry, ModelFormat, ModelRegistry, RegistryError},
 };
 
 use crate::{fetch, ml, put, register::reg};
 
-type Loaded = Arc<SavedModel>;
+/// A registered model, ready to answer.
+#[derive(Debug)]
+pub enum Served {
+    /// Warren's own.
+    Warren(SavedModel),
+    /// An ONNX graph run by tract.
+    Onnx(OnnxModel),
+}
+
+type Loaded = Arc<Served>;
+
+/// Reads a registered version's artifact as its format says.
+fn load(entry: &Entry, bytes: &[u8]) -> Result<Served, StepError> {
+    match entry.format {
+        ModelFormat::Warren => {
+            let model = SavedModel::from_bytes(bytes).map_err(ml)?;
+            if let Some(sig) = &entry.signature
+                && (sig.features != model.inputs() || sig.classes != model.classes)
+            {
+                return Err(StepError::permanent(format!(
+                    "model `{}` version {} does not match its registry signature (features {:?}, classes {:?})",
+                    entry.name, entry.version, sig.features, sig.classes
+                )));
+            }
+            Ok(Served::Warren(model))
+        }
+        ModelFormat::Onnx => {
+            let (Some(onnx), Some(sig)) = (&entry.onnx, &entry.signature) else {
+                return Err(StepError::permanent(format!(
+                    "model `{}` version {} is ONNX but its registry entry has no signature",
+                    entry.name, entry.version
+                )));
+            };
+            Ok(Served::Onnx(OnnxModel::load(bytes, onnx, sig.task, &sig.classes).map_err(ml)?))
+        }
+    }
+}
 
 fn loaded() -> &'static Mutex<HashMap<(String, u32), Loaded>> {
     static MODELS: OnceLock<Mutex<HashMap<(String, u32), Loaded>>> = OnceLock::new();
@@ -55,15 +96,8 @@ async fn resolve(ctx: &Context, name: &str, version: Option<&str>) -> Result<(u3
         Err(RegistryError::NotFound(m)) => return Err(StepError::permanent(format!("unknown_version: {m}"))),
         Err(e) => return Err(reg(e)),
     };
-    let model = SavedModel::from_bytes(&fetch(ctx, &entry.model).await?).map_err(ml)?;
-    if let Some(sig) = &entry.signature
-        && (sig.features != model.inputs() || sig.classes != model.classes)
-    {
-        return Err(StepError::permanent(format!(
-            "model `{name}` version {version} does not match its registry signature (features {:?}, classes {:?})",
-            sig.features, sig.classes
-        )));
-    }
+    let bytes = fetch(ctx, &entry.model).await?;
+    let model = crate::blocking(move || Ok(load(&entry, &bytes))).await??;
     let model = Arc::new(model);
     if let Ok(mut m) = loaded().lock() {
         m.insert((name.to_owned(), version), model.clone());
@@ -161,20 +195,78 @@ fn rpc(model: &SavedModel, req: &PredictRequest) -> Result<Predicted, StepError>
     model.predict_rows(&numeric_rows(model, req)?).map_err(ml)
 }
 
-/// Answers a prediction request.
-pub async fn handle(ctx: Context, req: PredictRequest) -> Result<Predictions, StepError> {
-    let (version, model) = resolve(&ctx, &req.model, req.version.as_deref()).await?;
-    let (predicted, refused, total, batch) = match &req.dataset {
-        Some(r) => {
-            let table = Table::from_ipc(&fetch(&ctx, r).await?).map_err(ml)?;
-            let (p, refused, total) = batch(&model, &table)?;
-            (p, refused, total, true)
-        }
-        None => (rpc(&model, &req)?, Vec::new(), req.rows.len(), false),
+/// What a model answered: labels or values, refused rows, and class probabilities.
+struct Answer {
+    labels: Vec<String>,
+    values: Vec<f64>,
+    refused: Vec<RefusedRow>,
+    total: usize,
+    probabilities: Vec<Vec<f64>>,
+    classes: Vec<String>,
+}
+
+fn answer_native(model: &SavedModel, req: &PredictRequest, table: Option<&Table>) -> Result<Answer, StepError> {
+    let (predicted, refused, total) = match table {
+        Some(t) => batch(model, t)?,
+        None => (rpc(model, req)?, Vec::new(), req.rows.len()),
     };
     let (labels, values) = match predicted {
         Predicted::Classes(c) => (model.labels(&c), Vec::new()),
         Predicted::Values(v) => (Vec::new(), v),
+    };
+    Ok(Answer { labels, values, refused, total, probabilities: Vec::new(), classes: Vec::new() })
+}
+
+fn onnx_shape(model: &OnnxModel, what: impl std::fmt::Display) -> StepError {
+    let s = &model.signature;
+    let typed: Vec<String> = s.columns().iter().zip(s.types()).map(|(n, t)| format!("{n} ({t})")).collect();
+    StepError::permanent(format!("wrong_shape: {what}; the model takes {}: {}", typed.len(), typed.join(", ")))
+}
+
+fn answer_onnx(model: &OnnxModel, req: &PredictRequest, table: Option<&Table>) -> Result<Answer, StepError> {
+    let (out, refused, total) = match table {
+        Some(t) => {
+            let (out, refused) = model.predict_table(t).map_err(|e| onnx_shape(model, e))?;
+            let refused = refused.into_iter().map(|(i, reason)| RefusedRow { row: i as u64 + 1, reason }).collect();
+            (out, refused, t.rows())
+        }
+        None => {
+            if let Some(cols) = &req.columns {
+                let known = model.columns();
+                if let Some(c) = cols.iter().find(|c| !known.contains(c)) {
+                    return Err(onnx_shape(model, format!("column `{c}` is not a column of the model")));
+                }
+                if let Some(c) = known.iter().find(|c| !cols.contains(c)) {
+                    return Err(onnx_shape(model, format!("column `{c}` is missing")));
+                }
+            }
+            let out = model.predict_cells(req.columns.as_deref(), &req.rows).map_err(|e| onnx_shape(model, e))?;
+            (out, Vec::new(), req.rows.len())
+        }
+    };
+    let (labels, values) = match out.predicted {
+        Predicted::Classes(c) => {
+            (c.iter().map(|&i| model.classes.get(i).cloned().unwrap_or_default()).collect(), Vec::new())
+        }
+        Predicted::Values(v) => (Vec::new(), v),
+    };
+    let batch = table.is_some();
+    let classes = if model.task == Task::Classification && !batch { model.classes.clone() } else { Vec::new() };
+    let probabilities = if batch { Vec::new() } else { out.scores };
+    Ok(Answer { labels, values, refused, total, probabilities, classes })
+}
+
+/// Answers a prediction request.
+pub async fn handle(ctx: Context, req: PredictRequest) -> Result<Predictions, StepError> {
+    let (version, model) = resolve(&ctx, &req.model, req.version.as_deref()).await?;
+    let table = match &req.dataset {
+        Some(r) => Some(Table::from_ipc(&fetch(&ctx, r).await?).map_err(ml)?),
+        None => None,
+    };
+    let batch = table.is_some();
+    let Answer { labels, values, refused, total, probabilities, classes } = match model.as_ref() {
+        Served::Warren(m) => answer_native(m, &req, table.as_ref())?,
+        Served::Onnx(m) => answer_onnx(m, &req, table.as_ref())?,
     };
     let scored = (labels.len() + values.len()) as u64;
     let artifact = if batch {
@@ -201,5 +293,5 @@ pub async fn handle(ctx: Context, req: PredictRequest) -> Result<Predictions, St
     } else {
         None
     };
-    Ok(Predictions { model: req.model, version, labels, values, artifact, scored, refused })
+    Ok(Predictions { model: req.model, version, labels, values, artifact, scored, refused, probabilities, classes })
 }

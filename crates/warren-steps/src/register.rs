@@ -15,7 +15,7 @@ use warren::{Context, StepError};
 use warren_ml::metrics::lower_is_better;
 use warren_schemas::{
     ArtifactRef, Evaluation, Registration,
-    models::{Comparison, Entry, ModelRegistry, Promote, RegistryError, Signature},
+    models::{Comparison, Entry, ModelFormat, ModelRegistry, Promote, RegistryError, Signature},
     params::RegisterParams,
 };
 
@@ -79,6 +79,8 @@ pub async fn handle(ctx: Context, ev: Evaluation) -> Result<Registration, StepEr
                 code_version: format!("warren-steps {STEP_VERSION}"),
                 registered_by: format!("register {STEP_VERSION} on {}", ctx.worker),
                 registered_at_ms: warren::envelope::now_ms(),
+                format: ModelFormat::Warren,
+                onnx: None,
             };
             registry.add(&mut entry).await.map_err(reg)?
         }

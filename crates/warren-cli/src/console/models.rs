@@ -87,19 +87,23 @@ pub async fn model_page(State(app): State<Shared>, headers: HeaderMap, Path(mode
     let aliases = r.aliases().await.unwrap_or_default();
     let rows = Markup::concat(versions.iter().rev().map(|e| {
         html!(
-            "<tr data-version=\"{}\"><td>v{}</td><td class=\"aliases\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr data-version=\"{}\"><td>v{}</td><td class=\"aliases\">{}</td><td>{}</td><td>{}</td><td class=\"format\">{}</td><td>{}</td><td>{}</td></tr>",
             e.version,
             e.version,
             aliases_of(&aliases, e.version),
             metrics(e),
             e.candidate["algorithm"].as_str().unwrap_or("?"),
+            match &e.onnx {
+                Some(o) => format!("onnx ({})", o.producer),
+                None => e.format.to_string(),
+            },
             warren::events::format_time(e.registered_at_ms),
             model_forms(&s, &model, e)
         )
     }));
     let mut body = html!(
         "<h2>Model {}</h2><table id=\"versions\"><thead><tr><th>version</th><th>aliases</th><th>metrics</th><th>algorithm</th>\
-         <th>registered</th><th></th></tr></thead><tbody>{}</tbody></table>",
+         <th>format</th><th>registered</th><th></th></tr></thead><tbody>{}</tbody></table>",
         model,
         rows
     );

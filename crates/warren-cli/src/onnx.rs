@@ -1,0 +1,233 @@
+//! `warren models import`: an ONNX model trained anywhere (scikit-learn through skl2onnx,
+//! PyTorch, XGBoost) into the registry, checked by running it, scored on held-out rows when
+//! given, and recorded like a trained model, so promotion, aliases and `predict` treat it like
+//! one.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use clap::Args;
+use warren_ml::{
+    metrics,
+    model::Predicted,
+    onnx::{ImportOptions, OnnxModel},
+    table::Values,
+};
+use warren_schemas::{
+    Task,
+    models::{Comparison, Entry, ModelFormat, Promote, Signature},
+    params::IngestParams,
+};
+
+use crate::{Fail, models::Models};
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The ONNX file.
+    file: PathBuf,
+    /// The model's name in the registry (a new version of it when it exists).
+    #[arg(long)]
+    name: String,
+    /// Held-out rows to score it on (CSV with a header and the target column): its metrics are
+    /// what promotion compares.
+    #[arg(long, value_name = "CSV", requires = "target")]
+    test: Option<PathBuf>,
+    /// The target column of `--test`.
+    #[arg(long, requires = "test")]
+    target: Option<String>,
+    /// Names for the columns of inputs that take several (an input of shape [N, 4], say),
+    /// comma-separated, in order.
+    #[arg(long, value_name = "A,B,...")]
+    columns: Option<String>,
+    /// Class labels in score order, for a classifier whose graph names none (a network that
+    /// outputs only scores).
+    #[arg(long, value_name = "A,B,...")]
+    classes: Option<String>,
+    /// The metric promotion compares on (`accuracy` for classifiers, `rmse` for regressors).
+    #[arg(long)]
+    metric: Option<String>,
+    /// The alias to move to it when it beats the alias's model (as the register step does);
+    /// `none` to move none.
+    #[arg(long, default_value = "latest")]
+    alias: String,
+    /// Why (recorded with the version).
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+fn list(text: &Option<String>) -> Option<Vec<String>> {
+    text.as_ref().map(|t| t.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+}
+
+/// The metrics of `model` on a CSV of held-out rows, and the rows' count.
+fn score(model: &OnnxModel, csv: &[u8], target: &str) -> Result<(BTreeMap<String, f64>, usize), Fail> {
+    let params = IngestParams { target: Some(target.to_owned()), ..IngestParams::default() };
+    let loaded = warren_ml::ingest::csv(csv, &params).map_err(|e| Fail::usage(format!("--test: {e}")))?;
+    let truth = loaded.table.column(target).ok_or_else(|| Fail::usage(format!("--test has no column `{target}`")))?;
+    let (out, refused) = model.predict_table(&loaded.table).map_err(|e| Fail::usage(format!("--test: {e}")))?;
+    if let Some((row, why)) = refused.first() {
+        return Err(Fail::usage(format!("--test row {}: {why}", row + 1)));
+    }
+    let rows = loaded.table.rows();
+    let text = |i: usize| -> Option<String> {
+        match truth {
+            Values::Str(v) => v[i].clone(),
+            Values::F64(v) => v[i].map(|x| x.to_string()),
+        }
+    };
+    Ok(match out.predicted {
+        Predicted::Classes(p) => {
+            let mut t = Vec::with_capacity(rows);
+            for i in 0..rows {
+                let label = text(i).ok_or_else(|| Fail::usage(format!("--test row {}: no `{target}`", i + 1)))?;
+                let k = model.classes.iter().position(|c| *c == label).ok_or_else(|| {
+                    Fail::usage(format!(
+                        "--test row {}: `{label}` is not one of the model's classes ({})",
+                        i + 1,
+                        model.classes.join(", ")
+                    ))
+                })?;
+                t.push(k);
+            }
+            (metrics::classification(&t, &p, model.classes.len()).0, rows)
+        }
+        Predicted::Values(p) => {
+            let Values::F64(v) = truth else {
+                return Err(Fail::usage(format!("--test: `{target}` is not numeric, and the model is a regressor")));
+            };
+            let t: Vec<f64> = v.iter().map(|x| x.unwrap_or(f64::NAN)).collect();
+            (metrics::regression(&t, &p), rows)
+        }
+    })
+}
+
+/// `warren models import FILE.onnx --name N`.
+pub async fn import(store: &Models, a: &ImportArgs, json: bool) -> Result<(), Fail> {
+    let shown = a.file.display().to_string();
+    let bytes = std::fs::read(&a.file).map_err(|e| Fail::usage(format!("{shown}: {e}")))?;
+    let options = ImportOptions { columns: list(&a.columns), classes: list(&a.classes) };
+    let checked = bytes.clone();
+    let model = tokio::task::spawn_blocking(move || OnnxModel::import(&checked, &options))
+        .await
+        .map_err(|e| Fail::from(e.to_string()))?
+        .map_err(|e| Fail::usage(format!("{shown}: {e}; nothing registered")))?;
+    let (metrics, test_rows, test_hash) = match (&a.test, &a.target) {
+        (Some(path), Some(target)) => {
+            let csv = std::fs::read(path).map_err(|e| Fail::usage(format!("--test {}: {e}", path.display())))?;
+            let (m, rows) = score(&model, &csv, target)?;
+            (m, rows, warren::artifacts::content_hash(&csv))
+        }
+        _ => (BTreeMap::new(), 0, String::new()),
+    };
+    let metric = a
+        .metric
+        .clone()
+        .unwrap_or_else(|| if model.task == Task::Classification { "accuracy".into() } else { "rmse".into() });
+    if !metrics.is_empty() && metrics::score(&metrics, &metric).is_err() {
+        return Err(Fail::usage(format!(
+            "--metric {metric}: the test rows give {}",
+            metrics.keys().cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let registry = store.registry(&a.name);
+    let artifact = registry.put_import(bytes, "onnx").await.map_err(crate::models::fail)?;
+    let signature = model.signature.clone();
+    let who = std::env::var("USER").unwrap_or_else(|_| "an operator".into());
+    let mut entry = Entry {
+        name: a.name.clone(),
+        version: 0,
+        model: artifact,
+        metrics: metrics.clone(),
+        metric: metric.clone(),
+        candidate: serde_json::json!({
+            "algorithm": "onnx",
+            "producer": signature.producer,
+            "file": a.file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+        }),
+        signature: Some(Signature {
+            features: signature.columns(),
+            types: signature.types(),
+            task: model.task,
+            classes: model.classes.clone(),
+        }),
+        dataset_hash: test_hash,
+        seed: 0,
+        job_id: String::new(),
+        pipeline: String::new(),
+        code_version: signature.producer.clone(),
+        registered_by: match &a.reason {
+            Some(r) => format!("{who} with warren models import: {r}"),
+            None => format!("{who} with warren models import"),
+        },
+        registered_at_ms: warren::envelope::now_ms(),
+        format: ModelFormat::Onnx,
+        onnx: Some(signature.clone()),
+    };
+    let version = registry.add(&mut entry).await.map_err(crate::models::fail)?;
+    let fail = crate::models::fail;
+    let decision = if a.alias == "none" {
+        None
+    } else if metrics.is_empty() {
+        // Nothing to compare on: the alias moves only if it points nowhere yet.
+        let current = registry.alias(&a.alias).await.map_err(fail)?;
+        let promoted = current.is_none()
+            && registry
+                .try_move(&a.alias, None, version, "import", &entry.registered_by, None)
+                .await
+                .map_err(fail)?
+                .is_some();
+        let reason = if promoted {
+            format!("`{}` had no version", a.alias)
+        } else {
+            "no --test rows to compare on: `warren models promote --force` moves it".to_owned()
+        };
+        Some(Comparison {
+            alias: a.alias.clone(),
+            metric: metric.clone(),
+            score: f64::NAN,
+            against: current.map(|m| m.version),
+            against_score: None,
+            margin: 0.0,
+            promoted,
+            reason,
+        })
+    } else {
+        let how = Promote { metric: &metric, margin: 0.0, force: false, action: "import", by: &entry.registered_by };
+        let (c, _) = registry.promote(&a.alias, version, &how).await.map_err(fail)?;
+        registry.decide(version, &c).await.map_err(fail)?;
+        Some(c)
+    };
+    if json {
+        outln!(
+            "{}",
+            serde_json::json!({
+                "model": a.name, "version": version, "format": "onnx", "task": model.task,
+                "columns": signature.columns(), "types": signature.types(), "classes": model.classes,
+                "metrics": metrics, "metric": metric, "test_rows": test_rows, "producer": signature.producer,
+                "artifact": entry.model.uri, "decision": decision,
+            })
+        );
+        return Ok(());
+    }
+    let task = match model.task {
+        Task::Classification => format!("classifier of {} classes ({})", model.classes.len(), model.classes.join(", ")),
+        Task::Regression => "regressor".to_owned(),
+    };
+    outln!("imported {shown} as {} version {version}: an ONNX {task} from {}", a.name, signature.producer);
+    let typed: Vec<String> =
+        signature.columns().iter().zip(signature.types()).map(|(c, t)| format!("{c} ({t})")).collect();
+    outln!("  takes        {}", typed.join(", "));
+    if metrics.is_empty() {
+        outln!("  metrics      none (no --test rows): promotion over a scored version needs --force");
+    } else {
+        let m: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+        outln!("  metrics      {} on {test_rows} test rows (compared on {metric})", m.join(", "));
+    }
+    match &decision {
+        Some(c) if c.promoted => outln!("  {:<12} now points here: {}", c.alias, c.reason),
+        Some(c) => outln!("  {:<12} stays where it was: {}", c.alias, c.reason),
+        None => {}
+    }
+    let force = if metrics.is_empty() { " --force" } else { "" };
+    outln!("  next         warren models promote {} {version} --to production{force}", a.name);
+    Ok(())
+}
