@@ -182,3 +182,72 @@ async fn scikit_learn_pipelines_import_promote_and_predict_as_scikit_learn_does(
     let _ = std::fs::remove_dir_all(&artifacts);
     t.cleanup().await;
 }
+
+/// A table's columns as JSON: numbers, text, `null` for a gap.
+fn columns_json(table: &warren_ml::table::Table) -> serde_json::Value {
+    use warren_ml::table::Values;
+    let mut out = serde_json::Map::new();
+    for (name, col) in table.names.iter().zip(&table.columns) {
+        let values: Vec<serde_json::Value> = match col {
+            Values::F64(v) => v.iter().map(|x| x.map_or(serde_json::Value::Null, |x| serde_json::json!(x))).collect(),
+            Values::Str(v) => {
+                v.iter().map(|x| x.clone().map_or(serde_json::Value::Null, serde_json::Value::String)).collect()
+            }
+        };
+        out.insert(name.clone(), serde_json::Value::Array(values));
+    }
+    serde_json::Value::Object(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_warren_algorithm_exported_runs_in_onnxruntime_as_warren_predicts() {
+    use warren_ml::{model::Predicted, onnx::export};
+    use warren_schemas::models::{ModelFormat, ModelRegistry};
+    let t = TestNs::new("onnx-export").await;
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts").join(&t.ns);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let samples = export::samples(100).expect("train every algorithm");
+    let mut models = Vec::new();
+    let mut rows = serde_json::Map::new();
+    for (i, s) in samples.iter().enumerate() {
+        let file = format!("{i}.onnx");
+        std::fs::write(dir.join(&file), export::export(&s.model).expect("export")).expect("write");
+        let data = s.name.split('/').next().unwrap_or_default().to_owned();
+        rows.insert(data.clone(), columns_json(&s.test));
+        let (predicted, refused) = s.model.predict_table(&s.test).expect("Warren predicts");
+        assert!(refused.is_empty(), "{}: {refused:?}", s.name);
+        let mut m = serde_json::json!({ "name": s.name, "file": file, "rows": data });
+        match predicted {
+            Predicted::Classes(c) => m["labels"] = serde_json::json!(s.model.labels(&c)),
+            Predicted::Values(v) => m["values"] = serde_json::json!(v),
+        }
+        models.push(m);
+    }
+
+    // The forest through the registry and `warren models export`, as an operator exports it.
+    let forest = samples.iter().find(|s| s.name == "penguins/random_forest").expect("a forest");
+    let store = warren::artifacts::ArtifactStore::open(&dir.display().to_string()).expect("store");
+    let registry = ModelRegistry::new(&store, &t.ns, "penguins");
+    let bytes = forest.model.to_bytes().expect("model bytes");
+    let stored = store.put("models/forest.bin", bytes.clone()).await.expect("store the model");
+    let mut entry = crate::helpers::model_entry("penguins", 0.97);
+    entry.model = warren_schemas::ArtifactRef { uri: stored.uri, hash: stored.hash, bytes: bytes.len() as u64 };
+    entry.format = ModelFormat::Warren;
+    let version = registry.add(&mut entry).await.expect("register");
+    let exported = dir.join("cli.onnx").display().to_string();
+    let (code, stdout, stderr) =
+        warren(&t, &dir, &["models", "export", "penguins", &version.to_string(), "-o", &exported]).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("island (string [N,1])"), "{stdout}");
+    assert_eq!(std::fs::read(&exported).expect("exported"), export::export(&forest.model).expect("export"));
+    let mut cli = models.iter().find(|m| m["name"] == "penguins/random_forest").expect("forest").clone();
+    cli["name"] = serde_json::json!("penguins/random_forest (warren models export)");
+    cli["file"] = serde_json::json!("cli.onnx");
+    models.push(cli);
+
+    let manifest = serde_json::json!({ "models": models, "rows": rows });
+    std::fs::write(dir.join("manifest.json"), manifest.to_string()).expect("manifest");
+    run_python(&["tests/onnx/check_exports.py", &dir.display().to_string()]).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    t.cleanup().await;
+}

@@ -44,6 +44,10 @@ pub enum ModelsCommand {
                       scikit-learn: skl2onnx.to_onnx(pipeline, X[:1], options={'zipmap': False})"
     )]
     Import(crate::onnx::ImportArgs),
+    /// Write a version as an ONNX file (Warren's models with their preprocessing as part of the
+    /// graph), to serve it in onnxruntime, Triton or a browser.
+    #[command(after_help = "Example:\n  warren models export iris production -o iris.onnx")]
+    Export(crate::onnx::ExportArgs),
     /// Point an alias back at the version it pointed at before its last move.
     #[command(after_help = "Example:\n  warren models rollback iris --alias production --reason \"bad predictions\"")]
     Rollback(RollbackArgs),
@@ -104,6 +108,11 @@ impl Models {
         ModelRegistry::new(&self.store, &self.scope, name)
     }
 
+    /// The bytes of a model artifact.
+    pub async fn fetch(&self, artifact: &warren_schemas::ArtifactRef) -> Result<Vec<u8>, Fail> {
+        self.store.fetch(&artifact.uri, Some(&artifact.hash)).await.map_err(|e| Fail::from(e.to_string()))
+    }
+
     /// Every registered model's name.
     pub async fn names(&self) -> Result<Vec<String>, Fail> {
         ModelRegistry::names(&self.store, &self.scope).await.map_err(fail)
@@ -151,6 +160,7 @@ pub async fn run(config: &Config, cmd: ModelsCommand, json: bool) -> Outcome {
         ModelsCommand::Promote(a) => promote(&store, &a, json).await?,
         ModelsCommand::Rollback(a) => rollback(&store, &a, json).await?,
         ModelsCommand::Import(a) => crate::onnx::import(&store, &a, json).await?,
+        ModelsCommand::Export(a) => crate::onnx::export(&store, &a, json).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

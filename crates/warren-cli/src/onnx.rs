@@ -231,3 +231,74 @@ pub async fn import(store: &Models, a: &ImportArgs, json: bool) -> Result<(), Fa
     outln!("  next         warren models promote {} {version} --to production{force}", a.name);
     Ok(())
 }
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Model name.
+    model: String,
+    /// A version number or an alias.
+    #[arg(value_name = "VERSION")]
+    at: String,
+    /// Where to write the ONNX file.
+    #[arg(short, long, value_name = "FILE.onnx")]
+    output: PathBuf,
+}
+
+/// `warren models export NAME VERSION -o model.onnx`: Warren's own models as ONNX graphs with
+/// their preprocessing; an imported ONNX model as the file it came from.
+pub async fn export(store: &Models, a: &ExportArgs, json: bool) -> Result<(), Fail> {
+    let registry = store.registry(&a.model);
+    let fail = crate::models::fail;
+    let version = registry.resolve(&a.at).await.map_err(fail)?;
+    let entry = registry.entry(version).await.map_err(fail)?;
+    let bytes = store.fetch(&entry.model).await?;
+    // What the file takes: the model's raw columns and their kinds, its classes.
+    let sig = entry.signature.clone();
+    let (graph, how, columns) = match entry.format {
+        ModelFormat::Onnx => {
+            let columns = sig.as_ref().map(|s| (s.features.clone(), s.types.clone(), s.classes.clone()));
+            (bytes, "the ONNX file it was imported from", columns)
+        }
+        ModelFormat::Warren => {
+            let (graph, columns) = tokio::task::spawn_blocking(move || {
+                let model = warren_ml::model::SavedModel::from_bytes(&bytes)?;
+                let graph = warren_ml::onnx::export::export(&model)?;
+                Ok::<_, warren_ml::MlError>((graph, (model.inputs(), model.input_types(), model.classes.clone())))
+            })
+            .await
+            .map_err(|e| Fail::from(e.to_string()))?
+            .map_err(|e| Fail::from(format!("{} version {version} cannot be exported: {e}", a.model)))?;
+            (graph, "its preprocessing and model as one graph", Some(columns))
+        }
+    };
+    let size = graph.len();
+    std::fs::write(&a.output, graph).map_err(|e| Fail::usage(format!("-o {}: {e}", a.output.display())))?;
+    let (inputs, types, classes) = columns.unwrap_or_default();
+    if json {
+        outln!(
+            "{}",
+            serde_json::json!({
+                "model": a.model, "version": version, "file": a.output, "bytes": size, "format": entry.format,
+                "inputs": inputs, "types": types, "classes": classes,
+            })
+        );
+        return Ok(());
+    }
+    outln!("wrote {} ({size} bytes): {} version {version}, {how}", a.output.display(), a.model);
+    if entry.format == ModelFormat::Warren {
+        let typed: Vec<String> = inputs
+            .iter()
+            .zip(&types)
+            .map(|(f, t)| {
+                format!("{f} ({})", if t == "numeric" || t == "f64" { "double [N,1]" } else { "string [N,1]" })
+            })
+            .collect();
+        outln!("  inputs       {}", typed.join(", "));
+        outln!(
+            "  outputs      {}",
+            if classes.is_empty() { "variable [N,1]" } else { "label [N], probabilities [N,classes]" }
+        );
+        outln!("  gaps         NaN in a numeric input, the empty string in a text one");
+    }
+    Ok(())
+}

@@ -9,53 +9,57 @@ use tract_onnx::pb::{self, attribute_proto::AttributeType, tensor_proto::DataTyp
 /// The operators this module rewrites.
 pub const LOWERED: &[&str] = &["Imputer", "OneHotEncoder", "Scaler", "TreeEnsembleRegressor"];
 
-/// Builds the replacement nodes, with fresh names for their intermediate values.
-struct Builder {
-    nodes: Vec<pb::NodeProto>,
-    initializers: Vec<pb::TensorProto>,
+/// Operators of the `ai.onnx.ml` domain that Warren writes.
+const ML_OPS: &[&str] = &["CategoryMapper", "TreeEnsembleClassifier", "TreeEnsembleRegressor"];
+
+/// Builds nodes (replacements, or a whole exported graph), with fresh names for their
+/// intermediate values.
+pub(super) struct Builder {
+    pub(super) nodes: Vec<pb::NodeProto>,
+    pub(super) initializers: Vec<pb::TensorProto>,
     next: usize,
     /// The default domain's opset (Unsqueeze takes its axes as an input from 13 on).
     opset: i64,
 }
 
 impl Builder {
-    fn fresh(&mut self, hint: &str) -> String {
+    pub(super) fn new(opset: i64) -> Builder {
+        Builder { nodes: Vec::new(), initializers: Vec::new(), next: 0, opset }
+    }
+
+    pub(super) fn fresh(&mut self, hint: &str) -> String {
         self.next += 1;
         format!("warren_lowered_{hint}_{}", self.next)
     }
 
-    fn node(&mut self, op: &str, inputs: &[&str], outputs: &[&str], attribute: Vec<pb::AttributeProto>) {
+    pub(super) fn node(&mut self, op: &str, inputs: &[&str], outputs: &[&str], attribute: Vec<pb::AttributeProto>) {
         let name = self.fresh(op);
         self.nodes.push(pb::NodeProto {
             input: inputs.iter().map(|s| (*s).to_owned()).collect(),
             output: outputs.iter().map(|s| (*s).to_owned()).collect(),
             name,
             op_type: op.to_owned(),
-            domain: if matches!(op, "CategoryMapper" | "TreeEnsembleClassifier") {
-                "ai.onnx.ml".into()
-            } else {
-                "".into()
-            },
+            domain: if ML_OPS.contains(&op) { "ai.onnx.ml".into() } else { "".into() },
             attribute,
             ..Default::default()
         });
     }
 
     /// `op(inputs)` into a fresh value, whose name it returns.
-    fn value(&mut self, op: &str, inputs: &[&str], attribute: Vec<pb::AttributeProto>) -> String {
+    pub(super) fn value(&mut self, op: &str, inputs: &[&str], attribute: Vec<pb::AttributeProto>) -> String {
         let out = self.fresh(&op.to_lowercase());
         self.node(op, inputs, &[&out], attribute);
         out
     }
 
-    fn constant(&mut self, mut t: pb::TensorProto) -> String {
+    pub(super) fn constant(&mut self, mut t: pb::TensorProto) -> String {
         t.name = self.fresh("const");
         let name = t.name.clone();
         self.initializers.push(t);
         name
     }
 
-    fn floats(&mut self, dims: &[i64], data: Vec<f32>) -> String {
+    pub(super) fn floats(&mut self, dims: &[i64], data: Vec<f32>) -> String {
         self.constant(pb::TensorProto {
             dims: dims.to_vec(),
             data_type: DataType::Float as i32,
@@ -64,7 +68,7 @@ impl Builder {
         })
     }
 
-    fn ints(&mut self, dims: &[i64], data: Vec<i64>) -> String {
+    pub(super) fn ints(&mut self, dims: &[i64], data: Vec<i64>) -> String {
         self.constant(pb::TensorProto {
             dims: dims.to_vec(),
             data_type: DataType::Int64 as i32,
@@ -74,7 +78,7 @@ impl Builder {
     }
 
     /// `x` with a new last axis of length 1.
-    fn unsqueeze_last(&mut self, x: &str) -> String {
+    pub(super) fn unsqueeze_last(&mut self, x: &str) -> String {
         if self.opset >= 13 {
             let axes = self.ints(&[1], vec![-1]);
             self.value("Unsqueeze", &[x, &axes], vec![])
@@ -100,19 +104,19 @@ fn text_of(node: &pb::NodeProto, name: &str) -> Option<String> {
     attr(node, name).map(|a| String::from_utf8_lossy(&a.s).into_owned())
 }
 
-fn ints_attr(name: &str, ints: Vec<i64>) -> pb::AttributeProto {
+pub(super) fn ints_attr(name: &str, ints: Vec<i64>) -> pb::AttributeProto {
     pb::AttributeProto { name: name.into(), r#type: AttributeType::Ints as i32, ints, ..Default::default() }
 }
 
-fn int_attr(name: &str, i: i64) -> pb::AttributeProto {
+pub(super) fn int_attr(name: &str, i: i64) -> pb::AttributeProto {
     pb::AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i, ..Default::default() }
 }
 
-fn strings_attr(name: &str, strings: Vec<Vec<u8>>) -> pb::AttributeProto {
+pub(super) fn strings_attr(name: &str, strings: Vec<Vec<u8>>) -> pb::AttributeProto {
     pb::AttributeProto { name: name.into(), r#type: AttributeType::Strings as i32, strings, ..Default::default() }
 }
 
-fn text_attr(name: &str, s: &str) -> pb::AttributeProto {
+pub(super) fn text_attr(name: &str, s: &str) -> pb::AttributeProto {
     pb::AttributeProto { name: name.into(), r#type: AttributeType::String as i32, s: s.into(), ..Default::default() }
 }
 
@@ -125,7 +129,7 @@ fn one<'a>(node: &'a pb::NodeProto, what: &str) -> Result<(&'a str, &'a str), St
 
 /// Rewrites the lowered operators of `graph` in place; `opset` is the default domain's.
 pub fn lower(graph: &mut pb::GraphProto, opset: i64) -> Result<(), String> {
-    let mut b = Builder { nodes: Vec::new(), initializers: Vec::new(), next: 0, opset };
+    let mut b = Builder::new(opset);
     for node in std::mem::take(&mut graph.node) {
         match node.op_type.as_str() {
             "Imputer" => imputer(&mut b, &node)?,
@@ -358,6 +362,9 @@ fn tree_regressor(b: &mut Builder, node: pb::NodeProto) -> Result<(), String> {
             attribute[nodes].ints = twice(&attribute[nodes].ints, &|x| x);
             attribute[trees].ints = twice(&attribute[trees].ints, &|x| x);
             attribute[weights].floats = attribute[weights].floats.iter().flat_map(|&w| [w, 0.0]).collect();
+        }
+        if let Some(base) = attribute.iter_mut().find(|a| a.name == "base_values") {
+            base.floats.resize(2, 0.0);
         }
         2
     } else {

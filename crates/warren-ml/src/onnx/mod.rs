@@ -10,6 +10,7 @@
 //!
 //! ONNX-ML operators tract lacks are rewritten into ones it has first ([`lower`]).
 
+pub mod export;
 pub mod lower;
 
 use std::{collections::BTreeSet, sync::Arc};
