@@ -56,7 +56,11 @@ fn tensor_input(name: &str, elem: DataType, width: i64) -> pb::ValueInfoProto {
     value_info(name, elem, dim)
 }
 
-fn value_info(name: &str, elem: DataType, dim: Vec<pb::tensor_shape_proto::Dimension>) -> pb::ValueInfoProto {
+pub(super) fn value_info(
+    name: &str,
+    elem: DataType,
+    dim: Vec<pb::tensor_shape_proto::Dimension>,
+) -> pb::ValueInfoProto {
     pb::ValueInfoProto {
         name: name.into(),
         r#type: Some(pb::TypeProto {
@@ -74,6 +78,15 @@ fn value_info(name: &str, elem: DataType, dim: Vec<pb::tensor_shape_proto::Dimen
 fn round_down(t: f64) -> f32 {
     let near = t as f32;
     if f64::from(near) > t { near.next_down() } else { near }
+}
+
+/// Each text's category number (-1 when it is none of them).
+fn category_ids(b: &mut Builder, input: &str, (keys, numbers): (Vec<Vec<u8>>, Vec<i64>)) -> String {
+    b.value(
+        "CategoryMapper",
+        &[input],
+        vec![strings_attr("cats_strings", keys), ints_attr("cats_int64s", numbers), int_attr("default_int64", -1)],
+    )
 }
 
 /// A raw column's features, as doubles `[N, width]`.
@@ -102,16 +115,7 @@ fn column(b: &mut Builder, t: &Transform, input: &str) -> Result<String> {
             b.value("Div", &[&centred, &scale], vec![])
         }
         Encoding::OneHot { categories, .. } => {
-            let (keys, numbers) = categories_of(categories);
-            let ids = b.value(
-                "CategoryMapper",
-                &[input],
-                vec![
-                    strings_attr("cats_strings", keys),
-                    ints_attr("cats_int64s", numbers),
-                    int_attr("default_int64", -1),
-                ],
-            );
+            let ids = category_ids(b, input, categories_of(categories));
             let n = categories.len() as i64;
             let all = b.ints(&[n], (0..n).collect());
             // [N, 1] == [n] broadcasts to [N, n].
@@ -119,16 +123,7 @@ fn column(b: &mut Builder, t: &Transform, input: &str) -> Result<String> {
             b.value("Cast", &[&hit], vec![int_attr("to", DataType::Double as i64)])
         }
         Encoding::Ordinal { categories, .. } => {
-            let (keys, numbers) = categories_of(categories);
-            let ids = b.value(
-                "CategoryMapper",
-                &[input],
-                vec![
-                    strings_attr("cats_strings", keys),
-                    ints_attr("cats_int64s", numbers),
-                    int_attr("default_int64", -1),
-                ],
-            );
+            let ids = category_ids(b, input, categories_of(categories));
             b.value("Cast", &[&ids], vec![int_attr("to", DataType::Double as i64)])
         }
         Encoding::Boolean => {

@@ -686,17 +686,7 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        pb::ValueInfoProto {
-            name: name.into(),
-            r#type: Some(pb::TypeProto {
-                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                    elem_type: elem as i32,
-                    shape: Some(pb::TensorShapeProto { dim }),
-                })),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        export::value_info(name, elem, dim)
     }
 
     fn floats(name: &str, v: Vec<f32>) -> pb::AttributeProto {
