@@ -93,3 +93,10 @@ def test_a_missing_required_field_is_named() -> None:
     with pytest.raises(DecodeError) as e:
         decode(Needs, {"source": "s"})
     assert "inner: missing" in str(e.value)
+
+
+def test_payloads_may_carry_fields_the_step_does_not_declare() -> None:
+    with pytest.raises(DecodeError):
+        decode(Needs, {"source": "s", "inner": {"name": "n"}, "added_later": 1})
+    needs = decode(Needs, {"source": "s", "inner": {"name": "n", "also": 2}, "added_later": 1}, strict=False)
+    assert needs == Needs(source="s", inner=Inner("n"))

@@ -47,6 +47,7 @@ mod tests {
             trials: 7,
             metric: "accuracy".into(),
             validation_score: 0.95,
+            format: Default::default(),
         }
     }
 

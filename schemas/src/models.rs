@@ -65,27 +65,7 @@ pub struct Signature {
     pub classes: Vec<String>,
 }
 
-pub use crate::onnx::{OnnxElem, OnnxInput, OnnxSignature};
-
-/// How a registered model is stored.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ModelFormat {
-    /// Warren's own (MessagePack of a model its train step fitted, with its preprocessing).
-    #[default]
-    Warren,
-    /// An ONNX graph (from scikit-learn through skl2onnx, PyTorch, or `warren models export`).
-    Onnx,
-}
-
-impl std::fmt::Display for ModelFormat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ModelFormat::Warren => "warren",
-            ModelFormat::Onnx => "onnx",
-        })
-    }
-}
+pub use crate::onnx::{ModelFormat, OnnxElem, OnnxInput, OnnxSignature};
 
 /// One registered version.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -3,6 +3,33 @@
 
 use serde::{Deserialize, Serialize};
 
+/// How a registered model is stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelFormat {
+    /// Warren's own (MessagePack of a model its train step fitted, with its preprocessing).
+    #[default]
+    Warren,
+    /// An ONNX graph (from scikit-learn through skl2onnx, PyTorch, or `warren models export`).
+    Onnx,
+}
+
+impl ModelFormat {
+    /// Whether it is Warren's own format (the default, left out of payloads).
+    pub fn is_warren(&self) -> bool {
+        *self == ModelFormat::Warren
+    }
+}
+
+impl std::fmt::Display for ModelFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ModelFormat::Warren => "warren",
+            ModelFormat::Onnx => "onnx",
+        })
+    }
+}
+
 /// The element type of an ONNX graph input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]

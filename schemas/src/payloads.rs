@@ -273,6 +273,9 @@ pub enum Algorithm {
     Linear,
     /// Elastic net; hyperparameters `penalty`, `l1_ratio`.
     ElasticNet,
+    /// A model trained outside Warren (by a step in Python, say) and brought as ONNX; its
+    /// hyperparameters are whatever its step reports. Never fitted by `train`.
+    External,
 }
 
 impl Algorithm {
@@ -282,6 +285,7 @@ impl Algorithm {
             Algorithm::Logistic => task == Task::Classification,
             Algorithm::Linear | Algorithm::ElasticNet => task == Task::Regression,
             Algorithm::DecisionTree | Algorithm::RandomForest | Algorithm::GradientBoosting => true,
+            Algorithm::External => false,
         }
     }
 }
@@ -369,6 +373,11 @@ pub struct Model {
     pub metric: String,
     /// Its value on the validation rows carved from the training part (higher is better).
     pub validation_score: f64,
+    /// How the artifact is stored: Warren's format, or an ONNX graph (a model a step trained
+    /// elsewhere, scikit-learn's say; its `features.test` then holds the raw held-out rows,
+    /// as CSV or Arrow, target included).
+    #[serde(default, skip_serializing_if = "crate::onnx::ModelFormat::is_warren")]
+    pub format: crate::onnx::ModelFormat,
 }
 schema!(Model, "warren.ml.Model/1");
 

@@ -867,6 +867,7 @@ async fn two_register_workers_racing_keep_latest_consistent_and_never_promote_a_
                 trials: 1,
                 metric: "accuracy".into(),
                 validation_score: accuracy,
+                format: Default::default(),
             };
             let ev = Evaluation {
                 model,

@@ -29,13 +29,13 @@ pub(crate) fn onnx_python() -> PathBuf {
         .get_or_init(|| {
             let python = std::env::var_os("WARREN_PYTHON").map(PathBuf::from).unwrap_or_else(|| "python3".into());
             let ok = std::process::Command::new(&python)
-                .args(["-c", "import sklearn, skl2onnx, onnxruntime, pandas"])
+                .args(["-c", "import warren_step, sklearn, skl2onnx, onnxruntime, pandas, pyarrow"])
                 .stderr(Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success());
             assert!(
                 ok,
-                "{} cannot import sklearn, skl2onnx, onnxruntime and pandas: install tests/onnx/requirements.txt into \
+                "{} cannot import warren_step, sklearn, skl2onnx, onnxruntime, pandas and pyarrow: install ./python and tests/onnx/requirements.txt into \
                  the virtualenv WARREN_PYTHON points at (`.venv/bin/pip install -r tests/onnx/requirements.txt`); \
                  .ci/run does this",
                 python.display()
@@ -249,5 +249,61 @@ async fn every_warren_algorithm_exported_runs_in_onnxruntime_as_warren_predicts(
     std::fs::write(dir.join("manifest.json"), manifest.to_string()).expect("manifest");
     run_python(&["tests/onnx/check_exports.py", &dir.display().to_string()]).await;
     let _ = std::fs::remove_dir_all(&dir);
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_step_trains_with_scikit_learn_and_warren_evaluates_registers_and_serves_it() {
+    let mut t = TestNs::new("sklearn").await;
+    for s in ["ingest", "validate", "sk-train", "evaluate", "register", "predict"] {
+        t.remember(s);
+    }
+    let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts").join(&t.ns);
+    let python = onnx_python();
+    let dir = python.parent().map(Path::to_path_buf).unwrap_or_default();
+    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
+    crate::ml::worker_bin("exec");
+    let mut up = crate::registry::warren(&t, &artifacts, &["up", "--fleet", "examples/sklearn/fleet.toml"])
+        .env("PATH", &path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("warren up");
+    for s in ["ingest", "validate", "sk-train", "evaluate", "register", "predict"] {
+        t.wait_consumers(s, 1).await;
+    }
+    // ingest and validate (Rust) → sk-train (Python, scikit-learn, skl2onnx) → evaluate and
+    // register (Rust, on the ONNX graph).
+    let (code, stdout, stderr) = warren(&t, &artifacts, &["submit", "examples/sklearn/pipeline.toml", "--wait"]).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("  sk-train   {") && stdout.contains("\"promoted\":true"), "{stdout}");
+    let (code, shown, _) = warren(&t, &artifacts, &["models", "show", "penguins-sklearn", "--json"]).await;
+    assert_eq!(code, Some(0));
+    let shown: serde_json::Value = serde_json::from_str(&shown).expect("show --json");
+    assert_eq!(shown["format"], "onnx");
+    assert_eq!(shown["signature"]["features"].as_array().map(Vec::len), Some(7), "{shown}");
+    assert!(shown["metrics"]["accuracy"].as_f64().is_some_and(|a| a >= 0.9), "{shown}");
+    // Served by predict like a model Warren trained: raw values, a gap, a category by name.
+    let (code, stdout, stderr) = warren(
+        &t,
+        &artifacts,
+        &[
+            "predict",
+            "penguins-sklearn",
+            "--columns",
+            "island,bill_length_mm,bill_depth_mm,flipper_length_mm,body_mass_g,sex,year",
+            "--row",
+            "Torgersen,39.1,18.7,181,3750,male,2007",
+            "--row",
+            "Biscoe,50.0,15.0,220,5500,NA,2008",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("→ Adelie (") && stdout.contains("→ Gentoo ("), "{stdout}");
+
+    crate::helpers::signal(&up, "TERM").await;
+    let _ = tokio::time::timeout(Duration::from_secs(60), up.wait()).await;
+    let _ = std::fs::remove_dir_all(&artifacts);
     t.cleanup().await;
 }

@@ -257,7 +257,7 @@ pub async fn export(store: &Models, a: &ExportArgs, json: bool) -> Result<(), Fa
     let (graph, how, columns) = match entry.format {
         ModelFormat::Onnx => {
             let columns = sig.as_ref().map(|s| (s.features.clone(), s.types.clone(), s.classes.clone()));
-            (bytes, "the ONNX file it was imported from", columns)
+            (bytes, "the ONNX file it was registered with", columns)
         }
         ModelFormat::Warren => {
             let (graph, columns) = tokio::task::spawn_blocking(move || {

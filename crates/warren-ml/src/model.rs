@@ -233,7 +233,7 @@ pub fn hyperparameters(a: Algorithm) -> &'static [&'static str] {
             "max_features",
             "seed",
         ],
-        Algorithm::Linear => &[],
+        Algorithm::Linear | Algorithm::External => &[],
         Algorithm::ElasticNet => &["penalty", "l1_ratio"],
     }
 }
@@ -337,6 +337,9 @@ pub fn fit(candidate: &Candidate, data: &Xy, task: Task, stop: &Stop) -> Result<
     };
     let criterion = if classes { "gini" } else { "squared_error" };
     Ok(match candidate.algorithm {
+        Algorithm::External => {
+            return Err(MlError::invalid("`external` models are trained outside Warren (a step brings them as ONNX)"));
+        }
         Algorithm::Logistic => {
             let ds = Dataset::new(data.x.clone(), data.classes.clone());
             let m = MultiLogisticRegression::default()

@@ -63,7 +63,21 @@ pub async fn handle(ctx: Context, ev: Evaluation) -> Result<Registration, StepEr
         Some(e) => e.version,
         None => {
             let f = &ev.model.features;
-            let (features, types) = inputs(f);
+            let (mut features, mut types) = inputs(f);
+            let (mut classes, mut task) = (f.classes.clone(), f.task);
+            // An ONNX model's signature is read from its graph, as `warren models import` reads it.
+            let onnx = match ev.model.format {
+                ModelFormat::Warren => None,
+                ModelFormat::Onnx => {
+                    let bytes = crate::fetch(&ctx, &ev.model.artifact).await?;
+                    let m = crate::blocking(move || {
+                        warren_ml::onnx::OnnxModel::import(&bytes, &warren_ml::onnx::ImportOptions::default())
+                    })
+                    .await?;
+                    (features, types, classes, task) = (m.columns(), m.signature.types(), m.classes.clone(), m.task);
+                    Some(m.signature)
+                }
+            };
             let mut entry = Entry {
                 name: p.model.clone(),
                 version: 0,
@@ -71,16 +85,22 @@ pub async fn handle(ctx: Context, ev: Evaluation) -> Result<Registration, StepEr
                 metrics: ev.metrics.clone(),
                 metric: ev.model.metric.clone(),
                 candidate: serde_json::to_value(&ev.model.candidate).unwrap_or_default(),
-                signature: Some(Signature { features, types, task: f.task, classes: f.classes.clone() }),
+                signature: Some(Signature { features, types, task, classes }),
                 dataset_hash: f.dataset_hash.clone(),
                 seed: f.seed,
                 job_id: job.clone(),
                 pipeline: ctx.pipeline.to_string(),
-                code_version: format!("warren-steps {STEP_VERSION}"),
+                code_version: match &onnx {
+                    Some(o) => match ev.model.candidate.hyperparams.get("estimator") {
+                        Some(e) => format!("{e}, ONNX from {}", o.producer),
+                        None => format!("ONNX from {}", o.producer),
+                    },
+                    None => format!("warren-steps {STEP_VERSION}"),
+                },
                 registered_by: format!("register {STEP_VERSION} on {}", ctx.worker),
                 registered_at_ms: warren::envelope::now_ms(),
-                format: ModelFormat::Warren,
-                onnx: None,
+                format: ev.model.format,
+                onnx,
             };
             registry.add(&mut entry).await.map_err(reg)?
         }

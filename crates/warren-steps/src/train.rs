@@ -58,5 +58,6 @@ pub async fn handle(ctx: Context, task: TrainTask) -> Result<Model, StepError> {
         trials: task.trials,
         metric: task.metric,
         validation_score: trained.validation_score,
+        format: warren_schemas::models::ModelFormat::Warren,
     })
 }

@@ -118,10 +118,10 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _decode_value(hint: Any, value: Any, where: str) -> Any:
+def _decode_value(hint: Any, value: Any, where: str, strict: bool = True) -> Any:
     optional, inner = _is_optional(hint)
     if optional:
-        return None if value is None else _decode_value(inner, value, where)
+        return None if value is None else _decode_value(inner, value, where, strict)
     if hint is Any:
         return value
     if hint is bool:
@@ -158,34 +158,35 @@ def _decode_value(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise DecodeError(f"{where}: expected a list, got {_type_name(value)} {value!r}")
         (item,) = get_args(hint) or (Any,)
-        return [_decode_value(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_decode_value(item, v, f"{where}[{i}]", strict) for i, v in enumerate(value)]
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise DecodeError(f"{where}: expected a list, got {_type_name(value)} {value!r}")
         args = get_args(hint)
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_decode_value(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+            return tuple(_decode_value(args[0], v, f"{where}[{i}]", strict) for i, v in enumerate(value))
         if len(args) != len(value):
             raise DecodeError(f"{where}: expected {len(args)} items, got {len(value)}")
-        return tuple(_decode_value(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(_decode_value(a, v, f"{where}[{i}]", strict) for i, (a, v) in enumerate(zip(args, value)))
     if origin in (dict, Dict):
         if not isinstance(value, dict):
             raise DecodeError(f"{where}: expected a map, got {_type_name(value)} {value!r}")
         args = get_args(hint)
         vt = args[1] if len(args) == 2 else Any
-        return {k: _decode_value(vt, v, f"{where}.{k}") for k, v in value.items()}
+        return {k: _decode_value(vt, v, f"{where}.{k}", strict) for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
-        return decode(hint, value, where)
+        return decode(hint, value, where, strict)
     raise DecodeError(f"{where}: cannot decode into {hint!r}")
 
 
 T = typing.TypeVar("T")
 
 
-def decode(cls: typing.Type[T], value: Any, where: str = "") -> T:
+def decode(cls: typing.Type[T], value: Any, where: str = "", strict: bool = True) -> T:
     """``value`` (a map, or None for no parameters) as dataclass ``cls``: types checked,
-    unknown keys refused, defaults filled in. A mismatch raises :class:`DecodeError` naming
-    the field."""
+    defaults filled in, unknown keys refused (``strict``, for parameters a person typed) or
+    ignored (for payloads, which gain optional fields within a schema version). A mismatch
+    raises :class:`DecodeError` naming the field."""
     if value is None:
         value = {}
     if not isinstance(value, dict):
@@ -193,14 +194,14 @@ def decode(cls: typing.Type[T], value: Any, where: str = "") -> T:
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(value) - set(fields))
-    if unknown:
+    if unknown and strict:
         known = ", ".join(fields) or "none"
         raise DecodeError(f"{where + '.' if where else ''}{unknown[0]}: no such field (known: {known})")
     kwargs: Dict[str, Any] = {}
     for name, f in fields.items():
         path = f"{where}.{name}" if where else name
         if name in value:
-            kwargs[name] = _decode_value(hints[name], value[name], path)
+            kwargs[name] = _decode_value(hints[name], value[name], path, strict)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise DecodeError(f"{path}: missing (it has no default)")
     return cls(**kwargs)

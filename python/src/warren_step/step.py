@@ -228,7 +228,7 @@ class Step(Generic[P]):
             raise Permanent(f"bad parameters for step {self.name}: {e}") from None
         if self._input_type is not None:
             try:
-                payload = schema.decode(self._input_type, payload, "input")
+                payload = schema.decode(self._input_type, payload, "input", strict=False)
             except schema.DecodeError as e:
                 raise Permanent(f"the input is not a {self.input}: {e}") from None
         result = self.fn(ctx, decoded, payload)
