@@ -13,11 +13,7 @@ use crate::{blocking, fetch, put};
 type Scored = (std::collections::BTreeMap<String, f64>, Option<Vec<Vec<u64>>>);
 
 /// Metrics of an ONNX model on raw held-out rows (Arrow IPC or CSV, the target included).
-fn evaluate_onnx(
-    graph: &[u8],
-    test: &[u8],
-    target: &str,
-) -> Result<Scored, warren_ml::MlError> {
+fn evaluate_onnx(graph: &[u8], test: &[u8], target: &str) -> Result<Scored, warren_ml::MlError> {
     use warren_ml::{MlError, model::Predicted, onnx, table::Values};
     let model = onnx::OnnxModel::import(graph, &onnx::ImportOptions::default())?;
     let table = if test.starts_with(b"ARROW1") {
