@@ -1,4 +1,5 @@
-//! ONNX models from scikit-learn: pipelines with a categorical column trained in Python,
+//! ONNX models from scikit-learn: pipelines with a categorical column trained in Python (a
+//! random forest, a logistic regression, a small neural network),
 //! exported with skl2onnx, imported with `warren models import`, promoted, and asked through
 //! `warren predict` and a batch request: the same classes as scikit-learn's `predict` on every
 //! held-out row and probabilities within 1e-5 of its `predict_proba`. What cannot be served (a
@@ -90,7 +91,7 @@ async fn scikit_learn_pipelines_import_promote_and_predict_as_scikit_learn_does(
     assert!(rows.len() > 100, "{} held-out rows", rows.len());
     let test_path = out.join("test.csv").display().to_string();
 
-    for name in ["rf", "lr"] {
+    for name in ["rf", "lr", "mlp"] {
         let model = format!("penguins-{name}");
         let file = out.join(format!("{name}.onnx")).display().to_string();
         let (code, stdout, stderr) = warren(

@@ -2,11 +2,12 @@
 
     python tests/onnx/sklearn_models.py data/penguins.csv OUT_DIR
 
-Trains a random forest and a logistic regression on the penguins (two categorical columns with
+Trains a random forest, a logistic regression and a neural network on the penguins (two categorical columns with
 gaps, four numeric ones with gaps), each as Pipeline(ColumnTransformer(impute (+ scale for the
 logistic regression) | one-hot), estimator), and writes into OUT_DIR:
 
-- rf.onnx, lr.onnx: the pipelines as ONNX, probabilities as a tensor (zipmap=False);
+- rf.onnx, lr.onnx, mlp.onnx: the pipelines as ONNX (mlp: a small neural network),
+  probabilities as a tensor (zipmap=False);
 - test.csv: the held-out rows, species included;
 - expected.json: scikit-learn's predict and predict_proba on them, with the class order;
 - svm.onnx: an SVC pipeline (its SVMClassifier operator is one Warren refuses);
@@ -27,6 +28,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
+from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.svm import SVC
@@ -65,6 +67,8 @@ def main(data: str, out: Path) -> None:
     for name, estimator, scale in [
         ("rf", RandomForestClassifier(n_estimators=50, max_depth=6, random_state=0), False),
         ("lr", LogisticRegression(max_iter=2000), True),
+        # A plain network: MatMul, Add, Relu, Softmax.
+        ("mlp", MLPClassifier(hidden_layer_sizes=(16,), max_iter=2000, random_state=0), True),
     ]:
         model = pipeline(estimator, scale).fit(x_train, train[TARGET])
         onx = to_onnx(model, x_train[:1], options={"zipmap": False}, target_opset={"": 17, "ai.onnx.ml": 3})

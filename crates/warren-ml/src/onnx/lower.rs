@@ -7,7 +7,7 @@
 use tract_onnx::pb::{self, attribute_proto::AttributeType, tensor_proto::DataType};
 
 /// The operators this module rewrites.
-pub const LOWERED: &[&str] = &["Imputer", "OneHotEncoder", "Scaler", "TreeEnsembleRegressor"];
+pub const LOWERED: &[&str] = &["Imputer", "LabelEncoder", "OneHotEncoder", "Scaler", "TreeEnsembleRegressor"];
 
 /// Operators of the `ai.onnx.ml` domain that Warren writes.
 const ML_OPS: &[&str] = &["CategoryMapper", "TreeEnsembleClassifier", "TreeEnsembleRegressor"];
@@ -135,6 +135,7 @@ pub fn lower(graph: &mut pb::GraphProto, opset: i64) -> Result<(), String> {
             "Imputer" => imputer(&mut b, &node)?,
             "OneHotEncoder" => one_hot(&mut b, &node)?,
             "Scaler" => scaler(&mut b, &node)?,
+            "LabelEncoder" => label_encoder(&mut b, &node)?,
             "TreeEnsembleRegressor" => tree_regressor(&mut b, node)?,
             "TreeEnsembleClassifier" | "LinearClassifier" => classifier(&mut b, node)?,
             "Sigmoid" => sigmoid(&mut b, &node)?,
@@ -377,6 +378,45 @@ fn classifier(b: &mut Builder, mut node: pb::NodeProto) -> Result<(), String> {
         None => b.ints(&[n as i64], ints),
     };
     b.node("Gather", &[&table, &index], &[&label], vec![int_attr("axis", 0)]);
+    Ok(())
+}
+
+/// A text-to-number or number-to-text mapping (scikit-learn's OrdinalEncoder and label maps) as
+/// a CategoryMapper, which maps both ways with a default.
+fn label_encoder(b: &mut Builder, node: &pb::NodeProto) -> Result<(), String> {
+    let (x, y) = one(node, "input or output")?;
+    let strings = |name: &str| attr(node, name).map(|a| a.strings.clone()).filter(|v| !v.is_empty());
+    let ints = |name: &str| attr(node, name).map(|a| a.ints.clone()).filter(|v| !v.is_empty());
+    let attribute = match (
+        strings("keys_strings"),
+        ints("values_int64s"),
+        ints("keys_int64s"),
+        strings("values_strings"),
+    ) {
+        (Some(keys), Some(values), _, _) => vec![
+            strings_attr("cats_strings", keys),
+            ints_attr("cats_int64s", values),
+            int_attr("default_int64", attr(node, "default_int64").map_or(-1, |a| a.i)),
+        ],
+        (_, _, Some(keys), Some(values)) => vec![
+            strings_attr("cats_strings", values),
+            ints_attr("cats_int64s", keys),
+            pb::AttributeProto {
+                name: "default_string".into(),
+                r#type: AttributeType::String as i32,
+                s: attr(node, "default_string").map_or_else(|| b"_Unused".to_vec(), |a| a.s.clone()),
+                ..Default::default()
+            },
+        ],
+        _ => {
+            return Err(format!(
+                "LabelEncoder `{}` maps other than text to integers or integers to text, which Warren's ONNX runtime \
+                 does not run",
+                node.name
+            ));
+        }
+    };
+    b.node("CategoryMapper", &[x], &[y], attribute);
     Ok(())
 }
 

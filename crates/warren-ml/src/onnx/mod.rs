@@ -706,6 +706,10 @@ mod tests {
     }
 
     fn model(nodes: Vec<pb::NodeProto>, output: pb::ValueInfoProto) -> Vec<u8> {
+        model_with(value("x", D::Float, &[-1, 2]), nodes, output)
+    }
+
+    fn model_with(input: pb::ValueInfoProto, nodes: Vec<pb::NodeProto>, output: pb::ValueInfoProto) -> Vec<u8> {
         pb::ModelProto {
             ir_version: 8,
             opset_import: vec![
@@ -716,7 +720,7 @@ mod tests {
             graph: Some(pb::GraphProto {
                 node: nodes,
                 name: "g".into(),
-                input: vec![value("x", D::Float, &[-1, 2])],
+                input: vec![input],
                 output: vec![output],
                 ..Default::default()
             }),
@@ -776,6 +780,36 @@ mod tests {
         assert_eq!(OnnxModel::import(&regressor(), &named).unwrap().columns(), ["a", "b"]);
         let err = m.predict_cells(None, &[vec![Some(Cell::Text("tall".into())), None]]).unwrap_err();
         assert!(err.to_string().contains("\"tall\" is not a number"), "{err}");
+    }
+
+    #[test]
+    fn a_label_encoder_maps_text_to_numbers_with_its_default() {
+        let strings = |v: &[&str]| pb::AttributeProto {
+            name: "keys_strings".into(),
+            r#type: A::Strings as i32,
+            strings: v.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            ..Default::default()
+        };
+        let ints = pb::AttributeProto {
+            name: "values_int64s".into(),
+            r#type: A::Ints as i32,
+            ints: vec![5, 7],
+            ..Default::default()
+        };
+        let to_float =
+            pb::AttributeProto { name: "to".into(), r#type: A::Int as i32, i: D::Float as i64, ..Default::default() };
+        let bytes = model_with(
+            value("colour", D::String, &[-1, 1]),
+            vec![
+                node("LabelEncoder", "ai.onnx.ml", &["colour"], &["n"], vec![strings(&["red", "blue"]), ints]),
+                node("Cast", "", &["n"], &["y"], vec![to_float]),
+            ],
+            value("y", D::Float, &[-1, 1]),
+        );
+        let m = OnnxModel::import(&bytes, &ImportOptions::default()).unwrap();
+        let rows: Vec<Vec<Option<Cell>>> =
+            ["blue", "red", "green"].iter().map(|c| vec![Some(Cell::Text((*c).into()))]).collect();
+        assert_eq!(m.predict_cells(None, &rows).unwrap().predicted, Predicted::Values(vec![7.0, 5.0, -1.0]));
     }
 
     #[test]
