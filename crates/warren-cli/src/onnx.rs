@@ -8,14 +8,11 @@ use std::{collections::BTreeMap, path::PathBuf};
 use clap::Args;
 use warren_ml::{
     metrics,
-    model::Predicted,
     onnx::{ImportOptions, OnnxModel},
-    table::Values,
 };
 use warren_schemas::{
     Task,
     models::{Comparison, Entry, ModelFormat, Promote, Signature},
-    params::IngestParams,
 };
 
 use crate::{Fail, models::Models};
@@ -58,48 +55,6 @@ fn list(text: &Option<String>) -> Option<Vec<String>> {
     text.as_ref().map(|t| t.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
 }
 
-/// The metrics of `model` on a CSV of held-out rows, and the rows' count.
-fn score(model: &OnnxModel, csv: &[u8], target: &str) -> Result<(BTreeMap<String, f64>, usize), Fail> {
-    let params = IngestParams { target: Some(target.to_owned()), ..IngestParams::default() };
-    let loaded = warren_ml::ingest::csv(csv, &params).map_err(|e| Fail::usage(format!("--test: {e}")))?;
-    let truth = loaded.table.column(target).ok_or_else(|| Fail::usage(format!("--test has no column `{target}`")))?;
-    let (out, refused) = model.predict_table(&loaded.table).map_err(|e| Fail::usage(format!("--test: {e}")))?;
-    if let Some((row, why)) = refused.first() {
-        return Err(Fail::usage(format!("--test row {}: {why}", row + 1)));
-    }
-    let rows = loaded.table.rows();
-    let text = |i: usize| -> Option<String> {
-        match truth {
-            Values::Str(v) => v[i].clone(),
-            Values::F64(v) => v[i].map(|x| x.to_string()),
-        }
-    };
-    Ok(match out.predicted {
-        Predicted::Classes(p) => {
-            let mut t = Vec::with_capacity(rows);
-            for i in 0..rows {
-                let label = text(i).ok_or_else(|| Fail::usage(format!("--test row {}: no `{target}`", i + 1)))?;
-                let k = model.classes.iter().position(|c| *c == label).ok_or_else(|| {
-                    Fail::usage(format!(
-                        "--test row {}: `{label}` is not one of the model's classes ({})",
-                        i + 1,
-                        model.classes.join(", ")
-                    ))
-                })?;
-                t.push(k);
-            }
-            (metrics::classification(&t, &p, model.classes.len()).0, rows)
-        }
-        Predicted::Values(p) => {
-            let Values::F64(v) = truth else {
-                return Err(Fail::usage(format!("--test: `{target}` is not numeric, and the model is a regressor")));
-            };
-            let t: Vec<f64> = v.iter().map(|x| x.unwrap_or(f64::NAN)).collect();
-            (metrics::regression(&t, &p), rows)
-        }
-    })
-}
-
 /// `warren models import FILE.onnx --name N`.
 pub async fn import(store: &Models, a: &ImportArgs, json: bool) -> Result<(), Fail> {
     let shown = a.file.display().to_string();
@@ -113,8 +68,10 @@ pub async fn import(store: &Models, a: &ImportArgs, json: bool) -> Result<(), Fa
     let (metrics, test_rows, test_hash) = match (&a.test, &a.target) {
         (Some(path), Some(target)) => {
             let csv = std::fs::read(path).map_err(|e| Fail::usage(format!("--test {}: {e}", path.display())))?;
-            let (m, rows) = score(&model, &csv, target)?;
-            (m, rows, warren::artifacts::content_hash(&csv))
+            let test = |e: warren_ml::MlError| Fail::usage(format!("--test {}: {e}", path.display()));
+            let table = warren_ml::onnx::test_rows(&csv, target).map_err(test)?;
+            let (m, _) = model.score(&table, target).map_err(test)?;
+            (m, table.rows(), warren::artifacts::content_hash(&csv))
         }
         _ => (BTreeMap::new(), 0, String::new()),
     };

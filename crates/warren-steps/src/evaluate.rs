@@ -3,55 +3,17 @@
 use warren::{Context, StepError};
 use warren_ml::{
     model::{self, SavedModel},
+    onnx,
     table::Table,
 };
 use warren_schemas::{Evaluation, Model};
 
 use crate::{blocking, fetch, put};
 
-/// Metrics by name, and the confusion matrix of a classifier.
-type Scored = (std::collections::BTreeMap<String, f64>, Option<Vec<Vec<u64>>>);
-
 /// Metrics of an ONNX model on raw held-out rows (Arrow IPC or CSV, the target included).
-fn evaluate_onnx(graph: &[u8], test: &[u8], target: &str) -> Result<Scored, warren_ml::MlError> {
-    use warren_ml::{MlError, model::Predicted, onnx, table::Values};
+fn evaluate_onnx(graph: &[u8], test: &[u8], target: &str) -> Result<onnx::Scored, warren_ml::MlError> {
     let model = onnx::OnnxModel::import(graph, &onnx::ImportOptions::default())?;
-    let table = if test.starts_with(b"ARROW1") {
-        Table::from_ipc(test)?
-    } else {
-        let params = warren_schemas::params::IngestParams { target: Some(target.into()), ..Default::default() };
-        warren_ml::ingest::csv(test, &params)?.table
-    };
-    let truth = table.column(target).ok_or_else(|| MlError::Invalid(format!("the test rows have no `{target}`")))?;
-    let (out, refused) = model.predict_table(&table)?;
-    if let Some((row, why)) = refused.first() {
-        return Err(MlError::Invalid(format!("test row {}: {why}", row + 1)));
-    }
-    Ok(match (out.predicted, truth) {
-        (Predicted::Classes(p), truth) => {
-            let label = |i: usize| match truth {
-                Values::Str(v) => v[i].clone(),
-                Values::F64(v) => v[i].map(|x| x.to_string()),
-            };
-            let t = (0..table.rows())
-                .map(|i| {
-                    let l = label(i).unwrap_or_default();
-                    model.classes.iter().position(|c| *c == l).ok_or_else(|| {
-                        MlError::Invalid(format!("test row {}: `{l}` is not one of the model's classes", i + 1))
-                    })
-                })
-                .collect::<Result<Vec<usize>, MlError>>()?;
-            let (m, c) = warren_ml::metrics::classification(&t, &p, model.classes.len());
-            (m, Some(c))
-        }
-        (Predicted::Values(p), Values::F64(v)) => {
-            let t: Vec<f64> = v.iter().map(|x| x.unwrap_or(f64::NAN)).collect();
-            (warren_ml::metrics::regression(&t, &p), None)
-        }
-        (Predicted::Values(_), Values::Str(_)) => {
-            return Err(MlError::Invalid(format!("`{target}` is text, and the model predicts numbers")));
-        }
-    })
+    model.score(&onnx::test_rows(test, target)?, target)
 }
 
 /// Scores the model on the test split.

@@ -51,6 +51,8 @@ pub struct OnnxModel {
     pub classes: Vec<String>,
     plan: Arc<TypedRunnableModel>,
     outputs: Outputs,
+    /// Per input: whether the graph takes it as `[N]` rather than `[N, columns]`.
+    rank_one: Vec<bool>,
 }
 
 impl std::fmt::Debug for OnnxModel {
@@ -65,6 +67,19 @@ struct Outputs {
     label: Option<usize>,
     scores: Option<usize>,
     value: Option<usize>,
+}
+
+/// Metrics by name, and a classifier's confusion matrix.
+pub type Scored = (std::collections::BTreeMap<String, f64>, Option<Vec<Vec<u64>>>);
+
+/// Held-out rows as a step or `warren models import --test` gets them: an Arrow IPC file, or a
+/// CSV with a header (read as ingest reads it, `target` named).
+pub fn test_rows(bytes: &[u8], target: &str) -> Result<Table> {
+    if bytes.starts_with(b"ARROW1") {
+        return Table::from_ipc(bytes);
+    }
+    let params = warren_schemas::params::IngestParams { target: Some(target.into()), ..Default::default() };
+    Ok(crate::ingest::csv(bytes, &params)?.table)
 }
 
 /// What a graph predicted for some rows.
@@ -286,24 +301,31 @@ fn outputs(graph: &pb::GraphProto, classes: &Option<Vec<String>>) -> Result<(Out
     }
 }
 
-/// A symbol for the number of rows.
-fn plan(proto: &pb::ModelProto, inputs: &[OnnxInput]) -> Result<Arc<TypedRunnableModel>> {
+/// The graph lowered (see [`lower`]) and planned for any number of rows; per input, whether
+/// the graph takes it as `[N]` rather than `[N, columns]`.
+fn compile(mut proto: pb::ModelProto, inputs: &[OnnxInput]) -> Result<(Arc<TypedRunnableModel>, Vec<bool>)> {
+    let op = opset(&proto);
+    if let Some(g) = proto.graph.as_mut() {
+        lower::lower(g, op).map_err(bad)?;
+    }
     let fail = |e: TractError| bad(format!("tract cannot run the graph: {}", one_line(&e)));
-    let mut model = tract_onnx::onnx().parse(proto, None).map_err(fail)?.model;
+    let mut model = tract_onnx::onnx().parse(&proto, None).map_err(fail)?.model;
     let n = model.symbols.sym("N");
+    let mut rank_one = Vec::with_capacity(inputs.len());
     for (k, input) in inputs.iter().enumerate() {
-        let dt = datum(input.elem);
         let graph_rank = proto
             .graph
             .as_ref()
             .and_then(|g| g.input.iter().find(|i| i.name == input.name))
             .and_then(tensor_type)
             .map_or(2, |t| dims(t).len().max(1));
+        rank_one.push(graph_rank == 1);
         let shape: TVec<TDim> =
             if graph_rank == 1 { tvec![n.to_dim()] } else { tvec![n.to_dim(), input.columns.len().to_dim()] };
-        model.set_input_fact(k, TypedFact::dt_shape(dt, shape).into()).map_err(fail)?;
+        model.set_input_fact(k, TypedFact::dt_shape(datum(input.elem), shape).into()).map_err(fail)?;
     }
-    model.into_optimized().and_then(|m| m.into_runnable()).map_err(fail)
+    let plan = model.into_optimized().and_then(|m| m.into_runnable()).map_err(fail)?;
+    Ok((plan, rank_one))
 }
 
 fn one_line(e: &TractError) -> String {
@@ -325,7 +347,7 @@ fn datum(e: OnnxElem) -> DatumType {
 impl OnnxModel {
     /// Reads a graph for import: checks it, works out its signature, and runs it once.
     pub fn import(bytes: &[u8], options: &ImportOptions) -> Result<Self> {
-        let mut proto = decode(bytes)?;
+        let proto = decode(bytes)?;
         let operators = check(&proto)?;
         let graph = proto.graph.as_ref().ok_or_else(|| bad("no graph"))?;
         let inputs = inputs(graph, options)?;
@@ -344,19 +366,16 @@ impl OnnxModel {
         if task == Task::Classification && classes.is_none() {
             return Err(bad("cannot tell the class labels from the graph: give them (--classes a,b,c)"));
         }
-        let op = opset(&proto);
-        if let Some(g) = proto.graph.as_mut() {
-            lower::lower(g, op).map_err(bad)?;
-        }
-        let plan = plan(&proto, &signature.inputs)?;
-        let model = OnnxModel { signature, task, classes: classes.unwrap_or_default(), plan, outputs: outs };
+        let (plan, rank_one) = compile(proto, &signature.inputs)?;
+        let classes = classes.unwrap_or_default();
+        let model = OnnxModel { signature, task, classes, plan, outputs: outs, rank_one };
         model.try_once()?;
         Ok(model)
     }
 
     /// Loads a registered graph with the signature recorded at import.
     pub fn load(bytes: &[u8], signature: &OnnxSignature, task: Task, classes: &[String]) -> Result<Self> {
-        let mut proto = decode(bytes)?;
+        let proto = decode(bytes)?;
         check(&proto)?;
         let graph = proto.graph.as_ref().ok_or_else(|| bad("no graph"))?;
         let index = |name: &Option<String>| name.as_ref().and_then(|n| graph.output.iter().position(|o| &o.name == n));
@@ -365,12 +384,8 @@ impl OnnxModel {
             scores: index(&signature.scores),
             value: index(&signature.value),
         };
-        let op = opset(&proto);
-        if let Some(g) = proto.graph.as_mut() {
-            lower::lower(g, op).map_err(bad)?;
-        }
-        let plan = plan(&proto, &signature.inputs)?;
-        Ok(OnnxModel { signature: signature.clone(), task, classes: classes.to_vec(), plan, outputs })
+        let (plan, rank_one) = compile(proto, &signature.inputs)?;
+        Ok(OnnxModel { signature: signature.clone(), task, classes: classes.to_vec(), plan, outputs, rank_one })
     }
 
     /// One made-up row (zeros, empty text) through the graph, checking the answer's shape.
@@ -481,24 +496,50 @@ impl OnnxModel {
         }
         let tensors: TVec<TValue> = fed
             .into_iter()
-            .zip(&self.signature.inputs)
-            .map(|(f, input)| f.tensor(&keep, self.rank_one(input)).map(TValue::from))
+            .zip(&self.rank_one)
+            .map(|(f, &rank_one)| f.tensor(&keep, rank_one).map(TValue::from))
             .collect::<Result<_>>()?;
         let out = self.plan.run(tensors).map_err(|e| bad(format!("the graph failed: {}", one_line(&e))))?;
         Ok((self.read(&out, keep.len())?, refused))
     }
 
-    /// Whether the graph takes this input as `[N]` rather than `[N, 1]`.
-    fn rank_one(&self, input: &OnnxInput) -> bool {
-        let model = self.plan.model();
-        model
-            .input_outlets()
-            .ok()
-            .and_then(|outlets| {
-                let k = self.signature.inputs.iter().position(|i| i.name == input.name)?;
-                model.outlet_fact(*outlets.get(k)?).ok().map(|f| f.rank() == 1)
-            })
-            .unwrap_or(false)
+    /// Metrics on held-out rows that carry the truth in column `target`: accuracy, macro F1 and
+    /// the confusion matrix of a classifier (in [`Self::classes`] order), or RMSE, MAE and R².
+    pub fn score(&self, table: &Table, target: &str) -> Result<Scored> {
+        let truth = table.column(target).ok_or_else(|| bad(format!("the test rows have no `{target}`")))?;
+        let (out, refused) = self.predict_table(table)?;
+        if let Some((row, why)) = refused.first() {
+            return Err(bad(format!("test row {}: {why}", row + 1)));
+        }
+        Ok(match (out.predicted, truth) {
+            (Predicted::Classes(p), truth) => {
+                let label = |i: usize| match truth {
+                    Values::Str(v) => v[i].clone(),
+                    Values::F64(v) => v[i].map(|x| x.to_string()),
+                };
+                let t = (0..table.rows())
+                    .map(|i| {
+                        let l = label(i).unwrap_or_default();
+                        self.classes.iter().position(|c| *c == l).ok_or_else(|| {
+                            bad(format!(
+                                "test row {}: `{l}` is not one of the model's classes ({})",
+                                i + 1,
+                                self.classes.join(", ")
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<usize>>>()?;
+                let (m, c) = crate::metrics::classification(&t, &p, self.classes.len());
+                (m, Some(c))
+            }
+            (Predicted::Values(p), Values::F64(v)) => {
+                let t: Vec<f64> = v.iter().map(|x| x.unwrap_or(f64::NAN)).collect();
+                (crate::metrics::regression(&t, &p), None)
+            }
+            (Predicted::Values(_), Values::Str(_)) => {
+                return Err(bad(format!("`{target}` is text, and the model predicts numbers")));
+            }
+        })
     }
 
     fn read(&self, out: &[TValue], n: usize) -> Result<OnnxPredicted> {
