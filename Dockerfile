@@ -7,6 +7,10 @@ FROM rust:1-bookworm AS build
 # Every RUN below fails on the first failing command of a pipe, not only its last.
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
+# Stripped binaries (panics still name file and line), and `s3://` artifact stores (object_store's
+# AWS backend) for a store shared by containers on several machines.
+ENV CARGO_PROFILE_RELEASE_STRIP=symbols
+ARG FEATURES=warren/s3
 # Dependencies first: only the manifests, with stub sources, so this layer is rebuilt only when
 # a Cargo.toml or Cargo.lock changes.
 COPY Cargo.toml Cargo.lock ./
@@ -29,12 +33,12 @@ RUN set -eux; \
     mkdir -p examples/textstats/src/bin && echo '' > examples/textstats/src/lib.rs; \
     for b in load count report; do echo 'fn main() {}' > "examples/textstats/src/bin/$b.rs"; done
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    cargo build --release --workspace --bins --exclude warren-e2e
+    cargo build --release --workspace --bins --exclude warren-e2e --features "$FEATURES"
 # Then the sources.
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     touch crates/*/src/*.rs schemas/src/*.rs workers/*/src/main.rs examples/textstats/src/*.rs examples/textstats/src/bin/*.rs \
-    && cargo build --release --workspace --bins --exclude warren-e2e \
+    && cargo build --release --workspace --bins --exclude warren-e2e --features "$FEATURES" \
     && mkdir /out \
     && cp target/release/warren target/release/warren-ingest target/release/warren-validate \
           target/release/warren-features target/release/warren-tune target/release/warren-train \
@@ -65,13 +69,17 @@ EXPOSE 9000
 CMD ["warren", "--help"]
 
 # Steps written in Python: `warren-exec -- python3 my_step.py`, with the warren-step package of
-# this repository and the mixed example (examples/mixed: its Python step and the textstats Rust
-# steps around it). Build with `--target python`; compose's `examples` profile runs it.
+# this repository, the mixed example (examples/mixed: its Python step and the textstats Rust
+# steps around it) and the scikit-learn example (examples/sklearn: training in Python, exported as
+# ONNX). Build with `--target python`; compose's `examples` profile runs it.
 FROM python:3.11-slim-bookworm AS python
 RUN useradd --system --uid 10001 --home /var/lib/warren --create-home warren \
     && mkdir -p /var/lib/warren/artifacts && chown warren /var/lib/warren/artifacts
 COPY python/ /tmp/warren-step/
-RUN pip install --no-cache-dir /tmp/warren-step scikit-learn==1.9.1 && rm -rf /tmp/warren-step
+COPY examples/mixed/requirements.txt /tmp/mixed.txt
+COPY examples/sklearn/requirements.txt /tmp/sklearn.txt
+RUN pip install --no-cache-dir /tmp/warren-step -r /tmp/mixed.txt -r /tmp/sklearn.txt \
+    && rm -rf /tmp/warren-step /tmp/mixed.txt /tmp/sklearn.txt
 COPY --from=build /out/warren /out/warren-exec /out-examples/ /usr/local/bin/
 COPY examples/ /opt/warren/examples/
 WORKDIR /opt/warren

@@ -7,6 +7,7 @@ mod helpers;
 mod browser;
 mod chaos;
 mod cli;
+mod compose;
 mod config;
 mod console;
 mod exec;

@@ -225,6 +225,50 @@ fn ingest_reads_host_files_from_a_documented_mount() {
     );
 }
 
+/// One service builds each image (the others run it), no worker that runs long steps sets a
+/// prefetch above its concurrency (docs/OPERATIONS.md, "Prefetch and concurrency"), steps that
+/// hold a table run one at a time, and the tools container sees the same input folder as ingest.
+#[test]
+fn compose_builds_each_image_once_keeps_prefetch_to_short_steps_and_lets_the_tools_submit_input() {
+    let compose = compose();
+    let services = compose["services"].as_object().expect("services");
+    let mut builders = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for (name, s) in services {
+        if s.get("build").is_some() {
+            builders
+                .entry(s["image"].as_str().expect("a built image has a tag").to_owned())
+                .or_default()
+                .push(name.clone());
+        }
+        let env = environment(s);
+        if env.contains_key("WARREN_PREFETCH") {
+            assert_eq!(name, "warren-predict", "{name} sets WARREN_PREFETCH: only short request steps may");
+        }
+    }
+    assert_eq!(builders.len(), 2, "two images: {builders:?}");
+    assert!(builders.values().all(|b| b.len() == 1), "each image built by one service: {builders:?}");
+    for step in ["ingest", "validate", "features", "evaluate"] {
+        let env = environment(&services[&format!("warren-{step}")]);
+        assert_eq!(
+            env.get("WARREN_CONCURRENCY").map(String::as_str),
+            Some("1"),
+            "warren-{step} holds one table at a time"
+        );
+    }
+    let input = |service: &str| -> String {
+        strings(&services[service]["volumes"])
+            .into_iter()
+            .find(|v| v.starts_with("${WARREN_INPUT"))
+            .and_then(|v| v.split(':').find(|p| p.ends_with('}')).map(str::to_owned))
+            .unwrap_or_else(|| panic!("{service} mounts ${{WARREN_INPUT}}"))
+    };
+    assert_eq!(input("warren-ingest"), input("warren"), "ingest and the tools mount the same folder");
+    let tools = strings(&services["warren"]["volumes"]);
+    assert!(tools.iter().any(|v| v.ends_with(":/opt/warren/input:ro")), "the tools see it as input/: {tools:?}");
+    let url = environment(&services["warren-train"]).get("WARREN_AMQP_URL").cloned().expect("a broker URL");
+    assert!(url.contains("heartbeat="), "a heartbeat short enough to notice a cut-off worker: {url}");
+}
+
 /// Every YAML document of a file.
 fn yaml_docs(path: &std::path::Path) -> Vec<serde_json::Value> {
     use serde::Deserialize;
