@@ -667,7 +667,7 @@ async fn scale_and_kill(stack: &Stack, rows: &mut Vec<Row>) {
     let victim = stack.container_of("warren-train", &worker).await;
     let restarts = stack.inspect(&victim.name, "{{.RestartCount}}").await;
     // The worker's process killed from outside, as a crash or the kernel's OOM killer would:
-    // `docker kill` instead counts as an operator's stop, which `restart: unless-stopped` obeys.
+    // `podman kill` instead counts as an operator's stop, which `restart: unless-stopped` obeys.
     let pid = stack.inspect(&victim.name, "{{.State.Pid}}").await;
     let killed = stack.run("kill", &["-KILL", &pid]).await;
     assert!(killed.status.success(), "kill -KILL {pid} ({}): {}", victim.name, text(&killed));
