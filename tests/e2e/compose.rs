@@ -454,10 +454,15 @@ impl Stack {
         }
         // What podman-compose's `down` leaves (containers past the file's replicas, which a
         // `--scale` made, and so the network and volumes they hold): found by the project label.
+        // Twice: a container others depend on (the broker) is refused while they exist.
         let label = format!("label=com.docker.compose.project={}", self.project);
-        let left = self.run("podman", &["ps", "-aq", "--filter", &label]).await;
-        let ids: Vec<String> = String::from_utf8_lossy(&left.stdout).split_whitespace().map(str::to_owned).collect();
-        if !ids.is_empty() {
+        for _ in 0..2 {
+            let left = self.run("podman", &["ps", "-aq", "--filter", &label]).await;
+            let ids: Vec<String> =
+                String::from_utf8_lossy(&left.stdout).split_whitespace().map(str::to_owned).collect();
+            if ids.is_empty() {
+                break;
+            }
             let mut args = vec!["rm", "-f", "-t", "5"];
             args.extend(ids.iter().map(String::as_str));
             self.run("podman", &args).await;
@@ -625,10 +630,14 @@ async fn million(stack: &Stack, rows: &mut Vec<Row>) {
     });
 }
 
-/// The tune grid of the scale, kill and partition jobs on 200,000 rows: six trials of several
-/// seconds each, long enough to be caught running.
+/// The tune grid of the scale and partition jobs on 120,000 rows: six trials of a few seconds
+/// each.
 const TRIALS: &str =
     r#"{ algorithm = "random_forest", grid = { n_estimators = [100, 150], max_depth = [6, 8, 10], seed = [1] } }"#;
+
+/// Four trials of several seconds each, for the kill.
+const LONG_TRIALS: &str =
+    r#"{ algorithm = "random_forest", grid = { n_estimators = [200, 250], max_depth = [8, 10], seed = [1] } }"#;
 
 /// Train at three copies: one job's trials spread over them; then one train container killed
 /// mid-trial: the job still finishes and the container comes back.
@@ -661,7 +670,8 @@ async fn scale_and_kill(stack: &Stack, rows: &mut Vec<Row>) {
     });
 
     let started = Instant::now();
-    stack.input("kill.toml", &spec("kill", "work.csv", TRIALS));
+    // Longer trials: the kill must land while one runs (seen started, not yet succeeded).
+    stack.input("kill.toml", &spec("kill", "work.csv", LONG_TRIALS));
     let job = stack.submit("kill.toml").await;
     let worker = stack.running(&job, "train", Duration::from_secs(300)).await;
     let victim = stack.container_of("warren-train", &worker).await;
