@@ -730,9 +730,9 @@ async fn partition(stack: &Stack, rows: &mut Vec<Row>) {
     )
     .await;
     let noticed = cut_at.elapsed().as_secs();
-    // The worker sees the missed heartbeats too: its health check turns unhealthy while it waits
-    // for the broker, which is what `docker compose ps` then says.
-    poll("the cut-off worker's health check to fail", Duration::from_secs(60), Duration::from_secs(2), || async {
+    // The worker sees the missed heartbeats too (once the message it holds has settled): its
+    // health check turns unhealthy while it waits for the broker, as `docker compose ps` says.
+    poll("the cut-off worker's health check to fail", Duration::from_secs(120), Duration::from_secs(2), || async {
         (!stack.healthy(&victim.name).await).then_some(())
     })
     .await;

@@ -331,14 +331,6 @@ impl Worker {
     }
 }
 
-/// Resolves once `channel` is no longer open. A status watch (lapin has no event for it on a
-/// channel nobody reads), checked twice a second while every handler slot is busy.
-async fn channel_lost(channel: &Channel) {
-    while channel.status().connected() {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 /// Consecutive credential refusals before a worker gives up.
 const ACCESS_TRIES: u32 = 3;
 
@@ -569,13 +561,6 @@ impl<H> Shared<H> {
                     Ok(p) => p,
                     Err(_) => return Ok(()),
                 },
-                // Every slot busy (a long step at concurrency 1): nothing reads the consumer, so
-                // its error would wait for the slot; a lost connection must turn the worker
-                // unready now (a missed heartbeat, a network cut).
-                _ = channel_lost(&opened.channel) => {
-                    w.health.set_ready(false);
-                    return Err(SessionError::Consumer("the connection to the broker was lost while every handler slot was busy".into()));
-                }
             };
             let next = tokio::select! {
                 biased;
