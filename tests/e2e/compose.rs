@@ -23,7 +23,7 @@ use std::{
 use serde_json::Value;
 use tokio::process::Command;
 
-use crate::ml::warren_bin;
+use crate::{helpers::wait_every, ml::warren_bin};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -69,22 +69,6 @@ fn free_port() -> u16 {
 
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-/// Polls `check` every `every` until it returns `Some`, failing with `what` after `deadline`.
-async fn poll<T, F, Fut>(what: &str, deadline: Duration, every: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
-        tokio::time::sleep(every).await; // polling interval, not synchronisation
-    }
 }
 
 /// A penguins-like table of `rows` rows (three species, two text columns, gaps written `NA`),
@@ -185,6 +169,32 @@ struct Row {
     healthy_dead: usize,
     reruns: usize,
     secs: f64,
+}
+
+impl Row {
+    /// The row of a scenario that ran the `healthy` jobs (which should finish) and the `doomed`
+    /// ones (which cannot), from their statuses.
+    fn of(
+        scenario: &'static str,
+        did: String,
+        saw: String,
+        healthy: &[&Value],
+        doomed: &[&Value],
+        started: Instant,
+    ) -> Self {
+        let state = |s: &&Value, want: &str| s["state"] == want;
+        Row {
+            scenario,
+            did,
+            saw,
+            jobs: healthy.len() + doomed.len(),
+            done: healthy.iter().chain(doomed).filter(|s| state(s, "done")).count(),
+            dead: doomed.iter().filter(|s| state(s, "dead")).count(),
+            healthy_dead: healthy.iter().filter(|s| state(s, "dead")).count(),
+            reruns: healthy.iter().map(|s| reruns(s)).sum(),
+            secs: started.elapsed().as_secs_f64(),
+        }
+    }
 }
 
 struct Stack {
@@ -368,7 +378,7 @@ impl Stack {
 
     /// Waits until `job` is done or dead; its status.
     async fn finished(&self, job: &str, deadline: Duration) -> Value {
-        poll(&format!("job {job} to finish"), deadline, Duration::from_secs(2), || async {
+        wait_every(&format!("job {job} to finish"), deadline, Duration::from_secs(2), || async {
             self.status(job).await.filter(|s| matches!(s["state"].as_str(), Some("done" | "dead")))
         })
         .await
@@ -376,7 +386,7 @@ impl Stack {
 
     /// Waits for a `started` event of `step` in `job` that has not `succeeded` yet; its worker.
     async fn running(&self, job: &str, step: &str, deadline: Duration) -> String {
-        poll(&format!("{step} running in job {job}"), deadline, Duration::from_millis(500), || async {
+        wait_every(&format!("{step} running in job {job}"), deadline, Duration::from_millis(500), || async {
             let s = self.status(job).await?;
             let events = s["events"].as_array()?;
             let done: BTreeSet<&str> = events
@@ -475,16 +485,6 @@ impl Stack {
     }
 }
 
-/// Of jobs that should finish and jobs that cannot (too big for their limit): how many are done,
-/// how many of the second kind are dead, and how many of the first kind are dead.
-fn tally(healthy: &[&Value], doomed: &[&Value]) -> (usize, usize, usize) {
-    let state = |s: &&Value, want: &str| s["state"] == want;
-    let done = healthy.iter().chain(doomed).filter(|s| state(s, "done")).count();
-    let dead = doomed.iter().filter(|s| state(s, "dead")).count();
-    let healthy_dead = healthy.iter().filter(|s| state(s, "dead")).count();
-    (done, dead, healthy_dead)
-}
-
 /// The message ids a step of the job ran to success more than once.
 fn reruns(status: &Value) -> usize {
     let mut seen = BTreeMap::<(String, String), u32>::new();
@@ -580,18 +580,14 @@ async fn walk(stack: &Stack, rows: &mut Vec<Row>) {
     assert_eq!(job["state"], "done", "{job}");
     let trains = stack.containers("warren-train").await.len();
     assert_eq!(trains, 3, "the walkthrough's last line scales train to 3");
-    let (done, dead, healthy_dead) = tally(&[job], &[]);
-    rows.push(Row {
-        scenario: "walkthrough",
-        did: "docs/OPERATIONS.md as written: up --wait, own CSV + spec in ./input, submit from the tools container, predict, scale train to 3".into(),
-        saw: "job done, model my-table v1, prediction Adelie; 3 train containers".into(),
-        jobs: 1,
-        done,
-        dead,
-        healthy_dead,
-        reruns: 0,
-        secs: started.elapsed().as_secs_f64(),
-    });
+    rows.push(Row::of(
+        "walkthrough",
+        "docs/OPERATIONS.md as written: up --wait, own CSV + spec in ./input, submit from the tools container, predict, scale train to 3".into(),
+        "job done, model my-table v1, prediction Adelie; 3 train containers".into(),
+        &[job],
+        &[],
+        started,
+    ));
 }
 
 /// A 1-million-row table (49 MB, text columns and gaps) through every step under the compose
@@ -616,18 +612,14 @@ async fn million(stack: &Stack, rows: &mut Vec<Row>) {
         .map(|(s, mb)| format!("{} {mb} MB", s.trim_start_matches("warren-")))
         .collect::<Vec<_>>()
         .join(", ");
-    let (done, dead, healthy_dead) = tally(&[&status], &[]);
-    rows.push(Row {
-        scenario: "1M rows",
-        did: "a 1,000,000-row CSV (49 MB, text columns, gaps) through every step under the compose limits".into(),
-        saw: format!("done, no restart; peak RSS: {saw}"),
-        jobs: 1,
-        done,
-        dead,
-        healthy_dead,
-        reruns: reruns(&status),
-        secs: started.elapsed().as_secs_f64(),
-    });
+    rows.push(Row::of(
+        "1M rows",
+        "a 1,000,000-row CSV (49 MB, text columns, gaps) through every step under the compose limits".into(),
+        format!("done, no restart; peak RSS: {saw}"),
+        &[&status],
+        &[],
+        started,
+    ));
 }
 
 /// The tune grid of the scale and partition jobs on 120,000 rows: six trials of a few seconds
@@ -656,18 +648,14 @@ async fn scale_and_kill(stack: &Stack, rows: &mut Vec<Row>) {
         .filter_map(|e| e["worker"].as_str())
         .collect();
     assert_eq!(workers.len(), 3, "six trials spread over the three train containers: {workers:?}");
-    let (done, dead, healthy_dead) = tally(&[&status], &[]);
-    rows.push(Row {
-        scenario: "scale",
-        did: "train at 3 copies (docker compose up -d --scale warren-train=3), a job of 6 trials".into(),
-        saw: format!("done; trials ran on {} train containers", workers.len()),
-        jobs: 1,
-        done,
-        dead,
-        healthy_dead,
-        reruns: reruns(&status),
-        secs: started.elapsed().as_secs_f64(),
-    });
+    rows.push(Row::of(
+        "scale",
+        "train at 3 copies (docker compose up -d --scale warren-train=3), a job of 6 trials".into(),
+        format!("done; trials ran on {} train containers", workers.len()),
+        &[&status],
+        &[],
+        started,
+    ));
 
     let started = Instant::now();
     // Longer trials: the kill must land while one runs (seen started, not yet succeeded).
@@ -689,23 +677,20 @@ async fn scale_and_kill(stack: &Stack, rows: &mut Vec<Row>) {
         .flatten()
         .any(|e| e["step"] == "train" && e["delivery_count"].as_u64().unwrap_or(0) >= 1);
     assert!(redelivered, "the killed worker's trial was delivered again");
-    let back = poll("the killed container to restart", Duration::from_secs(120), Duration::from_secs(2), || async {
-        let n = stack.inspect(&victim.name, "{{.RestartCount}}").await;
-        (n != restarts && stack.healthy(&victim.name).await).then_some(n)
-    })
-    .await;
-    let (done, dead, healthy_dead) = tally(&[&status], &[]);
-    rows.push(Row {
-        scenario: "kill",
-        did: format!("kill -9 of {}'s worker process while it ran a trial", victim.name),
-        saw: format!("trial redelivered to another copy, job done; container restarted (restarts {restarts} -> {back}) and healthy"),
-        jobs: 1,
-        done,
-        dead,
-        healthy_dead,
-        reruns: reruns(&status),
-        secs: started.elapsed().as_secs_f64(),
-    });
+    let back =
+        wait_every("the killed container to restart", Duration::from_secs(120), Duration::from_secs(2), || async {
+            let n = stack.inspect(&victim.name, "{{.RestartCount}}").await;
+            (n != restarts && stack.healthy(&victim.name).await).then_some(n)
+        })
+        .await;
+    rows.push(Row::of(
+        "kill",
+        format!("kill -9 of {}'s worker process while it ran a trial", victim.name),
+        format!("trial redelivered to another copy, job done; container restarted (restarts {restarts} -> {back}) and healthy"),
+        &[&status],
+        &[],
+        started,
+    ));
 }
 
 /// A train container cut off from the broker's network while it runs a trial, for longer than
@@ -722,7 +707,7 @@ async fn partition(stack: &Stack, rows: &mut Vec<Row>) {
     assert!(cut.status.success(), "podman network disconnect: {}", text(&cut));
     let cut_at = Instant::now();
     // The broker notices after two missed heartbeats (heartbeat=15 in compose's URL).
-    let fewer = poll(
+    let fewer = wait_every(
         "the broker to drop the cut-off worker's consumer",
         Duration::from_secs(120),
         Duration::from_secs(2),
@@ -732,34 +717,38 @@ async fn partition(stack: &Stack, rows: &mut Vec<Row>) {
     let noticed = cut_at.elapsed().as_secs();
     // The worker sees the missed heartbeats too (once the message it holds has settled): its
     // health check turns unhealthy while it waits for the broker, as `docker compose ps` says.
-    poll("the cut-off worker's health check to fail", Duration::from_secs(120), Duration::from_secs(2), || async {
-        (!stack.healthy(&victim.name).await).then_some(())
-    })
+    wait_every(
+        "the cut-off worker's health check to fail",
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+        || async { (!stack.healthy(&victim.name).await).then_some(()) },
+    )
     .await;
     let unhealthy_after = cut_at.elapsed().as_secs();
     let joined = stack.run("podman", &["network", "connect", &network, &victim.name]).await;
     assert!(joined.status.success(), "podman network connect: {}", text(&joined));
-    poll("the cut-off worker to consume again by itself", Duration::from_secs(120), Duration::from_secs(2), || async {
-        (stack.consumers("train").await == Some(before) && stack.healthy(&victim.name).await).then_some(())
-    })
+    wait_every(
+        "the cut-off worker to consume again by itself",
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+        || async {
+            (stack.consumers("train").await == Some(before) && stack.healthy(&victim.name).await).then_some(())
+        },
+    )
     .await;
     let status = stack.finished(&job, Duration::from_secs(600)).await;
     assert_eq!(status["state"], "done", "{}", status["dead"]);
     let restarts = stack.inspect(&victim.name, "{{.RestartCount}}").await;
-    let (done, dead, healthy_dead) = tally(&[&status], &[]);
-    rows.push(Row {
-        scenario: "partition",
-        did: format!("{} disconnected from {network} mid-trial, reconnected after the broker noticed", victim.name),
-        saw: format!(
+    rows.push(Row::of(
+        "partition",
+        format!("{} disconnected from {network} mid-trial, reconnected after the broker noticed", victim.name),
+        format!(
             "broker dropped its consumer after {noticed} s ({before} -> {fewer}), unhealthy after {unhealthy_after} s; once connected it resumed by itself (restarts {restarts}, healthy, {before} consumers), job done"
         ),
-        jobs: 1,
-        done,
-        dead,
-        healthy_dead,
-        reruns: reruns(&status),
-        secs: started.elapsed().as_secs_f64(),
-    });
+        &[&status],
+        &[],
+        started,
+    ));
     assert_eq!(reruns(&status), 0, "no step ran twice: {status}");
 }
 
@@ -785,20 +774,16 @@ async fn oom(stack: &Stack, rows: &mut Vec<Row>) {
     let restarted: Vec<&String> = after.iter().filter(|(n, c)| before.get(*n) != Some(c)).map(|(n, _)| n).collect();
     assert!(restarted.iter().all(|n| n.contains("ingest")), "only ingest restarted: {restarted:?}");
     assert!(!restarted.is_empty(), "ingest was OOM-killed and restarted");
-    let (done, dead_count, healthy_dead) = tally(&[&fine], &[&dead]);
-    rows.push(Row {
-        scenario: "oom",
-        did: "a 4,000,000-row CSV for ingest (sized for 1M rows), a healthy job behind it".into(),
-        saw: format!(
+    rows.push(Row::of(
+        "oom",
+        "a 4,000,000-row CSV for ingest (sized for 1M rows), a healthy job behind it".into(),
+        format!(
             "ingest OOM-killed and restarted ({} restarts), no other container restarted; healthy job done; the huge one dead ({}): {reason}",
             after.iter().filter(|(n, _)| n.contains("ingest")).map(|(_, c)| *c).sum::<u32>(),
             dead["dead"][0]["kind"].as_str().unwrap_or_default(),
         ),
-        jobs: 2,
-        done,
-        dead: dead_count,
-        healthy_dead,
-        reruns: reruns(&fine),
-        secs: started.elapsed().as_secs_f64(),
-    });
+        &[&fine],
+        &[&dead],
+        started,
+    ));
 }

@@ -43,20 +43,39 @@ pub fn amqp_url() -> String {
 }
 
 /// Waits for `check` to return `Some`, polling until `deadline`; panics with `what` otherwise.
-pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    poll(what, deadline, Duration::from_millis(20), Duration::from_millis(250), check).await
+}
+
+/// [`wait_for`] at a fixed interval, for checks that are themselves slow (a container's health
+/// check, a command run in a container).
+pub async fn wait_every<T, F, Fut>(what: &str, deadline: Duration, every: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    poll(what, deadline, every, every, check).await
+}
+
+/// Polls `check` from a pause of `first`, doubling up to `most`, until `deadline`.
+async fn poll<T, F, Fut>(what: &str, deadline: Duration, first: Duration, most: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
     let end = Instant::now() + deadline;
-    let mut pause = Duration::from_millis(20);
+    let mut pause = first;
     loop {
         if let Some(v) = check().await {
             return v;
         }
         assert!(Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
         tokio::time::sleep(pause).await; // polling interval, not synchronisation
-        pause = (pause * 2).min(Duration::from_millis(250));
+        pause = (pause * 2).min(most);
     }
 }
 
