@@ -21,7 +21,7 @@ use warren_e2e::chaos::{self, Options, Scenario};
                   target/release/warren-chaos --jobs 2000 --exec -- python3 tests/steps/probe_step.py"
 )]
 struct Args {
-    /// Scenarios to run (kills, rolling, broker, cluster, hostile); all when none is named.
+    /// Scenarios to run (kills, rolling, broker, cluster, hostile, retries, partition, alarm); all when none is named.
     #[arg(long = "scenario", value_parser = parse_scenario)]
     scenarios: Vec<Scenario>,
     /// Healthy jobs per scenario.
@@ -53,7 +53,9 @@ struct Args {
 }
 
 fn parse_scenario(s: &str) -> Result<Scenario, String> {
-    Scenario::parse(s).ok_or_else(|| format!("unknown scenario {s:?} (kills, rolling, broker, cluster, hostile)"))
+    Scenario::parse(s).ok_or_else(|| {
+        format!("unknown scenario {s:?} (kills, rolling, broker, cluster, hostile, retries, partition, alarm)")
+    })
 }
 
 fn main() -> ExitCode {

@@ -58,8 +58,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // The maximum duration of one message is the configuration's `max_duration_ms`.
+    // The maximum duration of one message is the configuration's `max_duration_ms`. Health and
+    // metrics as every worker serves them, when an address is configured (the recorder first:
+    // the worker's metric handles are made when it is built).
+    if config.health_addr.is_some() {
+        warren::telemetry::metrics_recorder();
+    }
     let worker = Worker::builder(&args.step, &config).build();
+    if let Some(addr) = config.health_addr.clone() {
+        let health = worker.health();
+        runtime.spawn(async move {
+            if let Err(e) = warren::telemetry::serve(&addr, health).await {
+                eprintln!("warren-test-step: cannot serve health on {addr}: {e}");
+            }
+        });
+    }
     match runtime.block_on(worker.run(handle, warren::shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -30,6 +30,8 @@ pub struct WorkerSpec {
     pub concurrency: usize,
     /// Folder for the workers' logs.
     pub logs: PathBuf,
+    /// More environment (over the defaults: a scenario's retry delays, say).
+    pub env: Vec<(String, String)>,
 }
 
 /// One supervised worker: its current process id and how often it was started.
@@ -66,6 +68,7 @@ impl Slot {
                     .env("WARREN_SHUTDOWN_GRACE_MS", "20000")
                     .env("RUST_LOG", "info,lapin=off")
                     .env_remove("WARREN_PREFETCH")
+                    .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(log.map(Stdio::from).unwrap_or_else(|_| Stdio::null()))

@@ -9,6 +9,9 @@
 //! | `broker` | the node's app stopped and started, then the node killed with SIGKILL and started again |
 //! | `cluster` | 3 nodes, quorum step queues; the node holding the leaders stopped and started again |
 //! | `hostile` | a burst of garbage, wrong types, forged headers, huge bodies and missing properties among healthy jobs |
+//! | `retries` | 3 nodes; while a tenth of the jobs (at most 1,000) wait out a retry delay, the node leading the delay queues stopped for good |
+//! | `partition` | one worker of each step behind a proxy that stops forwarding without closing (heartbeat 5 s), held 20 s, then healed |
+//! | `alarm` | the broker's memory alarm raised while jobs flow, a client submitting into it, cleared; then its disk alarm |
 //!
 //! `warren-chaos` runs them from the command line (docs/OPERATIONS.md); the end-to-end tests run
 //! them at a reduced size.
@@ -32,9 +35,11 @@ use crate::{Behaviour, Probe};
 
 mod fleet;
 pub mod node;
+pub mod proxy;
 
 pub use fleet::{Slot, WorkerSpec};
 pub use node::Node;
+pub use proxy::Proxy;
 
 /// A chaos run could not be carried out (as opposed to finding a fault, which its [`Row`] shows).
 #[derive(Debug, thiserror::Error)]
@@ -54,12 +59,26 @@ pub enum Scenario {
     Cluster,
     /// Hostile input among healthy jobs.
     Hostile,
+    /// A 3-node cluster losing, for good, the node that leads the delay queues while retries wait.
+    Retries,
+    /// Workers cut off from the broker without a close, past the heartbeat timeout, then healed.
+    Partition,
+    /// The broker's memory alarm, then its disk alarm, raised and cleared while jobs flow.
+    Alarm,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 5] =
-        [Scenario::Kills, Scenario::Rolling, Scenario::Broker, Scenario::Cluster, Scenario::Hostile];
+    pub const ALL: [Scenario; 8] = [
+        Scenario::Kills,
+        Scenario::Rolling,
+        Scenario::Broker,
+        Scenario::Cluster,
+        Scenario::Hostile,
+        Scenario::Retries,
+        Scenario::Partition,
+        Scenario::Alarm,
+    ];
 
     /// The scenario's name on the command line and in the table.
     pub fn name(self) -> &'static str {
@@ -69,6 +88,9 @@ impl Scenario {
             Scenario::Broker => "broker",
             Scenario::Cluster => "cluster",
             Scenario::Hostile => "hostile",
+            Scenario::Retries => "retries",
+            Scenario::Partition => "partition",
+            Scenario::Alarm => "alarm",
         }
     }
 
@@ -167,7 +189,7 @@ impl Row {
     /// The table's header line.
     pub fn header() -> String {
         format!(
-            "{:<8} {:>9} {:>5} {:>10} {:>13} {:>12} {:>12} {:>5} {:>8}  {}",
+            "{:<9} {:>9} {:>5} {:>10} {:>13} {:>12} {:>12} {:>5} {:>8}  {}",
             "scenario",
             "submitted",
             "lost",
@@ -189,7 +211,7 @@ impl Row {
             format!("{}/{}", self.hostile_dead.0, self.hostile_dead.1)
         };
         format!(
-            "{:<8} {:>9} {:>5} {:>10} {:>13} {:>12} {:>12} {:>5} {:>7.1}s  {}",
+            "{:<9} {:>9} {:>5} {:>10} {:>13} {:>12} {:>12} {:>5} {:>7.1}s  {}",
             self.scenario,
             self.submitted,
             self.lost,
@@ -227,10 +249,29 @@ struct Rig {
     sink: Arc<Mutex<SinkLog>>,
     sink_stop: Option<tokio::sync::oneshot::Sender<()>>,
     sink_task: Option<tokio::task::JoinHandle<()>>,
+    /// The proxy worker 0 of each step connects through (scenario `partition`).
+    proxy: Option<Proxy>,
+}
+
+/// What a scenario's rig is made of.
+#[derive(Debug, Default)]
+struct Setup {
+    nodes: usize,
+    concurrency: usize,
+    /// More environment for every worker.
+    env: Vec<(String, String)>,
+    /// Worker 0 of each step connects through a [`Proxy`] that can cut it off; every worker
+    /// then runs with a 5 s heartbeat.
+    proxied: bool,
 }
 
 impl Rig {
     async fn start(opts: &Options, scenario: Scenario, nodes: usize, concurrency: usize) -> Result<Rig, ChaosError> {
+        Self::start_with(opts, scenario, Setup { nodes, concurrency, ..Setup::default() }).await
+    }
+
+    async fn start_with(opts: &Options, scenario: Scenario, setup: Setup) -> Result<Rig, ChaosError> {
+        let Setup { nodes, concurrency, env, proxied } = setup;
         let tag = &Uuid::now_v7().simple().to_string()[20..];
         let dir = opts.dir.join(format!("{}-{tag}", scenario.name()));
         let logs = dir.join("logs");
@@ -262,7 +303,9 @@ impl Rig {
             namespace: namespace.clone(),
             concurrency: opts.max_concurrency.map_or(concurrency, |m| concurrency.min(m)),
             logs,
+            env,
         };
+        let proxy = if proxied { Some(Proxy::start(started[0].port).await?) } else { None };
         let mut rig = Rig {
             dir: dir.clone(),
             nodes: started,
@@ -273,11 +316,21 @@ impl Rig {
             sink: Arc::default(),
             sink_stop: None,
             sink_task: None,
+            proxy,
         };
         rig.start_sink();
         for step in STEPS {
             for i in 0..2 {
-                rig.slots.push(Slot::start(&rig.spec, step, i));
+                let spec = match &rig.proxy {
+                    // A partition shows only past the heartbeat timeout: 5 s makes that 10 s.
+                    Some(p) if i == 0 => WorkerSpec {
+                        urls: format!("amqp://guest:guest@127.0.0.1:{}/%2f?heartbeat=5", p.port),
+                        ..rig.spec.clone()
+                    },
+                    Some(_) => WorkerSpec { urls: format!("{}?heartbeat=5", rig.spec.urls), ..rig.spec.clone() },
+                    None => rig.spec.clone(),
+                };
+                rig.slots.push(Slot::start(&spec, step, i));
             }
         }
         rig.wait_consumers(2, Duration::from_secs(60)).await?;
@@ -389,8 +442,7 @@ impl Rig {
             let Ok(listing) = node.ctl(&["list_queues", "-q", "--no-table-headers", "name", "messages"]).await else {
                 continue;
             };
-            let (steps, retries) =
-                (format!("{}.step.", self.names.namespace()), format!("{}.retry.", self.names.namespace()));
+            let (steps, retries) = (format!("{}.step.", self.names.namespace()), self.names.retry_prefix());
             let mut total = 0;
             let mut detail = Vec::new();
             for line in listing.lines() {
@@ -407,11 +459,44 @@ impl Rig {
         None
     }
 
+    /// The delay queues of the namespace as the first node that answers lists them: name,
+    /// messages and leader (`None` when no node answers).
+    async fn delay_queues(&self) -> Option<Vec<(String, usize, String)>> {
+        for node in &self.nodes {
+            let Ok(listing) =
+                node.ctl(&["list_queues", "-q", "--no-table-headers", "name", "messages", "leader"]).await
+            else {
+                continue;
+            };
+            let prefix = self.names.retry_prefix();
+            return Some(
+                listing
+                    .lines()
+                    .filter_map(|line| {
+                        let mut parts = line.split_whitespace();
+                        let (name, n, leader) = (parts.next()?, parts.next()?, parts.next().unwrap_or(""));
+                        name.starts_with(&prefix).then(|| (name.to_owned(), n.parse().unwrap_or(0), leader.to_owned()))
+                    })
+                    .collect(),
+            );
+        }
+        None
+    }
+
     async fn submit(&self, seqs: std::ops::Range<u64>, sleep_ms: u64) -> Result<(), ChaosError> {
         let behaviour = Behaviour { sleep_ms, ..Default::default() };
+        self.submit_as(seqs, |_| behaviour.clone()).await
+    }
+
+    /// Submits jobs whose hop at each step behaves as `behaviour(step)` says.
+    async fn submit_as(
+        &self,
+        seqs: std::ops::Range<u64>,
+        behaviour: impl Fn(&str) -> Behaviour,
+    ) -> Result<(), ChaosError> {
         let mut slip: Vec<Hop> = Vec::new();
         for step in STEPS {
-            slip.push(Hop::with_params(step, &behaviour).map_err(|e| ChaosError(e.to_string()))?);
+            slip.push(Hop::with_params(step, &behaviour(step)).map_err(|e| ChaosError(e.to_string()))?);
         }
         slip.push(Hop::new("sink"));
         let client = Client::connect(&self.config).await.map_err(|e| ChaosError(e.to_string()))?;
@@ -501,6 +586,9 @@ pub async fn run(scenario: Scenario, opts: &Options) -> Result<Row, ChaosError> 
         Scenario::Broker => broker(opts).await,
         Scenario::Cluster => cluster(opts).await,
         Scenario::Hostile => hostile(opts).await,
+        Scenario::Retries => retries(opts).await,
+        Scenario::Partition => partition(opts).await,
+        Scenario::Alarm => alarm(opts).await,
     }
 }
 
@@ -750,4 +838,199 @@ async fn hostile(opts: &Options) -> Result<Row, ChaosError> {
         burst.len() - refused
     );
     Ok(row)
+}
+
+/// How long a retry waits in the `retries` scenario: long enough for a tenth of the jobs to pile
+/// up in the delay queues before the node goes.
+const RETRY_DELAY_MS: u64 = 15_000;
+
+/// (f) Retries survive the loss of a node: a tenth of the jobs (at most 1,000) fail once at s2
+/// and wait out a 15 s delay in the (quorum) delay queues; the node leading those queues is
+/// stopped for good while they wait, and every one of them must come back from another node.
+async fn retries(opts: &Options) -> Result<Row, ChaosError> {
+    let env = vec![
+        ("WARREN_RETRY_BASE_MS".to_owned(), RETRY_DELAY_MS.to_string()),
+        ("WARREN_RETRY_MAX_MS".to_owned(), RETRY_DELAY_MS.to_string()),
+    ];
+    let rig = Rig::start_with(opts, Scenario::Retries, Setup { nodes: 3, concurrency: 8, env, proxied: false }).await?;
+    let waiting = (opts.jobs / 10).clamp(1, 1_000);
+    let half = (waiting + (opts.jobs - waiting) / 2) as u64;
+    let flaky =
+        |step: &str| Behaviour { fail_times: u32::from(step == "s2"), sleep_ms: HANDLER_MS, ..Default::default() };
+    rig.submit_as(0..waiting as u64, flaky).await?;
+    rig.submit(waiting as u64..half, HANDLER_MS).await?;
+    // Wait until (nearly) all of them sit in delay queues.
+    let end = Instant::now() + STALL;
+    let queues = loop {
+        let queues = rig.delay_queues().await.unwrap_or_default();
+        let held: usize = queues.iter().map(|(_, n, _)| n).sum();
+        if held >= waiting * 9 / 10 || Instant::now() > end {
+            break queues;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await; // polling interval
+    };
+    let held: usize = queues.iter().map(|(_, n, _)| n).sum();
+    let mut leaders: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, n, leader) in &queues {
+        *leaders.entry(leader.clone()).or_default() += n;
+    }
+    let leader = leaders.iter().max_by_key(|(_, n)| **n).map(|(name, _)| name.clone()).unwrap_or_default();
+    let on_leader = leaders.get(&leader).copied().unwrap_or(0);
+    let victim = rig.nodes.iter().position(|n| n.name == leader).ok_or_else(|| {
+        ChaosError(format!("no node of ours leads the delay queues ({held} of {waiting} retries seen in {queues:?})"))
+    })?;
+    // Stopped for good: its disk and its replicas are gone as far as the cluster can tell.
+    rig.nodes[victim].ctl(&["stop_app"]).await?;
+    let at_stop = rig.at_sink();
+    rig.submit(half..opts.jobs as u64, HANDLER_MS).await?;
+    // The delay queues answer again from the other nodes, with new leaders.
+    let end = Instant::now() + Duration::from_secs(60);
+    let moved = loop {
+        let qs = rig.delay_queues().await.unwrap_or_default();
+        let moved = qs.iter().filter(|(_, _, l)| !l.is_empty() && *l != leader).count();
+        if (moved > 0 && moved == qs.len()) || Instant::now() > end {
+            break moved;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await; // polling interval
+    };
+    rig.drain(opts.jobs, STALL).await;
+    let mut row = rig.finish(Scenario::Retries, &all(opts.jobs), 0).await?;
+    row.actions = format!(
+        "{held} of {waiting} retries waiting {RETRY_DELAY_MS} ms in {} delay queues, {on_leader} of them on {leader}, \
+         stopped for good at {at_stop} of {n} through; {moved} delay queues led from another node after",
+        queues.len(),
+        n = opts.jobs
+    );
+    Ok(row)
+}
+
+/// How long the `partition` scenario holds its cut: past two 5 s heartbeats on both ends.
+const PARTITION: Duration = Duration::from_secs(20);
+
+/// (g) A partition without a close: one worker of each step behind a proxy that stops
+/// forwarding (no FIN, no RST), held past the heartbeat timeout while jobs flow, then healed.
+async fn partition(opts: &Options) -> Result<Row, ChaosError> {
+    let rig = Rig::start_with(
+        opts,
+        Scenario::Partition,
+        Setup { nodes: 1, concurrency: 8, proxied: true, ..Setup::default() },
+    )
+    .await?;
+    // Half the jobs before the cut, the rest once healed: jobs flow through the cut and through
+    // the workers that were cut off, after.
+    let half = (opts.jobs / 2) as u64;
+    rig.submit(0..half, HANDLER_MS).await?;
+    rig.wait_sink(opts.jobs / 8, STALL).await;
+    let at_cut = rig.at_sink();
+    let before = rig.consumers().await.unwrap_or_default();
+    let proxy = rig.proxy.as_ref().ok_or_else(|| ChaosError("the partition rig has no proxy".into()))?;
+    proxy.cut();
+    let cut_at = Instant::now();
+    // The broker drops the cut-off workers' consumers once their heartbeats stop; the other
+    // workers keep going meanwhile.
+    let mut dropped_after = None;
+    while cut_at.elapsed() < PARTITION {
+        if dropped_after.is_none() && rig.consumers().await.is_some_and(|c| c.iter().all(|&k| k < 2)) {
+            dropped_after = Some(cut_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await; // the partition's length, polled
+    }
+    let during = rig.at_sink() - at_cut;
+    proxy.heal();
+    rig.wait_consumers(2, STALL).await?;
+    let back_after = cut_at.elapsed();
+    rig.submit(half..opts.jobs as u64, HANDLER_MS).await?;
+    rig.drain(opts.jobs, STALL).await;
+    let mut row = rig.finish(Scenario::Partition, &all(opts.jobs), 0).await?;
+    row.actions = format!(
+        "3 of 6 workers cut off without a close at {at_cut} of {n} through ({before:?} consumers), held {} s: broker \
+         dropped them after {}, {during} jobs through meanwhile; healed, all consuming again {:.0} s after the cut; \
+         the other half submitted then",
+        PARTITION.as_secs(),
+        dropped_after.map(|d| format!("{:.0} s", d.as_secs_f64())).unwrap_or_else(|| "never".into()),
+        back_after.as_secs_f64(),
+        n = opts.jobs
+    );
+    Ok(row)
+}
+
+/// How long each alarm of the `alarm` scenario lasts.
+const ALARM: Duration = Duration::from_secs(8);
+
+/// (h) Resource alarms while jobs flow: the memory alarm raised (every publisher blocked, a
+/// client submitting into it told why), held, cleared; then the disk alarm the same way.
+async fn alarm(opts: &Options) -> Result<Row, ChaosError> {
+    let rig = Rig::start(opts, Scenario::Alarm, 1, 8).await?;
+    let node = &rig.nodes[0];
+    let third = (opts.jobs / 3) as u64;
+    rig.submit(0..third, HANDLER_MS).await?;
+    rig.wait_sink(opts.jobs / 6, STALL).await;
+    let mut said = Vec::new();
+    let raises: [(&str, &[&str], &[&str]); 2] = [
+        (
+            "memory",
+            &["set_vm_memory_high_watermark", "absolute", "1MB"],
+            &["set_vm_memory_high_watermark", "absolute", "3GB"],
+        ),
+        ("disk", &["set_disk_free_limit", "100000GB"], &["set_disk_free_limit", "1GB"]),
+    ];
+    let mut next = third;
+    for (i, (what, raise, clear)) in raises.into_iter().enumerate() {
+        let at = rig.at_sink();
+        node.ctl(raise).await?;
+        // A client submitting into the alarm: its publishes wait, and its connection says why.
+        let client = Client::connect(&rig.config).await.map_err(|e| ChaosError(e.to_string()))?;
+        let blocked = client.broker().blocked_changes();
+        let upto = if i == 0 { 2 * third } else { opts.jobs as u64 };
+        let batch: Vec<JobSpec<Probe>> = (next..upto)
+            .map(|seq| {
+                let slip = STEPS
+                    .iter()
+                    .map(|s| Hop::with_params(*s, &Behaviour { sleep_ms: HANDLER_MS, ..Default::default() }))
+                    .chain([Ok(Hop::new("sink"))])
+                    .collect::<Result<Vec<Hop>, _>>()
+                    .unwrap_or_default();
+                JobSpec::new("chaos", slip, Probe { seq, hops: 0 })
+            })
+            .collect();
+        next = upto;
+        let submitting = tokio::spawn(async move {
+            for chunk in batch.chunks(1000) {
+                client.submit_many(chunk).await.map_err(|e| ChaosError(format!("submit: {e}")))?;
+            }
+            client.broker().close().await;
+            Ok::<(), ChaosError>(())
+        });
+        let reason = wait_blocked(blocked, Duration::from_secs(30)).await;
+        tokio::time::sleep(ALARM).await; // the alarm itself
+        let during = rig.at_sink() - at;
+        node.ctl(clear).await?;
+        submitting.await.map_err(|e| ChaosError(format!("the submitting task: {e}")))??;
+        said.push(format!(
+            "{what} alarm {} s: client told {:?}, {during} jobs through meanwhile",
+            ALARM.as_secs(),
+            reason.unwrap_or_else(|| "nothing".into())
+        ));
+    }
+    rig.drain(opts.jobs, STALL).await;
+    let mut row = rig.finish(Scenario::Alarm, &all(opts.jobs), 0).await?;
+    row.actions = format!("{}; each cleared, every job through after", said.join("; "));
+    Ok(row)
+}
+
+/// The reason a connection is blocked for, once it is, within `deadline`.
+async fn wait_blocked(mut blocked: tokio::sync::watch::Receiver<Option<String>>, deadline: Duration) -> Option<String> {
+    tokio::time::timeout(deadline, async {
+        loop {
+            if let Some(r) = blocked.borrow_and_update().clone() {
+                return Some(r);
+            }
+            if blocked.changed().await.is_err() {
+                return None;
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
 }

@@ -19,6 +19,7 @@ mod ml;
 mod onnx;
 mod packaging;
 mod pipeline;
+mod production;
 mod registry;
 mod roles;
 mod security;

@@ -4,6 +4,8 @@
 //! `--config`), has `--help` with an example, prints JSON with `--json` where a script would want
 //! it, and exits 2 with a one-line reason on bad usage, 5 when the broker cannot be reached or
 //! refuses the credentials. `submit --wait` adds 1 (dead), 3 (cancelled) and 4 (timed out).
+//! While the broker blocks publishes (a memory or disk alarm) a command says so on stderr at
+//! once and gives up with 4 if the alarm outlasts its limit (`submit`: `--timeout`; others: 5 min).
 
 /// `println!` through [`print()`]: a closed pipe ends the command quietly.
 macro_rules! outln {
@@ -228,7 +230,11 @@ fn main() -> ExitCode {
         }
     };
     let json = cli.json;
-    let result = runtime.block_on(async move {
+    let blocked_limit = match &command {
+        Command::Submit(a) => a.blocked_limit(),
+        _ => Some(BLOCKED_LIMIT),
+    };
+    let result = runtime.block_on(unless_blocked(blocked_limit, async move {
         match command {
             Command::Submit(a) => submit::run(&config, a, json).await,
             Command::Status(a) => jobs::status(&config, a, json).await,
@@ -247,7 +253,7 @@ fn main() -> ExitCode {
             Command::Demo => fleet::demo(&config, json).await,
             Command::Health { url } => health(&url, json),
         }
-    });
+    }));
     match result {
         Ok(code) => code,
         Err(f) => {
@@ -290,7 +296,63 @@ fn command_path(clap_text: &str) -> String {
 /// The command's one connection: an operator, with a message that says how to start a broker
 /// when none answers (exit 5).
 pub async fn connect(config: &warren::Config) -> Result<warren_ops::Operator, Fail> {
-    Ok(warren_ops::Operator::connect(config).await?)
+    let op = warren_ops::Operator::connect(config).await?;
+    let _ = ALARMS.set(op.client().broker().blocked_changes());
+    Ok(op)
+}
+
+/// The broker's resource alarms as the command's connection sees them (`connection.blocked`).
+static ALARMS: std::sync::OnceLock<tokio::sync::watch::Receiver<Option<String>>> = std::sync::OnceLock::new();
+
+/// How long a command other than `submit` waits on a broker that blocks its publishes.
+const BLOCKED_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Runs a command; while the broker blocks publishes says so once on stderr (naming the alarm,
+/// as the broker does), and gives up with exit 4 once it has been blocked for `limit`.
+async fn unless_blocked(limit: Option<std::time::Duration>, command: impl Future<Output = Outcome>) -> Outcome {
+    use tokio::time::{Instant, sleep_until};
+    let mut command = std::pin::pin!(command);
+    let mut blocked_since: Option<Instant> = None;
+    let mut alarms: Option<tokio::sync::watch::Receiver<Option<String>>> = None;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    loop {
+        if alarms.is_none() {
+            alarms = ALARMS.get().cloned();
+        }
+        let reason = alarms.as_mut().and_then(|a| a.borrow_and_update().clone());
+        match (&reason, blocked_since) {
+            (Some(r), None) => {
+                eprintln!(
+                    "warren: RabbitMQ is blocking publishes ({r}): a memory or disk alarm is in effect (`rabbitmqctl status` \
+                     or the management UI's overview says which); waiting{} for it to clear",
+                    limit.map(|l| format!(" up to {}", humantime::format_duration(l))).unwrap_or_default()
+                );
+                blocked_since = Some(Instant::now());
+            }
+            (None, Some(_)) => {
+                eprintln!("warren: RabbitMQ takes publishes again");
+                blocked_since = None;
+            }
+            _ => {}
+        }
+        let give_up = blocked_since.zip(limit).map(|(at, l)| at + l);
+        tokio::select! {
+            out = command.as_mut() => return out,
+            _ = sleep_until(give_up.unwrap_or_else(Instant::now)), if give_up.is_some() => {
+                let waited = limit.map(humantime::format_duration).map(|d| d.to_string()).unwrap_or_default();
+                return Err(Fail {
+                    code: submit::exit::TIMED_OUT,
+                    message: format!(
+                        "gave up after {waited}: RabbitMQ still blocks publishes ({}); what was sent may be taken once the \
+                         alarm clears: check with `warren jobs` before trying again",
+                        reason.unwrap_or_default()
+                    ),
+                });
+            }
+            // The connection is made inside the command: look for it, and for alarm changes.
+            _ = tick.tick() => {}
+        }
+    }
 }
 
 /// Rows as an aligned plain-text table (comfy-table), `right` the columns aligned right.

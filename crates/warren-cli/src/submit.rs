@@ -33,6 +33,14 @@ pub struct SubmitArgs {
     no_check: bool,
 }
 
+impl SubmitArgs {
+    /// How long to wait on a broker that blocks publishes: `--timeout` (`None` if it does not
+    /// parse: the command then says so).
+    pub fn blocked_limit(&self) -> Option<Duration> {
+        parse_age(&self.timeout).ok().map(Duration::from_millis)
+    }
+}
+
 /// Loads a spec and applies `--set` overrides; errors are usage errors naming the line or key.
 pub fn load_spec(path: &std::path::Path, set: &[String]) -> Result<PipelineSpec, Fail> {
     let mut spec = PipelineSpec::load(path).map_err(|e| Fail::usage(e.to_string()))?;

@@ -171,6 +171,7 @@ pub struct Broker {
     conn: Arc<Connection>,
     publishers: managed::Pool<ChannelManager>,
     name: String,
+    blocked: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -264,7 +265,8 @@ impl Broker {
                         .build()
                         .map_err(|e| BrokerError::Pool(e.to_string()))?;
                     tracing::debug!(url = %redact_url(url), %name, "connected");
-                    return Ok(Self { conn, publishers, name });
+                    let blocked = watch_blocked(&conn);
+                    return Ok(Self { conn, publishers, name, blocked });
                 }
                 Ok(Err(OpenError::Amqp(e))) if is_access_refused(&e) => {
                     let user = url
@@ -311,6 +313,18 @@ impl Broker {
         self.conn.status().connected()
     }
 
+    /// While the broker blocks this connection's publishes (a memory or disk alarm:
+    /// `connection.blocked`), the reason it gave, e.g. "low on memory"; `None` otherwise. Every
+    /// publish waits while it lasts, and so does everything behind it on the connection.
+    pub fn blocked(&self) -> Option<String> {
+        self.blocked.borrow().clone()
+    }
+
+    /// Changes of [`Broker::blocked`], to wait on.
+    pub fn blocked_changes(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.blocked.clone()
+    }
+
     /// Opens a new channel (for a consumer, or topology work).
     pub async fn channel(&self) -> Result<Channel, BrokerError> {
         self.conn.create_channel().await.map_err(BrokerError::amqp("open channel"))
@@ -340,6 +354,34 @@ impl Broker {
             }
         }
     }
+}
+
+/// Follows the connection's `connection.blocked` / `connection.unblocked` notices (RabbitMQ's
+/// resource alarms) into a watch, until the connection or every reader of the watch is gone.
+fn watch_blocked(conn: &Connection) -> tokio::sync::watch::Receiver<Option<String>> {
+    use futures_util::StreamExt;
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let mut events = conn.events_listener();
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                e = events.next() => e,
+                _ = tx.closed() => return,
+            };
+            match event {
+                Some(lapin::Event::ConnectionBlocked(reason)) => {
+                    let reason = if reason.is_empty() { "a resource alarm".to_owned() } else { reason };
+                    tx.send_replace(Some(reason));
+                }
+                Some(lapin::Event::ConnectionUnblocked | lapin::Event::Connected) => {
+                    tx.send_replace(None);
+                }
+                Some(_) => {}
+                None => return,
+            }
+        }
+    });
+    rx
 }
 
 /// A publisher checked out of a [`Broker`]'s pool.

@@ -31,9 +31,15 @@ impl Names {
     pub fn dead_queue(&self, step: &str) -> String {
         format!("{}.dead.{step}", self.ns)
     }
-    /// `{ns}.retry.{step}.{delay_ms}`: a delay queue holding retries of one step for one delay.
+    /// `{ns}.retry.q.{step}.{delay_ms}`: a (quorum) delay queue holding retries of one step for
+    /// one delay. Workers before 0.2 used classic ones named `{ns}.retry.{step}.{delay_ms}`; those
+    /// drain into the same step queue and delete themselves (docs/PROTOCOL.md).
     pub fn retry_queue(&self, step: &str, delay_ms: u64) -> String {
-        format!("{}.retry.{step}.{delay_ms}", self.ns)
+        format!("{}.retry.q.{step}.{delay_ms}", self.ns)
+    }
+    /// `{ns}.retry.`: what every delay queue's name starts with, old (classic) and new (quorum).
+    pub fn retry_prefix(&self) -> String {
+        format!("{}.retry.", self.ns)
     }
     /// `{ns}.events`: topic exchange of job events and the stream queue that keeps them.
     pub fn events(&self) -> String {

@@ -24,15 +24,16 @@ use crate::{Broker, BrokerError, Names, TopologyError};
 
 /// Schema id of a registry record (the AMQP `type` of messages on `{ns}.registry`).
 pub const REGISTRY_SCHEMA: &str = "warren.registry/1";
-/// How often a worker says it is alive (a reader of the 13-hour window reads 780 such records a
-/// worker: small, and a killed worker leaves the live list within [`LIVE_WITHIN`]).
-pub const HEARTBEAT: Duration = Duration::from_secs(60);
+/// How often a worker says it is alive: a worker killed without a word leaves the live list
+/// within [`LIVE_WITHIN`] (under a minute). A reader of the 13-hour window reads 3,120 such
+/// records (about 250 bytes each) a worker.
+pub const HEARTBEAT: Duration = Duration::from_secs(15);
 /// How often a worker announces its descriptor again, so it stays inside every reader's window.
 pub const DESCRIPTOR_EVERY: Duration = Duration::from_secs(12 * 3600);
 /// How far back a reader looks: a step whose workers all went away longer ago is unregistered.
 pub const WINDOW: Duration = Duration::from_secs(13 * 3600);
-/// A worker not heard from for this long is not counted as live.
-pub const LIVE_WITHIN: Duration = Duration::from_secs(2 * 60 + 30);
+/// A worker not heard from for this long (three heartbeats) is not counted as live.
+pub const LIVE_WITHIN: Duration = Duration::from_secs(45);
 
 /// The schema id of the payload `warren submit` starts a job with: a step whose input is this
 /// can be a pipeline's first step.

@@ -3,7 +3,7 @@
 //! | path | answers |
 //! | --- | --- |
 //! | `/healthz` | 200 while the process runs |
-//! | `/readyz` | 200 while the worker holds a consumer on its queue, else 503 |
+//! | `/readyz` | 200 while the worker holds a consumer on its queue and the broker takes its publishes, else 503 saying why |
 //! | `/metrics` | Prometheus text: `warren_messages_total{step,outcome}`, `warren_handler_seconds{step}`, `warren_in_flight{step}`, `warren_retries_total{step}`, `warren_dead_letters_total{step,kind}` |
 
 use axum::{Router, http::StatusCode, routing::get};
@@ -54,12 +54,11 @@ pub async fn serve(addr: &str, health: Health) -> std::io::Result<()> {
         .route(
             "/readyz",
             get(move || {
-                let ready = health.is_ready();
+                let why = health.not_ready_because();
                 async move {
-                    if ready {
-                        (StatusCode::OK, "ready\n")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no consumer on the step queue\n")
+                    match why {
+                        None => (StatusCode::OK, "ready\n".to_owned()),
+                        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
                     }
                 }
             }),

@@ -5,7 +5,7 @@
 //! | step exchange | `{ns}.steps` | direct, key = step |
 //! | step queue | `{ns}.step.{step}` | quorum, `x-delivery-limit`, DLX `{ns}.dead` |
 //! | dead letters | `{ns}.dead` / `{ns}.dead.{step}` | direct / quorum |
-//! | retry delays | `{ns}.retry.{step}.{ms}` | classic, TTL, dead-letters to `{ns}.steps` |
+//! | retry delays | `{ns}.retry.q.{step}.{ms}` | quorum, TTL, dead-letters (at least once) to `{ns}.steps` |
 //! | job events | `{ns}.events` | topic exchange + stream queue |
 //! | control (cancellations) | `{ns}.control` | stream queue, published to by name |
 //!
@@ -212,17 +212,16 @@ impl<'a> Declarer<'a> {
 
     /// Declares the delay queue for retries of `step` after `delay_ms`: messages expire into
     /// the step exchange with the step's routing key. One queue per delay, so a short delay never
-    /// waits behind a longer one; the queue deletes itself a minute after its last use.
+    /// waits behind a longer one. The queue is a quorum queue, replicated like the step queues,
+    /// so a retry waiting out its delay survives the loss of a node, and it dead-letters at least
+    /// once (a message leaves it only once the step queue confirmed it). It deletes itself
+    /// [`RETRY_QUEUE_IDLE`] after its delay once nobody declares it: a publisher declares it again
+    /// at least every [`RETRY_QUEUE_RENEW`] while it uses it (publishing alone does not count as
+    /// use), so no message is ever in it when it goes.
     pub async fn retry_queue(&mut self, step: &str, delay_ms: u64) -> Result<String, TopologyError> {
         let n = self.names;
         let name = n.retry_queue(step, delay_ms);
-        let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
-        args.insert("x-message-ttl".into(), int(delay_ms));
-        args.insert("x-expires".into(), int(delay_ms + 60_000));
-        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(n.steps_exchange().into()));
-        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(step.into()));
-        self.queue(&name, args).await?;
+        self.queue(&name, retry_queue_args(n, step, delay_ms)).await?;
         Ok(name)
     }
 
@@ -248,6 +247,26 @@ impl<'a> Declarer<'a> {
         }
         Ok(())
     }
+}
+
+/// How long a delay queue outlives its delay once nobody declares it.
+pub const RETRY_QUEUE_IDLE: Duration = Duration::from_secs(60);
+/// How often a publisher that uses a delay queue declares it again, renewing its lease: well
+/// under [`RETRY_QUEUE_IDLE`], so a queue in use never expires with messages in it.
+pub const RETRY_QUEUE_RENEW: Duration = Duration::from_secs(30);
+
+/// The arguments of a delay queue: quorum (replicated), the delay as message TTL, dead-lettering
+/// at least once back to the step (which RabbitMQ allows only with `reject-publish` overflow).
+pub fn retry_queue_args(names: &Names, step: &str, delay_ms: u64) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args.insert("x-message-ttl".into(), int(delay_ms));
+    args.insert("x-expires".into(), int(delay_ms + RETRY_QUEUE_IDLE.as_millis() as u64));
+    args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(names.steps_exchange().into()));
+    args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(step.into()));
+    args.insert("x-dead-letter-strategy".into(), AMQPValue::LongString("at-least-once".into()));
+    args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+    args
 }
 
 /// The arguments of a step queue.

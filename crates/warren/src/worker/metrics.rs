@@ -40,7 +40,14 @@ pub fn describe() {
     );
     describe_histogram!("warren_handler_seconds", Unit::Seconds, "Time the step's handler took per message.");
     describe_gauge!("warren_in_flight", Unit::Count, "Messages the worker is handling now.");
-    describe_gauge!("warren_worker_ready", "1 while the worker holds a consumer on its step's queue, else 0.");
+    describe_gauge!(
+        "warren_worker_ready",
+        "1 while the worker holds a consumer on its step's queue and the broker takes its publishes, else 0."
+    );
+    describe_gauge!(
+        "warren_broker_blocked",
+        "1 while the broker blocks the worker's publishes (connection.blocked: a memory or disk alarm), else 0."
+    );
 }
 
 impl Metrics {

@@ -19,7 +19,7 @@
 //! ```
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     future::Future,
     pin::Pin,
     sync::{
@@ -79,19 +79,49 @@ pub enum WorkerError {
 #[derive(Debug, Clone, Default)]
 pub struct Health {
     ready: Arc<AtomicBool>,
+    /// Why the broker blocks the worker's publishes, while it does.
+    blocked: Arc<Mutex<Option<String>>>,
     /// `warren_worker_ready{step}`: 1 while ready.
     gauge: Option<::metrics::Gauge>,
+    /// `warren_broker_blocked{step}`: 1 while the broker blocks the worker's publishes.
+    blocked_gauge: Option<::metrics::Gauge>,
 }
 
 impl Health {
-    /// Whether the worker holds a live consumer on its queue.
+    /// Whether the worker holds a live consumer on its queue and can hand work on: not while
+    /// the broker blocks its publishes (a memory or disk alarm).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed) && self.blocked().is_none()
+    }
+    /// Why the worker is not ready, in a line; `None` when it is.
+    pub fn not_ready_because(&self) -> Option<String> {
+        if let Some(reason) = self.blocked() {
+            return Some(format!(
+                "the broker blocks publishes ({reason}): finished messages wait to be handed on until its alarm clears"
+            ));
+        }
+        (!self.ready.load(Ordering::Relaxed)).then(|| "no consumer on the step queue".to_owned())
+    }
+    /// While the broker blocks the worker's publishes, the reason it gave.
+    pub fn blocked(&self) -> Option<String> {
+        self.blocked.lock().ok().and_then(|b| b.clone())
     }
     fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+        self.publish_ready();
+    }
+    fn set_blocked(&self, reason: Option<String>) {
+        if let Some(g) = &self.blocked_gauge {
+            g.set(if reason.is_some() { 1.0 } else { 0.0 });
+        }
+        if let Ok(mut b) = self.blocked.lock() {
+            *b = reason;
+        }
+        self.publish_ready();
+    }
+    fn publish_ready(&self) {
         if let Some(g) = &self.gauge {
-            g.set(if ready { 1.0 } else { 0.0 });
+            g.set(if self.is_ready() { 1.0 } else { 0.0 });
         }
     }
 }
@@ -156,6 +186,8 @@ impl WorkerBuilder {
         let names = Names::new(&self.config.namespace);
         let data_root = self.config.data_root.as_deref().map(Arc::from);
         let ready_gauge = ::metrics::gauge!("warren_worker_ready", "step" => self.step.clone());
+        let blocked_gauge = ::metrics::gauge!("warren_broker_blocked", "step" => self.step.clone());
+        blocked_gauge.set(0.0);
         Worker {
             data_root,
             registry: self.config.registry_scope().into(),
@@ -174,7 +206,12 @@ impl WorkerBuilder {
             step: self.step,
             worker_id: worker_id.into(),
             retry: self.retry,
-            health: Health { ready: Arc::default(), gauge: Some(ready_gauge) },
+            health: Health {
+                ready: Arc::default(),
+                blocked: Arc::default(),
+                gauge: Some(ready_gauge),
+                blocked_gauge: Some(blocked_gauge),
+            },
             config: self.config,
             descriptor: self.descriptor,
             artifacts: self.artifacts,
@@ -378,13 +415,15 @@ struct Session {
     events: EventSink,
     /// Acks on `consumer`, batched with `multiple` where that is safe.
     acks: acks::AckBatcher,
-    /// Delay queues declared in this session, so a retry publishes without declaring.
-    retry_queues: Arc<Mutex<HashSet<String>>>,
+    /// Delay queues declared in this session and when, so a retry publishes without declaring
+    /// (until the queue's lease needs renewing).
+    retry_queues: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl Session {
-    /// The name of the delay queue for `delay_ms`, declared once per session (again when
-    /// `fresh`, after the broker returned a publish to it: it expired).
+    /// The name of the delay queue for `delay_ms`, declared once per session and again every
+    /// [`crate::topology::RETRY_QUEUE_RENEW`] (its lease), or when `fresh`: after the broker
+    /// returned a publish to it (it expired).
     async fn retry_queue(
         &self,
         names: &Names,
@@ -393,13 +432,15 @@ impl Session {
         fresh: bool,
     ) -> Result<String, TopologyError> {
         let name = names.retry_queue(step, delay_ms);
-        let known = self.retry_queues.lock().map(|q| q.contains(&name)).unwrap_or(false);
-        if known && !fresh {
+        let renew = crate::topology::RETRY_QUEUE_RENEW;
+        let current = self.retry_queues.lock().is_ok_and(|q| q.get(&name).is_some_and(|at| at.elapsed() < renew));
+        if current && !fresh {
             return Ok(name);
         }
+        let at = Instant::now();
         Declarer::new(&self.broker, names).retry_queue(step, delay_ms).await?;
         if let Ok(mut q) = self.retry_queues.lock() {
-            q.insert(name.clone());
+            q.insert(name.clone(), at);
         }
         Ok(name)
     }
@@ -460,6 +501,8 @@ struct Opened {
     control: AbortOnDrop,
     /// Says the worker is alive in the registry.
     announcer: AbortOnDrop,
+    /// Follows the broker's resource alarms into readiness.
+    alarms: AbortOnDrop,
     /// Publishes the batched job events.
     events_task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -537,7 +580,9 @@ impl<H> Shared<H> {
             acks: acks::AckBatcher::start(),
             retry_queues: Arc::default(),
         };
-        Ok(Opened { channel, consumer, tag, session, control, announcer, events_task })
+        let alarms =
+            AbortOnDrop(tokio::spawn(follow_alarms(broker.blocked_changes(), w.health.clone(), w.step.clone())));
+        Ok(Opened { channel, consumer, tag, session, control, announcer, alarms, events_task })
     }
 
     /// Takes deliveries, one permit each, until the stop (`Ok`) or the broker takes the consumer
@@ -592,7 +637,8 @@ impl<H> Shared<H> {
         H: Handler<I, O>,
     {
         let w = &self.worker;
-        let Opened { channel, mut consumer, tag, session, control, announcer, events_task } = opened;
+        let Opened { channel, mut consumer, tag, session, control, announcer, alarms, events_task } = opened;
+        drop(alarms);
         w.health.set_ready(false);
         tracing::info!(step = %w.step, "stopping: finishing messages in flight");
         let deadline = Instant::now() + w.config.shutdown_grace;
@@ -706,6 +752,32 @@ async fn announce_loop(
             Ok(()) if record.kind == RecordKind::Descriptor => last_descriptor = Some(Instant::now()),
             Ok(()) => {}
             Err(e) => tracing::warn!(step = %base.step, error = %e, "could not announce the worker in the registry"),
+        }
+    }
+}
+
+/// Follows the broker's `connection.blocked` notices into the worker's health: not ready, the
+/// `warren_broker_blocked` gauge, and a log line when the alarm starts and when it clears.
+async fn follow_alarms(mut blocked: tokio::sync::watch::Receiver<Option<String>>, health: Health, step: String) {
+    let mut since: Option<Instant> = None;
+    loop {
+        let reason = blocked.borrow_and_update().clone();
+        match (&reason, since) {
+            (Some(r), None) => {
+                tracing::warn!(step = %step, reason = %r,
+                    "the broker blocks publishes (a resource alarm): finished messages wait to be handed on; not ready until it clears");
+                since = Some(Instant::now());
+            }
+            (None, Some(at)) => {
+                tracing::info!(step = %step, blocked_ms = at.elapsed().as_millis() as u64, "the broker takes publishes again");
+                since = None;
+            }
+            _ => {}
+        }
+        health.set_blocked(reason);
+        if blocked.changed().await.is_err() {
+            health.set_blocked(None);
+            return;
         }
     }
 }
