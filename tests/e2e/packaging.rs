@@ -383,28 +383,99 @@ fn kubernetes_manifests_scale_every_step_on_its_own_queue() {
     }
 }
 
+/// The base and every kustomize overlay as `kubectl kustomize` renders them: (folder, documents).
+fn renders() -> Vec<(std::path::PathBuf, Vec<serde_json::Value>)> {
+    use serde::Deserialize;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s");
+    let mut dirs = vec![root.join("base")];
+    let overlays = std::fs::read_dir(root.join("overlays")).expect("deploy/k8s/overlays");
+    dirs.extend(overlays.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.join("kustomization.yaml").exists()));
+    assert!(dirs.len() >= 3, "a base and at least two overlays: {dirs:?}");
+    dirs.into_iter()
+        .map(|dir| {
+            let out = std::process::Command::new("kubectl")
+                .args(["kustomize", &dir.display().to_string()])
+                .output()
+                .expect("kubectl runs (kubectl with kustomize 5 is needed for the Kubernetes checks)");
+            assert!(out.status.success(), "{}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+            let text = String::from_utf8_lossy(&out.stdout);
+            let docs = serde_yaml_ng::Deserializer::from_str(&text)
+                .map(|d| serde_json::Value::deserialize(d).expect("rendered YAML"))
+                .collect();
+            (dir, docs)
+        })
+        .collect()
+}
+
+/// In every render, scale-in never kills work in flight: each step's trigger counts the messages
+/// its pods hold (the management API's ready + unacked, not AMQP's ready only, so a pod working
+/// on the queue's only message is not scaled away), and a pod told to stop may finish what it
+/// holds: its worker's shutdown grace covers the step's maximum duration and Kubernetes waits
+/// longer than that grace; scale-in is rate-limited.
+#[test]
+fn rendered_manifests_count_work_in_flight_and_let_pods_with_work_finish() {
+    for (dir, docs) in renders() {
+        let at = dir.display();
+        let auth: std::collections::BTreeMap<String, &serde_json::Value> = docs
+            .iter()
+            .filter(|d| d["kind"] == "TriggerAuthentication")
+            .map(|d| (d["metadata"]["name"].as_str().unwrap_or_default().to_owned(), d))
+            .collect();
+        for so in docs.iter().filter(|d| d["kind"] == "ScaledObject") {
+            let name = so["metadata"]["name"].as_str().unwrap_or_default();
+            let step = name.trim_start_matches("warren-");
+            let trigger = &so["spec"]["triggers"][0];
+            let meta = &trigger["metadata"];
+            assert_eq!(
+                meta["protocol"], "http",
+                "{at}: {name} reads the management API, which counts unacked messages"
+            );
+            assert_eq!(meta["mode"], "QueueLength", "{at}: {name}");
+            let exclude = &meta["excludeUnacknowledged"];
+            assert!(exclude.is_null() || exclude == "false", "{at}: {name} counts messages in flight: {exclude}");
+            let auth_name = trigger["authenticationRef"]["name"].as_str().unwrap_or_default();
+            let host = auth.get(auth_name).and_then(|a| {
+                a["spec"]["secretTargetRef"].as_array()?.iter().find(|r| r["parameter"] == "host").cloned()
+            });
+            let host = host.unwrap_or_else(|| panic!("{at}: {name}'s TriggerAuthentication gives a host"));
+            assert_eq!(host["key"], "management-url", "{at}: the host is the management API's URL, not AMQP's");
+            let down = &so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"];
+            assert!(down["stabilizationWindowSeconds"].as_u64().is_some_and(|s| s >= 60), "{at}: {name}: {down}");
+            assert!(
+                down["policies"].as_array().is_some_and(|p| p.iter().all(|p| p["type"] == "Pods" && p["value"] == 1)),
+                "{at}: {name} scales in one pod at a time: {down}"
+            );
+
+            let target = &so["spec"]["scaleTargetRef"]["name"];
+            let deployment = docs
+                .iter()
+                .find(|d| d["kind"] == "Deployment" && &d["metadata"]["name"] == target)
+                .unwrap_or_else(|| panic!("{at}: {name} scales a Deployment of the render"));
+            let pod = &deployment["spec"]["template"]["spec"];
+            let env = pod["containers"][0]["env"].as_array().cloned().unwrap_or_default();
+            let grace_ms: u64 = env
+                .iter()
+                .find(|e| e["name"] == "WARREN_SHUTDOWN_GRACE_MS")
+                .and_then(|e| e["value"].as_str()?.parse().ok())
+                .unwrap_or_else(|| panic!("{at}: {name} sets WARREN_SHUTDOWN_GRACE_MS"));
+            let term_s = pod["terminationGracePeriodSeconds"].as_u64().expect("terminationGracePeriodSeconds");
+            assert!(term_s * 1000 > grace_ms, "{at}: {name}: Kubernetes ({term_s} s) waits out the worker's grace");
+            let longest = warren_steps::options(step).max_duration.unwrap_or(std::time::Duration::from_secs(60));
+            assert!(
+                grace_ms >= longest.as_millis() as u64,
+                "{at}: {name}: a pod stopped mid-message may take {longest:?} to finish it; its grace is {grace_ms} ms"
+            );
+        }
+    }
+}
+
 /// Every kustomize overlay (and the base) renders with kustomize (`kubectl kustomize`), and what
 /// it renders keeps KEDA's objects to the fields KEDA documents, each ScaledObject aimed at a
 /// Deployment of the same render, on its own step's queue. .ci/run also validates each render
 /// with `kubernetes-validate --strict` against Kubernetes' own schemas.
 #[test]
 fn every_overlay_renders_and_keeps_keda_to_its_documented_fields() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s");
-    let mut dirs = vec![root.join("base")];
-    let overlays = std::fs::read_dir(root.join("overlays")).expect("deploy/k8s/overlays");
-    dirs.extend(overlays.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.join("kustomization.yaml").exists()));
-    assert!(dirs.len() >= 3, "a base and at least two overlays: {dirs:?}");
-    for dir in dirs {
-        let out = std::process::Command::new("kubectl")
-            .args(["kustomize", &dir.display().to_string()])
-            .output()
-            .expect("kubectl runs (kubectl with kustomize 5 is needed for the Kubernetes checks)");
-        assert!(out.status.success(), "{}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
-        use serde::Deserialize;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let docs: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_str(&text)
-            .map(|d| serde_json::Value::deserialize(d).expect("rendered YAML"))
-            .collect();
+    for (dir, docs) in renders() {
         let deployments: Vec<&serde_json::Value> = docs.iter().filter(|d| d["kind"] == "Deployment").collect();
         let scaled: Vec<&serde_json::Value> = docs.iter().filter(|d| d["kind"] == "ScaledObject").collect();
         assert_eq!(scaled.len(), deployments.len(), "{}: one ScaledObject per Deployment", dir.display());
