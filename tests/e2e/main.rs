@@ -24,3 +24,4 @@ mod registry;
 mod roles;
 mod security;
 mod topology;
+mod traces;

@@ -26,6 +26,7 @@ mod rerun;
 mod steps;
 mod submit;
 mod topology;
+mod traces;
 
 use std::process::ExitCode;
 
@@ -81,6 +82,11 @@ enum Command {
     /// Serve the queue gauges (ready, unacked, consumers, dead letters per step) for Prometheus.
     #[command(after_help = "Example:\n  warren exporter --listen 0.0.0.0:9419")]
     Exporter(queues::ExporterArgs),
+    /// Export every job as one OpenTelemetry trace (OTLP/HTTP), built from the events stream.
+    #[command(
+        after_help = "Example:\n  warren traces --otlp-endpoint http://localhost:4318   # Jaeger, Tempo, an OpenTelemetry collector"
+    )]
+    Traces(traces::TracesArgs),
     /// The registered steps (what their workers announce) and their live workers.
     #[command(
         after_help = "Example:\n  warren steps\n  warren steps ingest   # one step's parameters, types and defaults"
@@ -247,6 +253,7 @@ fn main() -> ExitCode {
             Command::Queues(a) => queues::run(&config, a, json).await,
             Command::Steps(a) => steps::run(&config, a, json).await,
             Command::Exporter(a) => queues::exporter(&config, a).await,
+            Command::Traces(a) => traces::run(&config, a).await,
             Command::Console(a) => console::run(&config, a).await,
             Command::Topology(c) => topology::run(&config, c, json).await,
             Command::Up(a) => fleet::up(&config, a, json).await,

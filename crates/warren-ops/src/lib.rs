@@ -36,6 +36,7 @@ pub mod queues;
 pub mod rerun;
 pub mod selection;
 pub mod spec;
+pub mod traces;
 
 pub use audit::Audit;
 pub use error::OpsError;

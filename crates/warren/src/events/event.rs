@@ -92,6 +92,10 @@ pub struct JobEvent {
     /// Free-form detail from the step (metrics, a registry entry, a reason).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<rmpv::Value>,
+    /// The message whose handling sent this one, on the `started` or `succeeded` of its first
+    /// attempt (none for a job's first message): how traces nest a step under the one before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<Uuid>,
 }
 
 pub(super) fn is_zero(n: &u32) -> bool {
@@ -126,6 +130,7 @@ impl JobEvent {
             outputs: 0,
             last_step: false,
             detail: None,
+            causation_id: None,
         }
     }
 

@@ -76,6 +76,9 @@ pub(super) struct WireEvent {
     l: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     x: Option<rmpv::Value>,
+    /// The causing message (added in place: readers before it ignore the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    c: Option<Uuid>,
 }
 
 fn one() -> u32 {
@@ -137,6 +140,7 @@ impl EventBatch {
                 o: ev.outputs,
                 l: ev.last_step,
                 x: ev.detail.clone(),
+                c: ev.causation_id,
             })
             .collect();
         rmp_serde::to_vec_named(&WireBatch { v: 2, mark: self.mark, p, s, w, t, e })
@@ -167,6 +171,7 @@ impl EventBatch {
                             outputs: ev.o,
                             last_step: ev.l,
                             detail: ev.x,
+                            causation_id: ev.c,
                         })
                         .collect();
                 Ok(EventBatch { v: 2, events, mark: b.mark })

@@ -31,6 +31,8 @@ pub struct Context {
     /// The remaining hops after this step.
     pub next: Arc<[envelope::Hop]>,
     pub(super) params: rmpv::Value,
+    /// The message whose handling sent this one (`None` for a job's first message).
+    pub(super) causation_id: Option<Uuid>,
     pub(super) events: EventSink,
     pub(super) artifacts: Option<ArtifactStore>,
     pub(super) data_root: Option<Arc<std::path::Path>>,
@@ -55,6 +57,7 @@ impl Context {
             worker: format!("{step}@test").into(),
             next: Arc::new([]),
             params,
+            causation_id: None,
             events: EventSink::disabled(),
             artifacts: None,
             data_root: None,
@@ -158,8 +161,12 @@ impl Context {
     }
 
     pub(super) fn event_base(&self, kind: EventKind) -> JobEvent {
+        // The message that caused this one, said once per message (its first attempt's start or
+        // success): trace readers hang the message's span under that message's.
+        let says_causation = self.attempt == 1 && matches!(kind, EventKind::Started | EventKind::Succeeded);
         JobEvent {
             delivery_count: self.delivery_count,
+            causation_id: self.causation_id.filter(|_| says_causation),
             ..JobEvent::new(
                 kind,
                 self.job_id,

@@ -29,6 +29,7 @@ enum Input<I> {
 struct Decoded<I> {
     job_id: Uuid,
     message_id: Uuid,
+    causation_id: Option<Uuid>,
     pipeline: String,
     slip: Vec<envelope::Hop>,
     input: Input<I>,
@@ -39,6 +40,7 @@ impl<I> Decoded<I> {
         Self {
             job_id: env.job_id,
             message_id: env.message_id,
+            causation_id: env.causation_id,
             pipeline: env.pipeline,
             slip: env.slip,
             input: wrap(env.payload),
@@ -169,6 +171,7 @@ impl<H> Shared<H> {
         let ctx = Context {
             job_id: env.job_id,
             message_id: env.message_id,
+            causation_id: env.causation_id,
             pipeline,
             step: w.step_name.clone(),
             attempt: facts.attempt,
