@@ -5,7 +5,7 @@
 //! it, and exits 2 with a one-line reason on bad usage, 5 when the broker cannot be reached or
 //! refuses the credentials. `submit --wait` adds 1 (dead), 3 (cancelled) and 4 (timed out).
 //! While the broker blocks publishes (a memory or disk alarm) a command says so on stderr at
-//! once and gives up with 4 if the alarm outlasts its limit (`submit`: `--timeout`; others: 5 min).
+//! once and gives up with 4 if the alarm outlasts its limit (`submit`: `--timeout`; others: 30 s).
 
 /// `println!` through [`print()`]: a closed pipe ends the command quietly.
 macro_rules! outln {
@@ -312,7 +312,7 @@ pub async fn connect(config: &warren::Config) -> Result<warren_ops::Operator, Fa
 static ALARMS: std::sync::OnceLock<tokio::sync::watch::Receiver<Option<String>>> = std::sync::OnceLock::new();
 
 /// How long a command other than `submit` waits on a broker that blocks its publishes.
-const BLOCKED_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+const BLOCKED_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Runs a command; while the broker blocks publishes says so once on stderr (naming the alarm,
 /// as the broker does), and gives up with exit 4 once it has been blocked for `limit`.
