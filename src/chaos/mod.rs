@@ -893,7 +893,9 @@ async fn retries(opts: &Options) -> Result<Row, ChaosError> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await; // polling interval
     };
-    rig.drain(opts.jobs, STALL).await;
+    // A retry whose dead-lettering back to s2 was refused while s2's leader moved is tried again
+    // by the broker after its confirm timeout (2 minutes by default): wait that out.
+    rig.drain(opts.jobs, STALL + Duration::from_secs(150)).await;
     let mut row = rig.finish(Scenario::Retries, &all(opts.jobs), 0).await?;
     row.actions = format!(
         "{held} of {waiting} retries waiting {RETRY_DELAY_MS} ms in {} delay queues, {on_leader} of them on {leader}, \

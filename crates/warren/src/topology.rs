@@ -249,8 +249,13 @@ impl<'a> Declarer<'a> {
     }
 }
 
-/// How long a delay queue outlives its delay once nobody declares it.
-pub const RETRY_QUEUE_IDLE: Duration = Duration::from_secs(60);
+/// How long a delay queue outlives its delay once nobody declares it. Deleting a queue deletes
+/// what is in it, and a message whose delay is over can still be in it: dead-lettering at least
+/// once hands it to the step queue only when that queue confirms, and after a refusal (its
+/// leader moving to another node, say) RabbitMQ tries again only after
+/// `dead_letter_worker_publisher_confirm_timeout` (2 minutes by default). Fifteen minutes leaves
+/// that room several times over; the queues stay few (delays are rounded to two digits).
+pub const RETRY_QUEUE_IDLE: Duration = Duration::from_secs(15 * 60);
 /// How often a publisher that uses a delay queue declares it again, renewing its lease: well
 /// under [`RETRY_QUEUE_IDLE`], so a queue in use never expires with messages in it.
 pub const RETRY_QUEUE_RENEW: Duration = Duration::from_secs(30);
