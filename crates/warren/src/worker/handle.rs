@@ -492,7 +492,7 @@ impl<H> Shared<H> {
         // A delay queue deletes itself a minute after its last use, so one the session declared
         // may have gone: declare it again once and publish again.
         for fresh in [false, true] {
-            let queue = match session.retry_queue(&w.names, &w.step, delay_ms, fresh).await {
+            let queue = match session.delays.queue(&session.broker, &w.names, &w.step, delay_ms, fresh).await {
                 Ok(q) => q,
                 Err(e) => {
                     tracing::warn!(step = %w.step, error = %e, "cannot declare the retry queue; input left for redelivery");
@@ -500,7 +500,10 @@ impl<H> Shared<H> {
                 }
             };
             match self.publish(session, "", &queue, &delivery.data, props.clone()).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    session.delays.published(&queue);
+                    break;
+                }
                 Err(Unsettled::Unroutable(_)) if !fresh => continue,
                 Err(Unsettled::Unroutable(e) | Unsettled::Lost(e)) => {
                     tracing::warn!(step = %w.step, error = %e, "cannot publish the retry; input left for redelivery");

@@ -19,7 +19,6 @@
 //! ```
 
 use std::{
-    collections::HashMap,
     future::Future,
     pin::Pin,
     sync::{
@@ -50,6 +49,7 @@ mod acks;
 mod context;
 pub mod decide;
 mod dedup;
+mod delays;
 mod handle;
 
 pub use handle::{RecordedInput, inputs_key, inputs_prefix};
@@ -307,6 +307,7 @@ impl Worker {
             consumed: AtomicBool::new(false),
             cancelled: crate::control::Cancellations::default(),
             schemas,
+            delays: delays::DelayQueues::default(),
             worker: self,
             handler,
         })
@@ -395,6 +396,8 @@ struct Shared<H> {
     /// The schema ids a handler of any payload (`rmpv::Value`) takes and sends, from its
     /// descriptor: checked on every input, carried on every output.
     schemas: DynamicSchemas,
+    /// The delay queues this worker publishes retries to, kept across reconnects.
+    delays: delays::DelayQueues,
 }
 
 /// What the descriptor says a handler of any payload takes and sends (`None`: the handler's
@@ -415,35 +418,8 @@ struct Session {
     events: EventSink,
     /// Acks on `consumer`, batched with `multiple` where that is safe.
     acks: acks::AckBatcher,
-    /// Delay queues declared in this session and when, so a retry publishes without declaring
-    /// (until the queue's lease needs renewing).
-    retry_queues: Arc<Mutex<HashMap<String, Instant>>>,
-}
-
-impl Session {
-    /// The name of the delay queue for `delay_ms`, declared once per session and again every
-    /// [`crate::topology::RETRY_QUEUE_RENEW`] (its lease), or when `fresh`: after the broker
-    /// returned a publish to it (it expired).
-    async fn retry_queue(
-        &self,
-        names: &Names,
-        step: &str,
-        delay_ms: u64,
-        fresh: bool,
-    ) -> Result<String, TopologyError> {
-        let name = names.retry_queue(step, delay_ms);
-        let renew = crate::topology::RETRY_QUEUE_RENEW;
-        let current = self.retry_queues.lock().is_ok_and(|q| q.get(&name).is_some_and(|at| at.elapsed() < renew));
-        if current && !fresh {
-            return Ok(name);
-        }
-        let at = Instant::now();
-        Declarer::new(&self.broker, names).retry_queue(step, delay_ms).await?;
-        if let Ok(mut q) = self.retry_queues.lock() {
-            q.insert(name.clone(), at);
-        }
-        Ok(name)
-    }
+    /// The delay queues the worker uses (shared by its sessions).
+    delays: delays::DelayQueues,
 }
 
 /// Aborts a task when dropped (a session's helper tasks end with the session).
@@ -503,6 +479,8 @@ struct Opened {
     announcer: AbortOnDrop,
     /// Follows the broker's resource alarms into readiness.
     alarms: AbortOnDrop,
+    /// Renews the delay queues' leases and nudges stuck ones.
+    upkeep: AbortOnDrop,
     /// Publishes the batched job events.
     events_task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -578,11 +556,13 @@ impl<H> Shared<H> {
             publisher: Arc::new(PublisherSlot { broker: broker.clone(), current: tokio::sync::Mutex::new(publisher) }),
             events,
             acks: acks::AckBatcher::start(),
-            retry_queues: Arc::default(),
+            delays: self.delays.clone(),
         };
         let alarms =
             AbortOnDrop(tokio::spawn(follow_alarms(broker.blocked_changes(), w.health.clone(), w.step.clone())));
-        Ok(Opened { channel, consumer, tag, session, control, announcer, alarms, events_task })
+        self.delays.reconnected();
+        let upkeep = AbortOnDrop(tokio::spawn(self.delays.clone().upkeep(broker.clone(), w.names.clone())));
+        Ok(Opened { channel, consumer, tag, session, control, announcer, alarms, upkeep, events_task })
     }
 
     /// Takes deliveries, one permit each, until the stop (`Ok`) or the broker takes the consumer
@@ -637,8 +617,9 @@ impl<H> Shared<H> {
         H: Handler<I, O>,
     {
         let w = &self.worker;
-        let Opened { channel, mut consumer, tag, session, control, announcer, alarms, events_task } = opened;
+        let Opened { channel, mut consumer, tag, session, control, announcer, alarms, upkeep, events_task } = opened;
         drop(alarms);
+        drop(upkeep);
         w.health.set_ready(false);
         tracing::info!(step = %w.step, "stopping: finishing messages in flight");
         let deadline = Instant::now() + w.config.shutdown_grace;
