@@ -10,7 +10,10 @@
 //!   command (rabbitmq-server issue #10718), so retries that are due sit there. When a queue the
 //!   worker used still holds messages after every retry it put there is due, the worker asks it
 //!   for one message (`basic.get`): the queue expires what is due first (dead-lettering it back to
-//!   the step), and a message that is not due yet goes straight back (`basic.reject`, requeue).
+//!   the step). A message it hands out anyway (not due yet, or one a quorum queue no longer
+//!   expires because it was returned to it once) is sent on to the step by the worker itself, as
+//!   dead-lettering would, and then acked: a retry a little early, never one stranded. (Putting it
+//!   back would strand it: a returned message is not expired by TTL any more.)
 
 use std::{
     collections::HashMap,
@@ -19,7 +22,7 @@ use std::{
 };
 
 use lapin::{
-    options::{BasicGetOptions, BasicRejectOptions, QueueDeclareOptions},
+    options::{BasicAckOptions, BasicGetOptions, BasicRejectOptions, QueueDeclareOptions},
     types::FieldTable,
 };
 
@@ -118,7 +121,7 @@ impl DelayQueues {
                     continue;
                 }
                 if q.published.elapsed() >= Duration::from_millis(q.delay_ms) + GRACE {
-                    nudge(&broker, &name).await;
+                    nudge(&broker, &names, &q.step, &name).await;
                 }
             }
         }
@@ -126,8 +129,8 @@ impl DelayQueues {
 }
 
 /// Asks a delay queue that should hold nothing due for one message, so that it expires what is
-/// due (see the module's notes); a message that is not due yet goes back at once.
-async fn nudge(broker: &Broker, queue: &str) {
+/// due (see the module's notes); a message it hands out is sent on to `step` and acked.
+async fn nudge(broker: &Broker, names: &Names, step: &str, queue: &str) {
     let Ok(ch) = broker.channel().await else { return };
     let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
     let held = match ch.queue_declare(queue.into(), passive, FieldTable::default()).await {
@@ -137,8 +140,26 @@ async fn nudge(broker: &Broker, queue: &str) {
     if held > 0 {
         match ch.basic_get(queue.into(), BasicGetOptions { no_ack: false }).await {
             Ok(Some(m)) => {
-                let _ = m.delivery.acker.reject(BasicRejectOptions { requeue: true }).await;
-                tracing::debug!(queue, held, "a delay queue held a retry not due yet; returned it");
+                let d = &m.delivery;
+                let sent = match broker.publisher().await {
+                    Ok(p) => p.publish(&names.steps_exchange(), step, &d.data, d.properties.clone()).await,
+                    Err(e) => Err(e),
+                };
+                match sent {
+                    Ok(()) => {
+                        let _ = d.acker.ack(BasicAckOptions::default()).await;
+                        tracing::info!(
+                            queue,
+                            held,
+                            "a delay queue handed out a retry its leader did not expire; sent it on to the step"
+                        );
+                    }
+                    Err(e) => {
+                        // Back into the queue: the next round sends it on.
+                        let _ = d.acker.reject(BasicRejectOptions { requeue: true }).await;
+                        tracing::warn!(queue, error = %e, "cannot send a held retry on; it stays in its delay queue");
+                    }
+                }
             }
             Ok(None) => {
                 tracing::info!(
