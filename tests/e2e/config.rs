@@ -14,6 +14,7 @@ fn values(key: &str) -> [&'static str; 3] {
         "namespace" => ["file-ns", "env-ns", "flag-ns"],
         "artifacts" => ["/srv/file-artifacts", "/srv/env-artifacts", "/srv/flag-artifacts"],
         "events" => ["true", "false", "true"],
+        "events_version" => ["1", "2", "1"],
         "health_addr" => ["127.0.0.1:9101", "127.0.0.1:9102", "127.0.0.1:9103"],
         "data_root" => ["/srv/file-data", "/srv/env-data", "/srv/flag-data"],
         "tls_ca_file" => ["/srv/file-ca.pem", "/srv/env-ca.pem", "/srv/flag-ca.pem"],

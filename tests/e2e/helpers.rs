@@ -498,6 +498,7 @@ impl TestNs {
                 version: descriptor.version.clone(),
                 at_ms: warren::envelope::now_ms(),
                 descriptor: Some(descriptor),
+                protocol: None,
             };
             warren::registry::announce(&self.broker, &self.names, &record).await.expect("announce");
         }

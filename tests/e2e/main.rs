@@ -20,6 +20,7 @@ mod onnx;
 mod packaging;
 mod pipeline;
 mod production;
+mod protocol;
 mod registry;
 mod roles;
 mod security;

@@ -45,8 +45,15 @@ fn describe(registry: &Registry, step: &str, config: &Config, json: bool) -> Out
     let d = &entry.descriptor;
     outln!("{} {}: {}", d.step, d.version, d.about);
     outln!("takes {} -> sends {}{}", d.input, d.output, if d.fan_out { " (many)" } else { "" });
-    let live: Vec<&str> = entry.workers.iter().filter(|w| w.live).map(|w| w.worker.as_str()).collect();
-    outln!("live workers: {}", if live.is_empty() { "none".to_owned() } else { live.join(", ") });
+    let live: Vec<&warren::registry::WorkerEntry> = entry.workers.iter().filter(|w| w.live).collect();
+    if live.is_empty() {
+        outln!("live workers: none");
+    } else {
+        outln!("live workers (what each reads and writes):");
+        for w in live {
+            outln!("  {}  {}", w.worker, warren::compat::Versions::describe(w.protocol.as_ref()));
+        }
+    }
     let params = warren_ops::describe::params(d);
     if params.is_empty() {
         outln!("no parameters");
@@ -92,7 +99,7 @@ async fn list(client: &warren::Client, registry: &Registry, config: &Config, jso
             "consumers": consumers, "ready": ready,
             "workers": live.iter().map(|w| serde_json::json!({
                 "worker": w.worker, "version": w.version, "health": w.health_addr,
-                "last_seen": warren::events::format_time(w.last_seen_ms),
+                "last_seen": warren::events::format_time(w.last_seen_ms), "protocol": w.protocol,
             })).collect::<Vec<_>>(),
         }));
         let flow = format!("{} -> {}{}", d.input, d.output, if d.fan_out { " (many)" } else { "" });

@@ -135,7 +135,9 @@ impl Operator {
 
     /// Records an action in the events stream.
     pub async fn record(&self, action: &OperatorAction) -> Result<(), OpsError> {
-        events::record(self.client.broker(), self.names(), action).await.map_err(OpsError::Record)
+        events::record(self.client.broker(), self.names(), self.client.events_version(), action)
+            .await
+            .map_err(OpsError::Record)
     }
 
     /// The steps a selection covers: those it names, else every registered step.

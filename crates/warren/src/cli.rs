@@ -52,6 +52,10 @@ pub struct ConfigArgs {
     /// Publish job events (true or false).
     #[arg(long, value_name = "BOOL", global = true)]
     pub events: Option<String>,
+    /// The job events batch version to write: 2, or 1 while a deployment still has readers
+    /// written before version 2 (docs/PROTOCOL.md, "Compatibility").
+    #[arg(long, value_name = "1|2", global = true)]
+    pub events_version: Option<String>,
     /// Completed message ids remembered to drop duplicates.
     #[arg(long, value_name = "N", global = true)]
     pub dedup_window: Option<String>,
@@ -89,6 +93,7 @@ impl ConfigArgs {
             ("max_duration_ms", &self.max_duration_ms),
             ("shutdown_grace_ms", &self.shutdown_grace_ms),
             ("events", &self.events),
+            ("events_version", &self.events_version),
             ("dedup_window", &self.dedup_window),
             ("health_addr", &self.health_addr),
             ("data_root", &self.data_root),

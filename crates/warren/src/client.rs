@@ -84,12 +84,23 @@ pub enum CallError {
 pub struct Client {
     broker: Broker,
     names: Names,
+    events_version: u16,
 }
 
 impl Client {
     /// Connects with `config`.
     pub async fn connect(config: &Config) -> Result<Self, BrokerError> {
-        Ok(Self { broker: Broker::connect(config, "client").await?, names: Names::new(&config.namespace) })
+        Ok(Self {
+            broker: Broker::connect(config, "client").await?,
+            names: Names::new(&config.namespace),
+            events_version: config.events_version,
+        })
+    }
+
+    /// The event batch version this deployment writes (`events_version`), for a tool that
+    /// records what it did on the events stream.
+    pub fn events_version(&self) -> u16 {
+        self.events_version
     }
 
     /// The underlying broker connection.

@@ -182,6 +182,19 @@ const TABLE: &[Key] = &[
     },
     Key { name: "events", bare: true, set: set_events, get: |c| Some(c.events.to_string()) },
     Key {
+        name: "events_version",
+        bare: true,
+        set: |c, v| {
+            c.events_version = match v {
+                "1" => 1,
+                "2" => 2,
+                _ => return Err(format!("expected 1 or 2 (the events batch version to write), got {v:?}")),
+            };
+            Ok(())
+        },
+        get: |c| Some(c.events_version.to_string()),
+    },
+    Key {
         name: "dedup_window",
         bare: true,
         set: |c, v| {
@@ -269,6 +282,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Publish job events to the events exchange. Key `events`.
     pub events: bool,
+    /// The version of event batches this process writes: 2 (the default), or 1 while a
+    /// deployment still has readers written before version 2 (see docs/PROTOCOL.md,
+    /// "Compatibility"). Warren's own readers take both. Key `events_version`.
+    pub events_version: u16,
     /// Completed message ids remembered per worker to drop redelivered duplicates. Key `dedup_window`.
     pub dedup_window: usize,
     /// Address of the health and metrics endpoint, if any (`127.0.0.1:9000`). Key `health_addr`.
@@ -335,6 +352,7 @@ impl Default for Config {
             max_duration: None,
             shutdown_grace: Duration::from_secs(30),
             events: true,
+            events_version: 2,
             dedup_window: 10_000,
             health_addr: None,
             data_root: None,
@@ -362,6 +380,7 @@ impl fmt::Debug for Config {
             .field("max_duration", &self.max_duration)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("events", &self.events)
+            .field("events_version", &self.events_version)
             .field("dedup_window", &self.dedup_window)
             .field("health_addr", &self.health_addr)
             .field("data_root", &self.data_root)

@@ -391,7 +391,7 @@ impl<P: Payload> Envelope<P> {
     pub fn decode_or_head(body: &[u8]) -> Result<Self, (DecodeError, Option<Box<EnvelopeHead>>)> {
         match rmp_serde::from_slice::<Envelope<P>>(body) {
             Ok(env) if env.v != ENVELOPE_VERSION => Err((DecodeError::UnknownVersion { found: env.v }, None)),
-            Ok(env) if P::SCHEMA != "*" && env.schema != P::SCHEMA => {
+            Ok(env) if P::SCHEMA != "*" && !crate::compat::schema_matches(P::SCHEMA, &env.schema) => {
                 let err = DecodeError::WrongSchema { expected: P::SCHEMA.into(), found: env.schema.clone() };
                 Err((err, Some(Box::new(env.into_head()))))
             }
@@ -399,7 +399,7 @@ impl<P: Payload> Envelope<P> {
             Err(payload_err) => {
                 // Say precisely what is wrong: the envelope, its version, its schema or the payload.
                 let head = EnvelopeHead::decode(body).map_err(|e| (e, None))?;
-                let err = if P::SCHEMA != "*" && head.schema != P::SCHEMA {
+                let err = if P::SCHEMA != "*" && !crate::compat::schema_matches(P::SCHEMA, &head.schema) {
                     DecodeError::WrongSchema { expected: P::SCHEMA.into(), found: head.schema.clone() }
                 } else {
                     DecodeError::BadPayload { schema: head.schema.clone(), reason: payload_err.to_string() }

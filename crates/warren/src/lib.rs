@@ -14,6 +14,8 @@
 //! - [`events`]: job events (`event`), their wire format (`wire`), the batching sink (`sink`),
 //!   reading the stream (`read`) and operator actions (`operator`).
 //! - [`client`]: submitting jobs with their routing slip, and RPC calls.
+//! - [`compat`]: the compatibility policy: the protocol version, old forms still accepted, what
+//!   a worker announces it reads and writes.
 //! - [`registry`]: step descriptors and live workers, announced on `{ns}.registry`.
 //! - [`exec`]: steps in any language: child processes speaking a framed protocol, with every
 //!   guarantee of the runtime.
@@ -35,6 +37,7 @@ pub mod broker;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod client;
+pub mod compat;
 pub mod config;
 pub mod control;
 pub mod envelope;

@@ -188,6 +188,10 @@ pub struct Record {
     /// The descriptor (kind `descriptor`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub descriptor: Option<StepDescriptor>,
+    /// What the worker reads and writes (a worker's records; absent from workers before
+    /// protocol 1.2, which read and write envelope 1 and write events version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<crate::compat::Versions>,
 }
 
 /// Appends `record` to `{ns}.registry`, with a publisher confirm.
@@ -217,6 +221,9 @@ pub struct WorkerEntry {
     pub last_seen_ms: u64,
     /// Heard of within [`LIVE_WITHIN`] and not stopped.
     pub live: bool,
+    /// What it reads and writes, as it last said (none from workers before protocol 1.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<crate::compat::Versions>,
 }
 
 /// A registered step: its latest descriptor and its workers.
@@ -276,6 +283,7 @@ impl Registry {
                         version: r.version,
                         last_seen_ms: r.at_ms,
                         live: false,
+                        protocol: r.protocol,
                     },
                     stopped,
                 ),
@@ -319,6 +327,7 @@ pub async fn read(broker: &Broker, names: &Names) -> Result<Registry, TopologyEr
             version: String::new(),
             at_ms: started,
             descriptor: None,
+            protocol: None,
         },
     )
     .await?;
@@ -370,6 +379,7 @@ mod tests {
             version: version.into(),
             at_ms,
             descriptor: (kind == RecordKind::Descriptor).then(|| StepDescriptor::new(step, version)),
+            protocol: None,
         }
     }
 

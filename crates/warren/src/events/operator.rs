@@ -4,7 +4,7 @@ use lapin::BasicProperties;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{EVENTS_SCHEMA, EventBatch, EventKind, JobEvent};
+use super::{EventBatch, EventKind, JobEvent, events_schema};
 use crate::{Broker, BrokerError, Names, envelope::CONTENT_TYPE};
 
 /// What an operator did, recorded in the events stream for `warren dlq history`: who, why, to
@@ -64,15 +64,16 @@ impl OperatorAction {
     }
 }
 
-/// Publishes `action` to `{ns}.events` and waits for the broker's confirm, so a tool knows the
-/// record is kept before it says it is done.
-pub async fn record(broker: &Broker, names: &Names, action: &OperatorAction) -> Result<(), BrokerError> {
+/// Publishes `action` to `{ns}.events` as a batch of `version` (the deployment's
+/// `events_version`) and waits for the broker's confirm, so a tool knows the record is kept
+/// before it says it is done.
+pub async fn record(broker: &Broker, names: &Names, version: u16, action: &OperatorAction) -> Result<(), BrokerError> {
     let batch = EventBatch::new(vec![action.to_event()]);
-    let body = batch.encode().map_err(|e| BrokerError::Pool(format!("cannot encode: {e}")))?;
+    let body = batch.encode_as(version).map_err(|e| BrokerError::Pool(format!("cannot encode: {e}")))?;
     let props = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type(CONTENT_TYPE.into())
-        .with_type(EVENTS_SCHEMA.into())
+        .with_type(events_schema(version).into())
         .with_timestamp(crate::envelope::now_ms() / 1000);
     let publisher = broker.publisher().await?;
     publisher.publish(&names.events(), "operator", &body, props).await

@@ -10,7 +10,7 @@ use lapin::{
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{EVENTS_SCHEMA, EventBatch, JobEvent};
+use super::{EventBatch, JobEvent, events_schema};
 use crate::{Broker, BrokerError, Names, TopologyError, envelope::CONTENT_TYPE};
 
 /// Where reading the events stream starts.
@@ -81,12 +81,14 @@ async fn consume_events(ch: &lapin::Channel, names: &Names, from: From) -> Resul
 pub async fn read_to_now(broker: &Broker, names: &Names, from: From) -> Result<Vec<JobEvent>, TopologyError> {
     crate::Declarer::new(broker, names).ensure_base().await?;
     let mark = Uuid::now_v7();
+    // A mark is an empty batch of version 1, which every events reader ever written reads (as
+    // no events) whatever version the deployment writes.
     let batch = EventBatch { mark: Some(mark), ..EventBatch::new(Vec::new()) };
-    let body = batch.encode().map_err(|e| BrokerError::Pool(format!("cannot encode: {e}")))?;
+    let body = batch.encode_as(1).map_err(|e| BrokerError::Pool(format!("cannot encode: {e}")))?;
     let props = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type(CONTENT_TYPE.into())
-        .with_type(EVENTS_SCHEMA.into());
+        .with_type(events_schema(1).into());
     broker.publisher().await?.publish(&names.events(), "mark", &body, props).await?;
     let ch = broker.channel().await?;
     ch.basic_qos(1000, BasicQosOptions::default()).await.map_err(BrokerError::amqp("basic.qos"))?;

@@ -5,7 +5,7 @@ use lapin::BasicProperties;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{EVENTS_SCHEMA, EventBatch, EventKind, JobEvent};
+use super::{EventBatch, EventKind, JobEvent, events_schema};
 use crate::{Broker, BrokerError, Names, broker::Publisher, envelope::CONTENT_TYPE};
 
 /// Where a worker sends its events. Cheap to clone; a disabled sink drops them.
@@ -27,16 +27,18 @@ impl EventSink {
         }
     }
 
-    /// Starts the batching publisher on its own channel of `broker`. Drop every clone of the
-    /// sink and await the handle to flush what is left.
+    /// Starts the batching publisher on its own channel of `broker`, writing batches of
+    /// `version` (the deployment's `events_version`: 2, or 1 for older readers). Drop every
+    /// clone of the sink and await the handle to flush what is left.
     pub async fn start(
         broker: &Broker,
         names: &Names,
         routing_key: &str,
+        version: u16,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), BrokerError> {
         let publisher = Publisher::new(broker.channel().await?).await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let handle = tokio::spawn(batcher(publisher, names.events(), routing_key.to_owned(), rx));
+        let handle = tokio::spawn(batcher(publisher, names.events(), routing_key.to_owned(), version, rx));
         Ok((Self { tx: Some(tx) }, handle))
     }
 }
@@ -45,6 +47,7 @@ async fn batcher(
     publisher: Publisher,
     exchange: String,
     routing_key: String,
+    version: u16,
     mut rx: mpsc::UnboundedReceiver<JobEvent>,
 ) {
     const MAX_BATCH: usize = 1024;
@@ -63,7 +66,7 @@ async fn batcher(
         }
         coalesce(&mut events);
         let batch = EventBatch::new(std::mem::take(&mut events));
-        let body = match batch.encode() {
+        let body = match batch.encode_as(version) {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot encode job events; dropped");
@@ -73,7 +76,7 @@ async fn batcher(
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(CONTENT_TYPE.into())
-            .with_type(EVENTS_SCHEMA.into())
+            .with_type(events_schema(version).into())
             .with_timestamp(crate::envelope::now_ms() / 1000);
         if let Err(e) = publisher.publish(&exchange, &routing_key, &body, props).await {
             tracing::warn!(error = %e, lost = batch.events.len(), "cannot publish job events");

@@ -7,9 +7,18 @@ use super::{EventKind, JobEvent, event::is_zero};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Schema id of an event batch (the AMQP `type` of messages on `{ns}.events`) as written now:
-/// version 2 ([`EventBatch::encode`]); readers take versions 1 and 2.
+/// Schema id of an event batch (the AMQP `type` of messages on `{ns}.events`) as written by
+/// default: version 2 ([`EventBatch::encode`]); readers take versions 1 and 2.
 pub const EVENTS_SCHEMA: &str = "warren.events/2";
+
+/// The event batch versions this runtime writes (`events_version`: 2 by default, 1 for readers
+/// written before version 2) and reads (both).
+pub const EVENTS_VERSIONS: [u16; 2] = [1, 2];
+
+/// The schema id (AMQP `type`) of a batch of `version`.
+pub fn events_schema(version: u16) -> &'static str {
+    if version == 1 { "warren.events/1" } else { EVENTS_SCHEMA }
+}
 
 /// The events of one message on `{ns}.events`, as readers see them whatever the version on the
 /// wire ([`EventBatch::encode`], [`EventBatch::decode`]).
@@ -81,6 +90,15 @@ pub(super) struct WireEvent {
     c: Option<Uuid>,
 }
 
+/// Version 1 on the wire, borrowed: [`EventBatch`]'s own fields and names.
+#[derive(Serialize)]
+struct V1<'a> {
+    v: u16,
+    events: &'a [JobEvent],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mark: Option<Uuid>,
+}
+
 fn one() -> u32 {
     1
 }
@@ -115,6 +133,15 @@ impl EventBatch {
 
     /// Encodes as version 2 (see `WireBatch`).
     pub fn encode(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+        self.encode_as(2)
+    }
+
+    /// Encodes as `version`: 1 (named fields, every event whole, as written before 2026-11-26:
+    /// for readers that know no other) or 2 (anything else).
+    pub fn encode_as(&self, version: u16) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+        if version == 1 {
+            return rmp_serde::to_vec_named(&V1 { v: 1, events: &self.events, mark: self.mark });
+        }
         let first = self.events.first();
         let common = |f: fn(&JobEvent) -> &Arc<str>| first.map(|e| f(e).clone()).unwrap_or_else(|| "".into());
         let (p, s, w) = (common(|e| &e.pipeline), common(|e| &e.step), common(|e| &e.worker));

@@ -100,7 +100,7 @@ impl<H> Shared<H> {
         let w = &self.worker;
         let facts = DeliveryFacts::read(&delivery.properties, delivery.redelivered, w.retry.max_attempts);
         let limits = self.limits();
-        let env = match self.decode::<I>(&delivery.data) {
+        let env = match self.decode::<I>(&delivery.data, &delivery.properties) {
             Ok(env) => env,
             Err((e, ids)) => {
                 let decision = decide(&w.step, facts, Body::Undecodable(&e), limits, Stage::Received);
@@ -132,13 +132,22 @@ impl<H> Shared<H> {
     }
 
     /// The delivery's envelope, with its input or a dead notice; else why not and whose it is.
-    fn decode<I: Payload>(&self, data: &[u8]) -> Result<Decoded<I>, (DecodeError, Ids)> {
-        match Envelope::<I>::decode_or_head(data) {
+    fn decode<I: Payload>(&self, data: &[u8], props: &BasicProperties) -> Result<Decoded<I>, (DecodeError, Ids)> {
+        let decoded = Envelope::<I>::decode_or_head(data);
+        if let Ok(env) = &decoded
+            && let Some(r) = crate::compat::renamed(&env.schema)
+        {
+            let job = env.job_id.to_string();
+            self.deprecations.old_schema(&self.worker.step, r, props, &job, &env.pipeline);
+        }
+        match decoded {
             // A handler of any payload still gets a dead notice as one.
             Ok(env) if I::SCHEMA == "*" && env.schema == DeadNotice::SCHEMA => Envelope::<DeadNotice>::decode(data)
                 .map(|env| Decoded::from_envelope(env, Input::Notice))
                 .map_err(|e| (e, Ids::of(EnvelopeHead::decode(data).ok().as_ref()))),
-            Ok(env) if self.schemas.input.as_deref().is_some_and(|s| s != env.schema) => {
+            Ok(env)
+                if self.schemas.input.as_deref().is_some_and(|s| !crate::compat::schema_matches(s, &env.schema)) =>
+            {
                 let expected = self.schemas.input.clone().unwrap_or_default();
                 let e = DecodeError::WrongSchema { expected, found: env.schema.clone() };
                 tracing::warn!(step = %self.worker.step, error = %e, "undecodable message; dead-lettering it");

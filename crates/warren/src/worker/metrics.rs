@@ -38,6 +38,11 @@ pub fn describe() {
         Unit::Count,
         "Messages sent to the step's dead-letter queue, by kind (permanent, exhausted, crash, poison, ...)."
     );
+    describe_counter!(
+        "warren_deprecated_total",
+        Unit::Count,
+        "Messages accepted in a form the protocol deprecated (form: e.g. an old schema id); the log names the sender."
+    );
     describe_histogram!("warren_handler_seconds", Unit::Seconds, "Time the step's handler took per message.");
     describe_gauge!("warren_in_flight", Unit::Count, "Messages the worker is handling now.");
     describe_gauge!(

@@ -308,6 +308,7 @@ impl Worker {
             cancelled: crate::control::Cancellations::default(),
             schemas,
             delays: delays::DelayQueues::default(),
+            deprecations: crate::compat::Deprecations::default(),
             worker: self,
             handler,
         })
@@ -398,6 +399,8 @@ struct Shared<H> {
     schemas: DynamicSchemas,
     /// The delay queues this worker publishes retries to, kept across reconnects.
     delays: delays::DelayQueues,
+    /// Old forms this worker accepted (counted, their senders logged).
+    deprecations: crate::compat::Deprecations,
 }
 
 /// What the descriptor says a handler of any payload takes and sends (`None`: the handler's
@@ -525,7 +528,7 @@ impl<H> Shared<H> {
         channel.basic_qos(prefetch, BasicQosOptions { global: false }).await.map_err(BrokerError::amqp("basic.qos"))?;
         let publisher = Publisher::new(broker.channel().await?).await?;
         let (events, events_task) = if w.config.events {
-            let (sink, task) = EventSink::start(broker, &w.names, &w.step).await?;
+            let (sink, task) = EventSink::start(broker, &w.names, &w.step, w.config.events_version).await?;
             (sink, Some(task))
         } else {
             (EventSink::disabled(), None)
@@ -699,6 +702,7 @@ impl Worker {
             version: self.version.clone(),
             at_ms: crate::envelope::now_ms(),
             descriptor: self.descriptor.clone(),
+            protocol: Some(crate::compat::Versions::current(self.config.events_version)),
         }
     }
 }
