@@ -14,6 +14,10 @@ struct Args {
     /// The step this worker consumes.
     #[arg(long, env = "WARREN_STEP")]
     step: String,
+    /// Behave as a worker of protocol 1.2, before the compact envelope: read only envelope
+    /// version 1 (dead-letter others) and say so in the registry (a mixed fleet's old half).
+    #[arg(long, env = "WARREN_TEST_PROTOCOL_1_2")]
+    protocol_1_2: bool,
     #[command(flatten)]
     config: ConfigArgs,
 }
@@ -64,7 +68,11 @@ fn main() -> ExitCode {
     if config.health_addr.is_some() {
         warren::telemetry::metrics_recorder();
     }
-    let worker = Worker::builder(&args.step, &config).build();
+    let mut builder = Worker::builder(&args.step, &config);
+    if args.protocol_1_2 {
+        builder = builder.reads_envelopes(&[warren::envelope::ENVELOPE_VERSION]);
+    }
+    let worker = builder.build();
     if let Some(addr) = config.health_addr.clone() {
         let health = worker.health();
         runtime.spawn(async move {

@@ -15,6 +15,7 @@ fn values(key: &str) -> [&'static str; 3] {
         "artifacts" => ["/srv/file-artifacts", "/srv/env-artifacts", "/srv/flag-artifacts"],
         "events" => ["true", "false", "true"],
         "events_version" => ["1", "2", "1"],
+        "envelope_version" => ["1", "2", "auto"],
         "health_addr" => ["127.0.0.1:9101", "127.0.0.1:9102", "127.0.0.1:9103"],
         "data_root" => ["/srv/file-data", "/srv/env-data", "/srv/flag-data"],
         "tls_ca_file" => ["/srv/file-ca.pem", "/srv/env-ca.pem", "/srv/flag-ca.pem"],

@@ -227,3 +227,113 @@ fn the_current_reader_reads_both_versions_the_writer_writes() {
         assert_eq!((back.v, back.events), (version, events.clone()));
     }
 }
+
+/// A metric's value in a worker's `/metrics`: the series whose name is `name` and whose labels
+/// include every one of `labels` (`to="b"`).
+fn metric(addr: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let (_, body) = get(addr, "/metrics")?;
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .reduce(|a, b| a + b)
+}
+
+fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    format!("127.0.0.1:{port}")
+}
+
+/// Dead letters of steps a and b.
+async fn dead_letters(t: &TestNs) -> (Option<u32>, Option<u32>) {
+    let (a, b) = (t.names.dead_queue("a"), t.names.dead_queue("b"));
+    (t.queue_counts(&a).await.map(|c| c.0), t.queue_counts(&b).await.map(|c| c.0))
+}
+
+/// A rolling upgrade to the compact envelope, and back. Step `b` runs an old worker (protocol
+/// 1.2: reads only envelope 1, dead-letters anything else) beside a new one; step `a`'s two
+/// writers read the registry and keep writing version 1 while the old reader is live, go
+/// compact once it has left, and return to version 1 when an old reader comes back (a
+/// rollback). Jobs flow through both kinds of worker in every phase; nothing is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_fleet_gets_only_envelopes_it_reads_and_writers_go_compact_once_the_old_readers_left() {
+    use crate::helpers::{hop, signal};
+    let mut t = TestNs::new("mixed").await;
+    t.declare_step("sink").await;
+    let sink = t.sink("sink").await;
+    let mut events = t.events().await;
+    let writers = [free_addr(), free_addr()];
+    let _a: Vec<_> = writers.iter().map(|addr| t.spawn_worker("a", &[("WARREN_HEALTH_ADDR", addr.as_str())])).collect();
+    let old = t.spawn_worker("b", &[("WARREN_TEST_PROTOCOL_1_2", "true")]);
+    let _new = t.spawn_worker("b", &[]);
+    t.wait_consumers("a", 2).await;
+    t.wait_consumers("b", 2).await;
+    let slip = [hop("a", &Default::default()), hop("b", &Default::default()), warren::Hop::new("sink")];
+    let handled_by = |events: &crate::helpers::Events, pid: u32, from: u64| {
+        events
+            .seen
+            .iter()
+            .filter(|e| e.kind == EventKind::Succeeded && &*e.step == "b" && e.worker.ends_with(&format!("#{pid}")))
+            .filter(|e| e.at_ms >= from)
+            .count()
+    };
+    let writes = |version: &str| {
+        writers
+            .iter()
+            .filter_map(|w| metric(w, "warren_envelope_writes_total", &["to=\"b\"", &format!("version=\"{version}\"")]))
+            .sum::<f64>()
+    };
+
+    // 1. Mixed: both workers of b take jobs, the writers write version 1 only.
+    let from = warren::envelope::now_ms();
+    t.submit(&slip, 0..300).await;
+    sink.wait_count(300, Duration::from_secs(60)).await;
+    events
+        .wait_count("b's 300 successes", Duration::from_secs(30), 300, |e| {
+            e.kind == EventKind::Succeeded && &*e.step == "b"
+        })
+        .await;
+    let old_pid = old.id().expect("the old worker runs");
+    assert!(handled_by(&events, old_pid, from) > 0, "the old worker took part");
+    assert_eq!(dead_letters(&t).await, (Some(0), Some(0)));
+    assert_eq!(writes("2"), 0.0, "no compact envelope while an old reader is live");
+    assert!(writes("1") >= 300.0, "every hand-off counted: {}", writes("1"));
+
+    // 2. The old reader leaves: the writers go compact.
+    signal(&old, "TERM").await;
+    let mut old = old;
+    tokio::time::timeout(Duration::from_secs(30), old.wait()).await.expect("the old worker stops").expect("exit");
+    for w in &writers {
+        wait_for("a writer to choose the compact envelope for b", Duration::from_secs(60), || async {
+            metric(w, "warren_envelope_version", &["to=\"b\""]).filter(|v| *v == 2.0)
+        })
+        .await;
+    }
+    t.submit(&slip, 300..600).await;
+    sink.wait_count(600, Duration::from_secs(60)).await;
+    assert!(writes("2") >= 300.0, "the second 300 went compact: {}", writes("2"));
+    assert_eq!(dead_letters(&t).await, (Some(0), Some(0)));
+
+    // 3. An old reader comes back (a rollback): the writers return to version 1 first.
+    let from = warren::envelope::now_ms();
+    let old_again = t.spawn_worker("b", &[("WARREN_TEST_PROTOCOL_1_2", "true")]);
+    t.wait_consumers("b", 2).await;
+    for w in &writers {
+        wait_for("a writer to return to envelope 1 for b", Duration::from_secs(60), || async {
+            metric(w, "warren_envelope_version", &["to=\"b\""]).filter(|v| *v == 1.0)
+        })
+        .await;
+    }
+    let compact_before = writes("2");
+    t.submit(&slip, 600..900).await;
+    sink.wait_count(900, Duration::from_secs(60)).await;
+    events
+        .wait_count("b's 900 successes", Duration::from_secs(30), 900, |e| {
+            e.kind == EventKind::Succeeded && &*e.step == "b"
+        })
+        .await;
+    assert!(handled_by(&events, old_again.id().expect("running"), from) > 0, "the returned old worker took part");
+    assert_eq!(writes("2"), compact_before, "nothing compact after the old reader came back");
+    assert_eq!(dead_letters(&t).await, (Some(0), Some(0)));
+    assert_eq!(sink.duplicates().await, 0);
+    t.cleanup().await;
+}

@@ -56,6 +56,10 @@ pub struct ConfigArgs {
     /// written before version 2 (docs/PROTOCOL.md, "Compatibility").
     #[arg(long, value_name = "1|2", global = true)]
     pub events_version: Option<String>,
+    /// The envelope version workers write: auto (the compact version 2 once every reader of
+    /// the next step reads it), 1, or 2.
+    #[arg(long, value_name = "auto|1|2", global = true)]
+    pub envelope_version: Option<String>,
     /// Completed message ids remembered to drop duplicates.
     #[arg(long, value_name = "N", global = true)]
     pub dedup_window: Option<String>,
@@ -94,6 +98,7 @@ impl ConfigArgs {
             ("shutdown_grace_ms", &self.shutdown_grace_ms),
             ("events", &self.events),
             ("events_version", &self.events_version),
+            ("envelope_version", &self.envelope_version),
             ("dedup_window", &self.dedup_window),
             ("health_addr", &self.health_addr),
             ("data_root", &self.data_root),

@@ -18,7 +18,7 @@ use lapin::BasicProperties;
 use serde::{Deserialize, Serialize};
 
 /// The wire protocol version this runtime implements (`docs/PROTOCOL.md`, "Changelog").
-pub const PROTOCOL_VERSION: &str = "1.2";
+pub const PROTOCOL_VERSION: &str = "1.3";
 
 /// A payload schema id renamed in a minor version, still accepted under its old name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,9 +53,6 @@ pub fn schema_matches(expected: &str, found: &str) -> bool {
     expected == found || renamed(found).is_some_and(|r| r.new == expected)
 }
 
-/// The envelope versions this runtime reads.
-pub const ENVELOPE_READS: &[u16] = &[1];
-
 /// What a worker reads and writes, announced with every registry record (key `protocol`), so a
 /// writer can tell whether every live reader of a step takes a newer form before it uses it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,7 +61,7 @@ pub struct Versions {
     pub protocol: String,
     /// Envelope versions it reads.
     pub envelope_reads: Vec<u16>,
-    /// The envelope version it writes.
+    /// The highest envelope version it writes (to a step whose every reader reads it).
     pub envelope_writes: u16,
     /// Event batch versions it reads.
     pub events_reads: Vec<u16>,
@@ -76,12 +73,12 @@ pub struct Versions {
 }
 
 impl Versions {
-    /// What this runtime reads, and writes with `events_version`.
-    pub fn current(events_version: u16) -> Self {
+    /// What this runtime reads, and writes with `events_version` and `envelope_version`.
+    pub fn current(events_version: u16, envelope_version: Option<u16>) -> Self {
         Self {
             protocol: PROTOCOL_VERSION.to_owned(),
-            envelope_reads: ENVELOPE_READS.to_vec(),
-            envelope_writes: crate::envelope::ENVELOPE_VERSION,
+            envelope_reads: crate::envelope::ENVELOPE_READS.to_vec(),
+            envelope_writes: envelope_version.unwrap_or(crate::envelope::ENVELOPE_COMPACT),
             events_reads: crate::events::EVENTS_VERSIONS.to_vec(),
             events_writes: events_version,
             schemas_accepted: RENAMED_SCHEMAS.iter().map(|r| r.old.to_owned()).collect(),
@@ -96,7 +93,7 @@ impl Versions {
         let list = |v: &[u16]| v.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
         match versions {
             Some(v) => format!(
-                "protocol {}: envelope reads {}, writes {}; events reads {}, writes {}",
+                "protocol {}: envelope reads {}, writes up to {}; events reads {}, writes {}",
                 v.protocol,
                 list(&v.envelope_reads),
                 v.envelope_writes,

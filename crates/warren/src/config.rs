@@ -182,6 +182,20 @@ const TABLE: &[Key] = &[
     },
     Key { name: "events", bare: true, set: set_events, get: |c| Some(c.events.to_string()) },
     Key {
+        name: "envelope_version",
+        bare: false,
+        set: |c, v| {
+            c.envelope_version = match v {
+                "auto" | "" => None,
+                "1" => Some(1),
+                "2" => Some(2),
+                _ => return Err(format!("expected auto, 1 or 2 (the envelope version to write), got {v:?}")),
+            };
+            Ok(())
+        },
+        get: |c| Some(c.envelope_version.map_or("auto".to_owned(), |v| v.to_string())),
+    },
+    Key {
         name: "events_version",
         bare: true,
         set: |c, v| {
@@ -282,6 +296,11 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Publish job events to the events exchange. Key `events`.
     pub events: bool,
+    /// The envelope version a worker writes to the next step: `None` (`auto`, the default) the
+    /// compact version 2 once every live reader of that step reads it, else 1; `Some(1)` pins
+    /// version 1 (before rolling back to workers that read only 1); `Some(2)` writes 2 whoever
+    /// reads. Key `envelope_version`.
+    pub envelope_version: Option<u16>,
     /// The version of event batches this process writes: 2 (the default), or 1 while a
     /// deployment still has readers written before version 2 (see docs/PROTOCOL.md,
     /// "Compatibility"). Warren's own readers take both. Key `events_version`.
@@ -353,6 +372,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(30),
             events: true,
             events_version: 2,
+            envelope_version: None,
             dedup_window: 10_000,
             health_addr: None,
             data_root: None,
@@ -381,6 +401,7 @@ impl fmt::Debug for Config {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("events", &self.events)
             .field("events_version", &self.events_version)
+            .field("envelope_version", &self.envelope_version)
             .field("dedup_window", &self.dedup_window)
             .field("health_addr", &self.health_addr)
             .field("data_root", &self.data_root)

@@ -11,8 +11,16 @@ use lapin::{
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
-/// The envelope version this runtime writes and reads.
+/// The envelope version a writer uses unless every reader of the next step reads a newer one
+/// (see [`ENVELOPE_COMPACT`]): named fields, read by every Warren worker ever released.
 pub const ENVELOPE_VERSION: u16 = 1;
+/// The compact envelope: the same fields as version 1, in the same order, as a MessagePack
+/// array instead of a map, each hop `[step, params]` (`[step, params, cache, gather]` when a
+/// flag is set); the payload stays a map with named fields. About 100 bytes less a message.
+/// Workers write it to a step only once every live reader of that step reads it.
+pub const ENVELOPE_COMPACT: u16 = 2;
+/// The envelope versions this runtime reads.
+pub const ENVELOPE_READS: [u16; 2] = [ENVELOPE_VERSION, ENVELOPE_COMPACT];
 /// The AMQP `content_type` of every Warren message.
 pub const CONTENT_TYPE: &str = "application/msgpack";
 
@@ -202,9 +210,11 @@ pub struct EnvelopeRef<'a, P> {
 }
 
 impl<P: Serialize> EnvelopeRef<'_, P> {
-    /// Encodes as MessagePack with named fields.
+    /// Encodes as MessagePack in the form of its version `v`: a map with named fields (1), or
+    /// the compact array (2, [`ENVELOPE_COMPACT`]); the payload is a map with named fields in
+    /// both.
     pub fn encode(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-        rmp_serde::to_vec_named(self)
+        if self.v == ENVELOPE_COMPACT { rmp_serde::to_vec_named(&Compact(self)) } else { rmp_serde::to_vec_named(self) }
     }
 
     /// The message as it goes out, built in one place: the encoded envelope and its AMQP
@@ -214,6 +224,55 @@ impl<P: Serialize> EnvelopeRef<'_, P> {
         let body = self.encode()?;
         let meta = EnvelopeMeta { job_id: self.job_id, message_id: self.message_id, step, schema: self.schema };
         Ok((body, properties(&meta, 1)))
+    }
+}
+
+/// An envelope as version 2 writes it: a tuple, so a MessagePack array (the payload inside keeps
+/// its named fields, since only structs become maps).
+struct Compact<'a, 'b, P>(&'b EnvelopeRef<'a, P>);
+
+impl<P: Serialize> Serialize for Compact<'_, '_, P> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let e = self.0;
+        let mut t = s.serialize_tuple(8)?;
+        t.serialize_element(&e.v)?;
+        t.serialize_element(&e.job_id)?;
+        t.serialize_element(&e.message_id)?;
+        t.serialize_element(&e.causation_id)?;
+        t.serialize_element(e.pipeline)?;
+        let slip: Vec<CompactHop<'_>> = e.slip.iter().map(CompactHop).collect();
+        t.serialize_element(&slip)?;
+        t.serialize_element(e.schema)?;
+        t.serialize_element(e.payload)?;
+        t.end()
+    }
+}
+
+/// A hop of the compact envelope: `[step, params]`, with `cache` and `gather` only when set.
+struct CompactHop<'a>(&'a Hop);
+
+impl Serialize for CompactHop<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let h = self.0;
+        let n = if h.gather {
+            4
+        } else if h.cache {
+            3
+        } else {
+            2
+        };
+        let mut t = s.serialize_tuple(n)?;
+        t.serialize_element(&h.step)?;
+        t.serialize_element(&h.params)?;
+        if n >= 3 {
+            t.serialize_element(&h.cache)?;
+        }
+        if n == 4 {
+            t.serialize_element(&h.gather)?;
+        }
+        t.end()
     }
 }
 
@@ -336,9 +395,34 @@ mod uuid_wire {
     }
 }
 
+/// The envelope's fields as they come, the payload skipped: read from a map (version 1) or an
+/// array (version 2), which must then be read to its end.
 #[derive(Deserialize)]
-struct VersionOnly {
+struct HeadWire {
     v: u16,
+    #[serde(deserialize_with = "uuid_wire::one")]
+    job_id: Uuid,
+    #[serde(deserialize_with = "uuid_wire::one")]
+    message_id: Uuid,
+    #[serde(default, deserialize_with = "uuid_wire::optional")]
+    causation_id: Option<Uuid>,
+    pipeline: String,
+    slip: Vec<Hop>,
+    schema: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    payload: serde::de::IgnoredAny,
+}
+
+/// The `v` of a body that is a map with one, or an array that starts with it.
+fn version_of(body: &[u8]) -> Option<u16> {
+    let value = rmpv::decode::read_value(&mut &body[..]).ok()?;
+    let v = match &value {
+        rmpv::Value::Map(fields) => fields.iter().find(|(k, _)| k.as_str() == Some("v")).map(|(_, v)| v)?,
+        rmpv::Value::Array(items) => items.first()?,
+        _ => return None,
+    };
+    v.as_u64().and_then(|v| u16::try_from(v).ok())
 }
 
 /// Why a body could not be decoded. Each variant sends the message to the dead-letter queue.
@@ -349,10 +433,19 @@ pub enum DecodeError {
     #[error("body is not a Warren envelope: {0}")]
     Malformed(String),
     /// The envelope has a version this runtime does not read.
-    #[error("unknown envelope version {found} (this worker reads version {ENVELOPE_VERSION})")]
+    #[error("unknown envelope version {found} (this worker reads versions 1 and 2)")]
     UnknownVersion {
         /// The version in the message.
         found: u16,
+    },
+    /// The envelope has a version this worker was built not to read (an earlier protocol's
+    /// worker, see [`WorkerBuilder::reads_envelopes`](crate::worker::WorkerBuilder::reads_envelopes)).
+    #[error("unknown envelope version {found} (this worker reads {reads})")]
+    NotRead {
+        /// The version in the message.
+        found: u16,
+        /// The versions it reads, as a list.
+        reads: String,
     },
     /// The payload's schema is not the one the step takes.
     #[error("wrong payload schema {found:?}: step expects {expected:?}")]
@@ -376,9 +469,24 @@ pub enum DecodeError {
 }
 
 impl<P: Payload> Envelope<P> {
-    /// Encodes the envelope as MessagePack with named fields.
+    /// Encodes the envelope in the form of its version (see [`EnvelopeRef::encode`]): a message
+    /// read and written back (a dead letter edited) keeps its form.
     pub fn encode(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-        rmp_serde::to_vec_named(self)
+        self.as_ref().encode()
+    }
+
+    /// The envelope of borrowed parts.
+    pub fn as_ref(&self) -> EnvelopeRef<'_, P> {
+        EnvelopeRef {
+            v: self.v,
+            job_id: self.job_id,
+            message_id: self.message_id,
+            causation_id: self.causation_id,
+            pipeline: &self.pipeline,
+            slip: &self.slip,
+            schema: &self.schema,
+            payload: &self.payload,
+        }
     }
 
     /// Decodes a body, checking the version and that the schema is `P`'s.
@@ -390,7 +498,7 @@ impl<P: Payload> Envelope<P> {
     /// of the body is readable (to dead-letter and report it), so nothing decodes it twice.
     pub fn decode_or_head(body: &[u8]) -> Result<Self, (DecodeError, Option<Box<EnvelopeHead>>)> {
         match rmp_serde::from_slice::<Envelope<P>>(body) {
-            Ok(env) if env.v != ENVELOPE_VERSION => Err((DecodeError::UnknownVersion { found: env.v }, None)),
+            Ok(env) if !ENVELOPE_READS.contains(&env.v) => Err((DecodeError::UnknownVersion { found: env.v }, None)),
             Ok(env) if P::SCHEMA != "*" && !crate::compat::schema_matches(P::SCHEMA, &env.schema) => {
                 let err = DecodeError::WrongSchema { expected: P::SCHEMA.into(), found: env.schema.clone() };
                 Err((err, Some(Box::new(env.into_head()))))
@@ -431,11 +539,19 @@ impl<P: Payload> Envelope<P> {
 impl EnvelopeHead {
     /// Decodes the envelope's fields, ignoring the payload.
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
-        match rmp_serde::from_slice::<EnvelopeHead>(body) {
-            Ok(head) if head.v != ENVELOPE_VERSION => Err(DecodeError::UnknownVersion { found: head.v }),
-            Ok(head) => Ok(head),
-            Err(e) => match rmp_serde::from_slice::<VersionOnly>(body) {
-                Ok(VersionOnly { v }) if v != ENVELOPE_VERSION => Err(DecodeError::UnknownVersion { found: v }),
+        match rmp_serde::from_slice::<HeadWire>(body) {
+            Ok(head) if !ENVELOPE_READS.contains(&head.v) => Err(DecodeError::UnknownVersion { found: head.v }),
+            Ok(h) => Ok(EnvelopeHead {
+                v: h.v,
+                job_id: h.job_id,
+                message_id: h.message_id,
+                causation_id: h.causation_id,
+                pipeline: h.pipeline,
+                slip: h.slip,
+                schema: h.schema,
+            }),
+            Err(e) => match version_of(body) {
+                Some(v) if !ENVELOPE_READS.contains(&v) => Err(DecodeError::UnknownVersion { found: v }),
                 _ => Err(DecodeError::Malformed(e.to_string())),
             },
         }
@@ -557,7 +673,7 @@ pub fn text(s: impl Into<String>) -> AMQPValue {
 mod tests {
     use super::*;
 
-    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     struct Num {
         n: u64,
     }
@@ -607,6 +723,46 @@ mod tests {
         };
         let body = rmp_serde::to_vec_named(&body).unwrap();
         assert!(matches!(Envelope::<Num>::decode(&body), Err(DecodeError::BadPayload { .. })));
+    }
+
+    #[test]
+    fn the_compact_envelope_reads_back_whole_is_smaller_and_keeps_the_payload_named() {
+        let mut e = env(ENVELOPE_COMPACT, Num::SCHEMA);
+        e.causation_id = Some(Uuid::now_v7());
+        e.slip.push(Hop { cache: true, ..Hop::new("c") });
+        e.slip.push(Hop { gather: true, ..Hop::new("d") });
+        let compact = e.encode().unwrap();
+        let back = Envelope::<Num>::decode(&compact).unwrap();
+        assert_eq!(back, e);
+        let head = EnvelopeHead::decode(&compact).unwrap();
+        assert_eq!((head.v, head.slip.len(), head.schema.as_str()), (2, 4, Num::SCHEMA));
+        let value = rmpv::decode::read_value(&mut compact.as_slice()).unwrap();
+        let fields = value.as_array().expect("an array");
+        assert_eq!(fields.len(), 8);
+        assert!(fields[7].as_map().is_some(), "the payload keeps its names: {}", fields[7]);
+        assert_eq!(
+            fields[5].as_array().map(|s| s[0].as_array().map(Vec::len)),
+            Some(Some(2)),
+            "a plain hop is [step, params]"
+        );
+        let plain = Envelope { v: 1, ..e.clone() }.encode().unwrap();
+        assert!(compact.len() + 80 <= plain.len(), "compact {} against plain {} bytes", compact.len(), plain.len());
+        // A compact envelope edited and written back stays compact; a plain one stays plain.
+        let any = Envelope::<rmpv::Value>::decode(&compact).unwrap();
+        assert_eq!(any.encode().unwrap(), compact);
+        assert_eq!(Envelope::<rmpv::Value>::decode(&plain).unwrap().encode().unwrap(), plain);
+    }
+
+    #[test]
+    fn a_reader_of_version_1_alone_refuses_the_compact_envelope() {
+        // What a worker of protocol 1.2 ran: the version check on a map with `v`.
+        let compact = env(ENVELOPE_COMPACT, Num::SCHEMA).encode().unwrap();
+        let value = rmpv::decode::read_value(&mut compact.as_slice()).unwrap();
+        assert!(value.as_map().is_none(), "not the map a version 1 reader looks for its `v` in");
+        assert_eq!(
+            Envelope::<Num>::decode(&env(3, Num::SCHEMA).encode().unwrap()),
+            Err(DecodeError::UnknownVersion { found: 3 })
+        );
     }
 
     #[test]

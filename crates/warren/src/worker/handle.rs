@@ -135,6 +135,15 @@ impl<H> Shared<H> {
     fn decode<I: Payload>(&self, data: &[u8], props: &BasicProperties) -> Result<Decoded<I>, (DecodeError, Ids)> {
         let decoded = Envelope::<I>::decode_or_head(data);
         if let Ok(env) = &decoded
+            && !self.worker.envelope_reads.contains(&env.v)
+        {
+            let reads =
+                self.worker.envelope_reads.iter().map(|v| format!("version {v}")).collect::<Vec<_>>().join(", ");
+            let e = DecodeError::NotRead { found: env.v, reads };
+            tracing::warn!(step = %self.worker.step, error = %e, "undecodable message; dead-lettering it");
+            return Err((e, Ids::of(EnvelopeHead::decode(data).ok().as_ref())));
+        }
+        if let Ok(env) = &decoded
             && let Some(r) = crate::compat::renamed(&env.schema)
         {
             let job = env.job_id.to_string();
@@ -379,8 +388,10 @@ impl<H> Shared<H> {
             let queue = w.names.step_queue(&next.step);
             let queue = queue.as_str();
             let mut bodies = Vec::with_capacity(payloads.len());
+            let version = self.readers.envelope_for(&next.step);
             for (i, payload) in payloads.iter().enumerate() {
-                let out = ctx.cause().message(&w.step, i, &ctx.next, self.output_schema::<P>(), payload);
+                let mut out = ctx.cause().message(&w.step, i, &ctx.next, self.output_schema::<P>(), payload);
+                out.v = version;
                 bodies.push(out.to_message(&next.step).map_err(HandOffError::Unencodable)?);
             }
             self.record_outputs(ctx, &next.step, &payloads).await;
@@ -626,7 +637,8 @@ impl<H> Shared<H> {
             payload: env.payload.clone(),
         };
         let cause = envelope::Cause { job_id: env.job_id, message_id: env.message_id, pipeline: &env.pipeline };
-        let out = cause.message("dead-notice", 0, &env.slip[1..], DeadNotice::SCHEMA, &notice);
+        let mut out = cause.message("dead-notice", 0, &env.slip[1..], DeadNotice::SCHEMA, &notice);
+        out.v = self.readers.envelope_for(&next.step);
         let Ok((body, props)) = out.to_message(&next.step) else { return true };
         let queue = w.names.step_queue(&next.step);
         match self.publish(session, "", &queue, &body, props).await {

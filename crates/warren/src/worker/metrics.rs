@@ -43,6 +43,15 @@ pub fn describe() {
         Unit::Count,
         "Messages accepted in a form the protocol deprecated (form: e.g. an old schema id); the log names the sender."
     );
+    describe_counter!(
+        "warren_envelope_writes_total",
+        Unit::Count,
+        "Hand-offs to the next step (to) by envelope version: 2 (compact) once every live reader of that step reads it."
+    );
+    describe_gauge!(
+        "warren_envelope_version",
+        "The envelope version a hand-off to the next step (to) would use now: 1, or 2 once every reader of that step reads it."
+    );
     describe_histogram!("warren_handler_seconds", Unit::Seconds, "Time the step's handler took per message.");
     describe_gauge!("warren_in_flight", Unit::Count, "Messages the worker is handling now.");
     describe_gauge!(

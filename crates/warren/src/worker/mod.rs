@@ -54,6 +54,7 @@ mod handle;
 
 pub use handle::{RecordedInput, inputs_key, inputs_prefix};
 mod metrics;
+mod readers;
 pub use metrics::describe as describe_metrics;
 mod retry;
 
@@ -136,9 +137,20 @@ pub struct WorkerBuilder {
     artifacts: Option<ArtifactStore>,
     version: String,
     descriptor: Option<crate::registry::StepDescriptor>,
+    envelope_reads: Vec<u16>,
 }
 
 impl WorkerBuilder {
+    /// Restricts the envelope versions the worker reads (default: every version this runtime
+    /// reads, [`ENVELOPE_READS`](crate::envelope::ENVELOPE_READS)): it dead-letters other
+    /// versions as poison, says in the registry that it reads only these, and writes the plain
+    /// envelope. For compatibility tests that need a worker of an earlier protocol beside
+    /// current ones (a mixed fleet in a rolling upgrade).
+    pub fn reads_envelopes(mut self, versions: &[u16]) -> Self {
+        self.envelope_reads = versions.to_vec();
+        self
+    }
+
     /// What the worker announces on `{ns}.registry` (its parameter schema, file parameters,
     /// about line). The step name, version, input and output schema ids, concurrency and maximum
     /// duration are filled in from the worker. Without one, the step takes any parameters.
@@ -216,6 +228,7 @@ impl WorkerBuilder {
             descriptor: self.descriptor,
             artifacts: self.artifacts,
             version: self.version,
+            envelope_reads: self.envelope_reads,
         }
     }
 }
@@ -241,6 +254,8 @@ pub struct Worker {
     data_root: Option<Arc<std::path::Path>>,
     /// The model registry's namespace, for handlers (see [`Context::registry_scope`]).
     registry: Arc<str>,
+    /// The envelope versions it reads (see [`WorkerBuilder::reads_envelopes`]).
+    envelope_reads: Vec<u16>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +284,7 @@ impl Worker {
             artifacts: None,
             version: "0".to_owned(),
             descriptor: None,
+            envelope_reads: crate::envelope::ENVELOPE_READS.to_vec(),
         }
     }
 
@@ -309,6 +325,7 @@ impl Worker {
             schemas,
             delays: delays::DelayQueues::default(),
             deprecations: crate::compat::Deprecations::default(),
+            readers: readers::Readers::new(&self.step, self.envelope_pin()),
             worker: self,
             handler,
         })
@@ -401,6 +418,8 @@ struct Shared<H> {
     delays: delays::DelayQueues,
     /// Old forms this worker accepted (counted, their senders logged).
     deprecations: crate::compat::Deprecations,
+    /// Which envelope version each next step's readers read, from the registry.
+    readers: readers::Readers,
 }
 
 /// What the descriptor says a handler of any payload takes and sends (`None`: the handler's
@@ -478,6 +497,8 @@ struct Opened {
     session: Session,
     /// Follows cancellations; ends with the connection, aborted when the session ends.
     control: AbortOnDrop,
+    /// Follows the registry for what the next steps' readers read.
+    readers: AbortOnDrop,
     /// Says the worker is alive in the registry.
     announcer: AbortOnDrop,
     /// Follows the broker's resource alarms into readiness.
@@ -518,6 +539,9 @@ impl<H> Shared<H> {
         declarer.base().await?;
         declarer.step(&w.topology).await?;
         let control = AbortOnDrop(self.cancelled.follow(broker, &w.names).await?);
+        // Before the descriptor goes out: the follower knows it has read the past when it sees
+        // a record written after it began, such as this worker's own.
+        let readers = AbortOnDrop(self.readers.follow(broker, &w.names).await?);
         let channel = broker.channel().await?;
         let prefetch = w.config.effective_prefetch();
         if usize::from(prefetch) > w.config.concurrency {
@@ -565,7 +589,7 @@ impl<H> Shared<H> {
             AbortOnDrop(tokio::spawn(follow_alarms(broker.blocked_changes(), w.health.clone(), w.step.clone())));
         self.delays.reconnected();
         let upkeep = AbortOnDrop(tokio::spawn(self.delays.clone().upkeep(broker.clone(), w.names.clone())));
-        Ok(Opened { channel, consumer, tag, session, control, announcer, alarms, upkeep, events_task })
+        Ok(Opened { channel, consumer, tag, session, control, readers, announcer, alarms, upkeep, events_task })
     }
 
     /// Takes deliveries, one permit each, until the stop (`Ok`) or the broker takes the consumer
@@ -620,7 +644,8 @@ impl<H> Shared<H> {
         H: Handler<I, O>,
     {
         let w = &self.worker;
-        let Opened { channel, mut consumer, tag, session, control, announcer, alarms, upkeep, events_task } = opened;
+        let Opened { channel, mut consumer, tag, session, control, readers, announcer, alarms, upkeep, events_task } =
+            opened;
         drop(alarms);
         drop(upkeep);
         w.health.set_ready(false);
@@ -647,6 +672,7 @@ impl<H> Shared<H> {
         let _ = tokio::time::timeout(Duration::from_secs(5), session.acks.flush()).await;
         drop(session);
         drop(control);
+        drop(readers);
         drop(announcer);
         let mut stopped = w.record_base();
         stopped.kind = crate::registry::RecordKind::Stopped;
@@ -689,6 +715,16 @@ impl<H> Shared<H> {
 }
 
 impl Worker {
+    /// The envelope version this worker writes whatever its readers read: the configured one, or
+    /// the plain one for a worker that does not read the compact one (an earlier protocol's).
+    fn envelope_pin(&self) -> Option<u16> {
+        if self.envelope_reads.contains(&crate::envelope::ENVELOPE_COMPACT) {
+            self.config.envelope_version
+        } else {
+            Some(crate::envelope::ENVELOPE_VERSION)
+        }
+    }
+
     /// This worker's registry record, with its descriptor.
     fn record_base(&self) -> crate::registry::Record {
         crate::registry::Record {
@@ -702,7 +738,10 @@ impl Worker {
             version: self.version.clone(),
             at_ms: crate::envelope::now_ms(),
             descriptor: self.descriptor.clone(),
-            protocol: Some(crate::compat::Versions::current(self.config.events_version)),
+            protocol: Some(crate::compat::Versions {
+                envelope_reads: self.envelope_reads.clone(),
+                ..crate::compat::Versions::current(self.config.events_version, self.envelope_pin())
+            }),
         }
     }
 }
