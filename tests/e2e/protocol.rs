@@ -243,6 +243,16 @@ fn free_addr() -> String {
     format!("127.0.0.1:{port}")
 }
 
+/// Waits until every writer (health address) would hand off to step b in envelope `version`.
+async fn writers_choose(writers: &[String], version: u16) {
+    for w in writers {
+        wait_for(&format!("{w} to choose envelope {version} for b"), Duration::from_secs(60), || async {
+            metric(w, "warren_envelope_version", &["to=\"b\""]).filter(|v| *v == f64::from(version))
+        })
+        .await;
+    }
+}
+
 /// Dead letters of steps a and b.
 async fn dead_letters(t: &TestNs) -> (Option<u32>, Option<u32>) {
     let (a, b) = (t.names.dead_queue("a"), t.names.dead_queue("b"));
@@ -302,12 +312,7 @@ async fn a_mixed_fleet_gets_only_envelopes_it_reads_and_writers_go_compact_once_
     signal(&old, "TERM").await;
     let mut old = old;
     tokio::time::timeout(Duration::from_secs(30), old.wait()).await.expect("the old worker stops").expect("exit");
-    for w in &writers {
-        wait_for("a writer to choose the compact envelope for b", Duration::from_secs(60), || async {
-            metric(w, "warren_envelope_version", &["to=\"b\""]).filter(|v| *v == 2.0)
-        })
-        .await;
-    }
+    writers_choose(&writers, 2).await;
     t.submit(&slip, 300..600).await;
     sink.wait_count(600, Duration::from_secs(60)).await;
     assert!(writes("2") >= 300.0, "the second 300 went compact: {}", writes("2"));
@@ -317,12 +322,7 @@ async fn a_mixed_fleet_gets_only_envelopes_it_reads_and_writers_go_compact_once_
     let from = warren::envelope::now_ms();
     let old_again = t.spawn_worker("b", &[("WARREN_TEST_PROTOCOL_1_2", "true")]);
     t.wait_consumers("b", 2).await;
-    for w in &writers {
-        wait_for("a writer to return to envelope 1 for b", Duration::from_secs(60), || async {
-            metric(w, "warren_envelope_version", &["to=\"b\""]).filter(|v| *v == 1.0)
-        })
-        .await;
-    }
+    writers_choose(&writers, 1).await;
     let compact_before = writes("2");
     t.submit(&slip, 600..900).await;
     sink.wait_count(900, Duration::from_secs(60)).await;

@@ -117,8 +117,8 @@ impl Variant {
     const DEFAULT: [Variant; 6] = [
         Variant::Independent,
         Variant::Minimal,
-        Variant::MinimalMt,
         Variant::Message,
+        Variant::Compact,
         Variant::WarrenNoEvents,
         Variant::Warren,
     ];
@@ -865,10 +865,14 @@ fn main() -> Res<()> {
                 runs[i].push(f);
             }
         }
-        // Latency: minimal and warren in turn, as many times as there were rounds.
-        let (mut minimal_lat, mut warren_lat) = (Vec::new(), Vec::new());
+        // Latency: minimal, warren-no-events (when asked for) and warren in turn, as many times
+        // as there were rounds.
+        let (mut minimal_lat, mut quiet_lat, mut warren_lat) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             minimal_lat.push(bench(&url, &ns, Variant::Minimal, 0, Some((rate, secs))).await?);
+            if variants.contains(&Variant::WarrenNoEvents) {
+                quiet_lat.push(bench(&url, &ns, Variant::WarrenNoEvents, 0, Some((rate, secs))).await?);
+            }
             warren_lat.push(bench(&url, &ns, Variant::Warren, 0, Some((rate, secs))).await?);
         }
         let lat = |runs: &[Figures], f: fn(&Figures) -> f64| median(runs.iter().map(f).collect());
@@ -888,6 +892,7 @@ fn main() -> Res<()> {
         for (i, v) in variants.iter().enumerate() {
             let latency = match v {
                 Variant::Minimal => Some(&minimal_lat),
+                Variant::WarrenNoEvents => Some(&quiet_lat),
                 Variant::Warren => Some(&warren_lat),
                 _ => None,
             };
@@ -913,8 +918,18 @@ fn main() -> Res<()> {
                 med(m, |f| f.broker_cpu_us_per_job) / med(ind, |f| f.broker_cpu_us_per_job),
             );
         }
+        // This machine's speed drifts by more than the differences measured: the ratio within
+        // each round (the variants ran minutes apart), then its median, is the sturdier figure.
+        let paired = |f: fn(&Figures) -> f64| median(runs[w].iter().zip(&runs[m]).map(|(a, b)| f(a) / f(b)).collect());
+        let paired_lat = median(warren_lat.iter().zip(&minimal_lat).map(|(a, b)| a.p99_ms / b.p99_ms).collect());
         println!(
-            "warren / minimal bare: throughput {:.2} (target >= 0.95, aim >= 1.0), broker CPU per job {:.2} (target <= 1.0), p99 at {rate} jobs/s {:.2} (target <= 1.20)",
+            "warren / minimal bare, median of each round's ratio: throughput {:.2} (target >= 0.95, aim >= 1.0), broker CPU per job {:.2} (target <= 1.0), p99 at {rate} jobs/s {:.2} (target <= 1.20)",
+            paired(|f| f.jobs_per_s),
+            paired(|f| f.broker_cpu_us_per_job),
+            paired_lat
+        );
+        println!(
+            "warren / minimal bare, ratio of the medians: throughput {:.2}, broker CPU per job {:.2}, p99 {:.2}",
             med(w, |f| f.jobs_per_s) / med(m, |f| f.jobs_per_s),
             med(w, |f| f.broker_cpu_us_per_job) / med(m, |f| f.broker_cpu_us_per_job),
             lat(&warren_lat, |f| f.p99_ms) / lat(&minimal_lat, |f| f.p99_ms)

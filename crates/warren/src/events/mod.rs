@@ -1,10 +1,10 @@
 //! Job events: what happened to each message, published to `{ns}.events` and kept by its
 //! stream queue, so a job's history can be rebuilt from the broker alone.
 //!
-//! Events are batched: one AMQP message carries the events of up to 20 ms (or 1,024 events), so
+//! Events are batched: one AMQP message carries the events of up to 100 ms (or 1,024 events), so
 //! under load they cost the broker a small fraction of a publish per step message. Events are
 //! observability, not the job's data: they may lag the job by that much, and a worker killed
-//! with SIGKILL loses those of its last 20 ms (a graceful stop flushes them).
+//! with SIGKILL loses those of its last 100 ms (a graceful stop flushes them).
 
 mod event;
 mod operator;

@@ -25,7 +25,8 @@ use crate::{
 
 /// How far back the follower starts reading: every live worker says it is alive more often.
 const LOOK_BACK: Duration = Duration::from_secs(60);
-/// How often the consumer counts of the steps written to are read again.
+/// How often the consumer counts of the steps written to are read again (a step newly written
+/// to is counted within a second).
 const RECOUNT: Duration = Duration::from_secs(10);
 
 /// What a worker writes to the steps after it. Cheap to clone.
@@ -64,6 +65,8 @@ struct State {
     caught_up: bool,
     /// Consumers of each step's queue, when last counted.
     consumers: HashMap<String, u32>,
+    /// When each step's queue was last counted.
+    counted: HashMap<String, Instant>,
     /// Steps written to (their consumers are counted), with their metrics.
     wanted: HashMap<String, Gauges>,
 }
@@ -139,11 +142,11 @@ impl Readers {
             .basic_consume(names.registry().as_str().into(), "".into(), BasicConsumeOptions::default(), args)
             .await
             .map_err(BrokerError::amqp("basic.consume registry"))?;
-        let counts = broker.channel().await?;
-        let (this, names) = (self.clone(), names.clone());
+        let mut counts = broker.channel().await?;
+        let (this, names, broker) = (self.clone(), names.clone(), broker.clone());
         let started = now_ms();
         Ok(tokio::spawn(async move {
-            let mut recount = tokio::time::interval(RECOUNT);
+            let mut recount = tokio::time::interval(Duration::from_secs(1));
             recount.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut counted_at: Option<Instant> = None;
             loop {
@@ -162,17 +165,28 @@ impl Readers {
                         }
                     }
                     _ = recount.tick() => {
-                        let wanted: Vec<String> =
-                            this.state.lock().map(|s| s.wanted.keys().cloned().collect()).unwrap_or_default();
+                        let due = |s: &State, step: &String| s.counted.get(step).is_none_or(|t| t.elapsed() >= RECOUNT);
+                        let wanted: Vec<String> = this
+                            .state
+                            .lock()
+                            .map(|s| s.wanted.keys().filter(|step| due(&s, step)).cloned().collect())
+                            .unwrap_or_default();
                         for step in wanted {
                             let passive = QueueDeclareOptions { passive: true, ..Default::default() };
                             let queue = names.step_queue(&step);
                             // A missing queue closes the channel: its consumers are then unknown,
                             // and unknown means the plain envelope.
-                            if let Ok(q) = counts.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await
-                                && let Ok(mut st) = this.state.lock()
+                            let count = counts.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await;
+                            if count.is_err()
+                                && let Ok(ch) = broker.channel().await
                             {
-                                st.consumers.insert(step, q.consumer_count());
+                                counts = ch;
+                            }
+                            if let Ok(mut st) = this.state.lock() {
+                                st.counted.insert(step.clone(), Instant::now());
+                                if let Ok(q) = count {
+                                    st.consumers.insert(step, q.consumer_count());
+                                }
                             }
                         }
                         // A quiet registry still has this worker's own heartbeat within a
@@ -222,6 +236,7 @@ mod tests {
                 .collect(),
             caught_up: true,
             consumers: [("b".to_owned(), consumers)].into(),
+            counted: HashMap::new(),
             wanted: HashMap::new(),
         }
     }
