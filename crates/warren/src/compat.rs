@@ -110,7 +110,7 @@ impl Versions {
 const LOG_EVERY: Duration = Duration::from_secs(600);
 
 /// Notes a worker's acceptance of old forms: counts each on `warren_deprecated_total{step,
-/// form}` and logs who sent it, once per sender and form per [`LOG_EVERY`].
+/// form}` and logs who sent it, once per sender and form every 10 minutes.
 #[derive(Debug, Default)]
 pub struct Deprecations {
     logged: Mutex<HashMap<(String, &'static str), Instant>>,
