@@ -25,9 +25,9 @@ COPY examples/textstats/Cargo.toml examples/textstats/
 # Every target a manifest names gets a stub (a missing one fails the whole layer).
 RUN set -eux; \
     for d in crates/warren crates/warren-ops crates/warren-ml crates/warren-steps schemas .; do mkdir -p "$d/src" && echo '' > "$d/src/lib.rs"; done; \
-    mkdir -p crates/warren/benches crates/warren/examples crates/warren-ml/benches crates/warren-cli/src src/bin benches tests/e2e; \
+    mkdir -p crates/warren/benches crates/warren/examples crates/warren-ml/benches crates/warren-cli/src crates/warren-cli/benches src/bin benches tests/e2e; \
     echo 'fn main() {}' | tee crates/warren/benches/pipeline.rs crates/warren/examples/quickstart.rs \
-        crates/warren-ml/benches/parity.rs crates/warren-ml/benches/onnx.rs crates/warren-cli/src/main.rs \
+        crates/warren-ml/benches/parity.rs crates/warren-ml/benches/onnx.rs crates/warren-cli/src/main.rs crates/warren-cli/benches/history.rs \
         src/bin/warren-test-step.rs src/bin/warren-chaos.rs benches/fanout.rs benches/exec.rs tests/e2e/main.rs >/dev/null; \
     for w in workers/*/; do mkdir -p "$w/src" && echo 'fn main() {}' > "$w/src/main.rs"; done; \
     mkdir -p examples/textstats/src/bin && echo '' > examples/textstats/src/lib.rs; \
