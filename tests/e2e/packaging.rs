@@ -505,3 +505,52 @@ fn every_overlay_renders_and_keeps_keda_to_its_documented_fields() {
         }
     }
 }
+
+/// The Dockerfile builds the dependencies first from the manifests alone, with a stub for every
+/// target a manifest names: a bench or binary without one fails that layer, and so the image
+/// (as a new bench once did). Every `[[bench]]` and `[[bin]]` path of every manifest has its stub.
+#[test]
+fn the_dependency_layer_stubs_every_bench_and_binary_a_manifest_names() {
+    let docker = read("Dockerfile");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut manifests = vec![String::new(), "schemas".to_owned()];
+    for dir in ["crates", "examples"] {
+        for e in std::fs::read_dir(root.join(dir)).expect("dir").flatten() {
+            if e.path().join("Cargo.toml").exists() {
+                manifests.push(format!("{dir}/{}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    let mut checked = 0;
+    for dir in manifests {
+        let text = read(&format!("{dir}{}Cargo.toml", if dir.is_empty() { "" } else { "/" }));
+        let mut section = String::new();
+        let (mut name, mut path) = (None::<String>, None::<String>);
+        let mut targets = Vec::new();
+        for line in text.lines().map(str::trim).chain(std::iter::once("[end]")) {
+            if line.starts_with('[') {
+                match (section.as_str(), name.take(), path.take()) {
+                    ("[[bench]]", Some(n), p) => targets.push(p.unwrap_or(format!("benches/{n}.rs"))),
+                    ("[[bin]]", _, Some(p)) => targets.push(p),
+                    _ => {}
+                }
+                section = line.to_owned();
+            } else if let Some((k, v)) = line.split_once('=') {
+                let v = v.trim().trim_matches('"').to_owned();
+                match k.trim() {
+                    "name" => name = Some(v),
+                    "path" => path = Some(v),
+                    _ => {}
+                }
+            }
+        }
+        for t in targets {
+            let full = if dir.is_empty() { t } else { format!("{dir}/{t}") };
+            let stubbed =
+                docker.contains(&full) || docker.contains(&format!("{dir}/src/bin")) && full.contains("/src/bin/");
+            assert!(stubbed, "the Dockerfile's dependency layer has no stub for {full}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "found only {checked} bench and binary targets");
+}
