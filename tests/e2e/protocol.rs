@@ -272,9 +272,9 @@ async fn a_mixed_fleet_gets_only_envelopes_it_reads_and_writers_go_compact_once_
     let sink = t.sink("sink").await;
     let mut events = t.events().await;
     let writers = [free_addr(), free_addr()];
-    let _a: Vec<_> = writers.iter().map(|addr| t.spawn_worker("a", &[("WARREN_HEALTH_ADDR", addr.as_str())])).collect();
+    let a: Vec<_> = writers.iter().map(|addr| t.spawn_worker("a", &[("WARREN_HEALTH_ADDR", addr.as_str())])).collect();
     let old = t.spawn_worker("b", &[("WARREN_TEST_PROTOCOL_1_2", "true")]);
-    let _new = t.spawn_worker("b", &[]);
+    let new = t.spawn_worker("b", &[]);
     t.wait_consumers("a", 2).await;
     t.wait_consumers("b", 2).await;
     let slip = [hop("a", &Default::default()), hop("b", &Default::default()), warren::Hop::new("sink")];
@@ -335,5 +335,9 @@ async fn a_mixed_fleet_gets_only_envelopes_it_reads_and_writers_go_compact_once_
     assert_eq!(writes("2"), compact_before, "nothing compact after the old reader came back");
     assert_eq!(dead_letters(&t).await, (Some(0), Some(0)));
     assert_eq!(sink.duplicates().await, 0);
+    // The workers go before their queues do, or they would declare them again on the way out.
+    for mut w in a.into_iter().chain([new, old_again]) {
+        let _ = w.kill().await;
+    }
     t.cleanup().await;
 }
