@@ -45,6 +45,8 @@ pub(crate) struct Readers {
 struct Gauges {
     writes: [metrics::Counter; 2],
     version: metrics::Gauge,
+    /// The version a hand-off uses now: decided when what is known changes, not per message.
+    current: u16,
 }
 
 impl Gauges {
@@ -53,6 +55,7 @@ impl Gauges {
         Self {
             writes: [writes("1"), writes("2")],
             version: metrics::gauge!("warren_envelope_version", "step" => step.to_owned(), "to" => to.to_owned()),
+            current: ENVELOPE_VERSION,
         }
     }
 }
@@ -88,24 +91,33 @@ impl Readers {
     /// consumer of its queue is a live worker that said it reads it.
     pub(crate) fn envelope_for(&self, step: &str) -> u16 {
         let Ok(mut st) = self.state.lock() else { return self.pinned.unwrap_or(ENVELOPE_VERSION) };
-        let version = self.pinned.unwrap_or_else(|| decide(&st, step, now_ms()));
         if !st.wanted.contains_key(step) {
-            let gauges = Gauges::new(&self.step, step);
+            let mut gauges = Gauges::new(&self.step, step);
+            gauges.current = self.pinned.unwrap_or_else(|| decide(&st, step, now_ms()));
+            gauges.version.set(f64::from(gauges.current));
             st.wanted.insert(step.to_owned(), gauges);
         }
-        if let Some(g) = st.wanted.get(step) {
-            g.writes[usize::from(version == ENVELOPE_COMPACT)].increment(1);
-            g.version.set(f64::from(version));
-        }
-        version
+        let Some(g) = st.wanted.get(step) else { return ENVELOPE_VERSION };
+        g.writes[usize::from(g.current == ENVELOPE_COMPACT)].increment(1);
+        g.current
     }
 
-    /// Sets each next step's `warren_envelope_version` to what a hand-off would use now.
+    /// Decides again, for each next step, what a hand-off uses (after a registry record, and
+    /// every second with the consumer counts, so a worker gone silent drops out in time), and
+    /// sets `warren_envelope_version`.
     fn refresh(&self) {
-        let Ok(st) = self.state.lock() else { return };
+        let Ok(mut st) = self.state.lock() else { return };
         let now = now_ms();
-        for (step, g) in &st.wanted {
-            g.version.set(f64::from(self.pinned.unwrap_or_else(|| decide(&st, step, now))));
+        let decided: Vec<(String, u16)> = st
+            .wanted
+            .keys()
+            .map(|step| (step.clone(), self.pinned.unwrap_or_else(|| decide(&st, step, now))))
+            .collect();
+        for (step, version) in decided {
+            if let Some(g) = st.wanted.get_mut(&step) {
+                g.current = version;
+                g.version.set(f64::from(version));
+            }
         }
     }
 
