@@ -160,6 +160,19 @@ async fn an_operator_replays_a_fixed_failure_from_the_console_and_a_viewer_canno
 
     // The viewer sees the failure group, without replay buttons, and cannot replay.
     let (viewer, viewer_csrf) = sign_in(&addr, VIEWER);
+    // The jobs list (the console's live model of the stream) lists the dead job with its error,
+    // once loaded; filtered by state.
+    let row = format!("data-job=\"{job}\"");
+    wait_for("the jobs list loaded", Duration::from_secs(30), || async {
+        let list = http(&addr, "GET", "/?state=dead", Some(&viewer), None)?;
+        (!list.body.contains("id=\"loading\"")).then_some(list)
+    })
+    .await;
+    let list = http(&addr, "GET", "/?state=dead", Some(&viewer), None).expect("jobs list");
+    assert!(list.body.contains(&row) && list.body.contains("jobs 1–1 of 1"), "{}", list.body);
+    assert!(list.body.contains("sample.txt"), "the error shows: {}", list.body);
+    let list = http(&addr, "GET", "/?state=done", Some(&viewer), None).expect("jobs list");
+    assert!(!list.body.contains(&row) && list.body.contains("jobs 0–0 of 0"), "{}", list.body);
     let failures = http(&addr, "GET", "/failures", Some(&viewer), None).expect("failures");
     assert_eq!(failures.status, 200);
     let group = value_after(&failures.body, "data-group=\"").expect("a failure group");
@@ -201,6 +214,10 @@ async fn an_operator_replays_a_fixed_failure_from_the_console_and_a_viewer_canno
         page.body.contains("id=\"job-state\">done<").then_some(())
     })
     .await;
+    // The list holds every event published before it was asked: the job is done there at once.
+    let list = http(&addr, "GET", "/?state=done", Some(&viewer), None).expect("jobs list");
+    assert!(list.body.contains(&row), "{}", list.body);
+    assert!(!http(&addr, "GET", "/?state=dead", Some(&viewer), None).expect("list").body.contains(&row));
     let page = http(&addr, "GET", &format!("/jobs/{job}"), Some(&operator), None).expect("job page");
     assert!(
         page.body.contains("replay by console-operator") && page.body.contains("the workers have a data root now"),

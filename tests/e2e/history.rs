@@ -212,3 +212,43 @@ async fn submit_wait_exits_by_how_the_job_ended() {
     std::fs::remove_dir_all(&artifacts).ok();
     t.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_from_a_time_starts_where_the_batches_stamps_say_not_at_the_streams_start() {
+    // 60 batches written just now (so the broker's own time index says "now" for all of them) but
+    // stamped, as writers stamp them, a minute apart over the last hour: a read from 20 minutes
+    // ago must start at the batch before the 40th, and still hold every event from then on.
+    let t = TestNs::new("seek").await;
+    warren::Declarer::new(&t.broker, &t.names).base().await.expect("base topology");
+    let now = warren::envelope::now_ms();
+    let publisher = t.broker.publisher().await.expect("publisher");
+    let at = |i: u64| now - (60 - i) * 60_000;
+    for i in 0..60u64 {
+        let mut e = warren::JobEvent::new(
+            EventKind::Succeeded,
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            "p".into(),
+            "s".into(),
+            "w".into(),
+            1,
+        );
+        e.at_ms = at(i);
+        let body = warren::events::EventBatch::new(vec![e]).encode().expect("encode");
+        let props = lapin::BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/msgpack".into())
+            .with_type(warren::events::EVENTS_SCHEMA.into())
+            .with_timestamp(at(i) / 1000);
+        publisher.publish(&t.names.events(), "seek", &body, props).await.expect("publish");
+    }
+    let since = at(40) - 1_000;
+    let offset = warren::events::offset_before(&t.broker, &t.names, since).await.expect("bisect");
+    assert_eq!(offset, Some(39), "the last batch stamped before the 40th minute");
+    let read = warren::events::read_to_now(&t.broker, &t.names, warren::events::From::Time(since)).await.expect("read");
+    let times: Vec<u64> = read.iter().map(|e| e.at_ms).collect();
+    assert_eq!(times, (40..60).map(at).collect::<Vec<_>>(), "every event from then on, nothing before");
+    // Before the first stamp: no offset (read from the start); the broker's index decides.
+    assert_eq!(warren::events::offset_before(&t.broker, &t.names, at(0) - 60_000).await.expect("bisect"), None);
+    t.cleanup().await;
+}

@@ -5,7 +5,10 @@ use std::{process::ExitCode, time::Duration};
 
 use uuid::Uuid;
 use warren::{Config, EventKind, JobEvent, events::format_time};
-use warren_ops::history::{JobState, JobView};
+use warren_ops::{
+    digest::{JobRow, JobRows},
+    history::{JobState, JobView},
+};
 
 use crate::{Fail, Outcome, connect, parse_age};
 
@@ -173,7 +176,7 @@ fn window(args: &JobsArgs) -> Result<(u64, Option<u64>), Fail> {
     Ok((since, args.until))
 }
 
-fn select(jobs: Vec<JobView>, args: &JobsArgs, since: u64, until: Option<u64>) -> Result<Vec<JobView>, Fail> {
+fn select(jobs: Vec<JobRow>, args: &JobsArgs, since: u64, until: Option<u64>) -> Result<Vec<JobRow>, Fail> {
     let state = match args.state.as_deref() {
         Some(s) => Some(
             JobState::parse(s)
@@ -184,12 +187,12 @@ fn select(jobs: Vec<JobView>, args: &JobsArgs, since: u64, until: Option<u64>) -
     Ok(jobs
         .into_iter()
         .filter(|j| j.submitted_ms >= since && until.is_none_or(|u| j.submitted_ms < u))
-        .filter(|j| args.pipeline.as_deref().is_none_or(|p| p == j.pipeline))
+        .filter(|j| args.pipeline.as_deref().is_none_or(|p| p == &*j.pipeline))
         .filter(|j| state.is_none_or(|s| s == j.state))
         .collect())
 }
 
-fn row(j: &JobView) -> serde_json::Value {
+fn row(j: &JobRow) -> serde_json::Value {
     serde_json::json!({
         "job": j.job.to_string(),
         "pipeline": j.pipeline,
@@ -198,20 +201,20 @@ fn row(j: &JobView) -> serde_json::Value {
         "submitted": format_time(j.submitted_ms),
         "submitted_ms": j.submitted_ms,
         "duration_ms": j.duration_ms,
-        "error": j.dead.first().map(|d| d.error.clone()),
+        "error": j.error,
     })
 }
 
-fn print_rows(jobs: &[JobView], header: bool) {
+fn print_rows(jobs: &[JobRow], header: bool) {
     let rows: Vec<Vec<String>> = jobs
         .iter()
         .map(|j| {
             vec![
                 j.job.to_string(),
                 format_time(j.submitted_ms),
-                j.pipeline.clone(),
+                j.pipeline.to_string(),
                 j.state.as_str().to_owned(),
-                j.step.clone(),
+                j.step.to_string(),
                 j.duration_ms.map(duration).unwrap_or_else(|| "-".into()),
             ]
         })
@@ -220,13 +223,19 @@ fn print_rows(jobs: &[JobView], header: bool) {
     crate::print_raw(&crate::table(header, rows, &[5]));
 }
 
-/// `warren jobs`.
+/// `warren jobs`: the window's events (from where the stream's write times say the window
+/// begins) folded straight into rows, a compact state per job ([`JobRows`]).
 pub async fn jobs(config: &Config, args: JobsArgs, json: bool) -> Outcome {
     let (since, until) = window(&args)?;
     // Events of a job come after it was submitted; a minute before the window covers clock skew.
     let op = connect(config).await?;
-    let all = op.events(warren::events::From::Time(since.saturating_sub(60_000))).await?;
-    let mut jobs = select(warren_ops::history::fold(&all, args.rpc), &args, since, until)?;
+    let events = op.events(warren::events::From::Time(since.saturating_sub(60_000))).await?;
+    let mut rows = JobRows::new(args.rpc);
+    for e in &events {
+        rows.push(e);
+    }
+    drop(events);
+    let mut jobs = select(rows.rows_since(since), &args, since, until)?;
     if jobs.len() > args.limit {
         eprintln!("showing the newest {} of {} jobs (--limit N shows more)", args.limit, jobs.len());
         jobs.truncate(args.limit);
@@ -242,23 +251,19 @@ pub async fn jobs(config: &Config, args: JobsArgs, json: bool) -> Outcome {
         print_rows(&jobs, true);
         return Ok(ExitCode::SUCCESS);
     }
-    follow(op, all, jobs, &args, since, json).await
+    follow(op, rows, jobs, &args, since, json).await
 }
 
 /// `warren jobs --follow`: each job again whenever its state changes, folded incrementally.
 async fn follow(
     op: warren_ops::Operator,
-    events: Vec<JobEvent>,
-    listed: Vec<JobView>,
+    mut rows: JobRows,
+    listed: Vec<JobRow>,
     args: &JobsArgs,
     since: u64,
     json: bool,
 ) -> Outcome {
     let mut rx = warren::events::subscribe_from(op.client().broker(), op.names(), warren::events::From::Next).await?;
-    let mut jobs = warren_ops::history::Jobs::new(args.rpc);
-    for e in events {
-        jobs.push(e);
-    }
     let mut shown: std::collections::BTreeMap<Uuid, JobState> = listed.iter().map(|j| (j.job, j.state)).collect();
     if !json {
         print_rows(&listed.iter().rev().cloned().collect::<Vec<_>>(), true);
@@ -270,22 +275,24 @@ async fn follow(
             _ = &mut stop => return Ok(ExitCode::SUCCESS),
             e = rx.recv() => match e { Some(e) => e, None => return Err(Fail::from("the events stream closed")) },
         };
-        let relevant = e.kind != EventKind::Report;
-        for job in jobs.push(e).into_iter().filter(|_| relevant) {
-            let Some(view) = jobs.view(job) else { continue };
-            if select(vec![view.clone()], args, since, None)?.is_empty() || shown.get(&job) == Some(&view.state) {
-                continue;
-            }
-            shown.insert(job, view.state);
-            if json {
-                outln!("{}", row(&view));
-            } else {
-                print_rows(&[view], false);
-            }
-        }
         // Keep memory bounded on a long follow: now and then, forget jobs quiet for an hour.
         if seen % 10_000 == 0 {
-            jobs.forget_before(warren::envelope::now_ms().saturating_sub(3_600_000));
+            let _ = rows.forget_before(warren::envelope::now_ms().saturating_sub(3_600_000));
+        }
+        if e.kind == EventKind::Report {
+            rows.push(&e);
+            continue;
+        }
+        let Some(job) = rows.push(&e) else { continue };
+        let Some(view) = rows.row(job) else { continue };
+        if select(vec![view.clone()], args, since, None)?.is_empty() || shown.get(&job) == Some(&view.state) {
+            continue;
+        }
+        shown.insert(job, view.state);
+        if json {
+            outln!("{}", row(&view));
+        } else {
+            print_rows(&[view], false);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -25,6 +25,7 @@
 
 pub mod audit;
 pub mod describe;
+pub mod digest;
 pub mod dlq;
 pub mod edit;
 pub mod error;

@@ -12,6 +12,8 @@
 //!   steps with charts over time; `models`: the registry's page and its actions.
 //! - `actions`: replay (with checked edits), purge, cancel, re-run.
 //! - `charts`: bars per minute as inline SVG.
+//! - `history`: the live read model of the jobs list (the last `--history-hours` of jobs, a
+//!   row each, kept up to date from the events stream).
 //!
 //! The one script (live reload on job events) and the stylesheet (light and dark) are embedded.
 
@@ -28,6 +30,7 @@ macro_rules! signed_in_or_return {
 mod actions;
 mod auth;
 mod charts;
+mod history;
 mod html;
 mod models;
 mod pages;
@@ -67,6 +70,10 @@ pub struct ConsoleArgs {
     /// Steps whose dead letters to show besides the registered ones (repeatable).
     #[arg(long)]
     step: Vec<String>,
+    /// Hours of jobs the console keeps listed in memory, kept up to date from the events stream
+    /// (1 to 168); the jobs page reads windows further back from the stream.
+    #[arg(long, default_value_t = 24, value_name = "HOURS", value_parser = clap::value_parser!(u64).range(1..=168))]
+    history_hours: u64,
 }
 
 /// What a session may do.
@@ -91,6 +98,9 @@ struct App {
     extra_steps: Vec<String>,
     /// Ready messages per step, sampled every [`charts::SAMPLE_EVERY`] for the queues' charts.
     depths: Mutex<charts::Depths>,
+    /// The jobs of the last `jobs_hours` hours, kept live.
+    jobs: Arc<history::LiveJobs>,
+    jobs_hours: u64,
 }
 
 type Shared = Arc<App>;
@@ -122,8 +132,12 @@ pub async fn run(config: &Config, args: ConsoleArgs) -> Outcome {
         sessions: Mutex::new(HashMap::new()),
         extra_steps: args.step,
         depths: Mutex::new(charts::Depths::new()),
+        jobs: history::LiveJobs::new(args.history_hours * 3_600_000),
+        jobs_hours: args.history_hours,
     });
     tokio::spawn(sample_depths(app.clone()));
+    let (broker, names) = (app.op.client().broker().clone(), app.op.names().clone());
+    tokio::spawn(app.jobs.clone().run(broker, names));
     eprintln!("console of namespace {} on http://{}/", config.namespace, args.listen);
     axum::serve(listener, router(app)).with_graceful_shutdown(warren::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)

@@ -11,7 +11,10 @@ use axum::{
 use serde::Deserialize;
 use uuid::Uuid;
 use warren::events::format_time;
-use warren_ops::history::{JobState, JobView};
+use warren_ops::{
+    digest::JobRow,
+    history::{JobState, JobView},
+};
 
 use super::{
     App, Role, Session, Shared, charts,
@@ -20,6 +23,18 @@ use super::{
 
 /// Jobs on one page of the list.
 pub const PAGE_SIZE: usize = 50;
+
+/// Jobs submitted from `since_ms` on as rows, read from the stream (for windows further back
+/// than the live model keeps).
+async fn read_rows(app: &App, since_ms: u64) -> Result<Vec<JobRow>, String> {
+    let from = warren::events::From::Time(since_ms.saturating_sub(60_000));
+    let events = app.op.events(from).await.map_err(|e| e.to_string())?;
+    let mut rows = warren_ops::digest::JobRows::new(false);
+    for e in &events {
+        rows.push(e);
+    }
+    Ok(rows.rows_since(since_ms))
+}
 
 async fn read_jobs(app: &App, since_ms: u64) -> Result<Vec<JobView>, String> {
     let from = warren::events::From::Time(since_ms.saturating_sub(60_000));
@@ -40,14 +55,16 @@ pub struct JobsQuery {
 }
 
 impl JobsQuery {
-    fn keeps(&self, j: &JobView, since: u64) -> bool {
+    /// The filter of the list: whether it keeps a job (by its id, state and pipeline).
+    fn filter(&self) -> impl Fn(Uuid, JobState, &str) -> bool + use<> {
         let state = self.state.as_deref().filter(|s| !s.is_empty()).and_then(JobState::parse);
-        let pipeline = self.pipeline.as_deref().filter(|p| !p.is_empty());
-        let needle = self.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
-        j.submitted_ms >= since
-            && state.is_none_or(|st| st == j.state)
-            && pipeline.is_none_or(|p| p == j.pipeline)
-            && needle.is_none_or(|q| j.job.to_string().contains(&q.to_ascii_lowercase()))
+        let pipeline: Option<String> = self.pipeline.clone().filter(|p| !p.is_empty());
+        let needle = self.q.as_deref().map(str::trim).filter(|q| !q.is_empty()).map(str::to_ascii_lowercase);
+        move |job: Uuid, s: JobState, p: &str| {
+            state.is_none_or(|st| st == s)
+                && pipeline.as_deref().is_none_or(|want| want == p)
+                && needle.as_deref().is_none_or(|q| job.to_string().contains(q))
+        }
     }
 
     /// The query string of another page of the same list.
@@ -73,8 +90,8 @@ fn encode(v: &str) -> String {
         .collect()
 }
 
-fn job_row(j: &JobView) -> Markup {
-    let error = j.dead.first().map(|d| d.error.as_str()).unwrap_or("");
+fn job_row(j: &JobRow) -> Markup {
+    let error = j.error.as_deref().unwrap_or("");
     html!(
         "<tr class=\"{}\" data-job=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td class=\"state\">{}</td><td>{}</td>\
          <td>{}</td><td class=\"error clip\" title=\"{}\">{}</td></tr>",
@@ -82,24 +99,22 @@ fn job_row(j: &JobView) -> Markup {
         j.job,
         job_link(&j.job.to_string()),
         format_time(j.submitted_ms),
-        j.pipeline,
+        &*j.pipeline,
         j.state.as_str(),
-        j.step,
+        &*j.step,
         j.duration_ms.map(crate::jobs::duration).unwrap_or_else(|| "-".into()),
         error,
         error.lines().next().unwrap_or("")
     )
 }
 
-/// The list's table and its pager.
-fn jobs_table(jobs: &[&JobView], q: &JobsQuery) -> Markup {
-    let pages = jobs.len().div_ceil(PAGE_SIZE).max(1);
-    let page = q.page.unwrap_or(1).clamp(1, pages);
-    let shown = jobs.iter().skip((page - 1) * PAGE_SIZE).take(PAGE_SIZE);
-    let rows = Markup::concat(shown.map(|j| job_row(j)));
-    let first = if jobs.is_empty() { 0 } else { (page - 1) * PAGE_SIZE + 1 };
-    let last = (page * PAGE_SIZE).min(jobs.len());
-    let mut pager = html!("<p class=\"pager\" id=\"pager\">jobs {}–{} of {}", first, last, jobs.len());
+/// The list's table and its pager: `shown`, page `page` of `total` jobs.
+fn jobs_table(shown: &[JobRow], total: usize, page: usize, q: &JobsQuery) -> Markup {
+    let pages = total.div_ceil(PAGE_SIZE).max(1);
+    let rows = Markup::concat(shown.iter().map(job_row));
+    let first = if total == 0 { 0 } else { (page - 1) * PAGE_SIZE + 1 };
+    let last = (page * PAGE_SIZE).min(total);
+    let mut pager = html!("<p class=\"pager\" id=\"pager\">jobs {}–{} of {}", first, last, total);
     if page > 1 {
         pager.push(html!(" · <a href=\"/?{}\" id=\"newer\">newer</a>", q.with_page(page - 1)));
     }
@@ -135,15 +150,43 @@ pub async fn jobs_page(State(app): State<Shared>, headers: HeaderMap, Query(q): 
     let s = signed_in_or_return!(app, headers);
     let hours = q.hours.unwrap_or(24).clamp(1, 24 * 7);
     let since = warren::envelope::now_ms().saturating_sub(hours * 3_600_000);
-    let jobs = match read_jobs(&app, since).await {
-        Ok(j) => j,
-        Err(e) => {
-            let message = format!("cannot read the events stream: {e}");
-            return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&s), &message);
+    let keep = q.filter();
+    let wanted = q.page.unwrap_or(1).max(1);
+    let (shown, total, page_no, loading) = if app.jobs.covers(since) {
+        // From the live model, once it holds what was published before this request (as a read
+        // of the stream would); a page past the end shows the last one.
+        let (broker, names) = (app.op.client().broker(), app.op.names());
+        app.jobs.sync(broker, names, std::time::Duration::from_secs(2)).await;
+        let mut snap = app.jobs.page(since, &keep, (wanted - 1) * PAGE_SIZE, PAGE_SIZE);
+        let last = wanted.min(snap.total.div_ceil(PAGE_SIZE).max(1));
+        if last != wanted {
+            snap = app.jobs.page(since, &keep, (last - 1) * PAGE_SIZE, PAGE_SIZE);
         }
+        (snap.rows, snap.total, last, snap.loading)
+    } else {
+        // Further back than the model keeps: read the window and fold it into rows.
+        let rows = match read_rows(&app, since).await {
+            Ok(r) => r,
+            Err(e) => {
+                let message = format!("cannot read the events stream: {e}");
+                return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&s), &message);
+            }
+        };
+        let kept: Vec<JobRow> = rows.into_iter().filter(|r| keep(r.job, r.state, &r.pipeline)).collect();
+        let last = wanted.min(kept.len().div_ceil(PAGE_SIZE).max(1));
+        let shown = kept.iter().skip((last - 1) * PAGE_SIZE).take(PAGE_SIZE).cloned().collect();
+        (shown, kept.len(), last, None)
     };
-    let kept: Vec<&JobView> = jobs.iter().filter(|j| q.keeps(j, since)).collect();
-    let table = jobs_table(&kept, &q);
+    let mut table = Markup::default();
+    if let Some(read) = loading {
+        table.push(html!(
+            "<p class=\"notice\" id=\"loading\">Loading the jobs of the last {} hours: {} events read so far; \
+             the list fills in as they are.</p>",
+            app.jobs_hours,
+            read
+        ));
+    }
+    table.push(jobs_table(&shown, total, page_no, &q));
     if q.partial == Some(1) {
         return Html(table.into_string()).into_response();
     }

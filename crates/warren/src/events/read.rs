@@ -44,7 +44,8 @@ pub async fn subscribe_from(
     crate::Declarer::new(broker, names).ensure_base().await?;
     let ch = broker.channel().await?;
     ch.basic_qos(500, BasicQosOptions::default()).await.map_err(BrokerError::amqp("basic.qos"))?;
-    let mut consumer = consume_events(&ch, names, from).await?;
+    let start = start_at(broker, names, from).await?;
+    let mut consumer = consume_events(&ch, names, start).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(Ok(delivery)) = consumer.next().await {
@@ -61,13 +62,25 @@ pub async fn subscribe_from(
     Ok(rx)
 }
 
-/// A consumer of `{ns}.events` from `from` on `ch`.
-async fn consume_events(ch: &lapin::Channel, names: &Names, from: From) -> Result<lapin::Consumer, BrokerError> {
-    let offset = match from {
+/// The `x-stream-offset` a read from `from` starts at: for a time, the offset [`seek`] finds
+/// (else the time itself, for the broker's index).
+async fn start_at(broker: &Broker, names: &Names, from: From) -> Result<AMQPValue, BrokerError> {
+    Ok(match from {
         From::First => AMQPValue::LongString("first".into()),
         From::Next => AMQPValue::LongString("next".into()),
-        From::Time(ms) => AMQPValue::Timestamp(ms / 1000),
-    };
+        From::Time(ms) => match offset_before(broker, names, ms).await {
+            Ok(Some(offset)) => AMQPValue::LongLongInt(i64::try_from(offset).unwrap_or(i64::MAX)),
+            Ok(None) => AMQPValue::Timestamp(ms / 1000),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot bisect the events stream; seeking by the broker's time index");
+                AMQPValue::Timestamp(ms / 1000)
+            }
+        },
+    })
+}
+
+/// A consumer of `{ns}.events` from `offset` (an `x-stream-offset` value) on `ch`.
+async fn consume_events(ch: &lapin::Channel, names: &Names, offset: AMQPValue) -> Result<lapin::Consumer, BrokerError> {
     let mut args = FieldTable::default();
     args.insert("x-stream-offset".into(), offset);
     ch.basic_consume(names.events().as_str().into(), "".into(), BasicConsumeOptions::default(), args)
@@ -75,12 +88,38 @@ async fn consume_events(ch: &lapin::Channel, names: &Names, from: From) -> Resul
         .map_err(BrokerError::amqp("basic.consume events"))
 }
 
-/// Reads the events from `from` up to the stream's tail as it was when the read began: it first
-/// appends an empty batch carrying a mark of its own (with a confirm), then reads until it meets
-/// it. Under any load the read ends; it never waits for the stream to go quiet.
-pub async fn read_to_now(broker: &Broker, names: &Names, from: From) -> Result<Vec<JobEvent>, TopologyError> {
+/// Follows `{ns}.events` from `from`, handing whole batches (end marks too) to the returned
+/// receiver, which holds at most `capacity`: a reader that folds slower than the stream is read
+/// holds the stream back instead of buffering it. Ends when the receiver is dropped or the
+/// connection ends (the receiver then yields `None`).
+pub async fn follow_batches(
+    broker: &Broker,
+    names: &Names,
+    from: From,
+    capacity: usize,
+) -> Result<mpsc::Receiver<EventBatch>, TopologyError> {
     crate::Declarer::new(broker, names).ensure_base().await?;
-    let mark = Uuid::now_v7();
+    let ch = broker.channel().await?;
+    ch.basic_qos(200, BasicQosOptions::default()).await.map_err(BrokerError::amqp("basic.qos"))?;
+    let start = start_at(broker, names, from).await?;
+    let mut consumer = consume_events(&ch, names, start).await?;
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    tokio::spawn(async move {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            let Ok(batch) = EventBatch::decode(&delivery.data) else { continue };
+            if tx.send(batch).await.is_err() {
+                break;
+            }
+        }
+        let _ = ch.close(200, "done".into()).await;
+    });
+    Ok(rx)
+}
+
+/// Appends the end mark `mark` (a fresh id) to `{ns}.events`, with a confirm: a reader that
+/// meets it has read everything published before.
+pub async fn mark(broker: &Broker, names: &Names, mark: Uuid) -> Result<Uuid, BrokerError> {
     // A mark is an empty batch of version 1, which every events reader ever written reads (as
     // no events) whatever version the deployment writes.
     let batch = EventBatch { mark: Some(mark), ..EventBatch::new(Vec::new()) };
@@ -88,8 +127,18 @@ pub async fn read_to_now(broker: &Broker, names: &Names, from: From) -> Result<V
     let props = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type(CONTENT_TYPE.into())
-        .with_type(events_schema(1).into());
+        .with_type(events_schema(1).into())
+        .with_timestamp(crate::envelope::now_ms() / 1000);
     broker.publisher().await?.publish(&names.events(), "mark", &body, props).await?;
+    Ok(mark)
+}
+
+/// Reads the events from `from` up to the stream's tail as it was when the read began: it first
+/// appends an empty batch carrying a mark of its own (with a confirm), then reads until it meets
+/// it. Under any load the read ends; it never waits for the stream to go quiet.
+pub async fn read_to_now(broker: &Broker, names: &Names, from: From) -> Result<Vec<JobEvent>, TopologyError> {
+    crate::Declarer::new(broker, names).ensure_base().await?;
+    let mark = mark(broker, names, Uuid::now_v7()).await?;
     let ch = broker.channel().await?;
     ch.basic_qos(1000, BasicQosOptions::default()).await.map_err(BrokerError::amqp("basic.qos"))?;
     let since_ms = match from {
@@ -103,7 +152,8 @@ pub async fn read_to_now(broker: &Broker, names: &Names, from: From) -> Result<V
         From::Time(ms) => From::Time(ms.min(crate::envelope::now_ms().saturating_sub(5_000))),
         other => other,
     };
-    let mut consumer = consume_events(&ch, names, from).await?;
+    let start = start_at(broker, names, from).await?;
+    let mut consumer = consume_events(&ch, names, start).await?;
     let mut events = Vec::new();
     let read = async {
         while let Some(delivery) = consumer.next().await {
@@ -124,5 +174,95 @@ pub async fn read_to_now(broker: &Broker, names: &Names, from: From) -> Result<V
         Ok(Ok(())) => Ok(events),
         Ok(Err(e)) => Err(e.into()),
         Err(_) => Err(BrokerError::Pool("reading the events stream took longer than 2 minutes".into()).into()),
+    }
+}
+
+/// Where a read from `ms` on starts: the offset of the last batch published before `ms`,
+/// found by bisecting the stream on the batches' AMQP `timestamp` (when their writer published
+/// them). Each probe reads one message; a stream of 10,000 batches takes 14. `None` when the
+/// stream has nothing before `ms`, or a batch without a timestamp (a writer that set none) makes
+/// the search unsure: then the broker's own time index (second precision, chunk granularity)
+/// decides. The broker's index says when chunks reached it, in whole seconds; a chunk can hold
+/// thousands of batches, and history loaded or copied in at once all looks "just now" to it.
+/// The stamps are the writers' clocks (readers start a minute early for their skew).
+///
+/// Probes on a channel of their own, one message in flight each.
+pub async fn offset_before(broker: &Broker, names: &Names, ms: u64) -> Result<Option<u64>, BrokerError> {
+    let ch = broker.channel().await?;
+    ch.basic_qos(1, BasicQosOptions::default()).await.map_err(BrokerError::amqp("basic.qos"))?;
+    let found = seek(&ch, names, ms).await;
+    let _ = ch.close(200, "seek".into()).await;
+    found
+}
+
+/// [`offset_before`] on a channel of its own.
+async fn seek(ch: &lapin::Channel, names: &Names, ms: u64) -> Result<Option<u64>, BrokerError> {
+    let target = ms / 1000;
+    let Some((mut lo, first_ts)) = probe(ch, names, AMQPValue::LongString("first".into())).await? else {
+        return Ok(None);
+    };
+    if first_ts.is_none_or(|t| t >= target) {
+        return Ok(None);
+    }
+    let Some((mut hi, _)) = probe(ch, names, AMQPValue::LongString("last".into())).await? else {
+        return Ok(None);
+    };
+    // Invariant: the batch at `lo` was published before the target second; `hi` is past it or
+    // the last chunk.
+    for _ in 0..64 {
+        if hi <= lo + 1 {
+            break;
+        }
+        let mid = lo + (hi - lo) / 2;
+        let Some((at, ts)) = probe(ch, names, AMQPValue::LongLongInt(mid as i64)).await? else { break };
+        match ts {
+            None => return Ok(None),
+            Some(t) if t < target => lo = at.max(mid),
+            Some(_) => hi = mid,
+        }
+    }
+    Ok(Some(lo))
+}
+
+/// The offset and the timestamp of the first stamped message a consumer from `offset`
+/// receives (else of the last of the 8 it looked at); `None` when none comes within 5 seconds.
+async fn probe(
+    ch: &lapin::Channel,
+    names: &Names,
+    offset: AMQPValue,
+) -> Result<Option<(u64, Option<u64>)>, BrokerError> {
+    let mut args = FieldTable::default();
+    args.insert("x-stream-offset".into(), offset);
+    let mut consumer = ch
+        .basic_consume(names.events().as_str().into(), "".into(), BasicConsumeOptions::default(), args)
+        .await
+        .map_err(BrokerError::amqp("basic.consume events"))?;
+    // An end mark of a reader before 1.3 has no stamp: the next few messages may.
+    let mut found = None;
+    for _ in 0..8 {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), consumer.next()).await;
+        let Ok(Some(delivery)) = next else { break };
+        let delivery = delivery.map_err(BrokerError::amqp("events delivery"))?;
+        let Some(offset) = stream_offset(&delivery) else { break };
+        let stamp = *delivery.properties.timestamp();
+        found = Some((offset, stamp));
+        if stamp.is_some() {
+            break;
+        }
+        let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+    }
+    let _ = ch.basic_cancel(consumer.tag(), Default::default()).await;
+    Ok(found)
+}
+
+/// A stream delivery's offset (its `x-stream-offset` header).
+fn stream_offset(delivery: &lapin::message::Delivery) -> Option<u64> {
+    let value = delivery.properties.headers().as_ref()?.inner().get("x-stream-offset")?.clone();
+    match value {
+        AMQPValue::LongLongInt(n) => u64::try_from(n).ok(),
+        AMQPValue::LongInt(n) => u64::try_from(n).ok(),
+        AMQPValue::LongUInt(n) => Some(u64::from(n)),
+        AMQPValue::Timestamp(n) => Some(n),
+        _ => None,
     }
 }
