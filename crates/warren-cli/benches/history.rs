@@ -4,8 +4,9 @@
 //! `BENCH_HOURS` hours, default 24, as version-2 batches of 1,000 events, each stamped with the
 //! time its events say it was written), then times, `BENCH_TRIES` times each (default 3):
 //! `warren jobs --since 1h` and `--since 24h` (the real binary), the console's start-up (until
-//! its live jobs list has caught up with the stream; with its memory then) and its jobs page
-//! (`warren console`, signed in, `GET /?hours=24`). Deletes the namespace's queues at the end.
+//! its live jobs list has caught up with the stream; with its memory then), its jobs page
+//! (`warren console`, signed in, `GET /?hours=24`) and the page of the job submitted in the
+//! middle of the window. Deletes the namespace's queues at the end.
 //!
 //! ```sh
 //! cargo bench -p warren-cli --bench history
@@ -71,8 +72,9 @@ fn job_events(n: u64, at_ms: u64, worker: &Arc<str>, pipeline: &Arc<str>) -> Vec
     out
 }
 
-/// Publishes `events` events (`events / 10` jobs) spread over the last `hours` hours.
-async fn fill(broker: &Broker, names: &Names, events: u64, hours: u64) -> Res<()> {
+/// Publishes `events` events (`events / 10` jobs) spread over the last `hours` hours; returns
+/// the id of the job in the middle.
+async fn fill(broker: &Broker, names: &Names, events: u64, hours: u64) -> Res<Uuid> {
     let jobs = events / 10;
     let now = warren::envelope::now_ms();
     let span = hours * 3_600_000;
@@ -110,7 +112,8 @@ async fn fill(broker: &Broker, names: &Names, events: u64, hours: u64) -> Res<()
         warren::Publisher::check(c?, &exchange, "bench")?;
     }
     println!("  {events} events written in {:.0} s", started.elapsed().as_secs_f64());
-    Ok(())
+    let middle = jobs / 2;
+    Ok(job_id(now - span + span * middle / jobs.max(1), middle))
 }
 
 /// One HTTP/1.0 request; returns the status, the headers and the body.
@@ -160,7 +163,7 @@ fn main() -> Res<()> {
         events / 10
     );
     let outcome = (|| -> Res<()> {
-        rt.block_on(fill(&broker, &names, events, hours))?;
+        let middle = rt.block_on(fill(&broker, &names, events, hours))?;
         println!("\n{:<34} {:>9} {:>9} {:>9}", "what", "try 1 s", "median s", "rows");
         for window in ["1h", "24h"] {
             let mut cli = Vec::new();
@@ -187,7 +190,7 @@ fn main() -> Res<()> {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()?;
-        let result = (|console: &std::process::Child| -> Res<()> {
+        let result = (|console: &std::process::Child, middle: Uuid| -> Res<()> {
             let end = Instant::now() + Duration::from_secs(30);
             let cookie = loop {
                 if let Ok((_, head, _)) = http(&addr, "POST", "/login", None, Some(&format!("token={token}"))) {
@@ -240,8 +243,18 @@ fn main() -> Res<()> {
                 rows = body.matches("<tr").count().saturating_sub(1);
             }
             report("console jobs page (24 h)", &page, rows);
+            let mut page = Vec::new();
+            for _ in 0..tries {
+                let t = Instant::now();
+                let (code, _, body) = http(&addr, "GET", &format!("/jobs/{middle}"), Some(&cookie), None)?;
+                page.push(t.elapsed().as_secs_f64());
+                if code != 200 || !body.contains("id=\"job-state\">done<") {
+                    return Err(format!("the job page answered {code}: {body}").into());
+                }
+            }
+            report(&format!("console job page ({} h old job)", hours / 2), &page, 1);
             Ok(())
-        })(&console);
+        })(&console, middle);
         let _ = console.kill();
         let _ = console.wait();
         result

@@ -126,6 +126,14 @@ impl LiveJobs {
         Snapshot { rows, total, loading }
     }
 
+    /// When the model last heard of `job` (once loaded).
+    pub fn last_event_ms(&self, job: Uuid) -> Option<u64> {
+        if !self.loaded.load(Ordering::Acquire) {
+            return None;
+        }
+        self.inner.lock().ok()?.fold.digest(job).map(JobDigest::last_ms)
+    }
+
     /// Waits (at most `within`) until the model holds every event published before the call, as
     /// a page read from the stream would: it appends a mark and waits for the model to meet it.
     /// Returns whether it did; a model still loading returns at once.

@@ -36,12 +36,6 @@ async fn read_rows(app: &App, since_ms: u64) -> Result<Vec<JobRow>, String> {
     Ok(rows.rows_since(since_ms))
 }
 
-async fn read_jobs(app: &App, since_ms: u64) -> Result<Vec<JobView>, String> {
-    let from = warren::events::From::Time(since_ms.saturating_sub(60_000));
-    let events = app.op.events(from).await.map_err(|e| e.to_string())?;
-    Ok(warren_ops::history::fold(&events, false))
-}
-
 #[derive(Deserialize, Default)]
 pub struct JobsQuery {
     state: Option<String>,
@@ -155,8 +149,11 @@ pub async fn jobs_page(State(app): State<Shared>, headers: HeaderMap, Query(q): 
     let (shown, total, page_no, loading) = if app.jobs.covers(since) {
         // From the live model, once it holds what was published before this request (as a read
         // of the stream would); a page past the end shows the last one.
-        let (broker, names) = (app.op.client().broker(), app.op.names());
-        app.jobs.sync(broker, names, std::time::Duration::from_secs(2)).await;
+        // (A live page's own refresh, once a second at most, takes the model as it is.)
+        if q.partial != Some(1) {
+            let (broker, names) = (app.op.client().broker(), app.op.names());
+            app.jobs.sync(broker, names, std::time::Duration::from_secs(2)).await;
+        }
         let mut snap = app.jobs.page(since, &keep, (wanted - 1) * PAGE_SIZE, PAGE_SIZE);
         let last = wanted.min(snap.total.div_ceil(PAGE_SIZE).max(1));
         if last != wanted {
@@ -286,9 +283,18 @@ fn job_actions(j: &JobView, s: &Session) -> Markup {
 pub async fn job_page(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let s = signed_in_or_return!(app, headers);
     let Ok(job) = id.parse::<Uuid>() else { return error_page(StatusCode::NOT_FOUND, Some(&s), "not a job id") };
-    let jobs = match read_jobs(&app, warren_ops::history::uuid_time_ms(&job).unwrap_or(0)).await {
-        Ok(j) => j,
-        Err(e) => return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&s), &e),
+    // The live model knows when the job was last heard of (once it holds what was published
+    // before this request): read its events up to then, not the rest of the stream.
+    let (broker, names) = (app.op.client().broker(), app.op.names());
+    let until = if app.jobs.sync(broker, names, std::time::Duration::from_secs(2)).await {
+        app.jobs.last_event_ms(job)
+    } else {
+        None
+    };
+    let from = warren::events::From::Time(warren_ops::history::uuid_time_ms(&job).unwrap_or(0).saturating_sub(60_000));
+    let jobs = match warren::events::read_until(broker, names, from, until).await {
+        Ok(events) => warren_ops::history::fold(&events, false),
+        Err(e) => return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&s), &e.to_string()),
     };
     let Some(j) = jobs.into_iter().find(|j| j.job == job) else {
         return error_page(StatusCode::NOT_FOUND, Some(&s), &format!("no events for job {job}"));

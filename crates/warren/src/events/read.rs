@@ -137,6 +137,21 @@ pub async fn mark(broker: &Broker, names: &Names, mark: Uuid) -> Result<Uuid, Br
 /// appends an empty batch carrying a mark of its own (with a confirm), then reads until it meets
 /// it. Under any load the read ends; it never waits for the stream to go quiet.
 pub async fn read_to_now(broker: &Broker, names: &Names, from: From) -> Result<Vec<JobEvent>, TopologyError> {
+    read_until(broker, names, from, None).await
+}
+
+/// [`read_to_now`], ending early at the first batch stamped more than 5 minutes after
+/// `until_ms`: the events of a job whose last event is known (the console's job page) without
+/// reading the rest of the stream. A batch's stamp is when it was published, which is within
+/// the writer's 100 ms batching of its events' times unless the broker held the writer back;
+/// the 5 minutes are for that.
+pub async fn read_until(
+    broker: &Broker,
+    names: &Names,
+    from: From,
+    until_ms: Option<u64>,
+) -> Result<Vec<JobEvent>, TopologyError> {
+    let past = until_ms.map(|u| u.saturating_add(300_000) / 1000);
     crate::Declarer::new(broker, names).ensure_base().await?;
     let mark = mark(broker, names, Uuid::now_v7()).await?;
     let ch = broker.channel().await?;
@@ -159,6 +174,9 @@ pub async fn read_to_now(broker: &Broker, names: &Names, from: From) -> Result<V
         while let Some(delivery) = consumer.next().await {
             let delivery = delivery.map_err(BrokerError::amqp("events delivery"))?;
             let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            if past.is_some_and(|p| delivery.properties.timestamp().is_some_and(|t| t > p)) {
+                return Ok(());
+            }
             let Ok(batch) = EventBatch::decode(&delivery.data) else { continue };
             if batch.mark == Some(mark) {
                 return Ok(());
