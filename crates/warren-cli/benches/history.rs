@@ -6,7 +6,8 @@
 //! `warren jobs --since 1h` and `--since 24h` (the real binary), the console's start-up (until
 //! its live jobs list has caught up with the stream; with its memory then), its jobs page
 //! (`warren console`, signed in, `GET /?hours=24`) and the page of the job submitted in the
-//! middle of the window. Deletes the namespace's queues at the end.
+//! middle of the window. Deletes the namespace's queues at the end, unless `BENCH_KEEP` is set
+//! (to try the commands and the console on it by hand).
 //!
 //! ```sh
 //! cargo bench -p warren-cli --bench history
@@ -259,7 +260,15 @@ fn main() -> Res<()> {
         let _ = console.wait();
         result
     })();
+    let keep = std::env::var_os("BENCH_KEEP").is_some();
+    if keep {
+        println!("kept namespace {ns} (BENCH_KEEP): try WARREN_NAMESPACE={ns} warren jobs --since 2h");
+    }
     rt.block_on(async {
+        if keep {
+            broker.close().await;
+            return;
+        }
         if let Err(e) = Declarer::new(&broker, &names).delete(&[]).await {
             eprintln!("could not delete namespace {ns}: {e}");
         }

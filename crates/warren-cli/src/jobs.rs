@@ -46,14 +46,6 @@ pub struct JobsArgs {
     follow: bool,
 }
 
-/// The events from `from` up to the stream's tail when the read began.
-pub async fn read_all(config: &Config, from: warren::events::From) -> Result<Vec<JobEvent>, Fail> {
-    let op = connect(config).await?;
-    let events = op.events(from).await;
-    op.close().await;
-    Ok(events?)
-}
-
 /// `340ms`, `4s 200ms`, `2m 5s` (humantime), rounded to what a person reads.
 pub fn duration(ms: u64) -> String {
     let rounded = match ms {
@@ -124,8 +116,10 @@ fn print_step(s: &warren_ops::history::StepView, submitted_ms: u64, selected: Op
 pub async fn status(config: &Config, args: StatusArgs, json: bool) -> Outcome {
     let job: Uuid = args.job.parse().map_err(|_| Fail::usage(format!("`{}` is not a job id (a UUID)", args.job)))?;
     // The job id (UUIDv7) says when it was made: read from a minute before.
-    let made_ms = warren_ops::history::uuid_time_ms(&job).unwrap_or(0);
-    let all = read_all(config, warren::events::From::Time(made_ms.saturating_sub(60_000))).await?;
+    let op = connect(config).await?;
+    let all = op.job_history(job).await;
+    op.close().await;
+    let all = all?;
     let mine: Vec<JobEvent> = all.iter().filter(|e| e.job_id == job).cloned().collect();
     let Some(view) = warren_ops::history::fold(&all, true).into_iter().find(|j| j.job == job) else {
         return Err(Fail::from(format!("no events for job {job} in namespace {}", config.namespace)));
@@ -229,12 +223,12 @@ pub async fn jobs(config: &Config, args: JobsArgs, json: bool) -> Outcome {
     let (since, until) = window(&args)?;
     // Events of a job come after it was submitted; a minute before the window covers clock skew.
     let op = connect(config).await?;
-    let events = op.events(warren::events::From::Time(since.saturating_sub(60_000))).await?;
     let mut rows = JobRows::new(args.rpc);
-    for e in &events {
-        rows.push(e);
-    }
-    drop(events);
+    let from = warren::events::From::Time(since.saturating_sub(60_000));
+    warren::events::read_each(op.client().broker(), op.names(), from, None, |e| {
+        rows.push(&e);
+    })
+    .await?;
     let mut jobs = select(rows.rows_since(since), &args, since, until)?;
     if jobs.len() > args.limit {
         eprintln!("showing the newest {} of {} jobs (--limit N shows more)", args.limit, jobs.len());

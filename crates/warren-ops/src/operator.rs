@@ -127,10 +127,25 @@ impl Operator {
     /// The events of one job (read from a minute before its UUIDv7 says it was made); empty
     /// when the namespace never saw it.
     pub async fn job_events(&self, job: Uuid) -> Result<Vec<JobEvent>, OpsError> {
-        let from = events::From::Time(crate::history::uuid_time_ms(&job).unwrap_or(0).saturating_sub(60_000));
-        let mut all = self.events(from).await?;
+        let mut all = self.job_history(job).await?;
         all.retain(|e| e.job_id == job);
         Ok(all)
+    }
+
+    /// The events of one job and the operator actions since its start, which may name it: what
+    /// [`history::fold`](crate::history::fold) needs for the job's whole view. Only those are
+    /// kept while the stream is read: a job of twelve hours ago at ten million events a day reads
+    /// five million events and holds a few.
+    pub async fn job_history(&self, job: Uuid) -> Result<Vec<JobEvent>, OpsError> {
+        let from = events::From::Time(crate::history::uuid_time_ms(&job).unwrap_or(0).saturating_sub(60_000));
+        let mut kept = Vec::new();
+        events::read_each(self.client.broker(), self.names(), from, None, |e| {
+            if e.job_id == job || e.kind == warren::EventKind::Operator {
+                kept.push(e);
+            }
+        })
+        .await?;
+        Ok(kept)
     }
 
     /// Records an action in the events stream.

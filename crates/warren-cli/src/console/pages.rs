@@ -28,11 +28,12 @@ pub const PAGE_SIZE: usize = 50;
 /// than the live model keeps).
 async fn read_rows(app: &App, since_ms: u64) -> Result<Vec<JobRow>, String> {
     let from = warren::events::From::Time(since_ms.saturating_sub(60_000));
-    let events = app.op.events(from).await.map_err(|e| e.to_string())?;
     let mut rows = warren_ops::digest::JobRows::new(false);
-    for e in &events {
-        rows.push(e);
-    }
+    warren::events::read_each(app.op.client().broker(), app.op.names(), from, None, |e| {
+        rows.push(&e);
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     Ok(rows.rows_since(since_ms))
 }
 

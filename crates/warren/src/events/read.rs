@@ -151,6 +151,20 @@ pub async fn read_until(
     from: From,
     until_ms: Option<u64>,
 ) -> Result<Vec<JobEvent>, TopologyError> {
+    let mut events = Vec::new();
+    read_each(broker, names, from, until_ms, |e| events.push(e)).await?;
+    Ok(events)
+}
+
+/// [`read_until`], handing each event to `each` as it is read instead of collecting them: a
+/// reader that folds a day of ten million events holds its fold, not the events.
+pub async fn read_each(
+    broker: &Broker,
+    names: &Names,
+    from: From,
+    until_ms: Option<u64>,
+    mut each: impl FnMut(JobEvent),
+) -> Result<(), TopologyError> {
     let past = until_ms.map(|u| u.saturating_add(300_000) / 1000);
     crate::Declarer::new(broker, names).ensure_base().await?;
     let mark = mark(broker, names, Uuid::now_v7()).await?;
@@ -169,7 +183,6 @@ pub async fn read_until(
     };
     let start = start_at(broker, names, from).await?;
     let mut consumer = consume_events(&ch, names, start).await?;
-    let mut events = Vec::new();
     let read = async {
         while let Some(delivery) = consumer.next().await {
             let delivery = delivery.map_err(BrokerError::amqp("events delivery"))?;
@@ -182,14 +195,16 @@ pub async fn read_until(
                 return Ok(());
             }
             // A time offset starts at the chunk holding that time: drop what came before it.
-            events.extend(batch.events.into_iter().filter(|e| since_ms.is_none_or(|s| e.at_ms >= s)));
+            for e in batch.events.into_iter().filter(|e| since_ms.is_none_or(|s| e.at_ms >= s)) {
+                each(e);
+            }
         }
         Err(BrokerError::Pool("the events stream ended before this reader's mark".into()))
     };
     let outcome = tokio::time::timeout(std::time::Duration::from_secs(120), read).await;
     let _ = ch.close(200, "read".into()).await;
     match outcome {
-        Ok(Ok(())) => Ok(events),
+        Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.into()),
         Err(_) => Err(BrokerError::Pool("reading the events stream took longer than 2 minutes".into()).into()),
     }
