@@ -359,9 +359,9 @@ impl JobRows {
         self.jobs.get(&job)
     }
 
-    /// The pipeline a digest's row names.
-    pub fn pipeline(&self, d: &JobDigest) -> &str {
-        self.names.names.get(usize::from(d.pipeline)).map_or("", |n| n)
+    /// The pipeline a digest's row names (the fold's one copy of the name).
+    pub fn pipeline(&self, d: &JobDigest) -> Arc<str> {
+        self.names.name(d.pipeline)
     }
 
     /// The rows of jobs submitted at or after `since_ms`, newest submission first.

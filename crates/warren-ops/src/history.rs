@@ -176,9 +176,12 @@ pub struct JobView {
     pub selected_trial: Option<u64>,
 }
 
+/// Per step, successes and deaths per minute, oldest first: what the console's charts draw.
+pub type Rates = BTreeMap<String, (Vec<u64>, Vec<u64>)>;
+
 /// Per step, how many messages succeeded and how many died in each of the last `minutes` whole
 /// minutes before `now_ms` (oldest first): what the console's charts draw.
-pub fn per_minute(events: &[JobEvent], now_ms: u64, minutes: usize) -> BTreeMap<String, (Vec<u64>, Vec<u64>)> {
+pub fn per_minute(events: &[JobEvent], now_ms: u64, minutes: usize) -> Rates {
     let start = (now_ms / 60_000).saturating_sub(minutes as u64 - 1) * 60_000;
     let mut out: BTreeMap<String, (Vec<u64>, Vec<u64>)> = BTreeMap::new();
     for e in events.iter().filter(|e| e.at_ms >= start && e.at_ms <= now_ms && !e.step.is_empty()) {
@@ -191,6 +194,60 @@ pub fn per_minute(events: &[JobEvent], now_ms: u64, minutes: usize) -> BTreeMap<
         }
     }
     out
+}
+
+/// [`per_minute`], kept incrementally: push events as they arrive (any order), read the last
+/// minutes at any time. The console keeps one beside its jobs list instead of reading the last
+/// hour of the stream for each queues page.
+#[derive(Debug, Default)]
+pub struct MinuteCounts {
+    steps: HashMap<std::sync::Arc<str>, BTreeMap<u64, (u64, u64)>>,
+}
+
+impl MinuteCounts {
+    /// Takes one event.
+    pub fn push(&mut self, e: &JobEvent) {
+        if e.step.is_empty() {
+            return;
+        }
+        let minute = self.steps.entry(e.step.clone()).or_default().entry(e.at_ms / 60_000).or_default();
+        match e.kind {
+            EventKind::Succeeded => minute.0 += 1,
+            EventKind::Dead => minute.1 += 1,
+            _ => {}
+        }
+    }
+
+    /// What [`per_minute`] gives over the events pushed, for the minutes up to `now_ms`'s (events
+    /// stamped later in that same minute count too).
+    pub fn last(&self, now_ms: u64, minutes: usize) -> Rates {
+        let last = now_ms / 60_000;
+        let first = last.saturating_sub(minutes as u64 - 1);
+        let mut out = BTreeMap::new();
+        for (step, counts) in &self.steps {
+            let mut range = counts.range(first..=last).peekable();
+            if range.peek().is_none() {
+                continue;
+            }
+            let (mut done, mut died) = (vec![0; minutes], vec![0; minutes]);
+            for (m, (d, x)) in range {
+                let i = ((m - first) as usize).min(minutes - 1);
+                done[i] += d;
+                died[i] += x;
+            }
+            out.insert(step.to_string(), (done, died));
+        }
+        out
+    }
+
+    /// Forgets the minutes before `cutoff_ms`'s.
+    pub fn forget_before(&mut self, cutoff_ms: u64) {
+        let keep = cutoff_ms / 60_000;
+        for counts in self.steps.values_mut() {
+            *counts = counts.split_off(&keep);
+        }
+        self.steps.retain(|_, c| !c.is_empty());
+    }
 }
 
 /// A UUIDv7's time in milliseconds, if it has one.
@@ -584,6 +641,17 @@ mod tests {
         let rates = per_minute(&events, now, 3);
         assert_eq!(rates["load"], (vec![0, 0, 2], vec![0, 0, 0]), "older than the window is left out");
         assert_eq!(rates["count"], (vec![0, 0, 0], vec![0, 1, 0]));
+        // Kept incrementally, in any order, it says the same; forgetting old minutes changes
+        // nothing within the window.
+        let mut counts = MinuteCounts::default();
+        for e in events.iter().rev() {
+            counts.push(e);
+        }
+        assert_eq!(counts.last(now, 3), rates);
+        assert_eq!(counts.last(now, 5), per_minute(&events, now, 5));
+        counts.forget_before(now - 2 * 60_000);
+        assert_eq!(counts.last(now, 3), rates);
+        assert!(counts.last(now + 10 * 60_000, 3).is_empty(), "nothing in a later window");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! arrive, so the jobs page lists, filters and pages a million jobs from memory instead of
 //! reading and folding the stream on every page. Loading reads the window once at start (ten
 //! million events take some seconds); until it has caught up, pages show what it has so far and
-//! say so. A broken connection reloads it from scratch.
+//! say so. A broken connection reloads it from scratch. Beside it, successes and deaths per step
+//! and minute for the queues page's charts.
 
 use std::{
     cmp::Reverse,
@@ -19,7 +20,7 @@ use uuid::Uuid;
 use warren::{Broker, Names, events::From};
 use warren_ops::{
     digest::{JobDigest, JobRow, JobRows},
-    history::JobState,
+    history::{JobState, MinuteCounts, Rates},
 };
 
 /// Jobs by submission, newest first, with what the list filters on (state, pipeline); a row
@@ -29,6 +30,8 @@ type Index = BTreeMap<(Reverse<u64>, Reverse<Uuid>), (JobState, Arc<str>)>;
 #[derive(Default)]
 struct Inner {
     fold: JobRows,
+    /// Successes and deaths per step and minute, for the queues page's charts.
+    minutes: MinuteCounts,
     index: Index,
     /// Jobs changed since the index was last brought up to date, with their submission time
     /// then (where they sat in the index).
@@ -49,13 +52,14 @@ impl Inner {
                 self.index.remove(&(Reverse(at), Reverse(job)));
             }
             if let Some(d) = self.fold.digest(job) {
-                let entry = (d.job_state(), self.fold.pipeline(d).into());
+                let entry = (d.job_state(), self.fold.pipeline(d));
                 self.index.insert((Reverse(d.submitted_ms()), Reverse(job)), entry);
             }
         }
     }
 
     fn forget_before(&mut self, cutoff_ms: u64) {
+        self.minutes.forget_before(warren::envelope::now_ms().saturating_sub(2 * 3_600_000));
         self.refresh();
         let gone: HashSet<Uuid> = self.fold.forget_before(cutoff_ms).into_iter().collect();
         if !gone.is_empty() {
@@ -124,6 +128,15 @@ impl LiveJobs {
             }
         }
         Snapshot { rows, total, loading }
+    }
+
+    /// Per step, successes and deaths in each of the last `minutes` whole minutes before
+    /// `now_ms` (as [`warren_ops::history::per_minute`] over the stream), once loaded.
+    pub fn per_minute(&self, now_ms: u64, minutes: usize) -> Option<Rates> {
+        if !self.loaded.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(self.inner.lock().ok()?.minutes.last(now_ms, minutes))
     }
 
     /// When the model last heard of `job` (once loaded).
@@ -197,6 +210,7 @@ impl LiveJobs {
             let n = batch.events.len() as u64;
             let Ok(mut inner) = self.inner.lock() else { continue };
             for e in &batch.events {
+                inner.minutes.push(e);
                 inner.push(e);
             }
             inner.refresh();

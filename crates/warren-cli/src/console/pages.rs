@@ -448,8 +448,15 @@ pub async fn queues_page(State(app): State<Shared>, headers: HeaderMap) -> Respo
     };
     let rows = crate::queues::json_rows(&app.op.queues_of(&registry, &app.extra_steps, true).await);
     let now = warren::envelope::now_ms();
-    let events = app.op.events(warren::events::From::Time(now.saturating_sub(3_600_000))).await.unwrap_or_default();
-    let rates = warren_ops::history::per_minute(&events, now, 60);
+    let rates = match app.jobs.per_minute(now, 60) {
+        Some(rates) => rates,
+        None => {
+            // Still loading: the last hour from the stream.
+            let from = warren::events::From::Time(now.saturating_sub(3_600_000));
+            let events = app.op.events(from).await.unwrap_or_default();
+            warren_ops::history::per_minute(&events, now, 60)
+        }
+    };
     let depths = app.depths.lock().map(|d| d.clone()).unwrap_or_default();
     let body = html!("<h2>Queues</h2>{}{}", queues_table(&rows, &rates, &depths), steps_table(&registry));
     page("Queues", Some(&s), body).into_response()
