@@ -221,14 +221,9 @@ fn print_rows(jobs: &[JobRow], header: bool) {
 /// begins) folded straight into rows, a compact state per job ([`JobRows`]).
 pub async fn jobs(config: &Config, args: JobsArgs, json: bool) -> Outcome {
     let (since, until) = window(&args)?;
-    // Events of a job come after it was submitted; a minute before the window covers clock skew.
     let op = connect(config).await?;
-    let mut rows = JobRows::new(args.rpc);
-    let from = warren::events::From::Time(since.saturating_sub(60_000));
-    warren::events::read_each(op.client().broker(), op.names(), from, None, |e| {
-        rows.push(&e);
-    })
-    .await?;
+    // (Read from a minute before the window: events of a job come after it was submitted.)
+    let rows = op.job_rows(since, args.rpc).await?;
     let mut jobs = select(rows.rows_since(since), &args, since, until)?;
     if jobs.len() > args.limit {
         eprintln!("showing the newest {} of {} jobs (--limit N shows more)", args.limit, jobs.len());

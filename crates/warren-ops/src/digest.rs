@@ -209,10 +209,10 @@ impl JobDigest {
         self.cancelled |= e.kind == EventKind::Cancelled;
     }
 
-    /// Its state, and its dead branches in the fold's order: steps in the order they started
-    /// (by their first time, the earliest of their first event's and their messages' starts,
-    /// then by first arrival), within a step by start and id.
-    fn state(&self) -> (JobState, Vec<usize>) {
+    /// Its dead branches in the fold's order: steps in the order they started (by their first
+    /// time, the earliest of their first event's and their messages' starts, then by first
+    /// arrival), within a step by start and id.
+    fn deaths(&self) -> Vec<usize> {
         let mut deaths: Vec<usize> = (0..self.branches.len()).filter(|&i| self.branches[i].dead).collect();
         if deaths.len() > 1 {
             let step_order = |i: usize| {
@@ -225,16 +225,10 @@ impl JobDigest {
                 (step_order(usize::from(br.step)), br.started_ms, br.message_id)
             });
         }
-        let state = match () {
-            () if self.done => JobState::Done,
-            () if self.cancelled => JobState::Cancelled,
-            () if !deaths.is_empty() => JobState::Dead,
-            () => JobState::Running,
-        };
-        (state, deaths)
+        deaths
     }
 
-    /// Its state alone (what a filter asks).
+    /// Where it is.
     pub fn job_state(&self) -> JobState {
         match () {
             () if self.done => JobState::Done,
@@ -245,7 +239,7 @@ impl JobDigest {
     }
 
     fn row(&self, names: &Names) -> JobRow {
-        let (state, deaths) = self.state();
+        let (state, deaths) = (self.job_state(), self.deaths());
         let step = match (state, deaths.last()) {
             (JobState::Dead, Some(&b)) => self.steps[usize::from(self.branches[b].step)].step,
             _ => self.latest_step,
@@ -370,11 +364,6 @@ impl JobRows {
             self.jobs.values().filter(|d| d.submitted_ms() >= since_ms).map(|d| d.row(&self.names)).collect();
         rows.sort_by(|a, b| b.submitted_ms.cmp(&a.submitted_ms).then(b.job.cmp(&a.job)));
         rows
-    }
-
-    /// How many jobs it holds.
-    pub fn len(&self) -> usize {
-        self.jobs.len()
     }
 
     /// Whether it holds none.

@@ -132,6 +132,18 @@ impl Operator {
         Ok(all)
     }
 
+    /// The jobs the events from a minute before `since_ms` on tell of, folded into rows as they
+    /// are read ([`JobRows`](crate::digest::JobRows); RPC calls left out unless `include_rpc`).
+    pub async fn job_rows(&self, since_ms: u64, include_rpc: bool) -> Result<crate::digest::JobRows, OpsError> {
+        let mut rows = crate::digest::JobRows::new(include_rpc);
+        let from = events::From::Time(since_ms.saturating_sub(60_000));
+        events::read_each(self.client.broker(), self.names(), from, None, |e| {
+            rows.push(&e);
+        })
+        .await?;
+        Ok(rows)
+    }
+
     /// The events of one job and the operator actions since its start, which may name it: what
     /// [`history::fold`](crate::history::fold) needs for the job's whole view. Only those are
     /// kept while the stream is read: a job of twelve hours ago at ten million events a day reads

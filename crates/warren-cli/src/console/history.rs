@@ -183,7 +183,8 @@ impl LiveJobs {
     async fn follow(&self, broker: &Broker, names: &Names) -> Result<(), warren::TopologyError> {
         let started = std::time::Instant::now();
         let from_ms = warren::envelope::now_ms().saturating_sub(self.keep_ms + 60_000);
-        let mark = warren::events::mark(broker, names, Uuid::now_v7()).await?;
+        let mark = Uuid::now_v7();
+        warren::events::mark(broker, names, mark).await?;
         // Events of a job come after it was submitted; a minute before the window covers skew.
         let mut rx =
             warren::events::follow_batches(broker, names, From::Time(from_ms.saturating_sub(60_000)), 64).await?;

@@ -17,25 +17,12 @@ use warren_ops::{
 };
 
 use super::{
-    App, Role, Session, Shared, charts,
+    Role, Session, Shared, charts,
     html::{Markup, action_form, error_page, hidden, html, job_link, page, reason_field},
 };
 
 /// Jobs on one page of the list.
 pub const PAGE_SIZE: usize = 50;
-
-/// Jobs submitted from `since_ms` on as rows, read from the stream (for windows further back
-/// than the live model keeps).
-async fn read_rows(app: &App, since_ms: u64) -> Result<Vec<JobRow>, String> {
-    let from = warren::events::From::Time(since_ms.saturating_sub(60_000));
-    let mut rows = warren_ops::digest::JobRows::new(false);
-    warren::events::read_each(app.op.client().broker(), app.op.names(), from, None, |e| {
-        rows.push(&e);
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    Ok(rows.rows_since(since_ms))
-}
 
 #[derive(Deserialize, Default)]
 pub struct JobsQuery {
@@ -163,8 +150,8 @@ pub async fn jobs_page(State(app): State<Shared>, headers: HeaderMap, Query(q): 
         (snap.rows, snap.total, last, snap.loading)
     } else {
         // Further back than the model keeps: read the window and fold it into rows.
-        let rows = match read_rows(&app, since).await {
-            Ok(r) => r,
+        let rows = match app.op.job_rows(since, false).await {
+            Ok(r) => r.rows_since(since),
             Err(e) => {
                 let message = format!("cannot read the events stream: {e}");
                 return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&s), &message);

@@ -41,19 +41,12 @@ pub async fn subscribe_from(
     names: &Names,
     from: From,
 ) -> Result<mpsc::UnboundedReceiver<JobEvent>, TopologyError> {
-    crate::Declarer::new(broker, names).ensure_base().await?;
-    let ch = broker.channel().await?;
-    ch.basic_qos(500, BasicQosOptions::default()).await.map_err(BrokerError::amqp("basic.qos"))?;
-    let start = start_at(broker, names, from).await?;
-    let mut consumer = consume_events(&ch, names, start).await?;
+    let mut batches = follow_batches(broker, names, from, 64).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        while let Some(Ok(delivery)) = consumer.next().await {
-            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-            let Ok(batch) = EventBatch::decode(&delivery.data) else { continue };
+        while let Some(batch) = batches.recv().await {
             for event in batch.events {
                 if tx.send(event).is_err() {
-                    let _ = ch.close(200, "done".into()).await;
                     return;
                 }
             }
@@ -119,7 +112,7 @@ pub async fn follow_batches(
 
 /// Appends the end mark `mark` (a fresh id) to `{ns}.events`, with a confirm: a reader that
 /// meets it has read everything published before.
-pub async fn mark(broker: &Broker, names: &Names, mark: Uuid) -> Result<Uuid, BrokerError> {
+pub async fn mark(broker: &Broker, names: &Names, mark: Uuid) -> Result<(), BrokerError> {
     // A mark is an empty batch of version 1, which every events reader ever written reads (as
     // no events) whatever version the deployment writes.
     let batch = EventBatch { mark: Some(mark), ..EventBatch::new(Vec::new()) };
@@ -129,8 +122,7 @@ pub async fn mark(broker: &Broker, names: &Names, mark: Uuid) -> Result<Uuid, Br
         .with_content_type(CONTENT_TYPE.into())
         .with_type(events_schema(1).into())
         .with_timestamp(crate::envelope::now_ms() / 1000);
-    broker.publisher().await?.publish(&names.events(), "mark", &body, props).await?;
-    Ok(mark)
+    broker.publisher().await?.publish(&names.events(), "mark", &body, props).await
 }
 
 /// Reads the events from `from` up to the stream's tail as it was when the read began: it first
@@ -167,7 +159,8 @@ pub async fn read_each(
 ) -> Result<(), TopologyError> {
     let past = until_ms.map(|u| u.saturating_add(300_000) / 1000);
     crate::Declarer::new(broker, names).ensure_base().await?;
-    let mark = mark(broker, names, Uuid::now_v7()).await?;
+    let end = Uuid::now_v7();
+    mark(broker, names, end).await?;
     let ch = broker.channel().await?;
     ch.basic_qos(1000, BasicQosOptions::default()).await.map_err(BrokerError::amqp("basic.qos"))?;
     let since_ms = match from {
@@ -191,7 +184,7 @@ pub async fn read_each(
                 return Ok(());
             }
             let Ok(batch) = EventBatch::decode(&delivery.data) else { continue };
-            if batch.mark == Some(mark) {
+            if batch.mark == Some(end) {
                 return Ok(());
             }
             // A time offset starts at the chunk holding that time: drop what came before it.
